@@ -1,0 +1,43 @@
+"""The error hierarchy: every error a user can cause is an AlerterError with one clear line."""
+
+from __future__ import annotations
+
+
+class AlerterError(Exception):
+    """Base class; `str(err)` is one line fit for stderr and never carries a secret."""
+
+
+class ConfigError(AlerterError):
+    """A config or rules file is invalid; `problems` holds one `FILE:LINE:COL: message` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class SourceError(AlerterError):
+    """The Leap API could not be read. `auth` is True when the key was refused."""
+
+    def __init__(self, message: str, *, auth: bool = False, status: int | None = None) -> None:
+        self.auth = auth
+        self.status = status
+        super().__init__(message)
+
+
+class StoreError(AlerterError):
+    """The state store cannot be used (locked by another instance, unreachable, bad schema)."""
+
+
+class FencedError(StoreError):
+    """This instance lost leadership: a newer fencing token owns the state."""
+
+
+class DeliveryError(AlerterError):
+    """A notification could not be delivered; `retryable` says whether to try again."""
+
+    def __init__(
+        self, message: str, *, retryable: bool, retry_after: float | None = None
+    ) -> None:
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -1,0 +1,218 @@
+"""Frozen domain models shared by every stage: records from Leap, obligations, events, notifications.
+
+Records mirror the JSON names of Leap's Enrollments v2 definition and keep only the
+fields the product uses; unknown fields are ignored and enum-like fields are plain
+strings so that a new program or region Leap adds never rejects a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_RECORD = ConfigDict(frozen=True, extra="ignore")
+
+
+class RequiredAction(BaseModel):
+    """One entry of `required_actions.partner[]` (or `leap[]`)."""
+
+    model_config = _RECORD
+
+    program_identifier: str
+    delivery_period: str
+    enrollment_deadline_date_time: datetime | None = None
+    action_type: str
+    action_description: str = ""
+    action_code: str
+
+
+class RequiredActions(BaseModel):
+    model_config = _RECORD
+
+    partner: tuple[RequiredAction, ...] = ()
+    leap: tuple[RequiredAction, ...] = ()
+
+
+class Audit(BaseModel):
+    model_config = _RECORD
+
+    updated_at: datetime | None = None
+
+
+class Record(BaseModel):
+    """One meter enrollment as returned by `POST /v2/meters/enrollments/search`."""
+
+    model_config = _RECORD
+
+    meter_id: str
+    partner_reference: str = ""
+    transmission_region: str = ""
+    customer_classification: str = ""
+    meter_type: str = ""
+    load_types: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    customer_group: str = ""
+    global_enrollment_status: str = ""
+    is_archived: bool = False
+    audit: Audit = Audit()
+    required_actions: RequiredActions = RequiredActions()
+
+    def meter(self) -> Meter:
+        return Meter(
+            meter_id=self.meter_id,
+            partner_reference=self.partner_reference,
+            transmission_region=self.transmission_region,
+            customer_classification=self.customer_classification,
+            meter_type=self.meter_type,
+            load_types=self.load_types,
+            tags=self.tags,
+            customer_group=self.customer_group,
+            global_enrollment_status=self.global_enrollment_status,
+            is_archived=self.is_archived,
+        )
+
+
+class Meter(BaseModel):
+    """The meter attributes rules can match on, kept with each obligation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    meter_id: str
+    partner_reference: str = ""
+    transmission_region: str = ""
+    customer_classification: str = ""
+    meter_type: str = ""
+    load_types: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    customer_group: str = ""
+    global_enrollment_status: str = ""
+    is_archived: bool = False
+
+
+ObligationKey = tuple[str, str, str, str, str]
+"""(meter_id, program_identifier, delivery_period, action_type, action_code)."""
+
+ObligationStatus = Literal["open", "resolved"]
+Resolution = Literal["cleared", "archived", "reconcile"]
+EventKind = Literal["opened", "changed", "reminder", "resolved"]
+
+
+def obligation_key(meter_id: str, action: RequiredAction) -> ObligationKey:
+    return (
+        meter_id,
+        action.program_identifier,
+        action.delivery_period,
+        action.action_type,
+        action.action_code,
+    )
+
+
+def key_id(key: ObligationKey) -> str:
+    """A stable short id for an obligation key (used in event ids, Slack threads, email refs)."""
+    return hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:24]
+
+
+class Obligation(BaseModel):
+    """What the state store remembers about one partner action of one meter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    meter_id: str
+    program_identifier: str
+    delivery_period: str
+    action_type: str
+    action_code: str
+    action_description: str = ""
+    deadline: datetime | None = None
+    meter: Meter
+    status: ObligationStatus = "open"
+    resolution: Resolution | None = None
+    opened_at: datetime
+    first_seen: datetime
+    last_seen: datetime
+    resolved_at: datetime | None = None
+    version: int = 1
+    """Increments on every transition (opened=1, then each change, resolution or reopening)."""
+
+    @property
+    def key(self) -> ObligationKey:
+        return (
+            self.meter_id,
+            self.program_identifier,
+            self.delivery_period,
+            self.action_type,
+            self.action_code,
+        )
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.key)
+
+
+def event_id(key: ObligationKey, kind: EventKind, version: int, detail: str = "") -> str:
+    """Deterministic: the same transition always has the same id, so replays deduplicate."""
+    raw = "\x1f".join((*key, kind, str(version), detail))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class Event(BaseModel):
+    """One transition of an obligation: opened, changed, reminder or resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: EventKind
+    occurred_at: datetime
+    obligation: Obligation
+    """The obligation as it stands after the transition."""
+    previous: dict[str, Any] | None = None
+    """For `changed`: the old values of the fields that changed (description, deadline)."""
+    detail: str = ""
+    """For `reminder`: the threshold (`every:3`, `before:2d`, `overdue`); for `resolved`: the reason."""
+    initial: bool = False
+    """Part of an initial sync (the backlog found on an empty state)."""
+
+    def fields(self) -> dict[str, Any]:
+        """The fields INTERFACE.md offers to `match`, `group_by` and templates."""
+        o = self.obligation
+        m = o.meter
+        return {
+            "event": self.kind,
+            "meter_id": o.meter_id,
+            "partner_reference": m.partner_reference,
+            "transmission_region": m.transmission_region,
+            "customer_classification": m.customer_classification,
+            "meter_type": m.meter_type,
+            "load_types": list(m.load_types),
+            "tags": list(m.tags),
+            "customer_group": m.customer_group,
+            "global_enrollment_status": m.global_enrollment_status,
+            "is_archived": m.is_archived,
+            "action_type": o.action_type,
+            "action_code": o.action_code,
+            "action_description": o.action_description,
+            "program_identifier": o.program_identifier,
+            "delivery_period": o.delivery_period,
+            "deadline": o.deadline,
+            "opened_at": o.opened_at,
+        }
+
+
+NotificationKind = Literal["notification", "digest"]
+
+
+class Notification(BaseModel):
+    """One message to one receiver: the events of one group (or an initial-sync digest)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: NotificationKind = "notification"
+    rule: str
+    receiver: str
+    group: dict[str, str] = Field(default_factory=dict)
+    events: tuple[Event, ...]
+    created_at: datetime

@@ -1,0 +1,1 @@
+"""One notifier per channel behind one small protocol; each config model sits beside its notifier."""

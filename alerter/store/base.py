@@ -1,0 +1,210 @@
+"""The Store protocol: every durable fact the service keeps, behind one async interface.
+
+How this works: the cycle writes obligation changes and the events they produce in one
+transaction (`commit_page`); routing consumes events and writes groups, notifications
+and ledger rows in one transaction (`commit_routing`, `commit_flush`); delivery claims
+ledger rows with a lease and records each attempt. Every write that belongs to the
+poller (obligations, events, meta, routing) checks the fencing token set by
+`set_fence`, so a deposed leader cannot write (FencedError). Ledger writes are not
+fenced: every replica delivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from alerter.models import Event, Notification, Obligation, ObligationKey
+
+DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A group of events waiting to be flushed to one receiver under one rule."""
+
+    key: str
+    """rule + receiver + group_by values, stable."""
+    rule: str
+    receiver: str
+    values: dict[str, str]
+    flush_at: datetime
+    """When the pending events are due (first event + group_wait, or last flush + group_interval)."""
+    last_flush_at: datetime | None = None
+    pending: tuple[str, ...] = ()
+    """Event ids waiting in this group, in arrival order."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One ledger row: a notification to one receiver, and its delivery history."""
+
+    notification: Notification
+    receiver: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None = None
+    sent_at: datetime | None = None
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    matchers: dict[str, Any]
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One line of `alerter history`: a transition and what became of it."""
+
+    at: datetime
+    event: Event
+    outcomes: tuple[str, ...] = field(default=())
+    """e.g. `grouped rule/receiver`, `notified receiver (sent)`, `silenced <id>`."""
+
+
+@dataclass(frozen=True)
+class RoutingWrite:
+    """Everything one routing step decided, written in one transaction."""
+
+    consumed: Sequence[str]
+    """Event ids that are now routed (no longer pending)."""
+    groups: Sequence[GroupState] = ()
+    """Groups created or updated (their `pending` replaces what was stored)."""
+    deleted_groups: Sequence[str] = ()
+    notifications: Sequence[Notification] = ()
+    """New notifications; a ledger row (status pending, due now) is created for each."""
+    silenced: Sequence[tuple[str, str]] = ()
+    """(event id, silence id) pairs."""
+
+
+class Store(Protocol):
+    """Implemented by SqliteStore (embedded default) and PostgresStore."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, apply migrations, and (SQLite) take the single-instance lock."""
+
+    async def close(self) -> None: ...
+
+    # -- leadership (PostgreSQL: advisory lock + fencing token; SQLite: always leader) --
+    async def try_acquire_leadership(self, owner: str) -> int | None:
+        """Become the poller if no one else is; returns the new fencing token or None."""
+
+    async def still_leader(self) -> bool:
+        """True while this instance still holds the lease it acquired."""
+
+    def set_fence(self, token: int | None) -> None:
+        """Fencing token checked by every poller write; None disables the check."""
+
+    # -- cycle state --
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta(self, values: Mapping[str, str]) -> None:
+        """Fenced. e.g. watermark, last_reconcile_at, initialized."""
+
+    async def is_empty(self) -> bool:
+        """No obligation has ever been recorded and no initial sync completed."""
+
+    async def load_obligations(self, meter_ids: Sequence[str]) -> dict[ObligationKey, Obligation]:
+        """Every obligation (open or resolved) of these meters."""
+
+    async def open_meter_ids(self) -> list[str]:
+        """Meters that have at least one open obligation."""
+
+    async def open_obligations(
+        self, after: ObligationKey | None = None, limit: int = 1000
+    ) -> list[Obligation]:
+        """Open obligations in key order, after `after` (keyset pagination)."""
+
+    async def commit_page(
+        self,
+        obligations: Sequence[Obligation],
+        events: Sequence[Event],
+        meta: Mapping[str, str] | None = None,
+    ) -> int:
+        """Fenced, one transaction: upsert obligations, insert events (an event id already
+        present is ignored), set meta. Returns how many events were new."""
+
+    async def count_open(self) -> list[tuple[str, datetime | None, int]]:
+        """(action_type, deadline, count) over open obligations, for metrics."""
+
+    # -- routing --
+    async def pending_events(self, limit: int = 1000) -> list[Event]:
+        """Events not yet consumed by routing, oldest first."""
+
+    async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
+
+    async def load_groups(self) -> list[GroupState]: ...
+
+    async def notified_receivers(self, key_ids: Sequence[str]) -> dict[str, set[str]]:
+        """obligation key id -> receivers that got a notification carrying its opening."""
+
+    async def commit_routing(self, write: RoutingWrite) -> None:
+        """Fenced, one transaction: see RoutingWrite."""
+
+    # -- silences --
+    async def add_silence(self, silence: Silence) -> None: ...
+
+    async def list_silences(self, now: datetime, include_expired: bool = False) -> list[Silence]: ...
+
+    async def expire_silence(self, silence_id: str, now: datetime) -> bool: ...
+
+    # -- delivery ledger (not fenced: every replica delivers) --
+    async def claim_deliveries(
+        self, now: datetime, owner: str, limit: int, lease_seconds: float
+    ) -> list[Delivery]:
+        """Due pending rows of enabled receivers, leased to `owner` (SKIP LOCKED on PostgreSQL)."""
+
+    async def mark_sent(
+        self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None
+    ) -> None: ...
+
+    async def mark_failed(
+        self,
+        notification_id: str,
+        receiver: str,
+        error: str,
+        next_attempt_at: datetime | None,
+    ) -> None:
+        """Record a failed attempt; `next_attempt_at=None` makes the row a dead letter."""
+
+    async def dead_letters(
+        self, receiver: str | None = None, since: datetime | None = None
+    ) -> list[Delivery]: ...
+
+    async def replay_dead_letters(
+        self, now: datetime, receiver: str | None = None, since: datetime | None = None
+    ) -> int:
+        """Dead rows back to pending, due now, attempts reset. Returns the count."""
+
+    async def undelivered_count(self) -> int:
+        """Pending rows (including those waiting for a retry)."""
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """(receiver, status) -> rows, for metrics and self-alerts."""
+
+    async def get_thread(self, receiver: str, key_id: str) -> str | None:
+        """The external id (Slack channel:ts, email Message-ID) of the first message that told
+        `receiver` about this obligation."""
+
+    async def set_thread(self, receiver: str, key_id: str, external_id: str) -> None:
+        """Keep the first one: an existing thread is not overwritten."""
+
+    async def set_receiver_disabled(self, receiver: str, reason: str | None, now: datetime) -> None:
+        """reason=None re-enables."""
+
+    async def disabled_receivers(self) -> dict[str, str]: ...
+
+    # -- history --
+    async def history(self, meter_id: str) -> list[HistoryEntry]: ...
