@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from alerter.errors import AlerterError, ConfigError
@@ -14,9 +13,11 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors exit 2 with one line
         self.exit(EXIT_USAGE, f"alerter: {message}\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="alerter", description=__doc__)
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True)
     return p
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -35,9 +35,7 @@ class FencedError(StoreError):
 class DeliveryError(AlerterError):
     """A notification could not be delivered; `retryable` says whether to try again."""
 
-    def __init__(
-        self, message: str, *, retryable: bool, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         self.retryable = retryable
         self.retry_after = retry_after
         super().__init__(message)
