@@ -1,0 +1,81 @@
+"""Prometheus metrics of one service instance, in its own registry (conventional names)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DEADLINE_BUCKETS = ("overdue", "1d", "2d", "7d", "30d", "later", "none")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cycles = Counter(
+            "alerter_cycles", "Polling cycles by kind and outcome", ["kind", "outcome"], registry=r
+        )
+        self.cycle_duration = Histogram(
+            "alerter_cycle_duration_seconds",
+            "Duration of polling cycles",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.pages = Counter("alerter_source_pages", "Pages read from Leap", registry=r)
+        self.records = Counter("alerter_source_records", "Records read from Leap", registry=r)
+        self.invalid_records = Counter(
+            "alerter_source_invalid_records", "Records skipped because they failed validation", registry=r
+        )
+        self.source_requests = Counter(
+            "alerter_source_requests", "HTTP requests to Leap by outcome", ["outcome"], registry=r
+        )
+        self.source_latency = Histogram(
+            "alerter_source_request_duration_seconds",
+            "Latency of requests to Leap",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.events = Counter("alerter_events", "Obligation events by type", ["type"], registry=r)
+        self.notifications = Counter(
+            "alerter_notifications", "Notifications created by receiver", ["receiver"], registry=r
+        )
+        self.deliveries = Counter(
+            "alerter_deliveries",
+            "Delivery attempts by receiver and status",
+            ["receiver", "status"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "alerter_delivery_retries", "Delivery retries scheduled", ["receiver"], registry=r
+        )
+        self.dead_letters = Gauge("alerter_dead_letters", "Dead-lettered deliveries waiting", registry=r)
+        self.undelivered = Gauge(
+            "alerter_undelivered", "Deliveries pending or waiting for a retry", registry=r
+        )
+        self.open_obligations = Gauge(
+            "alerter_open_obligations",
+            "Open obligations by action type and deadline bucket",
+            ["action_type", "deadline"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "alerter_last_successful_cycle_timestamp_seconds",
+            "Unix time of the last successful polling cycle",
+            registry=r,
+        )
+        self.leader = Gauge("alerter_leader", "1 while this instance holds the polling lease", registry=r)
+        self.ready = Gauge("alerter_ready", "1 while /readyz answers 200", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def deadline_bucket(seconds_left: float | None) -> str:
+    """Which DEADLINE_BUCKETS entry a deadline `seconds_left` from now falls in."""
+    if seconds_left is None:
+        return "none"
+    if seconds_left < 0:
+        return "overdue"
+    for label, days in (("1d", 1), ("2d", 2), ("7d", 7), ("30d", 30)):
+        if seconds_left <= days * 86400:
+            return label
+    return "later"

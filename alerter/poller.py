@@ -1,0 +1,179 @@
+"""The polling cycle: read Leap, diff page by page, commit obligations and events, move the watermark.
+
+How this works (DESIGN.md decision 2):
+- `initial`: the state has never finished a sync. Full `partner_action_required` sweep;
+  its events are marked initial (routing turns them into a digest, notifications, or
+  nothing, per `poll.initial_sync`).
+- `incremental`: `partner_action_required: true` with `last_modified_date_time =
+  watermark - overlap`, then the meters that still have open obligations are re-read
+  by `meter_ids` (at most 1000 a request) with the same `last_modified_date_time`, since
+  the filtered query hides meters whose actions just cleared.
+- `reconcile` (every `poll.reconcile_interval`): a full filtered sweep; open obligations
+  of meters the complete sweep no longer lists are resolved (`reconcile`). A sweep with a
+  failed page raises before anything is resolved; a sweep with invalid records resolves
+  nothing by absence.
+Each page is committed on its own (obligations + events in one transaction); the
+watermark (the highest `audit.updated_at` seen) advances only after the whole cycle.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+import structlog
+
+from alerter.config import PollConfig
+from alerter.diff import diff_records, resolve
+from alerter.models import Event, Obligation, Record
+from alerter.store.base import Store
+
+CycleKind = Literal["initial", "incremental", "reconcile"]
+META_WATERMARK = "watermark"
+META_INITIALIZED = "initialized"
+META_LAST_RECONCILE = "last_reconcile_at"
+META_LAST_CYCLE = "last_cycle_at"
+RESOLVE_BATCH = 500
+
+
+class PageLike(Protocol):
+    @property
+    def records(self) -> Sequence[Record]: ...
+    @property
+    def invalid(self) -> int: ...
+    @property
+    def max_updated_at(self) -> datetime | None: ...
+
+
+class SourceLike(Protocol):
+    def search(self, filters: dict[str, object]) -> AsyncIterator[PageLike]: ...
+    def search_meters(
+        self, meter_ids: Sequence[str], last_modified: datetime | None = None
+    ) -> AsyncIterator[PageLike]: ...
+
+
+@dataclass
+class CycleReport:
+    cycle_id: str
+    kind: CycleKind
+    pages: int = 0
+    records: int = 0
+    invalid: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    watermark: datetime | None = None
+    duration: float = 0.0
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class Poller:
+    """Runs one cycle at a time against a source and a store; `now` comes from the caller."""
+
+    def __init__(self, store: Store, source: SourceLike, poll: PollConfig) -> None:
+        self.store = store
+        self.source = source
+        self.poll = poll
+        self.log = structlog.get_logger("alerter.poller")
+
+    async def next_kind(self, now: datetime, force_reconcile: bool = False) -> CycleKind:
+        if await self.store.get_meta(META_INITIALIZED) != "1":
+            return "initial"
+        last = _parse(await self.store.get_meta(META_LAST_RECONCILE))
+        if force_reconcile or last is None or now - last >= self.poll.reconcile_interval:
+            return "reconcile"
+        if await self.store.get_meta(META_WATERMARK) is None:
+            return "reconcile"
+        return "incremental"
+
+    async def run_cycle(self, now: datetime, *, force_reconcile: bool = False) -> CycleReport:
+        started = time.perf_counter()
+        kind = await self.next_kind(now, force_reconcile)
+        report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind=kind)
+        log = self.log.bind(cycle_id=report.cycle_id, cycle=kind)
+        watermark = _parse(await self.store.get_meta(META_WATERMARK))
+        report.watermark = watermark
+        initial = kind == "initial"
+        seen: set[str] = set()
+
+        filters: dict[str, object] = {"partner_action_required": True}
+        since = watermark - self.poll.overlap if watermark and kind == "incremental" else None
+        if since is not None:
+            filters["last_modified_date_time"] = _iso(since)
+        # Meters with open obligations before the sweep: what a complete sweep must list again.
+        unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
+
+        async for page in self.source.search(filters):
+            await self._apply(page, now, initial, report, seen)
+            unlisted.difference_update(r.meter_id for r in page.records)
+
+        if kind == "incremental":
+            recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
+            if recheck:
+                async for page in self.source.search_meters(recheck, since):
+                    await self._apply(page, now, initial, report, seen)
+        elif report.invalid:
+            log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
+        elif unlisted:
+            await self._resolve_unlisted(sorted(unlisted), now, initial, report)
+
+        meta = {META_LAST_CYCLE: _iso(now)}
+        if report.watermark is not None:
+            meta[META_WATERMARK] = _iso(report.watermark)
+        if kind != "incremental":
+            meta[META_LAST_RECONCILE] = _iso(now)
+            meta[META_INITIALIZED] = "1"
+        await self.store.set_meta(meta)
+        report.duration = time.perf_counter() - started
+        log.info(
+            "cycle_done",
+            pages=report.pages,
+            records=report.records,
+            invalid=report.invalid,
+            events=dict(report.events),
+            watermark=meta.get(META_WATERMARK),
+            seconds=round(report.duration, 3),
+        )
+        return report
+
+    async def _apply(
+        self, page: PageLike, now: datetime, initial: bool, report: CycleReport, seen: set[str]
+    ) -> None:
+        records = page.records
+        report.pages += 1
+        report.records += len(records)
+        report.invalid += page.invalid
+        if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
+            report.watermark = page.max_updated_at
+        if not records:
+            return
+        prior = await self.store.load_obligations([r.meter_id for r in records])
+        result = diff_records(records, prior, now, initial=initial)
+        if report.kind == "incremental":
+            seen.update(r.meter_id for r in records)  # bounded by the incremental window
+        if result.obligations or result.events:
+            await self.store.commit_page(result.obligations, result.events)
+            report.events.update(e.kind for e in result.events)
+
+    async def _resolve_unlisted(
+        self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport
+    ) -> None:
+        for i in range(0, len(meter_ids), RESOLVE_BATCH):
+            prior = await self.store.load_obligations(meter_ids[i : i + RESOLVE_BATCH])
+            events: list[Event] = [
+                resolve(ob, "reconcile", now, initial) for ob in prior.values() if ob.status == "open"
+            ]
+            obligations: list[Obligation] = [e.obligation for e in events]
+            if events:
+                await self.store.commit_page(obligations, events)
+                report.events.update(e.kind for e in events)
