@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
+from alerter.config import parse_duration
 from alerter.errors import AlerterError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _since(value: str | None) -> datetime | None:
+    """An ISO time, or a duration ago (`24h`)."""
+    if not value:
+        return None
+    try:
+        return _now() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise AlerterError(f"--since: not an ISO time or a duration: {value!r}") from err
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "sim":
+    from alerter import logs
+
+    logs.configure("console", "debug" if args.verbose else "warning")
+    command = args.command
+    if command == "sim":
         from alerter import sim
 
         sim.serve(
@@ -19,5 +51,140 @@ def dispatch(args: argparse.Namespace) -> int:
             seed=args.seed,
             api_key=args.api_key,
         )
-        return 0
-    raise AlerterError(f"command not available yet: {args.command}")
+        return EXIT_OK
+    if command == "demo":
+        from alerter import demo
+
+        return demo.main(meters=args.meters, port=args.port, state=args.state)
+    if command == "check":
+        from alerter import checking
+
+        return checking.check(args.config)
+    if command == "rules":
+        from alerter import checking
+
+        return checking.rules_test(args.config, args.before, args.after, args.now)
+    if command in ("run", "once"):
+        from alerter import service
+
+        if command == "run":
+            return service.run(args.config, verbose=args.verbose)
+        return service.once(args.config, deadline=args.deadline, verbose=args.verbose)
+    handler = _STATE_COMMANDS.get(command)
+    if handler is None:
+        raise AlerterError(f"unknown command: {command}")
+    return asyncio.run(_with_store(args.config, lambda store, cfg: handler(store, cfg, args)))
+
+
+async def _with_store(config_path: str, fn: Callable[[Any, Any], Awaitable[int]]) -> int:
+    from alerter.config import load_config
+    from alerter.store import open_store
+
+    loaded = load_config(config_path)
+    store = open_store(loaded.config.state.url)
+    await store.open()
+    try:
+        return await fn(store, loaded)
+    finally:
+        await store.close()
+
+
+def _fmt(dt: datetime | None) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if dt else "-"
+
+
+async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
+    from alerter.routing import parse_silence_matchers
+    from alerter.store.base import Silence
+
+    now = _now()
+    if args.silence_command == "add":
+        try:
+            matchers = parse_silence_matchers(args.matchers)
+            ends = now + parse_duration(args.duration)
+        except ValueError as err:
+            print(f"alerter: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        silence = Silence(
+            id=uuid.uuid4().hex[:12],
+            matchers=matchers,
+            starts_at=now,
+            ends_at=ends,
+            reason=args.reason,
+            created_by=args.author,
+            created_at=now,
+        )
+        await store.add_silence(silence)
+        print(f"{silence.id}  until {_fmt(ends)}  {args.reason}")
+        return EXIT_OK
+    if args.silence_command == "list":
+        silences = await store.list_silences(now, include_expired=args.all)
+        if not silences:
+            print("no silences")
+        for s in silences:
+            state = "active" if s.starts_at <= now < s.ends_at else "expired"
+            matchers = " ".join(f"{k}={v}" for k, v in s.matchers.items())
+            print(f"{s.id}  {state:7}  until {_fmt(s.ends_at)}  {matchers}  # {s.reason}")
+        return EXIT_OK
+    if await store.expire_silence(args.id, now):
+        print(f"expired {args.id}")
+        return EXIT_OK
+    print(f"alerter: no active silence {args.id!r}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+async def _dlq(store: Any, loaded: Any, args: argparse.Namespace) -> int:
+    since = _since(args.since)
+    if args.dlq_command == "list":
+        rows = await store.dead_letters(args.receiver, since)
+        if not rows:
+            print("no dead letters")
+        for d in rows:
+            print(
+                f"{d.notification.id}  {d.receiver}  attempts={d.attempts}  "
+                f"events={len(d.notification.events)}  {d.last_error or ''}"
+            )
+        return EXIT_OK
+    count = await store.replay_dead_letters(_now(), args.receiver, since)
+    print(f"replayed {count} dead letter(s); the running service delivers them")
+    return EXIT_OK
+
+
+async def _receivers(store: Any, loaded: Any, args: argparse.Namespace) -> int:
+    disabled = await store.disabled_receivers()
+    if args.receivers_command == "list":
+        for name in loaded.rules.receivers:
+            reason = disabled.get(name)
+            print(f"{name}  {'disabled: ' + reason if reason else 'enabled'}")
+        return EXIT_OK
+    if args.name not in loaded.rules.receivers:
+        print(f"alerter: no receiver named {args.name!r} in the rules", file=sys.stderr)
+        return EXIT_USAGE
+    await store.set_receiver_disabled(args.name, None, _now())
+    print(f"enabled {args.name}" + (" (was disabled)" if args.name in disabled else ""))
+    return EXIT_OK
+
+
+async def _history(store: Any, loaded: Any, args: argparse.Namespace) -> int:
+    entries = await store.history(args.meter)
+    if not entries:
+        print(f"no history for meter {args.meter}")
+        return EXIT_OK
+    for entry in entries:
+        ob = entry.event.obligation
+        detail = f" ({entry.event.detail})" if entry.event.detail else ""
+        print(
+            f"{_fmt(entry.at)}  {entry.event.kind}{detail}  {ob.action_type}/{ob.action_code}  "
+            f"{ob.program_identifier} {ob.delivery_period}"
+        )
+        for outcome in entry.outcomes:
+            print(f"    {outcome}")
+    return EXIT_OK
+
+
+_STATE_COMMANDS: dict[str, Callable[[Any, Any, argparse.Namespace], Awaitable[int]]] = {
+    "silence": _silence,
+    "dlq": _dlq,
+    "receivers": _receivers,
+    "history": _history,
+}
