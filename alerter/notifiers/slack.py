@@ -1,10 +1,56 @@
-"""Slack: chat.postMessage with Block Kit, paced per channel; resolutions update the original."""
+"""Slack: chat.postMessage with Block Kit, paced per channel; resolutions update the original.
+
+How this works: a message about new obligations becomes their thread root (`channel:ts`).
+A notification of only reminders or only resolutions answers in each obligation's thread,
+and a resolution first ticks the obligation in the original message (conversations.history
+then chat.update; skipped with a log line if the bot cannot read the channel). Every post
+and update waits its turn on a per-channel limiter (about one message a second) shared by
+all notifiers of the same token and channel; a 429 blocks that channel only.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, SecretStr
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from alerter.config import STRICT
+import aiohttp
+import structlog
+from aiolimiter import AsyncLimiter
+from pydantic import BaseModel, SecretStr, field_validator
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from alerter import templates
+from alerter.config import STRICT, Duration
+from alerter.errors import DeliveryError
+from alerter.models import Event, Notification
+from alerter.notifiers import slack_blocks
+from alerter.notifiers.base import Deferred, SendResult, ThreadLookup, scrub
+
+log = structlog.get_logger("alerter.notifiers.slack")
+
+PERMANENT = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "restricted_action",
+    }
+)
+RETRYABLE = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+)
 
 
 class SlackConfig(BaseModel):
@@ -15,3 +61,196 @@ class SlackConfig(BaseModel):
     api_url: str = "https://slack.com/api/"
     template: str | None = None
     """Optional Jinja2 template for the message text (Block Kit is built from it)."""
+    portal_url: str = templates.PORTAL_URL
+    """Base URL of the Leap Partner Portal; each meter links to `{portal_url}/meters/{meter_id}`."""
+    min_interval: Duration = timedelta(seconds=1)
+    """Pacing: at most one message per this interval in the channel."""
+    max_wait: Duration = timedelta(seconds=10)
+    """The longest a send waits (for its turn, or a Retry-After) before handing back to delivery."""
+
+    @field_validator("template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        return templates.validate_template(value)
+
+
+class Pacer:
+    """One channel's turn-taking: an aiolimiter bucket plus a Retry-After block."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.limiter = AsyncLimiter(1, interval)
+        self.blocked_until = 0.0
+        self.queued = 0
+
+    def expected_wait(self) -> float:
+        loop = asyncio.get_running_loop()
+        return max(0.0, self.blocked_until - loop.time()) + self.queued * self.interval
+
+    def block(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.blocked_until = max(self.blocked_until, loop.time() + seconds)
+
+    async def turn(self) -> None:
+        self.queued += 1
+        try:
+            loop = asyncio.get_running_loop()
+            while (wait := self.blocked_until - loop.time()) > 0:  # noqa: ASYNC110 (a 429 may extend it)
+                await asyncio.sleep(wait)
+            await self.limiter.acquire()
+        finally:
+            self.queued -= 1
+
+
+_PACERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], Pacer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def pacer_for(token: str, api_url: str, channel: str, interval: float) -> Pacer:
+    """Shared by every notifier of the same workspace token and channel (in this event loop)."""
+    pacers = _PACERS.setdefault(asyncio.get_running_loop(), {})
+    key = (hashlib.sha256(token.encode()).hexdigest()[:16], api_url, channel)
+    if key not in pacers:
+        pacers[key] = Pacer(interval)
+    return pacers[key]
+
+
+class SlackNotifier:
+    channel = "slack"
+
+    def __init__(self, receiver: str, config: SlackConfig) -> None:
+        self.receiver = receiver
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._client: AsyncWebClient | None = None
+
+    def _web(self) -> AsyncWebClient:
+        if self._client is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            self._client = AsyncWebClient(
+                token=self.config.token.get_secret_value(),
+                base_url=self.config.api_url,
+                session=self._session,
+                retry_handlers=[],
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session, self._client = None, None
+
+    def _error(self, message: str) -> str:
+        return scrub(message, [self.config.token.get_secret_value()])
+
+    async def _call(self, method: str, paced: bool, **args: Any) -> dict[str, Any]:
+        cfg = self.config
+        pacer = pacer_for(
+            cfg.token.get_secret_value(), cfg.api_url, cfg.channel, cfg.min_interval.total_seconds()
+        )
+        max_wait = cfg.max_wait.total_seconds()
+        for attempt in range(4):
+            if paced:
+                if (wait := pacer.expected_wait()) > max_wait:
+                    raise Deferred(f"slack {method}: channel busy, next turn in {wait:.0f}s", wait)
+                await pacer.turn()
+            try:
+                response = await self._web().api_call(method, json=args)
+                return dict(response.data) if isinstance(response.data, dict) else {}
+            except SlackApiError as e:
+                status = e.response.status_code
+                data = e.response.data if isinstance(e.response.data, dict) else {}
+                code = str(data.get("error", "")) or f"HTTP {status}"
+                if status == 429 or code == "ratelimited":
+                    retry_after = _retry_after(e.response.headers)
+                    pacer.block(retry_after)
+                    if retry_after <= max_wait and attempt < 3:
+                        log.info("slack_rate_limited", receiver=self.receiver, retry_after=retry_after)
+                        continue
+                    raise Deferred(
+                        f"slack {method}: rate limited, retry after {retry_after:g}s", retry_after
+                    ) from None
+                if code in PERMANENT:
+                    log.error("slack_receiver_refused", receiver=self.receiver, method=method, error=code)
+                    raise DeliveryError(
+                        self._error(f"slack {method}: {code} (check the token, channel and bot membership)"),
+                        retryable=False,
+                    ) from None
+                retryable = status >= 500 or code in RETRYABLE
+                raise DeliveryError(self._error(f"slack {method}: {code}"), retryable=retryable) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise DeliveryError(
+                    self._error(f"slack {method}: connection failed ({type(e).__name__})"), retryable=True
+                ) from None
+        raise Deferred(f"slack {method}: still rate limited", pacer.expected_wait())
+
+    async def _post(self, n: Notification, events: tuple[Event, ...], thread_ts: str | None = None) -> str:
+        msg = templates.render_slack(n.model_copy(update={"events": events}), self.config, datetime.now(UTC))
+        args: dict[str, Any] = {
+            "channel": self.config.channel,
+            "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),
+            "blocks": msg.blocks,
+        }
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+        data = await self._call("chat.postMessage", paced=True, **args)
+        return f"{data.get('channel', self.config.channel)}:{data.get('ts', '')}"
+
+    async def _tick_original(self, root: str, events: list[Event]) -> None:
+        channel, _, ts = root.partition(":")
+        resolved = {
+            e.obligation.key_id: e.obligation.meter.partner_reference or e.obligation.meter_id for e in events
+        }
+        try:
+            history = await self._call(
+                "conversations.history", paced=False, channel=channel, latest=ts, inclusive=True, limit=1
+            )
+        except DeliveryError as e:
+            if e.retryable:
+                raise
+            log.warning("slack_update_skipped", receiver=self.receiver, reason=str(e))
+            return
+        original = next((m for m in history.get("messages", []) if m.get("ts") == ts), None)
+        if original is None:
+            log.warning("slack_update_skipped", receiver=self.receiver, reason="original message not found")
+            return
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        blocks = slack_blocks.mark_resolved(original.get("blocks", []), resolved, when)
+        await self._call(
+            "chat.update", paced=True, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
+        )
+
+    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
+        kinds = {e.kind for e in notification.events}
+        if notification.kind == "digest" or len(kinds) != 1 or not kinds <= {"resolved", "reminder"}:
+            ext = await self._post(notification, notification.events)
+            return SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
+        by_root: dict[str, list[Event]] = {}
+        loose: list[Event] = []
+        for e in notification.events:
+            root = await threads(e.obligation.key_id)
+            by_root.setdefault(root, []).append(e) if root else loose.append(e)
+        first: str | None = None
+        for root, events in by_root.items():
+            if kinds == {"resolved"}:
+                await self._tick_original(root, events)
+            ext = await self._post(notification, tuple(events), thread_ts=root.partition(":")[2])
+            first = first or ext
+        new_roots: Mapping[str, str] = {}
+        if loose:
+            ext = await self._post(notification, tuple(loose))
+            first = first or ext
+            if kinds == {"reminder"}:
+                new_roots = {e.obligation.key_id: ext for e in loose}
+        return SendResult(first, dict(new_roots))
+
+
+def _retry_after(headers: Mapping[str, Any]) -> float:
+    for name in ("Retry-After", "retry-after"):
+        if name in headers:
+            try:
+                return max(0.0, float(headers[name]))
+            except ValueError:
+                break
+    return 1.0
