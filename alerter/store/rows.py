@@ -1,0 +1,179 @@
+"""Conversions between domain models and the columns both SQL backends store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from alerter.models import Event, Notification, Obligation
+from alerter.store.base import Delivery, GroupState, Silence
+
+TsParam = Callable[[datetime | None], Any]
+"""How a backend binds a datetime: ISO text on SQLite, the aware datetime on PostgreSQL."""
+
+
+class Row(Protocol):
+    """A result row addressable by column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+KEY_COLUMNS = "meter_id, program_identifier, delivery_period, action_type, action_code"
+OBLIGATION_COLUMNS = (
+    f"{KEY_COLUMNS}, key_id, status, action_description, deadline, meter, "
+    "opened_at, first_seen, last_seen, resolved_at, resolution, version"
+)
+EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
+DELIVERY_COLUMNS = (
+    "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
+    "d.sent_at, d.external_id, n.payload"
+)
+
+
+def utc(dt: datetime) -> datetime:
+    """The same instant in UTC; a naive datetime is a programming error."""
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt.isoformat()} given to the state store")
+    return dt.astimezone(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """Fixed-width ISO text, so that SQLite compares instants as strings."""
+    return None if dt is None else utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    return None if dt is None else utc(dt)
+
+
+def read_ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
+    return (
+        *o.key,
+        o.key_id,
+        o.status,
+        o.action_description,
+        ts(o.deadline),
+        o.meter.model_dump_json(),
+        ts(o.opened_at),
+        ts(o.first_seen),
+        ts(o.last_seen),
+        ts(o.resolved_at),
+        o.resolution,
+        o.version,
+    )
+
+
+def obligation_from_row(r: Row) -> Obligation:
+    return Obligation.model_validate(
+        {
+            "meter_id": r["meter_id"],
+            "program_identifier": r["program_identifier"],
+            "delivery_period": r["delivery_period"],
+            "action_type": r["action_type"],
+            "action_code": r["action_code"],
+            "action_description": r["action_description"],
+            "deadline": read_ts(r["deadline"]),
+            "meter": orjson.loads(r["meter"]),
+            "status": r["status"],
+            "resolution": r["resolution"],
+            "opened_at": read_ts(r["opened_at"]),
+            "first_seen": read_ts(r["first_seen"]),
+            "last_seen": read_ts(r["last_seen"]),
+            "resolved_at": read_ts(r["resolved_at"]),
+            "version": r["version"],
+        }
+    )
+
+
+def event_params(e: Event, ts: TsParam) -> tuple[Any, ...]:
+    o = e.obligation
+    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, e.model_dump_json())
+
+
+def event_from_payload(payload: str) -> Event:
+    return Event.model_validate_json(payload)
+
+
+def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:
+    return (
+        g.key,
+        g.rule,
+        g.receiver,
+        dumps(g.values),
+        ts(g.flush_at),
+        ts(g.last_flush_at),
+        dumps(list(g.pending)),
+    )
+
+
+def group_from_row(r: Row) -> GroupState:
+    flush_at = read_ts(r["flush_at"])
+    assert flush_at is not None
+    return GroupState(
+        key=r["key"],
+        rule=r["rule"],
+        receiver=r["receiver"],
+        values=orjson.loads(r["group_values"]),
+        flush_at=flush_at,
+        last_flush_at=read_ts(r["last_flush_at"]),
+        pending=tuple(orjson.loads(r["pending"])),
+    )
+
+
+def notification_params(n: Notification, ts: TsParam) -> tuple[Any, ...]:
+    return (n.id, n.kind, n.rule, n.receiver, ts(n.created_at), n.model_dump_json())
+
+
+def delivery_from_row(r: Row) -> Delivery:
+    return Delivery(
+        notification=Notification.model_validate_json(r["payload"]),
+        receiver=r["receiver"],
+        status=r["status"],
+        attempts=r["attempts"],
+        next_attempt_at=read_ts(r["next_attempt_at"]),
+        last_error=r["last_error"],
+        sent_at=read_ts(r["sent_at"]),
+        external_id=r["external_id"],
+    )
+
+
+def silence_params(s: Silence, ts: TsParam) -> tuple[Any, ...]:
+    return (
+        s.id,
+        dumps(s.matchers),
+        ts(s.starts_at),
+        ts(s.ends_at),
+        s.reason,
+        s.created_by,
+        ts(s.created_at),
+    )
+
+
+def silence_from_row(r: Row) -> Silence:
+    starts_at, ends_at = read_ts(r["starts_at"]), read_ts(r["ends_at"])
+    assert starts_at is not None and ends_at is not None
+    return Silence(
+        id=r["id"],
+        matchers=orjson.loads(r["matchers"]),
+        starts_at=starts_at,
+        ends_at=ends_at,
+        reason=r["reason"],
+        created_by=r["created_by"],
+        created_at=read_ts(r["created_at"]),
+    )

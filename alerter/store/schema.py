@@ -1,0 +1,177 @@
+"""Versioned schema migrations for both backends, written once and rendered per dialect.
+
+How this works: `MIGRATIONS` is an append-only list; step N (1-based) moves the schema
+from version N-1 to N. `schema_version` holds the versions applied. A store applies the
+missing steps at open, in one transaction (PostgreSQL takes an advisory transaction lock
+first, so replicas starting together migrate once). Never edit a released step: add one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {
+        "key": "TEXT",
+        "ts": "TEXT",
+        "json": "TEXT",
+        "bool": "INTEGER",
+        "seq": "INTEGER PRIMARY KEY",
+    },
+    "postgres": {
+        # Byte-order collation: keyset pagination and indexes behave like Python's sort.
+        "key": 'TEXT COLLATE "C"',
+        "ts": "TIMESTAMPTZ",
+        "json": "JSONB",
+        "bool": "BOOLEAN",
+        "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    },
+}
+
+_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE leader (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token BIGINT NOT NULL,
+    owner TEXT NOT NULL,
+    acquired_at {ts} NOT NULL
+);
+
+CREATE TABLE obligations (
+    meter_id {key} NOT NULL,
+    program_identifier {key} NOT NULL,
+    delivery_period {key} NOT NULL,
+    action_type {key} NOT NULL,
+    action_code {key} NOT NULL,
+    key_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    action_description TEXT NOT NULL,
+    deadline {ts},
+    meter {json} NOT NULL,
+    opened_at {ts} NOT NULL,
+    first_seen {ts} NOT NULL,
+    last_seen {ts} NOT NULL,
+    resolved_at {ts},
+    resolution TEXT,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (meter_id, program_identifier, delivery_period, action_type, action_code)
+);
+CREATE INDEX obligations_open ON obligations
+    (meter_id, program_identifier, delivery_period, action_type, action_code)
+    WHERE status = 'open';
+
+CREATE TABLE events (
+    seq {seq},
+    id TEXT NOT NULL UNIQUE,
+    key_id TEXT NOT NULL,
+    meter_id {key} NOT NULL,
+    kind TEXT NOT NULL,
+    occurred_at {ts} NOT NULL,
+    initial {bool} NOT NULL,
+    routed {bool} NOT NULL DEFAULT FALSE,
+    payload {json} NOT NULL
+);
+CREATE INDEX events_pending ON events (seq) WHERE NOT routed;
+CREATE INDEX events_meter ON events (meter_id, seq);
+
+CREATE TABLE groups (
+    key TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    group_values {json} NOT NULL,
+    flush_at {ts} NOT NULL,
+    last_flush_at {ts},
+    pending {json} NOT NULL
+);
+
+CREATE TABLE notifications (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    payload {json} NOT NULL
+);
+
+CREATE TABLE notification_events (
+    event_id TEXT NOT NULL,
+    notification_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, notification_id)
+);
+
+CREATE TABLE notified (
+    key_id TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    PRIMARY KEY (key_id, receiver)
+);
+
+CREATE TABLE deliveries (
+    notification_id TEXT NOT NULL,
+    receiver TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at {ts},
+    last_error TEXT,
+    sent_at {ts},
+    external_id TEXT,
+    lease_owner TEXT,
+    lease_until {ts},
+    updated_at {ts} NOT NULL,
+    PRIMARY KEY (notification_id, receiver)
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_status ON deliveries (status, receiver);
+
+CREATE TABLE threads (
+    receiver TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    PRIMARY KEY (receiver, key_id)
+);
+
+CREATE TABLE silences (
+    id TEXT PRIMARY KEY,
+    matchers {json} NOT NULL,
+    starts_at {ts} NOT NULL,
+    ends_at {ts} NOT NULL,
+    reason TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at {ts}
+);
+CREATE INDEX silences_ends ON silences (ends_at);
+
+CREATE TABLE silenced (
+    event_id TEXT NOT NULL,
+    silence_id TEXT NOT NULL,
+    PRIMARY KEY (event_id, silence_id)
+);
+
+CREATE TABLE receivers_state (
+    name TEXT PRIMARY KEY,
+    disabled_reason TEXT NOT NULL,
+    at {ts} NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+"""Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
+
+CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
+CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+RECORD_VERSION = "INSERT INTO schema_version (version) VALUES ($1)"
+
+
+def statements(step: int, dialect: Dialect) -> list[str]:
+    """The DDL statements of migration `step` (1-based) for `dialect`."""
+    sql = MIGRATIONS[step - 1].format(**_TYPES[dialect])
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def too_new(found: int) -> str:
+    return (
+        f"the state store has schema version {found} but this alerter knows only up to "
+        f"{len(MIGRATIONS)}; upgrade alerter"
+    )

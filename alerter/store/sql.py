@@ -1,0 +1,421 @@
+"""The Store logic both SQL backends share, over a tiny transaction interface each one supplies.
+
+How this works: queries are written once with PostgreSQL-style `$n` parameters (SQLite
+runs them as `?n`). A backend provides `_read()` / `_write(fenced)` transactions, how a
+datetime and a list of ids are bound, and the bulk writes of `commit_page`, where the
+fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Protocol
+
+from alerter.models import Event, Obligation, ObligationKey
+from alerter.store import rows
+from alerter.store.base import Delivery, GroupState, HistoryEntry, RoutingWrite, Silence
+from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+
+NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
+"""A receiver sent one of these about an obligation is told when it resolves."""
+
+_META_UPSERT = (
+    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
+_GROUP_UPSERT = (
+    "INSERT INTO groups (key, rule, receiver, group_values, flush_at, last_flush_at, pending) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET rule = excluded.rule, "
+    "receiver = excluded.receiver, group_values = excluded.group_values, flush_at = excluded.flush_at, "
+    "last_flush_at = excluded.last_flush_at, pending = excluded.pending"
+)
+_SILENCE_UPSERT = (
+    "INSERT INTO silences (id, matchers, starts_at, ends_at, reason, created_by, created_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET matchers = excluded.matchers, "
+    "starts_at = excluded.starts_at, ends_at = excluded.ends_at, reason = excluded.reason, "
+    "created_by = excluded.created_by, created_at = excluded.created_at"
+)
+_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+
+
+class Tx(Protocol):
+    """One connection inside a transaction (or a read)."""
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Returns the number of rows affected."""
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
+
+
+class SqlStore(ABC):
+    """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
+
+    url: str
+    skip_locked: ClassVar[str] = ""
+    """Row-locking suffix for the claim query (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+
+    def __init__(self) -> None:
+        self._fence: int | None = None
+
+    # -- what a backend supplies --
+    @abstractmethod
+    def _read(self) -> AbstractAsyncContextManager[Tx]: ...
+
+    @abstractmethod
+    def _write(self, fenced: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """A transaction; `fenced` checks the fencing token inside it (FencedError)."""
+
+    @abstractmethod
+    def _ts(self, dt: datetime | None) -> Any: ...
+
+    @abstractmethod
+    def _in(self, n: int) -> str:
+        """SQL for "is one of the ids bound as parameter n", e.g. `= ANY($1::text[])`."""
+
+    @abstractmethod
+    def _ids(self, values: Sequence[str]) -> Any:
+        """Bind a list of ids for `_in`."""
+
+    @abstractmethod
+    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None: ...
+
+    @abstractmethod
+    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
+        """Insert, ignoring ids already present; returns how many were new."""
+
+    def set_fence(self, token: int | None) -> None:
+        self._fence = token
+
+    # -- cycle state --
+    async def get_meta(self, key: str) -> str | None:
+        async with self._read() as tx:
+            value: str | None = await tx.fetchval("SELECT value FROM meta WHERE key = $1", key)
+            return value
+
+    async def set_meta(self, values: Mapping[str, str]) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.executemany(_META_UPSERT, list(values.items()))
+
+    async def is_empty(self) -> bool:
+        async with self._read() as tx:
+            return bool(
+                await tx.fetchval(
+                    "SELECT NOT EXISTS (SELECT 1 FROM obligations) "
+                    "AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')"
+                )
+            )
+
+    async def load_obligations(self, meter_ids: Sequence[str]) -> dict[ObligationKey, Obligation]:
+        if not meter_ids:
+            return {}
+        sql = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE meter_id {self._in(1)}"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ids(list(dict.fromkeys(meter_ids))))
+        return {o.key: o for o in map(rows.obligation_from_row, found)}
+
+    async def open_meter_ids(self) -> list[str]:
+        sql = "SELECT DISTINCT meter_id FROM obligations WHERE status = 'open' ORDER BY meter_id"
+        async with self._read() as tx:
+            return [r["meter_id"] for r in await tx.fetch(sql)]
+
+    async def open_obligations(
+        self, after: ObligationKey | None = None, limit: int = 1000
+    ) -> list[Obligation]:
+        async with self._read() as tx:
+            if after is None:
+                found = await tx.fetch(f"{_OPEN_OBLIGATIONS} ORDER BY {KEY_COLUMNS} LIMIT $1", limit)
+            else:
+                sql = (
+                    f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) "
+                    f"ORDER BY {KEY_COLUMNS} LIMIT $6"
+                )
+                found = await tx.fetch(sql, *after, limit)
+        return [rows.obligation_from_row(r) for r in found]
+
+    async def commit_page(
+        self,
+        obligations: Sequence[Obligation],
+        events: Sequence[Event],
+        meta: Mapping[str, str] | None = None,
+    ) -> int:
+        if not obligations and not events and not meta:
+            return 0
+        new = 0
+        async with self._write(fenced=True) as tx:
+            if obligations:
+                # One row per key (the last wins): an upsert may not touch a row twice.
+                await self._upsert_obligations(tx, list({o.key: o for o in obligations}.values()))
+            if events:
+                new = await self._insert_events(tx, list({e.id: e for e in reversed(events)}.values())[::-1])
+            if meta:
+                await tx.executemany(_META_UPSERT, list(meta.items()))
+        return new
+
+    async def count_open(self) -> list[tuple[str, datetime | None, int]]:
+        sql = (
+            "SELECT action_type, deadline, COUNT(*) AS n FROM obligations WHERE status = 'open' "
+            "GROUP BY action_type, deadline ORDER BY action_type, deadline"
+        )
+        async with self._read() as tx:
+            return [(r["action_type"], rows.read_ts(r["deadline"]), r["n"]) for r in await tx.fetch(sql)]
+
+    # -- routing --
+    async def pending_events(self, limit: int = 1000) -> list[Event]:
+        sql = "SELECT payload FROM events WHERE NOT routed ORDER BY seq LIMIT $1"
+        async with self._read() as tx:
+            return [rows.event_from_payload(r["payload"]) for r in await tx.fetch(sql, limit)]
+
+    async def load_events(self, ids: Sequence[str]) -> list[Event]:
+        if not ids:
+            return []
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT id, payload FROM events WHERE id {self._in(1)}", self._ids(ids))
+        by_id = {r["id"]: r["payload"] for r in found}
+        return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
+
+    async def load_groups(self) -> list[GroupState]:
+        sql = "SELECT key, rule, receiver, group_values, flush_at, last_flush_at, pending FROM groups"
+        async with self._read() as tx:
+            return [rows.group_from_row(r) for r in await tx.fetch(f"{sql} ORDER BY key")]
+
+    async def notified_receivers(self, key_ids: Sequence[str]) -> dict[str, set[str]]:
+        if not key_ids:
+            return {}
+        sql = f"SELECT key_id, receiver FROM notified WHERE key_id {self._in(1)}"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ids(key_ids))
+        out: dict[str, set[str]] = defaultdict(set)
+        for r in found:
+            out[r["key_id"]].add(r["receiver"])
+        return dict(out)
+
+    async def commit_routing(self, write: RoutingWrite) -> None:
+        ts = self._ts
+        async with self._write(fenced=True) as tx:
+            if write.consumed:
+                sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
+                await tx.execute(sql, self._ids(write.consumed))
+            if write.deleted_groups:
+                await tx.execute(
+                    f"DELETE FROM groups WHERE key {self._in(1)}", self._ids(write.deleted_groups)
+                )
+            if write.groups:
+                await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
+            if write.notifications:
+                await self._insert_notifications(tx, write)
+            if write.silenced:
+                sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
+
+    async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
+        ts, notes = self._ts, write.notifications
+        await tx.executemany(
+            "INSERT INTO notifications (id, kind, rule, receiver, created_at, payload) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            [rows.notification_params(n, ts) for n in notes],
+        )
+        await tx.executemany(
+            "INSERT INTO deliveries (notification_id, receiver, status, attempts, next_attempt_at, "
+            "updated_at) VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
+            [(n.id, n.receiver, ts(n.created_at)) for n in notes],
+        )
+        links = {(e.id, n.id): None for n in notes for e in n.events}
+        await tx.executemany(
+            "INSERT INTO notification_events (event_id, notification_id) VALUES ($1, $2) "
+            "ON CONFLICT DO NOTHING",
+            list(links),
+        )
+        told = {
+            (e.obligation.key_id, n.receiver): None
+            for n in notes
+            for e in n.events
+            if e.kind in NOTIFIED_KINDS
+        }
+        if told:
+            await tx.executemany(
+                "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
+            )
+
+    # -- silences --
+    async def add_silence(self, silence: Silence) -> None:
+        async with self._write() as tx:
+            await tx.execute(_SILENCE_UPSERT, *rows.silence_params(silence, self._ts))
+
+    async def list_silences(self, now: datetime, include_expired: bool = False) -> list[Silence]:
+        sql = "SELECT id, matchers, starts_at, ends_at, reason, created_by, created_at FROM silences"
+        async with self._read() as tx:
+            if include_expired:
+                found = await tx.fetch(f"{sql} ORDER BY starts_at, id")
+            else:
+                found = await tx.fetch(f"{sql} WHERE ends_at > $1 ORDER BY starts_at, id", self._ts(now))
+        return [rows.silence_from_row(r) for r in found]
+
+    async def expire_silence(self, silence_id: str, now: datetime) -> bool:
+        sql = (
+            "UPDATE silences SET ends_at = $2, "
+            "starts_at = CASE WHEN starts_at > $2 THEN $2 ELSE starts_at END WHERE id = $1 AND ends_at > $2"
+        )
+        async with self._write() as tx:
+            return await tx.execute(sql, silence_id, self._ts(now)) > 0
+
+    # -- delivery ledger --
+    async def claim_deliveries(
+        self, now: datetime, owner: str, limit: int, lease_seconds: float
+    ) -> list[Delivery]:
+        sql = (
+            f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 "
+            "AND (d.lease_until IS NULL OR d.lease_until <= $1) "
+            "AND NOT EXISTS (SELECT 1 FROM receivers_state r WHERE r.name = d.receiver) "
+            f"ORDER BY d.next_attempt_at, d.notification_id LIMIT $2 {self.skip_locked}"
+        )
+        until = self._ts(now + timedelta(seconds=lease_seconds))
+        async with self._write() as tx:
+            found = await tx.fetch(sql, self._ts(now), limit)
+            if found:
+                await tx.executemany(
+                    "UPDATE deliveries SET lease_owner = $1, lease_until = $2 "
+                    "WHERE notification_id = $3 AND receiver = $4",
+                    [(owner, until, r["notification_id"], r["receiver"]) for r in found],
+                )
+        return [rows.delivery_from_row(r) for r in found]
+
+    async def mark_sent(
+        self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None
+    ) -> None:
+        sql = (
+            "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, sent_at = $3, external_id = $4, "
+            "next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3 "
+            "WHERE notification_id = $1 AND receiver = $2"
+        )
+        async with self._write() as tx:
+            await tx.execute(sql, notification_id, receiver, self._ts(sent_at), external_id)
+
+    async def mark_failed(
+        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None
+    ) -> None:
+        sql = (
+            "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $4, "
+            "next_attempt_at = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6 "
+            "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
+        )
+        status = "dead" if next_attempt_at is None else "pending"
+        now = self._ts(datetime.now(UTC))
+        async with self._write() as tx:
+            await tx.execute(sql, notification_id, receiver, status, error, self._ts(next_attempt_at), now)
+
+    def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:
+        """WHERE clause for dead letters; `p` is the table alias prefix, `args` grows."""
+        where = f"{p}status = 'dead'"
+        if receiver is not None:
+            args.append(receiver)
+            where += f" AND {p}receiver = ${len(args)}"
+        if since is not None:
+            args.append(self._ts(since))
+            where += f" AND {p}updated_at >= ${len(args)}"
+        return where
+
+    async def dead_letters(
+        self, receiver: str | None = None, since: datetime | None = None
+    ) -> list[Delivery]:
+        args: list[Any] = []
+        where = self._dead_filter(receiver, since, args, "d.")
+        async with self._read() as tx:
+            found = await tx.fetch(
+                f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args
+            )
+        return [rows.delivery_from_row(r) for r in found]
+
+    async def replay_dead_letters(
+        self, now: datetime, receiver: str | None = None, since: datetime | None = None
+    ) -> int:
+        args: list[Any] = [self._ts(now)]
+        where = self._dead_filter(receiver, since, args)
+        sql = (
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, "
+            f"lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE {where}"
+        )
+        async with self._write() as tx:
+            return await tx.execute(sql, *args)
+
+    async def undelivered_count(self) -> int:
+        async with self._read() as tx:
+            return int(await tx.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"))
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        sql = "SELECT receiver, status, COUNT(*) AS n FROM deliveries GROUP BY receiver, status"
+        async with self._read() as tx:
+            return {(r["receiver"], r["status"]): r["n"] for r in await tx.fetch(sql)}
+
+    async def get_thread(self, receiver: str, key_id: str) -> str | None:
+        sql = "SELECT external_id FROM threads WHERE receiver = $1 AND key_id = $2"
+        async with self._read() as tx:
+            value: str | None = await tx.fetchval(sql, receiver, key_id)
+            return value
+
+    async def set_thread(self, receiver: str, key_id: str, external_id: str) -> None:
+        sql = "INSERT INTO threads (receiver, key_id, external_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+        async with self._write() as tx:
+            await tx.execute(sql, receiver, key_id, external_id)
+
+    async def set_receiver_disabled(self, receiver: str, reason: str | None, now: datetime) -> None:
+        async with self._write() as tx:
+            if reason is None:
+                await tx.execute("DELETE FROM receivers_state WHERE name = $1", receiver)
+            else:
+                await tx.execute(
+                    "INSERT INTO receivers_state (name, disabled_reason, at) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (name) DO UPDATE SET disabled_reason = excluded.disabled_reason, "
+                    "at = excluded.at",
+                    receiver,
+                    reason,
+                    self._ts(now),
+                )
+
+    async def disabled_receivers(self) -> dict[str, str]:
+        async with self._read() as tx:
+            found = await tx.fetch("SELECT name, disabled_reason FROM receivers_state ORDER BY name")
+        return {r["name"]: r["disabled_reason"] for r in found}
+
+    # -- history --
+    async def history(self, meter_id: str) -> list[HistoryEntry]:
+        async with self._read() as tx:
+            events = await tx.fetch(
+                "SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id
+            )
+            silenced = await tx.fetch(
+                "SELECT s.event_id, s.silence_id FROM silenced s JOIN events e ON e.id = s.event_id "
+                "WHERE e.meter_id = $1 ORDER BY s.silence_id",
+                meter_id,
+            )
+            notified = await tx.fetch(
+                "SELECT l.event_id, n.id, n.receiver, d.status FROM notification_events l "
+                "JOIN events e ON e.id = l.event_id JOIN notifications n ON n.id = l.notification_id "
+                "LEFT JOIN deliveries d ON d.notification_id = n.id AND d.receiver = n.receiver "
+                "WHERE e.meter_id = $1 ORDER BY n.created_at, n.id",
+                meter_id,
+            )
+        outcomes: dict[str, list[str]] = defaultdict(list)
+        for r in silenced:
+            outcomes[r["event_id"]].append(f"silenced {r['silence_id']}")
+        ids = {r["id"] for r in events}
+        for group in await self.load_groups() if events else []:
+            for eid in group.pending:
+                if eid in ids:
+                    outcomes[eid].append(f"grouped {group.rule}/{group.receiver}, waiting")
+        for r in notified:
+            outcomes[r["event_id"]].append(
+                f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})"
+            )
+        entries = []
+        for r in events:
+            event = rows.event_from_payload(r["payload"])
+            entries.append(HistoryEntry(at=event.occurred_at, event=event, outcomes=tuple(outcomes[r["id"]])))
+        return entries

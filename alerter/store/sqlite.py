@@ -1,0 +1,214 @@
+"""The embedded default store: one SQLite file, one process, one connection.
+
+How this works: a sidecar `<file>.lock` holds an exclusive flock (and the owner's pid) for
+the store's lifetime, so a second alerter on the same file refuses to start. All work goes
+through one aiosqlite connection guarded by an asyncio lock; writes are explicit
+`BEGIN IMMEDIATE ... COMMIT` transactions. The journal is WAL with `synchronous=NORMAL`:
+a committed transaction is in the WAL before COMMIT returns, so it survives the process
+being killed; only an OS crash or power loss can drop the last few commits, which the
+design tolerates (the watermark advances after the cycle commits and event ids are
+deterministic, so a rolled-back cycle is redone with the same ids and idempotency keys).
+This instance is always the leader (token 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import aiosqlite
+
+from alerter.errors import StoreError
+from alerter.models import Event, Obligation
+from alerter.store import rows, schema
+from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.sql import SqlStore, Tx
+
+_UPSERT_OBLIGATION = (
+    f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, 17))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
+)
+_INSERT_EVENT = (
+    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
+)
+_PRAGMAS = (
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA cache_size = -65536",
+    "PRAGMA temp_store = MEMORY",
+)
+
+
+@lru_cache(maxsize=512)
+def _sqlite_sql(sql: str) -> str:
+    """`$n` placeholders to SQLite's numbered `?n`."""
+    return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
+class _SqliteTx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+        return list(await self._conn.execute_fetchall(_sqlite_sql(sql), args))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        found = await self._conn.execute_fetchall(_sqlite_sql(sql), args)
+        return next(iter(found))[0] if found else None
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._conn.execute(_sqlite_sql(sql), args) as cursor:
+            return cursor.rowcount
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        if args:
+            await self._conn.executemany(_sqlite_sql(sql), args)
+
+    async def executemany_count(self, sql: str, args: Sequence[Sequence[Any]]) -> int:
+        async with self._conn.executemany(_sqlite_sql(sql), args) as cursor:
+            return cursor.rowcount
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///relative.db` -> `relative.db`, `sqlite:////abs.db` -> `/abs.db`, `:memory:`."""
+    rest = url.removeprefix("sqlite://")
+    if rest in (":memory:", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise StoreError(f"invalid SQLite state url {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+    return rest[1:]
+
+
+class SqliteStore(SqlStore):
+    """The Store on one SQLite file (or `:memory:`)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.path = sqlite_path(url)
+        self._conn: aiosqlite.Connection | None = None
+        self._tx: _SqliteTx | None = None
+        self._lock = asyncio.Lock()
+        self._lock_fd: int | None = None
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            self._take_file_lock()
+        try:
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._tx = _SqliteTx(self._conn)
+            if self.path != ":memory:":
+                mode = await self._tx.fetchval("PRAGMA journal_mode = WAL")
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"state file {self.path}: cannot use WAL journal (got {mode})")
+            for pragma in _PRAGMAS:
+                await self._conn.execute(pragma)
+            await self._migrate()
+        except BaseException as err:
+            await self.close()
+            if isinstance(err, sqlite3.Error):
+                raise StoreError(f"cannot open state file {self.path}: {err}") from err
+            raise
+
+    def _take_file_lock(self) -> None:
+        lock_path = f"{self.path}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"cannot open state file {self.path}: {err.strerror}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"state file {self.path} is in use by another alerter (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def _migrate(self) -> None:
+        async with self._write() as tx:
+            await tx.execute(schema.CREATE_VERSION_TABLE)
+            found = int(await tx.fetchval(schema.CURRENT_VERSION))
+            if found > len(schema.MIGRATIONS):
+                raise StoreError(schema.too_new(found))
+            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
+                for statement in schema.statements(step, "sqlite"):
+                    await tx.execute(statement)
+                await tx.execute(schema.RECORD_VERSION, step)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn, self._tx = self._conn, None, None
+            await conn.close()
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- leadership: one process per file, so always the leader --
+    async def try_acquire_leadership(self, owner: str) -> int | None:
+        self.set_fence(1)
+        return 1
+
+    async def still_leader(self) -> bool:
+        return self._conn is not None
+
+    async def release_leadership(self) -> None:
+        return None
+
+    # -- backend hooks --
+    def _connection(self) -> _SqliteTx:
+        if self._tx is None:
+            raise StoreError(f"state file {self.path} is not open")
+        return self._tx
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            try:
+                yield self._connection()
+            except sqlite3.Error as err:
+                raise StoreError(f"state file {self.path}: {err}") from err
+
+    @asynccontextmanager
+    async def _write(self, fenced: bool = False) -> AsyncIterator[Tx]:
+        async with self._lock:
+            tx = self._connection()
+            try:
+                await tx.execute("BEGIN IMMEDIATE")
+                try:
+                    yield tx
+                    await tx.execute("COMMIT")
+                except BaseException:
+                    if self._conn is not None and self._conn.in_transaction:
+                        await tx.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise StoreError(f"state file {self.path}: {err}") from err
+
+    def _ts(self, dt: datetime | None) -> Any:
+        return rows.iso(dt)
+
+    def _in(self, n: int) -> str:
+        return f"IN (SELECT value FROM json_each(${n}))"
+
+    def _ids(self, values: Sequence[str]) -> Any:
+        return rows.dumps(list(values))
+
+    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None:
+        await tx.executemany(_UPSERT_OBLIGATION, [rows.obligation_params(o, rows.iso) for o in obligations])
+
+    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
+        assert isinstance(tx, _SqliteTx)
+        return await tx.executemany_count(_INSERT_EVENT, [rows.event_params(e, rows.iso) for e in events])
