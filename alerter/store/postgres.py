@@ -1,0 +1,246 @@
+"""The shared store for several replicas: PostgreSQL through an asyncpg pool.
+
+How this works: leadership is a session advisory lock (`pg_try_advisory_lock`) held on a
+dedicated connection for as long as this instance polls; each acquisition increments
+the token in the one-row `leader` table and returns it as the fencing token. Every
+fenced write reads `leader.token FOR SHARE` in its own transaction and raises
+FencedError when it is not ours, so a deposed leader whose lock connection died cannot
+write after a successor took over (and the successor's increment waits for any fenced
+write in flight). Deliveries are claimed with `FOR UPDATE SKIP LOCKED` plus a lease, so
+every replica delivers and no row goes to two of them. Lock keys derive from the
+database and schema, so stores in different schemas never contend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from datetime import datetime
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from alerter.errors import FencedError, StoreError
+from alerter.models import Event, Obligation
+from alerter.store import rows, schema
+from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.sql import SqlStore, Tx
+
+_OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "jsonb"] + ["timestamptz"] * 4 + ["text", "int"]
+_UPSERT_OBLIGATIONS = (
+    f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_OBLIGATION_TYPES, 1))
+    + f") ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
+)
+_INSERT_EVENTS = (
+    f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
+    "$3::text[], $4::text[], $5::timestamptz[], $6::bool[], $7::jsonb[]) WITH ORDINALITY "
+    f"AS t({EVENT_COLUMNS}, ord) ORDER BY ord ON CONFLICT (id) DO NOTHING"
+)
+_ACQUIRE = (
+    "INSERT INTO leader (id, token, owner, acquired_at) VALUES (1, 1, $1, now()) "
+    "ON CONFLICT (id) DO UPDATE SET token = leader.token + 1, owner = excluded.owner, "
+    "acquired_at = excluded.acquired_at RETURNING token"
+)
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _lock_key(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big", signed=True)
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as `UPDATE 3` or `INSERT 0 5`."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class _PgTx:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+        found: Sequence[Row] = await self._conn.fetch(sql, *args)
+        return found
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return _count(await self._conn.execute(sql, *args))
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        if args:
+            await self._conn.executemany(sql, args)
+
+
+class PostgresStore(SqlStore):
+    """The Store on PostgreSQL; `schema` (created if missing) isolates one deployment or test."""
+
+    skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+        super().__init__()
+        self._dsn = url
+        self.url = redact(url)
+        self.schema = schema
+        self._settings = {"application_name": "alerter"} | ({"search_path": schema} if schema else {})
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._leader_conn: Any = None
+        self._token: int | None = None
+        self._leader_key = self._migrate_key = 0
+
+    async def open(self) -> None:
+        try:
+            if self.schema:
+                conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, server_settings=self._settings
+            )
+        except _DB_ERRORS as err:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {err}") from err
+        try:
+            async with self._read() as tx:
+                where = (await tx.fetch("SELECT current_database() AS db, current_schema() AS s"))[0]
+            place = (where["db"], where["s"] or "")
+            self._leader_key = _lock_key("alerter-leader", *place)
+            self._migrate_key = _lock_key("alerter-migrate", *place)
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._write() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock($1)", self._migrate_key)
+            await tx.execute(schema.CREATE_VERSION_TABLE)
+            found = int(await tx.fetchval(schema.CURRENT_VERSION))
+            if found > len(schema.MIGRATIONS):
+                raise StoreError(schema.too_new(found))
+            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
+                for statement in schema.statements(step, "postgres"):
+                    await tx.execute(statement)
+                await tx.execute(schema.RECORD_VERSION, step)
+
+    async def close(self) -> None:
+        await self.release_leadership()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except (*_DB_ERRORS, TimeoutError):
+                pool.terminate()
+
+    # -- leadership --
+    async def try_acquire_leadership(self, owner: str) -> int | None:
+        """Also sets this store's fence to the new token."""
+        if self._token is not None and await self.still_leader():
+            return self._token
+        conn = None
+        try:
+            conn = await asyncpg.connect(self._dsn, server_settings=self._settings | _KEEPALIVE)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._leader_key):
+                await conn.close()
+                return None
+            token = int(await conn.fetchval(_ACQUIRE, owner))
+        except _DB_ERRORS as err:
+            if conn is not None:
+                conn.terminate()
+            raise StoreError(f"leadership on {self.url}: {err}") from err
+        self._leader_conn, self._token = conn, token
+        self.set_fence(token)
+        return token
+
+    async def still_leader(self) -> bool:
+        conn = self._leader_conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            token = await asyncio.wait_for(conn.fetchval("SELECT token FROM leader WHERE id = 1"), timeout=5)
+        except _DB_ERRORS:
+            token = None
+        if token is None or token != self._token:
+            await self._drop_leader_conn()
+            return False
+        return True
+
+    async def release_leadership(self) -> None:
+        """Give the lease up now (graceful shutdown) instead of when the connection dies."""
+        conn = self._leader_conn
+        if conn is not None and not conn.is_closed():
+            with suppress(*_DB_ERRORS):
+                await asyncio.wait_for(conn.fetchval("SELECT pg_advisory_unlock($1)", self._leader_key), 5)
+        await self._drop_leader_conn()
+
+    async def _drop_leader_conn(self) -> None:
+        conn, self._leader_conn, self._token = self._leader_conn, None, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except _DB_ERRORS:
+                conn.terminate()
+
+    # -- backend hooks --
+    def _pool_or_fail(self) -> Any:
+        if self._pool is None:
+            raise StoreError(f"state store {self.url} is not open")
+        return self._pool
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Tx]:
+        try:
+            async with self._pool_or_fail().acquire() as conn:
+                yield _PgTx(conn)
+        except _DB_ERRORS as err:
+            raise StoreError(f"state store {self.url}: {err}") from err
+
+    @asynccontextmanager
+    async def _write(self, fenced: bool = False) -> AsyncIterator[Tx]:
+        try:
+            async with self._pool_or_fail().acquire() as conn, conn.transaction():
+                if fenced and self._fence is not None:
+                    token = await conn.fetchval("SELECT token FROM leader WHERE id = 1 FOR SHARE")
+                    if token != self._fence:
+                        raise FencedError(
+                            f"this instance lost leadership: its fencing token is {self._fence}, "
+                            f"the store's is {token}"
+                        )
+                yield _PgTx(conn)
+        except _DB_ERRORS as err:
+            raise StoreError(f"state store {self.url}: {err}") from err
+
+    def _ts(self, dt: datetime | None) -> Any:
+        return rows.aware(dt)
+
+    def _in(self, n: int) -> str:
+        return f"= ANY(${n}::text[])"
+
+    def _ids(self, values: Sequence[str]) -> Any:
+        return list(values)
+
+    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None:
+        columns = list(zip(*(rows.obligation_params(o, rows.aware) for o in obligations), strict=True))
+        await tx.execute(_UPSERT_OBLIGATIONS, *columns)
+
+    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
+        columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
+        return await tx.execute(_INSERT_EVENTS, *columns)
