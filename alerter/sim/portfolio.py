@@ -1,0 +1,443 @@
+"""A seeded portfolio of simulated meters: compact columns, lazy records, a clock and mutations.
+
+How this works: every meter is a pure function of (seed, index) — `record(index)` builds its JSON
+on demand from a per-index random stream and a few byte columns. The columns (region, type,
+status, tags, archived, partner action types, ...) and `updated_at` are the only per-meter state
+kept for all N meters, so filters can run over them without materializing a meter (see query.py).
+A mutated meter is materialized once into `overrides`, its columns updated, and its
+`audit.updated_at` set to the simulator clock; `version` counts mutations so cached query results
+go stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import random
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from alerter.sim import catalog as c
+
+Meter = dict[str, Any]
+_DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Change:
+    """One mutation `random_churn` made (or any mutation, for the demo's log)."""
+
+    kind: str  # opened | changed | resolved | archived | touched
+    meter_id: str
+    action_type: str = ""
+    action_code: str = ""
+
+
+class Columns:
+    """Per-meter compact state: one byte per meter per column, plus `updated_at` in microseconds."""
+
+    def __init__(self, size: int, action_rate: float, seed: int, anchor_us: int) -> None:
+        rng = random.Random(seed)
+        self.size = size
+        pick = rng.choices
+
+        def column(values: int, weights: tuple[int, ...]) -> bytearray:
+            return bytearray(pick(range(values), weights, k=size))
+
+        self.region = column(len(c.REGIONS), c.REGION_WEIGHTS)
+        self.classification = column(len(c.CLASSIFICATIONS), c.CLASSIFICATION_WEIGHTS)
+        self.meter_type = column(len(c.METER_TYPES), c.METER_TYPE_WEIGHTS)
+        self.status = column(len(c.STATUSES), c.STATUS_WEIGHTS)
+        self.customer_group = column(len(c.CUSTOMER_GROUPS), c.CUSTOMER_GROUP_WEIGHTS)
+        self.tags = bytearray(pick(c.TAG_MASKS, c.TAG_MASK_WEIGHTS, k=size))
+        # Load types: one primary, a second for about one meter in seven; a 16-bit mask in two bytes.
+        first = pick(range(len(c.LOAD_TYPES)), c.LOAD_WEIGHTS, k=size)
+        second = pick(range(len(c.LOAD_TYPES) * 7), k=size)
+        loads = [
+            1 << a | (1 << b if b < len(c.LOAD_TYPES) else 0) for a, b in zip(first, second, strict=True)
+        ]
+        self.load_lo = bytearray(m & 0xFF for m in loads)
+        self.load_hi = bytearray(m >> 8 for m in loads)
+        rand = rng.random
+        self.archived = bytearray(1 if rand() < 0.02 else 0 for _ in range(size))
+        # Partner actions: action-type masks (two bytes) for a fraction `action_rate` of meters.
+        self.act_lo = bytearray(size)
+        self.act_hi = bytearray(size)
+        self.has_partner = bytearray(size)
+        weights = [a[3] for a in c.PARTNER_ACTIONS]
+        type_bits = [c.ACTION_TYPES.index(a[0]) for a in c.PARTNER_ACTIONS]
+        for i in range(size):
+            if rand() < action_rate:
+                n = 1 if rand() < 0.7 else 2
+                mask = 0
+                for k in pick(range(len(type_bits)), weights, k=n):
+                    mask |= 1 << type_bits[k]
+                self.set_actions(i, mask)
+        # created_at rises with the index (enrolled over three years); updated_at lies between.
+        self.created_start = anchor_us - 3 * 365 * _DAY_US
+        self.created_span = 3 * 365 * _DAY_US - 30 * _DAY_US
+        self.updated = array("q", (self.created_at(i) for i in range(size)))
+        for i in range(size):
+            self.updated[i] += int(rand() * (anchor_us - self.updated[i] - _DAY_US))
+        order = sorted(range(size), key=self.updated.__getitem__)
+        self.base_order = array("I", order)
+        self.base_times = array("q", (self.updated[i] for i in order))
+        self.touched: set[int] = set()
+
+    def created_at(self, index: int) -> int:
+        return self.created_start + index * self.created_span // max(self.size, 1)
+
+    def created_index(self, us: int) -> int:
+        """The first index created strictly after `us` (created_at is monotonic in the index)."""
+        lo, hi = 0, self.size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.created_at(mid) <= us:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def set_actions(self, index: int, mask: int) -> None:
+        self.act_lo[index] = mask & 0xFF
+        self.act_hi[index] = mask >> 8
+        self.has_partner[index] = 1 if mask else 0
+
+
+class Portfolio:
+    """N simulated meters, a clock (real UTC time plus an offset) and the mutations tests drive."""
+
+    def __init__(
+        self,
+        meters: int = 1000,
+        *,
+        action_rate: float = 0.05,
+        seed: int = 1,
+        anchor: datetime | None = None,
+    ) -> None:
+        if not 0 <= meters < 1 << 32:
+            raise ValueError("meters must be between 0 and 2**32")
+        self.size = meters
+        self.seed = seed
+        self.action_rate = action_rate
+        self.offset = timedelta()
+        anchor = (anchor or datetime.now(UTC)).astimezone(UTC)
+        self.anchor = anchor.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        self._key = c.seed_key(seed)
+        self.columns = Columns(meters, action_rate, seed, c.to_us(anchor))
+        self.overrides: dict[int, Meter] = {}
+        self.version = 0
+        self._churn = random.Random(seed ^ 0x5EED)
+
+    # --- clock ---------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> datetime:
+        self.offset += timedelta(seconds=seconds)
+        return self.now()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def meter_id(self, index: int) -> str:
+        return c.make_meter_id(index, self.seed, self._key)
+
+    def index_of(self, meter_id: str) -> int | None:
+        return c.meter_index(meter_id, self.seed, self._key, self.size)
+
+    def record(self, index: int) -> Meter:
+        """The meter's JSON object as Leap would serve it (do not mutate the result)."""
+        meter = self.overrides.get(index)
+        return meter if meter is not None else self._generate(index)
+
+    def meter(self, meter_id: str) -> Meter:
+        index = self._require(meter_id)
+        return self.record(index)
+
+    def with_partner_actions(self) -> Iterator[str]:
+        """Meter ids that currently have partner actions, in index order."""
+        has = self.columns.has_partner
+        return (self.meter_id(i) for i in range(self.size) if has[i])
+
+    # --- mutations -------------------------------------------------------------------------------
+
+    def open_action(
+        self,
+        meter_id: str,
+        *,
+        action_type: str = "IS_AUTHORIZED",
+        action_code: str | None = None,
+        action_description: str | None = None,
+        program_identifier: str | None = None,
+        delivery_period: str | None = None,
+        enrollment_deadline_date_time: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Adds a partner action (defaults: the catalog's code and text, the meter's first program)."""
+        index = self._require(meter_id)
+        meter = self._materialize(index)
+        known = next((a for a in c.PARTNER_ACTIONS if a[0] == action_type), None)
+        program = meter["program_enrollment"][0]
+        deadline = (
+            enrollment_deadline_date_time
+            or program["enrollment_deadlines"][0]["enrollment_deadline_date_time"]
+        )
+        action = {
+            "program_identifier": program_identifier or program["program_identifier"],
+            "delivery_period": delivery_period or program["delivery_period"],
+            "enrollment_deadline_date_time": _wire_time(deadline),
+            "action_type": action_type,
+            "action_description": action_description or (known[2] if known else action_type),
+            "action_code": action_code or (known[1] if known else "PART_0001"),
+        }
+        meter["required_actions"]["partner"].append(action)
+        self._commit(index, meter)
+        return dict(action)
+
+    def change_action(
+        self,
+        meter_id: str,
+        action_code: str | None = None,
+        *,
+        action_type: str | None = None,
+        program_identifier: str | None = None,
+        delivery_period: str | None = None,
+        description: str | None = None,
+        deadline: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Changes the description and/or deadline of the first matching partner action."""
+        index = self._require(meter_id)
+        meter = self._materialize(index)
+        match = _select(meter, action_code, action_type, program_identifier, delivery_period)
+        if not match:
+            raise KeyError(f"no matching partner action on meter {meter_id}")
+        action = match[0]
+        if description is not None:
+            action["action_description"] = description
+        if deadline is not None:
+            action["enrollment_deadline_date_time"] = _wire_time(deadline)
+        self._commit(index, meter)
+        return dict(action)
+
+    def resolve_action(
+        self,
+        meter_id: str,
+        action_code: str | None = None,
+        *,
+        action_type: str | None = None,
+        program_identifier: str | None = None,
+        delivery_period: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Removes the matching partner actions (all of them when nothing narrows the match)."""
+        index = self._require(meter_id)
+        meter = self._materialize(index)
+        match = _select(meter, action_code, action_type, program_identifier, delivery_period)
+        if not match:
+            raise KeyError(f"no matching partner action on meter {meter_id}")
+        partner = meter["required_actions"]["partner"]
+        meter["required_actions"]["partner"] = [a for a in partner if all(a is not m for m in match)]
+        self._commit(index, meter)
+        return [dict(a) for a in match]
+
+    def archive(self, meter_id: str, archived: bool = True) -> None:
+        index = self._require(meter_id)
+        meter = self._materialize(index)
+        meter["is_archived"] = archived
+        self._commit(index, meter)
+
+    def touch(self, meter_id: str) -> None:
+        """Bumps `audit.updated_at` without any other change."""
+        index = self._require(meter_id)
+        self._commit(index, self._materialize(index))
+
+    def random_churn(self, n: int) -> list[Change]:
+        """Opens, changes and resolves random partner actions (and now and then archives a meter)."""
+        rng = self._churn
+        changes: list[Change] = []
+        if self.size == 0:
+            return changes
+        for _ in range(n):
+            index = rng.randrange(self.size)
+            meter_id = self.meter_id(index)
+            partner = self.record(index)["required_actions"]["partner"]
+            roll = rng.random()
+            if partner and roll < 0.45:
+                gone = self.resolve_action(meter_id, partner[0]["action_code"])
+                changes.append(Change("resolved", meter_id, gone[0]["action_type"], gone[0]["action_code"]))
+            elif partner and roll < 0.7:
+                a = partner[0]
+                deadline = c.parse_rfc3339_us(a["enrollment_deadline_date_time"]) or c.to_us(self.now())
+                self.change_action(
+                    meter_id,
+                    a["action_code"],
+                    deadline=c.fmt_ms(deadline + rng.choice((-7, -2, 7, 14)) * _DAY_US),
+                )
+                changes.append(Change("changed", meter_id, a["action_type"], a["action_code"]))
+            elif roll < 0.97:
+                kind, code, _, _ = rng.choices(c.PARTNER_ACTIONS, [a[3] for a in c.PARTNER_ACTIONS])[0]
+                if any(a["action_type"] == kind and a["action_code"] == code for a in partner):
+                    self.touch(meter_id)
+                    changes.append(Change("touched", meter_id))
+                    continue
+                self.open_action(meter_id, action_type=kind)
+                changes.append(Change("opened", meter_id, kind, code))
+            else:
+                self.archive(meter_id)
+                changes.append(Change("archived", meter_id))
+        return changes
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _require(self, meter_id: str) -> int:
+        index = self.index_of(meter_id)
+        if index is None:
+            raise KeyError(f"unknown meter {meter_id}")
+        return index
+
+    def _materialize(self, index: int) -> Meter:
+        return copy.deepcopy(self.record(index))
+
+    def _commit(self, index: int, meter: Meter) -> None:
+        cols = self.columns
+        now_us = max(c.to_us(self.now()), cols.updated[index] + 1)
+        meter["audit"]["updated_at"] = c.fmt_us(now_us)
+        mask = 0
+        for action in meter["required_actions"]["partner"]:
+            if action.get("action_type") in c.ACTION_TYPES:
+                mask |= 1 << c.ACTION_TYPES.index(action["action_type"])
+        cols.set_actions(index, mask)
+        if meter["required_actions"]["partner"] and not mask:
+            cols.has_partner[index] = 1  # only unknown action types: still needs the partner
+        cols.archived[index] = 1 if meter["is_archived"] else 0
+        cols.updated[index] = now_us
+        cols.touched.add(index)
+        self.overrides[index] = meter
+        self.version += 1
+
+    def _generate(self, index: int) -> Meter:
+        cols = self.columns
+        rng = random.Random(self.seed << 32 | index)
+        region = c.REGIONS[cols.region[index]]
+        meter_type = c.METER_TYPES[cols.meter_type[index]]
+        created = cols.created_at(index)
+        programs = _programs(rng, region, self.anchor)
+        partner = []
+        for bit in c.bits(cols.act_lo[index] | cols.act_hi[index] << 8):
+            kind = c.ACTION_TYPES[bit]
+            _, code, text, _ = next(a for a in c.PARTNER_ACTIONS if a[0] == kind)
+            partner.append(_action(rng.choice(programs), kind, code, text))
+        leap = []
+        if rng.random() < 0.08:
+            kind, code, text = rng.choice(c.LEAP_ACTIONS)
+            leap.append(_action(rng.choice(programs), kind, code, text))
+        return {
+            "meter_id": self.meter_id(index),
+            "partner_reference": f"site-{index:07d}",
+            "transmission_region": region,
+            "customer_classification": c.CLASSIFICATIONS[cols.classification[index]],
+            "load_types": [c.LOAD_TYPES[b] for b in c.bits(cols.load_lo[index] | cols.load_hi[index] << 8)],
+            "meter_type": meter_type,
+            "connection_references": [f"conn-{index:07d}"] if meter_type == "UTILITY_METER" else [],
+            "customer_group": c.CUSTOMER_GROUPS[cols.customer_group[index]],
+            "tags": [c.TAGS[b] for b in c.bits(cols.tags[index])],
+            "is_archived": bool(cols.archived[index]),
+            "audit": {
+                "created_by": c.CREATED_BY[index % 3],
+                "created_at": c.fmt_us(created),
+                "updated_at": c.fmt_us(cols.updated[index]),
+            },
+            "global_enrollment_status": c.STATUSES[cols.status[index]],
+            "participation_preferences": [
+                {
+                    "participation_preference": "PARTICIPATE",
+                    "start_time": c.fmt_s(created - created % 1_000_000),
+                    "end_time": c.END_OF_TIME,
+                }
+            ],
+            "program_enrollment": [p["enrollment"] for p in programs],
+            "required_actions": {"partner": partner, "leap": leap},
+        }
+
+
+def _programs(rng: random.Random, region: str, anchor: datetime) -> list[dict[str, Any]]:
+    """One to three program enrollments with monthly delivery periods near the anchor month."""
+    choices = c.REGION_PROGRAMS[region]
+    picked = rng.sample(choices, min(len(choices), 1 + (rng.random() < 0.4) + (rng.random() < 0.15)))
+    out = []
+    for program, prefix in picked:
+        start, end, deadline, activation, label = _period(anchor, rng.randrange(0, 4))
+        enrollment: dict[str, Any] = {
+            "program_identifier": program,
+            "delivery_period": f"{prefix}_{label}",
+            "delivery_period_start_date_time": start,
+            "delivery_period_end_date_time": end,
+            "enrollment_status": rng.choice(c.STATUSES),
+            "enrollment_deadlines": [
+                {"enrollment_deadline_date_time": deadline, "activation_date_time": activation}
+            ],
+        }
+        if rng.random() < 0.5:
+            enrollment["market_group_id"] = _uuid(rng)
+            enrollment["market_group_name"] = f"GRP{rng.randrange(1, 40)}_{prefix.split('-')[0]}"
+        out.append({"enrollment": enrollment, "deadline": deadline})
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _period(anchor: datetime, offset: int) -> tuple[str, str, str, str, str]:
+    """A monthly delivery period `offset` months after the anchor: start, end, deadline, activation, label."""
+    month = anchor.month - 1 + offset
+    start = anchor.replace(year=anchor.year + month // 12, month=month % 12 + 1, hour=8)
+    end = (start + timedelta(days=32)).replace(day=1)
+    deadline = start - timedelta(days=2)
+    return (
+        c.fmt_s(c.to_us(start)),
+        c.fmt_s(c.to_us(end)),
+        c.fmt_ms(c.to_us(deadline)),
+        c.fmt_ms(c.to_us(start)),
+        f"{start.year}_{c.MONTHS[start.month - 1]}",
+    )
+
+
+def _uuid(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _action(program: dict[str, Any], kind: str, code: str, text: str) -> dict[str, Any]:
+    enrollment = program["enrollment"]
+    return {
+        "program_identifier": enrollment["program_identifier"],
+        "delivery_period": enrollment["delivery_period"],
+        "enrollment_deadline_date_time": program["deadline"],
+        "action_type": kind,
+        "action_description": text,
+        "action_code": code,
+    }
+
+
+def _select(
+    meter: Meter,
+    action_code: str | None,
+    action_type: str | None,
+    program_identifier: str | None,
+    delivery_period: str | None,
+) -> list[dict[str, Any]]:
+    wanted = {
+        "action_code": action_code,
+        "action_type": action_type,
+        "program_identifier": program_identifier,
+        "delivery_period": delivery_period,
+    }
+    return [
+        a
+        for a in meter["required_actions"]["partner"]
+        if all(v is None or a.get(k) == v for k, v in wanted.items())
+    ]
+
+
+def _wire_time(value: str | datetime) -> str:
+    return c.fmt_ms(c.to_us(value)) if isinstance(value, datetime) else value

@@ -1,0 +1,394 @@
+"""Leap client: aiohttp in, validated records out — search pages, single meters, retries, stats.
+
+How this works: every request goes through `_request`, which retries connection errors,
+timeouts, 429 (honouring Retry-After, capped) and 500/502/503/504 with exponential backoff and full
+jitter until `max_retries` is spent, then raises SourceError naming the last status or condition.
+401/403 raise SourceError(auth=True); 400 raises with Leap's title and details. A page is decoded
+in one pass (`validate_json` of the whole page); only when that fails is it decoded record by
+record, so one invalid record is logged, counted and skipped while the rest of the page goes on.
+No message or log line carries the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from yarl import URL
+
+from alerter.config import SourceConfig
+from alerter.errors import SourceError
+from alerter.models import Record
+
+SEARCH_PATH = "/v2/meters/enrollments/search"
+ENROLLMENT_PATH = "/v2/meters/{meter_id}/enrollments"
+MAX_METER_IDS = 1000
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = "alerter/0.1 (+leap-partner-actions)"
+
+log = structlog.get_logger()
+
+
+class SearchResponse(BaseModel):
+    """The search response as far as the product reads it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    meters: list[Record]
+    next_page_token: str | None = None
+
+
+_PAGE = TypeAdapter(SearchResponse)
+_TIME = TypeAdapter(datetime)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a search: its valid records, how many were skipped, and where the next starts."""
+
+    number: int
+    records: list[Record]
+    invalid: int
+    next_page_token: str | None
+    max_updated_at: datetime | None
+    """The highest `audit.updated_at` on the page, invalid records included when it was readable."""
+
+
+@dataclass
+class ClientStats:
+    """Counters the service exports as metrics."""
+
+    requests: int = 0
+    retries: int = 0
+    pages: int = 0
+    records: int = 0
+    invalid_records: int = 0
+    latency_sum: float = 0.0
+    """Seconds spent in HTTP requests (each attempt), summed."""
+    latency_count: int = 0
+    decode_seconds: float = 0.0
+    """Seconds spent decoding and validating pages."""
+
+
+class LeapClient:
+    """`async with LeapClient(config) as leap: async for page in leap.search({...}): ...`."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        retry_after_max: float = 120.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = ClientStats()
+        self._session = session
+        self._owns_session = session is None
+        self._base = config.base_url.rstrip("/")
+        self._where = URL(self._base).with_user(None).with_password(None).human_repr()
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout.total_seconds())
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._retry_after_max = retry_after_max
+        self._rng = rng or random.Random()
+
+    async def __aenter__(self) -> LeapClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    async def search(self, filters: Mapping[str, Any] | None = None) -> AsyncIterator[Page]:
+        """All pages of `POST /v2/meters/enrollments/search`, the same filter body on every page."""
+        body = search_body({**self.config.filters, **(filters or {})}, self.config.page_size)
+        token: str | None = None
+        number = 0
+        while True:
+            number += 1
+            request = body if token is None else {**body, "page_token": token}
+            status, raw = await self._request("POST", SEARCH_PATH, request)
+            if status == 404:
+                raise SourceError(f"Leap answered 404 to the search at {self._where}: is base_url right?")
+            page = self._decode(raw, number)
+            yield page
+            if page.next_page_token is None:
+                return
+            if page.next_page_token == token:
+                raise SourceError("Leap returned the same page token twice; stopping the sweep")
+            token = page.next_page_token
+
+    async def search_meters(
+        self,
+        meter_ids: Iterable[str],
+        last_modified: datetime | str | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[Page]:
+        """Pages for the given meters, asking for at most 1000 ids a request."""
+        ids = list(dict.fromkeys(meter_ids))
+        number = 0
+        for start in range(0, len(ids), MAX_METER_IDS):
+            chunk = {
+                **(filters or {}),
+                "meter_ids": ids[start : start + MAX_METER_IDS],
+                "last_modified_date_time": last_modified,
+            }
+            async for page in self.search(chunk):
+                number += 1
+                yield Page(number, page.records, page.invalid, page.next_page_token, page.max_updated_at)
+
+    async def get_enrollment(self, meter_id: str) -> Record | None:
+        """`GET /v2/meters/{meter_id}/enrollments`; None when Leap does not know the meter."""
+        status, raw = await self._request("GET", ENROLLMENT_PATH.format(meter_id=meter_id), None)
+        if status == 404:
+            return None
+        try:
+            return Record.model_validate_json(raw)
+        except ValidationError as err:
+            self.stats.invalid_records += 1
+            log.warning("record_invalid", meter_id=meter_id, error=_summary(err))
+            raise SourceError(
+                f"Leap returned an invalid record for meter {meter_id}: {_summary(err)}"
+            ) from None
+
+    # --- decoding --------------------------------------------------------------------------------
+
+    def _decode(self, raw: bytes, number: int) -> Page:
+        started = time.perf_counter()
+        try:
+            page = decode_page(raw, number)
+        finally:
+            self.stats.decode_seconds += time.perf_counter() - started
+        self.stats.pages += 1
+        self.stats.records += len(page.records)
+        self.stats.invalid_records += page.invalid
+        return page
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+            self._owns_session = True
+        return self._session
+
+    async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> tuple[int, bytes]:
+        """Status and body of a 200 or 404, after retries; raises SourceError otherwise."""
+        session = self._session_or_new()
+        headers = {
+            "Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = orjson.dumps(body)
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            self.stats.requests += 1
+            retry_after: float | None = None
+            try:
+                async with session.request(
+                    method, self._base + path, data=data, headers=headers, timeout=self._timeout
+                ) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                condition = f"{status} {_reason(status, raw)}"
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                status, raw = 0, b""
+                condition = f"timed out after {self._timeout.total:g}s"
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
+                status, raw = 0, b""
+                condition = f"connection failed ({type(err).__name__}: {_scrub(str(err), self)})"
+            finally:
+                self.stats.latency_sum += time.perf_counter() - started
+                self.stats.latency_count += 1
+            if status in (200, 404):
+                return status, raw
+            if status in (401, 403):
+                raise SourceError(self._auth_message(status), auth=True, status=status)
+            if status == 400:
+                raise SourceError(f"Leap rejected the request (400): {_reason(status, raw)}", status=400)
+            if status and status not in RETRYABLE:
+                raise SourceError(f"Leap answered {condition} to {method} {path}", status=status)
+            if attempt >= self.config.max_retries:
+                raise SourceError(
+                    f"Leap API at {self._where} failed after {attempt + 1} attempts: {condition}",
+                    status=status or None,
+                )
+            delay = self._delay(attempt, retry_after)
+            attempt += 1
+            self.stats.retries += 1
+            log.warning(
+                "source_retry", attempt=attempt, condition=condition, delay=round(delay, 3), path=path
+            )
+            await asyncio.sleep(delay)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self._retry_after_max)
+        return self._rng.uniform(0, min(self._backoff_max, self._backoff_base * 2**attempt))
+
+    def _auth_message(self, status: int) -> str:
+        if status == 403:
+            return (
+                f"Leap refused the API key (403) at {self._where}: a staging key used on production, "
+                "or a revoked key?"
+            )
+        return (
+            f"Leap refused the API key (401) at {self._where}: is source.api_key set, current, "
+            "and issued for this environment (staging or production)?"
+        )
+
+
+def search_body(filters: Mapping[str, Any], page_size: int) -> dict[str, Any]:
+    """The JSON body: unused filters (None, empty) left out, datetimes as RFC 3339 UTC, sets as lists."""
+    body: dict[str, Any] = {"page_size": page_size}
+    for name, value in filters.items():
+        if value is None or (isinstance(value, str | list | tuple | set | frozenset | dict) and not value):
+            continue
+        if isinstance(value, datetime):
+            value = _rfc3339(value)
+        elif isinstance(value, set | frozenset):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        body[name] = value
+    return body
+
+
+def decode_page(raw: bytes, number: int) -> Page:
+    """Decodes one search page; invalid records are skipped, logged and counted."""
+    try:
+        whole = _PAGE.validate_json(raw)
+    except ValidationError:
+        return _decode_each(raw, number)
+    records = whole.meters
+    latest = None
+    for record in records:
+        updated = record.audit.updated_at
+        if updated is not None:
+            updated = _aware(updated)
+            if latest is None or updated > latest:
+                latest = updated
+    return Page(number, records, 0, whole.next_page_token or None, latest)
+
+
+def _decode_each(raw: bytes, number: int) -> Page:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise SourceError(f"Leap returned a page that is not JSON (page {number})") from None
+    meters = data.get("meters") if isinstance(data, dict) else None
+    if not isinstance(meters, list):
+        raise SourceError(f"Leap returned a page without a `meters` list (page {number})")
+    token = data.get("next_page_token")
+    records: list[Record] = []
+    invalid = 0
+    latest: datetime | None = None
+    for item in meters:
+        updated = _updated_at(item)
+        if updated is not None and (latest is None or updated > latest):
+            latest = updated
+        try:
+            records.append(Record.model_validate(item))
+        except ValidationError as err:
+            invalid += 1
+            meter_id = item.get("meter_id") if isinstance(item, dict) else None
+            log.warning(
+                "record_invalid",
+                meter_id=meter_id if isinstance(meter_id, str) else None,
+                page=number,
+                error=_summary(err),
+            )
+    return Page(number, records, invalid, token if isinstance(token, str) and token else None, latest)
+
+
+def _updated_at(item: Any) -> datetime | None:
+    try:
+        return _aware(_TIME.validate_python(item["audit"]["updated_at"]))
+    except (KeyError, TypeError, ValidationError):
+        return None
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _rfc3339(dt: datetime) -> str:
+    return _aware(dt).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _summary(err: ValidationError) -> str:
+    """Where and why a record failed, without its values."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<record>'}: {e['msg']}"
+        for e in err.errors(include_url=False, include_input=False)[:3]
+    ]
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _reason(status: int, raw: bytes) -> str:
+    """A short reason from Leap's error envelope, a bare JSON string, or an HTML/other body."""
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and "title" in data:
+        details = data.get("details")
+        text = str(data["title"]) + (f" {orjson.dumps(details).decode()}" if details else "")
+    elif isinstance(data, str):
+        text = data
+    elif raw.lstrip()[:1] == b"<":
+        text = "(HTML body)"
+    else:
+        text = _STATUS.get(status, "")
+    return text[:300]
+
+
+_STATUS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway"}
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (_aware(when) - datetime.now(UTC)).total_seconds())
+
+
+def _scrub(text: str, client: LeapClient) -> str:
+    key = client.config.api_key.get_secret_value()
+    return text.replace(key, "***") if key else text
