@@ -1,58 +1,58 @@
 """The service config: one strict pydantic tree loaded from YAML with `${VAR}` expansion.
 
 `load_config(path)` returns a Config or raises ConfigError listing every problem as
-`FILE:LINE:COL: message`. `alerter check` runs exactly this loader.
+`FILE:LINE:COL: message`. It also loads the rules files the config names (relative
+paths and glob patterns resolve against the config file's directory) and keeps the
+compiled RuleSet on the Config: `config.ruleset`, `config.rule_paths` (what SIGHUP
+re-reads with `rules.load_rules`). A SQLite `state.url` path stays relative to the
+working directory, as in any SQLAlchemy-style URL. `alerter check` runs exactly this
+loader.
 """
 
 from __future__ import annotations
 
-import re
+import glob
+import os
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, SecretStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from alerter.durations import Duration, format_duration, parse_duration
+from alerter.errors import ConfigError
+from alerter.yamlload import YamlDoc, load_yaml, sort_problems, validation_problems
 
+if TYPE_CHECKING:
+    from alerter.rules import RuleSet
 
-def parse_duration(value: Any) -> timedelta:
-    """`30s`, `5m`, `24h`, `7d` (also `ms`, `w`; a bare number is seconds)."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 24h, 7d)")
-
-
-def format_duration(value: timedelta) -> str:
-    seconds = value.total_seconds()
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNITS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-]
+__all__ = ["STRICT", "Config", "Duration", "format_duration", "load_config", "parse_duration"]
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
 
 
 class SourceConfig(BaseModel):
     model_config = STRICT
 
-    base_url: str = "https://api.leap.energy"
+    base_url: Annotated[str, BeforeValidator(lambda v: _http_url(v) if isinstance(v, str) else v)] = (
+        "https://api.leap.energy"
+    )
     api_key: SecretStr
     page_size: int = Field(500, ge=1, le=500)
     timeout: Duration = timedelta(seconds=30)
@@ -73,12 +73,30 @@ class StateConfig(BaseModel):
     model_config = STRICT
 
     url: str = "sqlite:///./alerter.db"
+    """`sqlite:///relative/path.db` (relative to the working directory), `sqlite:////abs/path.db`,
+    or `postgresql://user:pass@host:5432/db`."""
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {v.split('://')[0]}://...")
+        return v
 
 
 class HttpConfig(BaseModel):
     model_config = STRICT
 
     listen: str = "127.0.0.1:8080"
+    """HOST:PORT (port 0 picks a free port)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return v
 
 
 class LogConfig(BaseModel):
@@ -95,7 +113,104 @@ class Config(BaseModel):
     poll: PollConfig = PollConfig()
     state: StateConfig = StateConfig()
     http: HttpConfig = HttpConfig()
-    rules: str | list[str] = Field(default_factory=list)
+    rules: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] = Field(
+        default_factory=list
+    )
+    """Rules files (a file or a list; glob patterns allowed), relative to the config file."""
     log: LogConfig = LogConfig()
     operations_receiver: str | None = None
     """A receiver of the rules files that hears the service's own alerts."""
+
+    _ruleset: RuleSet | None = PrivateAttr(default=None)
+    _rule_paths: tuple[Path, ...] = PrivateAttr(default=())
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def ruleset(self) -> RuleSet:
+        """The compiled rules (empty when the Config was not built by load_config)."""
+        if self._ruleset is None:
+            from alerter.rules import RuleSet
+
+            return RuleSet()
+        return self._ruleset
+
+    @property
+    def rule_paths(self) -> tuple[Path, ...]:
+        """The rules files, resolved against the config file's directory, in order."""
+        return self._rule_paths
+
+    @property
+    def path(self) -> Path | None:
+        """The file this config was loaded from."""
+        return self._path
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Load, validate and expand a config file and the rules files it names.
+
+    Raises ConfigError with every problem as `FILE:LINE:COL: message`. `env` replaces
+    `os.environ` for `${VAR}` expansion (tests).
+    """
+    from alerter.rules import compile_rules
+
+    doc = load_yaml(path, env=env)
+    problems = list(doc.problems)
+    data = {} if doc.data is None else doc.data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [doc.problem((), "a config file is a mapping (source, poll, state, http, rules, log)")]
+        )
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as err:
+        problems.extend(validation_problems(doc, err))
+    rule_files, rule_docs = _rule_docs(doc, data, Path(path), env, problems)
+    ruleset = None
+    try:
+        ruleset = compile_rules(rule_docs)
+    except ConfigError as err:
+        problems.extend(err.problems)
+    ops = data.get("operations_receiver")
+    if ruleset is not None and isinstance(ops, str) and ops not in ruleset.receivers:
+        problems.append(doc.problem(("operations_receiver",), f"undefined receiver '{ops}'"))
+    if problems or config is None or ruleset is None:
+        raise ConfigError(sort_problems(problems, [doc.file, *(d.file for d in rule_docs)]))
+    config._ruleset = ruleset
+    config._rule_paths = tuple(rule_files)
+    config._path = Path(path)
+    return config
+
+
+def _rule_docs(
+    doc: YamlDoc, data: dict[str, Any], path: Path, env: Mapping[str, str] | None, problems: list[str]
+) -> tuple[list[Path], list[YamlDoc]]:
+    raw = data.get("rules", [])
+    entries = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    at_list = not isinstance(raw, str)
+    base = path.parent
+    files: list[Path] = []
+    docs: list[YamlDoc] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            continue
+        where = ("rules", i) if at_list else ("rules",)
+        target = Path(entry) if os.path.isabs(entry) else Path(os.path.normpath(base / entry))
+        if glob.has_magic(entry):
+            matches = sorted(Path(p) for p in glob.glob(str(target)))
+            if not matches:
+                problems.append(doc.problem(where, f"no rules file matches {entry!r}"))
+        elif not target.is_file():
+            problems.append(
+                doc.problem(where, f"rules file not found: {entry!r} (relative to the config file)")
+            )
+            continue
+        else:
+            matches = [target]
+        for m in matches:
+            files.append(m)
+            try:
+                docs.append(load_yaml(m, display=os.path.normpath(m), env=env))
+            except ConfigError as err:
+                problems.extend(err.problems)
+    return files, docs

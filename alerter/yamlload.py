@@ -1,0 +1,250 @@
+"""YAML with positions: plain data plus FILE:LINE:COL for every key and value, `${VAR}` expanded.
+
+How this works: ruamel.yaml's round-trip loader keeps the line and column of every
+mapping key, mapping value and sequence item. `load_yaml` walks that tree once and
+returns plain Python data (dict, list, str, int, float, bool, None, date) together
+with a table from each path (`("rules", 2, "match", "tags")`) to its position, so
+later stages (pydantic, the rule compiler) can report `FILE:LINE:COL: message` for
+any problem they find. `${VAR}` and `${VAR:-default}` are replaced in string values
+(`$${` writes a literal `${`); an unset variable without a default is a problem at
+its own position. Lines and columns are 1-based.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from alerter.errors import ConfigError
+
+YamlPath = tuple[str | int, ...]
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class YamlDoc:
+    """One parsed file: `data` and where each part of it came from."""
+
+    file: str
+    data: Any
+    values: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[YamlPath, tuple[int, int]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """Problems found while loading (unset variables); the data is still usable."""
+    bad_paths: set[YamlPath] = field(default_factory=set)
+    """Paths whose value is a placeholder because of a problem; later errors there are noise."""
+
+    def where(self, path: YamlPath, *, key: bool = False) -> str:
+        """`FILE:LINE:COL` of `path` (its key when `key`), or of its closest known ancestor."""
+        if key and path in self.keys:
+            line, col = self.keys[path]
+            return f"{self.file}:{line}:{col}"
+        p = path
+        while p:
+            if p in self.values:
+                line, col = self.values[p]
+                return f"{self.file}:{line}:{col}"
+            if p in self.keys:
+                line, col = self.keys[p]
+                return f"{self.file}:{line}:{col}"
+            p = p[:-1]
+        line, col = self.values.get((), (1, 1))
+        return f"{self.file}:{line}:{col}"
+
+    def problem(self, path: YamlPath, message: str, *, key: bool = False) -> str:
+        return f"{self.where(path, key=key)}: {message}"
+
+    def is_bad(self, path: YamlPath) -> bool:
+        return any(path[: len(bad)] == bad for bad in self.bad_paths)
+
+
+def load_yaml(
+    path: str | Path, *, display: str | None = None, env: Mapping[str, str] | None = None
+) -> YamlDoc:
+    """Parse one YAML file; raises ConfigError (`FILE:LINE:COL: ...`) when it cannot be parsed.
+
+    `display` is the file name used in messages (default: `path` as given).
+    """
+    name = display if display is not None else str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError([f"{name}: cannot read: {reason}"]) from None
+    return parse_yaml(text, name, env=env)
+
+
+def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) -> YamlDoc:
+    """Like load_yaml, for text already in memory; `file` names it in messages."""
+    yaml = YAML(typ="rt")
+    try:
+        node = yaml.load(text)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        message = err.problem or err.context or "invalid YAML"
+        if mark is None:
+            raise ConfigError([f"{file}:1:1: {message}"]) from None
+        raise ConfigError([f"{file}:{mark.line + 1}:{mark.column + 1}: {message}"]) from None
+    except YAMLError as err:
+        raise ConfigError([f"{file}:1:1: invalid YAML: {err}"]) from None
+    doc = YamlDoc(file=file, data=None)
+    doc.values[()] = _node_pos(node)
+    doc.data = _convert(node, (), doc, os.environ if env is None else env)
+    return doc
+
+
+def _node_pos(node: Any) -> tuple[int, int]:
+    lc = getattr(node, "lc", None)
+    if lc is not None and lc.line is not None:
+        return (lc.line + 1, lc.col + 1)
+    return (1, 1)
+
+
+def _convert(node: Any, path: YamlPath, doc: YamlDoc, env: Mapping[str, str]) -> Any:
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for k, v in node.items():
+            key = _scalar(k)
+            sub = (*path, key if isinstance(key, str | int) else str(key))
+            try:
+                kl, kc = node.lc.key(k)
+                doc.keys[sub] = (kl + 1, kc + 1)
+                vl, vc = node.lc.value(k)
+                doc.values[sub] = (vl + 1, vc + 1)
+            except (KeyError, TypeError):  # merged (`<<:`) keys carry no position of their own
+                doc.keys.setdefault(sub, doc.values.get(path, (1, 1)))
+            out[key] = _convert(v, sub, doc, env)
+        return out
+    if isinstance(node, CommentedSeq):
+        items: list[Any] = []
+        for i, v in enumerate(node):
+            sub = (*path, i)
+            try:
+                il, ic = node.lc.item(i)
+                doc.values[sub] = (il + 1, ic + 1)
+            except (KeyError, TypeError):
+                pass
+            items.append(_convert(v, sub, doc, env))
+        return items
+    value = _scalar(node)
+    if isinstance(value, str) and "$" in value:
+        return _expand(value, path, doc, env)
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """ruamel's scalar subclasses (ScalarInt, LiteralScalarString, TimeStamp) to plain types."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return dt.datetime.fromisoformat(value.isoformat())
+    if isinstance(value, dt.date):
+        return dt.date(value.year, value.month, value.day)
+    return value
+
+
+def _expand(value: str, path: YamlPath, doc: YamlDoc, env: Mapping[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is not None and (got != "" or default is None):
+            return got
+        if default is not None:
+            return default
+        hint = f"write ${{{name}:-default}} for a default"
+        doc.problems.append(doc.problem(path, f"environment variable {name} is not set ({hint})"))
+        doc.bad_paths.add(path)
+        return ""
+
+    return _VAR.sub(repl, value)
+
+
+def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = ()) -> list[str]:
+    """pydantic errors as `FILE:LINE:COL: message`, placed on the YAML node each one is about.
+
+    `prefix` is the path of the data that was validated, inside `doc.data`.
+    """
+    out: list[str] = []
+    seen: set[Any] = set()
+    for e in err.errors():
+        loc, kind = _resolve((*prefix, *e["loc"]), doc.data, e["type"])
+        if doc.is_bad(loc):
+            continue
+        if kind == "missing":
+            problem = doc.problem(loc[:-1], f"missing required key '{loc[-1]}'" + _under(loc[:-1]))
+            once: Any = problem
+        elif kind == "extra":
+            problem = doc.problem(loc, f"unknown key '{loc[-1]}'" + _under(loc[:-1]), key=True)
+            once = problem
+        else:
+            msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            problem = doc.problem(loc, f"{dotted(loc)}: {msg}" if loc else msg)
+            once = loc  # a union reports once per member: keep the first message per node
+        if once not in seen:
+            seen.add(once)
+            out.append(problem)
+    return out
+
+
+_POS = re.compile(r"^(.*?):(\d+):(\d+): ")
+
+
+def sort_problems(problems: Sequence[str], files: Sequence[str] = ()) -> list[str]:
+    """By file (in `files` order, then by name), line and column; unpositioned ones first."""
+    order = {f: i for i, f in enumerate(files)}
+
+    def key(p: str) -> tuple[int, str, int, int]:
+        m = _POS.match(p)
+        if not m:
+            return (-1, p, 0, 0)
+        return (order.get(m.group(1), len(order)), m.group(1), int(m.group(2)), int(m.group(3)))
+
+    return sorted(dict.fromkeys(problems), key=key)
+
+
+def _under(path: YamlPath) -> str:
+    return f" in {dotted(path)}" if path else ""
+
+
+def dotted(path: YamlPath) -> str:
+    """`rules[2].match.tags`."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _resolve(loc: tuple[Any, ...], data: Any, etype: str) -> tuple[YamlPath, str]:
+    """Map a pydantic `loc` onto the data, dropping the union/validator tags pydantic adds."""
+    path: list[str | int] = []
+    cur = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        in_map = isinstance(cur, dict) and part in cur
+        if in_map or (isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)):
+            path.append(part)
+            cur = cur[part]
+        elif last and etype == "missing" and isinstance(part, str):
+            return (*path, part), "missing"
+    if etype == "extra_forbidden":
+        return tuple(path), "extra"
+    return tuple(path), "other"
