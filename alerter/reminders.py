@@ -1,0 +1,113 @@
+"""Reminder decisions: which `reminder` events an open obligation is due at `now` (pure).
+
+How this works: a RemindPolicy says when to remind — every `every` since the obligation
+opened (detail `every:N`, N whole periods), when less than a `before_deadline` threshold
+is left (detail `before:7d`), and once overdue (detail `overdue`). `reminders_due` returns
+only the latest `every:N`, only the tightest threshold crossed (none once overdue) and
+`overdue`. Event ids come from `models.event_id(key, "reminder", version, detail)`, so
+evaluating again yields the same ids, which the store ignores: each threshold fires once
+per obligation version, durably, and a new version (a changed deadline) fires anew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alerter.durations import Duration, format_duration
+from alerter.models import Event, Obligation, event_id
+
+
+class RemindPolicy(BaseModel):
+    """`remind:` of a rule (or of `defaults`); a rule's `remind` replaces the default one whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: Duration | None = None
+    before_deadline: tuple[Duration, ...] = Field(default=())
+    overdue: bool = True
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return v
+
+    @field_validator("before_deadline")
+    @classmethod
+    def _thresholds(cls, v: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+        if any(t <= timedelta(0) for t in v):
+            raise ValueError("thresholds must be positive durations")
+        return tuple(sorted(set(v), reverse=True))
+
+    @property
+    def empty(self) -> bool:
+        return self.every is None and not self.before_deadline and not self.overdue
+
+    def accepts(self, detail: str) -> bool:
+        """Whether a rule with this policy receives a reminder with this detail."""
+        if detail.startswith("every:"):
+            return self.every is not None
+        if detail.startswith("before:"):
+            return detail.removeprefix("before:") in {format_duration(t) for t in self.before_deadline}
+        if detail == "overdue":
+            return self.overdue
+        return True
+
+
+NO_REMINDERS = RemindPolicy(overdue=False)
+
+
+def merge_policies(policies: Iterable[RemindPolicy]) -> RemindPolicy:
+    """The union: the shortest `every`, every threshold, overdue if any asks for it."""
+    everys: list[timedelta] = []
+    before: set[timedelta] = set()
+    overdue = False
+    for p in policies:
+        if p.every is not None:
+            everys.append(p.every)
+        before.update(p.before_deadline)
+        overdue = overdue or p.overdue
+    return RemindPolicy(every=min(everys) if everys else None, before_deadline=tuple(before), overdue=overdue)
+
+
+def reminders_due(
+    obligation: Obligation, remind_policies: RemindPolicy | Iterable[RemindPolicy], now: datetime
+) -> list[Event]:
+    """The reminder events due for an open obligation at `now` (see the module note).
+
+    `occurred_at` is the moment the threshold was crossed, so the events are the same
+    whenever they are computed.
+    """
+    if obligation.status != "open":
+        return []
+    policy = remind_policies if isinstance(remind_policies, RemindPolicy) else merge_policies(remind_policies)
+    due: list[tuple[str, datetime]] = []
+    if policy.every is not None and now > obligation.opened_at:
+        n = (now - obligation.opened_at) // policy.every
+        if n >= 1:
+            due.append((f"every:{n}", obligation.opened_at + n * policy.every))
+    deadline = obligation.deadline
+    if deadline is not None:
+        if now >= deadline:
+            if policy.overdue:
+                due.append(("overdue", deadline))
+        else:
+            crossed = [t for t in policy.before_deadline if deadline - now <= t]
+            if crossed:
+                tightest = min(crossed)
+                at = max(deadline - tightest, obligation.opened_at)
+                due.append((f"before:{format_duration(tightest)}", at))
+    return [
+        Event(
+            id=event_id(obligation.key, "reminder", obligation.version, detail),
+            kind="reminder",
+            occurred_at=at,
+            obligation=obligation,
+            detail=detail,
+        )
+        for detail, at in due
+    ]
