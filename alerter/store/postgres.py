@@ -110,7 +110,11 @@ class PostgresStore(SqlStore):
             if self.schema:
                 conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    async with conn.transaction():  # replicas starting together create it once
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock($1)", _lock_key("alerter-schema", self.schema)
+                        )
+                        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
             self._pool = await asyncpg.create_pool(

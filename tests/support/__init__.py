@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (real servers and stores, no mocks)."""

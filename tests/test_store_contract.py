@@ -1,0 +1,234 @@
+"""One contract for every Store backend: the same tests run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from alerter.store.base import GroupState, RoutingWrite, Silence, Store
+from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with store_for(request.param, tmp_path) as opened:
+        yield opened
+
+
+async def test_meta_and_emptiness(store: Store) -> None:
+    assert await store.is_empty()
+    assert await store.get_meta("watermark") is None
+    await store.set_meta({"watermark": "2026-11-01T00:00:00Z", "other": "x"})
+    await store.set_meta({"watermark": "2026-11-02T00:00:00Z"})
+    assert await store.get_meta("watermark") == "2026-11-02T00:00:00Z"
+    assert await store.get_meta("other") == "x"
+    assert await store.is_empty()
+    await store.set_meta({"initialized": "1"})
+    assert not await store.is_empty()
+
+
+async def test_commit_page_upserts_and_counts_new_events_once(store: Store) -> None:
+    a, b = obligation("m1", "A"), obligation("m1", "B")
+    ea, eb = event(a), event(b, initial=True)
+    assert await store.commit_page([a, b], [ea, eb, ea], {"page": "1"}) == 2
+    assert not await store.is_empty()
+    assert await store.commit_page([a], [ea]) == 0
+    changed = a.model_copy(update={"action_description": "New.", "deadline": None, "version": 2})
+    assert await store.commit_page([changed], [event(changed, "changed", T0 + timedelta(hours=1))]) == 1
+    assert await store.load_obligations(["m1", "m1", "unknown"]) == {a.key: changed, b.key: b}
+    assert await store.get_meta("page") == "1"
+    assert await store.commit_page([], [], None) == 0
+    assert await store.commit_page([], [], {"page": "2"}) == 0
+    assert await store.get_meta("page") == "2"
+    assert await store.load_obligations([]) == {}
+
+
+async def test_datetimes_come_back_aware_utc(store: Store) -> None:
+    paris = datetime(2026, 11, 1, 13, 30, 0, 250, tzinfo=ZoneInfo("Europe/Paris"))
+    o = obligation(deadline=paris, opened_at=paris)
+    await store.commit_page([o], [event(o, at=paris)])
+    got = (await store.load_obligations(["m1"]))[o.key]
+    assert got.deadline == paris and got.deadline is not None and got.deadline.utcoffset() == timedelta(0)
+    assert got.opened_at == paris
+    [(_, deadline, _)] = await store.count_open()
+    assert deadline == paris and deadline is not None and deadline.tzinfo is not None
+    with pytest.raises(ValueError, match="naive"):
+        await store.commit_page([obligation(deadline=datetime(2026, 1, 1))], [])
+
+
+async def test_open_meter_ids_and_keyset_pages(store: Store) -> None:
+    opened = [obligation(f"m{m}", f"C{c}") for m in range(7) for c in range(3)]
+    resolved = [
+        obligation(f"r{m}", "C0", status="resolved", resolution="cleared", resolved_at=T0) for m in range(3)
+    ]
+    await store.commit_page(opened + resolved, [])
+    assert await store.open_meter_ids() == [f"m{m}" for m in range(7)]
+    pages, after = [], None
+    while page := await store.open_obligations(after, limit=4):
+        pages.append(page)
+        after = page[-1].key
+    assert [len(p) for p in pages] == [4, 4, 4, 4, 4, 1]
+    assert [o for p in pages for o in p] == sorted(opened, key=lambda o: o.key)
+    assert await store.count_open() == [("IS_AUTHORIZED", DEADLINE, 21)]
+    assert len(await store.load_obligations(["r1", "m1"])) == 4
+
+
+async def test_routing_round_trip(store: Store) -> None:
+    a, b, c = obligation("m1", "A"), obligation("m1", "B"), obligation("m2", "A")
+    ea, eb, ec = event(a), event(b), event(c)
+    resolved_a = event(a.model_copy(update={"status": "resolved", "version": 2}), "resolved")
+    await store.commit_page([a, b, c], [ea, eb, ec, resolved_a])
+    assert await store.pending_events() == [ea, eb, ec, resolved_a]
+    assert await store.pending_events(limit=2) == [ea, eb]
+    group = GroupState(key="r1/ops/CAISO", rule="r1", receiver="ops", values={"region": "CAISO"}, flush_at=T0)
+    note = notification("n1", [ea, resolved_a])
+    await store.commit_routing(
+        RoutingWrite(
+            consumed=[ea.id, eb.id, resolved_a.id],
+            groups=[group, GroupState(key="g2", rule="r2", receiver="x", values={}, flush_at=T0)],
+            notifications=[note],
+            silenced=[(eb.id, "s1"), (eb.id, "s1")],
+        )
+    )
+    assert await store.pending_events() == [ec]
+    assert await store.load_groups() == [GroupState("g2", "r2", "x", {}, T0), group]
+    later = T0 + timedelta(minutes=5)
+    regrouped = GroupState(group.key, "r1", "ops", group.values, later, T0, pending=(ec.id,))
+    await store.commit_routing(RoutingWrite(consumed=[ec.id], groups=[regrouped], deleted_groups=["g2"]))
+    assert await store.load_groups() == [regrouped]
+    assert await store.pending_events() == []
+    assert await store.load_events([ec.id, "nope", ea.id]) == [ec, ea]
+    assert await store.notified_receivers([a.key_id, b.key_id]) == {a.key_id: {"ops"}}
+    assert await store.notified_receivers([]) == {}
+    assert await store.undelivered_count() == 1
+    [delivery] = await store.claim_deliveries(T0, "w1", 10, 30)
+    assert delivery.notification == note
+    assert (delivery.receiver, delivery.status, delivery.attempts) == ("ops", "pending", 0)
+    assert delivery.next_attempt_at == T0
+
+
+async def test_claim_leases_rows_and_expired_leases_come_back(store: Store) -> None:
+    o = obligation()
+    notes = [notification(f"n{i}", [event(o)], at=T0 + timedelta(seconds=i)) for i in range(5)]
+    await outbox(store, *notes)
+    assert await store.claim_deliveries(T0 - timedelta(seconds=1), "w1", 10, 30) == []
+    now = T0 + timedelta(seconds=10)
+    first = await store.claim_deliveries(now, "w1", 3, 30)
+    assert [d.notification.id for d in first] == ["n0", "n1", "n2"]
+    second = await store.claim_deliveries(now, "w2", 10, 30)
+    assert [d.notification.id for d in second] == ["n3", "n4"]
+    assert await store.claim_deliveries(now + timedelta(seconds=29), "w3", 10, 30) == []
+    await store.mark_sent("n0", "ops", now, "C1:123.456")
+    again = await store.claim_deliveries(now + timedelta(seconds=31), "w3", 10, 30)
+    assert [d.notification.id for d in again] == ["n1", "n2", "n3", "n4"]
+
+
+async def test_concurrent_claimers_never_share_a_row(store: Store) -> None:
+    o = obligation()
+    await outbox(store, *[notification(f"n{i:02}", [event(o)]) for i in range(40)])
+    batches = await asyncio.gather(*[store.claim_deliveries(T0, f"w{i}", 7, 60) for i in range(8)])
+    claimed = [d.notification.id for batch in batches for d in batch]
+    assert sorted(claimed) == [f"n{i:02}" for i in range(40)]
+
+
+async def test_failures_dead_letters_and_replay(store: Store) -> None:
+    o = obligation()
+    await outbox(store, notification("n1", [event(o)]), notification("n2", [event(o)], receiver="hook"))
+    await store.claim_deliveries(T0, "w", 10, 3600)
+    retry_at = T0 + timedelta(minutes=1)
+    await store.mark_failed("n1", "ops", "HTTP 503", retry_at)
+    assert await store.claim_deliveries(T0 + timedelta(seconds=59), "w", 10, 30) == []
+    [retry] = await store.claim_deliveries(retry_at, "w", 10, 30)
+    assert (retry.attempts, retry.last_error, retry.next_attempt_at) == (1, "HTTP 503", retry_at)
+    await store.mark_failed("n1", "ops", "HTTP 400", None)
+    await store.mark_failed("n2", "hook", "HTTP 410", None)
+    assert await store.undelivered_count() == 0
+    dead = await store.dead_letters()
+    assert {(d.notification.id, d.status, d.next_attempt_at) for d in dead} == {
+        ("n1", "dead", None),
+        ("n2", "dead", None),
+    }
+    assert [d.attempts for d in await store.dead_letters("ops")] == [2]
+    assert await store.dead_letters(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert await store.delivery_counts() == {("ops", "dead"): 1, ("hook", "dead"): 1}
+    replay_at = T0 + timedelta(hours=1)
+    assert await store.replay_dead_letters(replay_at, receiver="ops") == 1
+    assert await store.replay_dead_letters(replay_at, since=datetime.now(UTC) - timedelta(hours=1)) == 1
+    assert await store.undelivered_count() == 2
+    claimed = await store.claim_deliveries(replay_at, "w", 10, 30)
+    assert {(d.notification.id, d.attempts, d.status) for d in claimed} == {
+        ("n1", 0, "pending"),
+        ("n2", 0, "pending"),
+    }
+    await store.mark_sent("n1", "ops", replay_at, None)
+    await store.mark_failed("n1", "ops", "late failure", None)  # a sent row stays sent
+    assert (await store.delivery_counts())[("ops", "sent")] == 1
+
+
+async def test_disabled_receivers_are_not_claimed(store: Store) -> None:
+    o = obligation()
+    await outbox(store, notification("n1", [event(o)]), notification("n2", [event(o)], receiver="hook"))
+    await store.set_receiver_disabled("hook", "webhook returned 410 Gone", T0)
+    assert await store.disabled_receivers() == {"hook": "webhook returned 410 Gone"}
+    assert [d.receiver for d in await store.claim_deliveries(T0, "w", 10, 1)] == ["ops"]
+    await store.set_receiver_disabled("hook", None, T0)
+    assert await store.disabled_receivers() == {}
+    assert [d.receiver for d in await store.claim_deliveries(T0 + timedelta(seconds=2), "w", 10, 1)] == [
+        "ops",
+        "hook",
+    ]
+
+
+async def test_threads_keep_the_first(store: Store) -> None:
+    assert await store.get_thread("slack", "k1") is None
+    await store.set_thread("slack", "k1", "C1:1.0")
+    await store.set_thread("slack", "k1", "C1:2.0")
+    await store.set_thread("email", "k1", "<m@x>")
+    assert await store.get_thread("slack", "k1") == "C1:1.0"
+    assert await store.get_thread("email", "k1") == "<m@x>"
+
+
+async def test_silences(store: Store) -> None:
+    active = Silence("s1", {"meter_id": "m1"}, T0, T0 + timedelta(hours=2), "maintenance", "ana", T0)
+    future = Silence("s2", {"tags": ["x"]}, T0 + timedelta(hours=1), T0 + timedelta(hours=3), "later")
+    old = Silence("s0", {}, T0 - timedelta(days=2), T0 - timedelta(days=1), "done")
+    for s in (active, future, old):
+        await store.add_silence(s)
+    assert await store.list_silences(T0) == [active, future]
+    assert await store.list_silences(T0, include_expired=True) == [old, active, future]
+    assert await store.expire_silence("s2", T0)
+    assert not await store.expire_silence("s2", T0)
+    assert not await store.expire_silence("missing", T0)
+    assert await store.list_silences(T0) == [active]
+    [expired] = [s for s in await store.list_silences(T0, True) if s.id == "s2"]
+    assert expired.ends_at == T0 and expired.starts_at == T0
+
+
+async def test_history_tells_what_became_of_each_event(store: Store) -> None:
+    a, b = obligation("m1", "A"), obligation("m1", "B")
+    ea, eb = event(a), event(b, at=T0 + timedelta(seconds=1))
+    ra = event(a.model_copy(update={"status": "resolved", "version": 2}), "resolved", T0 + timedelta(hours=1))
+    await store.commit_page([a, b], [ea, eb, event(obligation("m2"))])
+    await store.commit_page([], [ra])
+    group = GroupState("r1/ops", "r1", "ops", {}, T0 + timedelta(hours=2), pending=(ra.id,))
+    await store.commit_routing(
+        RoutingWrite(
+            consumed=[ea.id, eb.id, ra.id],
+            groups=[group],
+            notifications=[notification("n1", [ea]), notification("n2", [ea], receiver="hook")],
+            silenced=[(eb.id, "s9")],
+        )
+    )
+    await store.claim_deliveries(T0, "w", 10, 30)
+    await store.mark_sent("n1", "ops", T0, "ts1")
+    history = await store.history("m1")
+    assert [(h.event, h.at) for h in history] == [(ea, T0), (eb, eb.occurred_at), (ra, ra.occurred_at)]
+    assert history[0].outcomes == ("notified ops in n1 (sent)", "notified hook in n2 (pending)")
+    assert history[1].outcomes == ("silenced s9",)
+    assert history[2].outcomes == ("grouped r1/ops, waiting",)
+    assert await store.history("nobody") == []

@@ -1,0 +1,125 @@
+"""PostgreSQL specifics: leadership and fencing between replicas, shared claims, concurrent migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from alerter.errors import FencedError, StoreError
+from alerter.store.base import RoutingWrite
+from alerter.store.postgres import PostgresStore
+from tests.support.stores import T0, event, notification, obligation, opened, outbox, postgres_schema
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two replicas on the same schema."""
+    async with (
+        postgres_schema() as (url, schema),
+        opened(PostgresStore(url, schema=schema)) as a,
+        opened(PostgresStore(url, schema=schema)) as b,
+    ):
+        assert isinstance(a, PostgresStore) and isinstance(b, PostgresStore)
+        yield a, b
+
+
+async def acquire_within(store: PostgresStore, owner: str, seconds: float = 5) -> int:
+    for _ in range(int(seconds * 20)):
+        token = await store.try_acquire_leadership(owner)
+        if token is not None:
+            return token
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{owner} never became leader")
+
+
+async def test_a_deposed_leader_cannot_write(pair: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = pair
+    o = obligation()
+    assert await a.try_acquire_leadership("a") == 1
+    assert await a.try_acquire_leadership("a") == 1  # already leader: same lease
+    assert await b.try_acquire_leadership("b") is None
+    assert await a.still_leader() and not await b.still_leader()
+    assert await a.commit_page([o], [event(o)], {"watermark": "w1"}) == 1
+
+    # A's lease dies with its connection (network cut, OOM kill of its backend...).
+    admin = await asyncpg.connect(a._dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a._leader_conn.get_server_pid())
+    finally:
+        await admin.close()
+    assert await acquire_within(b, "b") == 2
+    assert not await a.still_leader()
+
+    with pytest.raises(FencedError, match="fencing token is 1, the store's is 2"):
+        await a.commit_page([o.model_copy(update={"version": 2})], [])
+    with pytest.raises(FencedError):
+        await a.set_meta({"watermark": "w2"})
+    with pytest.raises(FencedError):
+        await a.commit_routing(RoutingWrite(consumed=[event(o).id]))
+    assert await a.try_acquire_leadership("a") is None
+    assert await b.get_meta("watermark") == "w1"
+    assert (await b.load_obligations(["m1"]))[o.key].version == 1
+    assert len(await b.pending_events()) == 1
+
+    # The ledger is not fenced: a deposed leader still delivers.
+    await b.commit_routing(
+        RoutingWrite(consumed=[event(o).id], notifications=[notification("n1", [event(o)])])
+    )
+    [claimed] = await a.claim_deliveries(T0, "a", 10, 30)
+    await a.mark_sent(claimed.notification.id, "ops", T0, None)
+
+    # A graceful handover: B releases, A takes over with a newer token.
+    await b.release_leadership()
+    assert not await b.still_leader()
+    assert await acquire_within(a, "a") == 3
+    await a.set_meta({"watermark": "w3"})
+    with pytest.raises(FencedError):
+        await b.set_meta({"watermark": "stale"})
+    b.set_fence(None)  # unfenced (e.g. a maintenance command) writes go through
+    await b.set_meta({"note": "x"})
+
+
+async def test_replicas_share_the_ledger_without_double_claims(
+    pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = pair
+    o = obligation()
+    await outbox(a, *[notification(f"n{i:03}", [event(o)]) for i in range(120)])
+    batches = await asyncio.gather(
+        *[(a if i % 2 else b).claim_deliveries(T0, f"w{i}", 9, 60) for i in range(16)]
+    )
+    claimed = [d.notification.id for batch in batches for d in batch]
+    assert len(claimed) == len(set(claimed)) == 120
+    assert await a.claim_deliveries(T0, "late", 10, 60) == []
+
+
+async def test_replicas_starting_together_migrate_once() -> None:
+    async with postgres_schema() as (url, schema):
+        stores = [PostgresStore(url, schema=schema) for _ in range(3)]
+        await asyncio.gather(*[s.open() for s in stores])
+        try:
+            conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+            try:
+                assert await conn.fetch("SELECT version FROM schema_version") == [(1,)]
+                await conn.execute("INSERT INTO schema_version VALUES (7)")
+            finally:
+                await conn.close()
+        finally:
+            for s in stores:
+                await s.close()
+        with pytest.raises(StoreError, match="schema version 7"):
+            await PostgresStore(url, schema=schema).open()
+
+
+async def test_connection_errors_do_not_leak_the_password() -> None:
+    store = PostgresStore("postgresql://alerter:hunter2@127.0.0.1:1/alerter")
+    with pytest.raises(
+        StoreError, match=r"cannot connect to PostgreSQL at postgresql://alerter:\*\*\*@"
+    ) as err:
+        await store.open()
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(StoreError, match="is not open"):
+        await store.undelivered_count()

@@ -1,0 +1,135 @@
+"""SQLite specifics: one alerter per file (also across processes), crash durability, URLs, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from alerter.errors import StoreError
+from alerter.store import open_store
+from alerter.store.postgres import PostgresStore
+from alerter.store.sqlite import SqliteStore
+from tests.support.stores import event, obligation, opened
+
+# A second alerter: opens the store, commits one page, says so, then waits to be killed.
+CHILD = """
+import asyncio, sys
+from datetime import UTC, datetime
+from alerter.errors import StoreError
+from alerter.models import Event, Meter, Obligation, event_id
+from alerter.store import open_store
+
+async def main() -> None:
+    store = open_store(sys.argv[1])
+    try:
+        await store.open()
+    except StoreError as err:
+        print(err, flush=True)
+        sys.exit(3)
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    o = Obligation(meter_id="m9", program_identifier="P", delivery_period="D", action_type="T",
+                   action_code="C", meter=Meter(meter_id="m9"), opened_at=t, first_seen=t, last_seen=t)
+    e = Event(id=event_id(o.key, "opened", 1), kind="opened", occurred_at=t, obligation=o)
+    await store.commit_page([o], [e], {"watermark": "w9"})
+    print("committed", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def child(url: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def test_a_second_store_on_the_same_file_refuses_to_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    async with opened(SqliteStore(url)):
+        with pytest.raises(
+            StoreError, match=rf"state file .*state\.db is in use by another alerter \(pid {os.getpid()}\)"
+        ):
+            await SqliteStore(url).open()
+        proc = await child(url)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 3
+        assert f"is in use by another alerter (pid {os.getpid()})" in out.decode()
+    async with opened(SqliteStore(url)) as store:  # released on close
+        assert await store.is_empty()
+
+
+async def test_a_killed_process_keeps_its_commits_and_frees_the_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    proc = await child(url)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line == b"committed\n"
+        with pytest.raises(StoreError, match=rf"in use by another alerter \(pid {proc.pid}\)"):
+            await SqliteStore(url).open()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    async with opened(SqliteStore(url)) as store:
+        assert await store.get_meta("watermark") == "w9"
+        assert [o.meter_id for o in await store.open_obligations()] == ["m9"]
+        assert len(await store.pending_events()) == 1
+
+
+async def test_wal_journal_and_idempotent_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    for _ in range(2):
+        async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+            o = obligation()
+            await store.commit_page([o], [event(o)])
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        db.execute("INSERT INTO schema_version VALUES (99)")
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 99 .* upgrade alerter"):
+        await SqliteStore(f"sqlite:///{path}").open()
+
+
+async def test_relative_absolute_and_memory_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("sqlite:///./rel.db")
+    assert isinstance(relative, SqliteStore) and relative.path == "./rel.db"
+    async with opened(relative):
+        assert (tmp_path / "rel.db").exists() and (tmp_path / "rel.db.lock").exists()
+    absolute = open_store(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(absolute, SqliteStore) and absolute.path == f"{tmp_path}/abs.db"
+    memory = open_store("sqlite://:memory:")
+    async with opened(memory):
+        await memory.commit_page([obligation()], [], {"k": "v"})
+        assert await memory.get_meta("k") == "v"
+        assert await memory.try_acquire_leadership("me") == 1
+        assert await memory.still_leader()
+    assert sorted(os.listdir(tmp_path)) == ["rel.db", "rel.db.lock"]
+
+
+async def test_bad_urls_and_places_say_so_without_secrets(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unsupported state url scheme 'mysql'"):
+        open_store("mysql://u:hunter2@db/x")
+    with pytest.raises(StoreError) as err:
+        open_store("u:hunter2@db/x")
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(StoreError, match="invalid SQLite state url"):
+        open_store("sqlite://relative.db")
+    with pytest.raises(StoreError, match="cannot open state file"):
+        await SqliteStore(f"sqlite:///{tmp_path}/missing/dir/state.db").open()
+    pg = open_store("postgres://alerter:hunter2@127.0.0.1:5432/alerter")
+    assert isinstance(pg, PostgresStore) and "hunter2" not in pg.url
+    assert pg.url == "postgres://alerter:***@127.0.0.1:5432/alerter"
+
+
+async def test_a_store_that_is_not_open_says_so() -> None:
+    with pytest.raises(StoreError, match="is not open"):
+        await SqliteStore("sqlite:///nowhere.db").get_meta("x")
