@@ -95,9 +95,12 @@ class Pacer:
         self.queued += 1
         try:
             loop = asyncio.get_running_loop()
-            while (wait := self.blocked_until - loop.time()) > 0:  # noqa: ASYNC110 (a 429 may extend it)
-                await asyncio.sleep(wait)
-            await self.limiter.acquire()
+            while True:  # a 429 seen while waiting for the limiter blocks this turn too
+                while (wait := self.blocked_until - loop.time()) > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(wait)
+                await self.limiter.acquire()
+                if self.blocked_until <= loop.time():
+                    return
         finally:
             self.queued -= 1
 

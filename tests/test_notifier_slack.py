@@ -1,0 +1,165 @@
+"""Slack notifier against the fake Slack Web API: posts, threads, resolution updates, pacing, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from alerter.errors import DeliveryError
+from alerter.notifiers import build_notifier
+from alerter.notifiers.base import Deferred
+from alerter.notifiers.slack import SlackConfig, SlackNotifier
+from tests.support.channels import FakeSlack, fake_slack
+from tests.support.notifications import event, notification
+
+
+def make(slack: FakeSlack, channel: str = "#leap-actions", **over: object) -> SlackNotifier:
+    args = {"token": slack.token, "channel": channel, "api_url": slack.api_url, "min_interval": "50ms"}
+    cfg = SlackConfig.model_validate(args | over)
+    notifier = build_notifier("ops-slack", slack=cfg)
+    assert isinstance(notifier, SlackNotifier)
+    return notifier
+
+
+class Threads:
+    def __init__(self) -> None:
+        self.roots: dict[str, str] = {}
+
+    async def __call__(self, key_id: str) -> str | None:
+        return self.roots.get(key_id)
+
+
+async def test_post_names_each_meter_and_records_thread_roots() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        n = notification("n1", [event(1), event(2, partner_reference="")])
+        result = await notifier.send(n, Threads())
+        await notifier.close()
+    [call] = slack.posted()
+    assert "ACME-0001" in call.args["text"] and "meter-0002" in call.args["text"]
+    assert call.args["blocks"][0]["type"] == "header"
+    assert result.external_id is not None and result.external_id.startswith("CLEAPACTION:")
+    assert set(result.threads) == {e.obligation.key_id for e in n.events}
+
+
+async def test_resolution_updates_original_and_replies_in_thread() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        threads = Threads()
+        opened = notification("n1", [event(1), event(2)])
+        first = await notifier.send(opened, threads)
+        threads.roots.update(first.threads)
+        resolved = notification("n2", [event(1, "resolved")])
+        result = await notifier.send(resolved, threads)
+        await notifier.close()
+    channel, ts = str(first.external_id).split(":")
+    [update] = slack.updates()
+    assert (update.args["channel"], update.args["ts"]) == (channel, ts)
+    sections = [b for b in update.args["blocks"] if b.get("block_id", "").startswith("ob-")]
+    ticked = [b for b in sections if b["text"]["text"].startswith(":white_check_mark:")]
+    assert len(ticked) == 1 and "ACME-0001" in ticked[0]["text"]["text"]
+    reply = slack.posted()[-1]
+    assert reply.args["thread_ts"] == ts and "Resolved" in reply.args["text"]
+    assert result.threads == {}
+
+
+async def test_reminder_replies_in_thread_or_starts_one() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        threads = Threads()
+        first = await notifier.send(notification("n1", [event(1)]), threads)
+        threads.roots.update(first.threads)
+        await notifier.send(notification("n2", [event(1, "reminder", detail="before:2d")]), threads)
+        loose = await notifier.send(notification("n3", [event(7, "reminder")]), threads)
+        await notifier.close()
+    posts = slack.posted()
+    assert posts[1].args["thread_ts"] == str(first.external_id).split(":")[1]
+    assert "thread_ts" not in posts[2].args
+    assert set(loose.threads) == {event(7).obligation.key_id}
+
+
+async def test_rate_limit_with_retry_after_loses_nothing() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack, min_interval="50ms")
+        slack.fail("ratelimited", times=2, retry_after=0.3)
+        notes = [notification(f"n{i}", [event(i)]) for i in range(3)]
+        started = time.monotonic()
+        await asyncio.gather(*(notifier.send(n, Threads()) for n in notes))
+        elapsed = time.monotonic() - started
+        await notifier.close()
+    assert len(slack.posted()) == 3
+    assert elapsed >= 0.55  # two Retry-After waits of 0.3 s, no overlap with other sends
+
+
+async def test_long_retry_after_hands_back_to_delivery() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack, max_wait="1s")
+        slack.fail("ratelimited", retry_after=30)
+        with pytest.raises(Deferred) as err:
+            await notifier.send(notification("n1", [event(1)]), Threads())
+        await notifier.close()
+    assert err.value.retryable and err.value.retry_after == 30
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"),
+    [("invalid_auth", False), ("channel_not_found", False), ("not_in_channel", False), ("is_archived", False),
+     ("account_inactive", False), ("500", True), ("internal_error", True)],
+)  # fmt: skip
+async def test_error_classes(fault: str, retryable: bool) -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        slack.fail(fault)
+        with pytest.raises(DeliveryError) as err:
+            await notifier.send(notification("n1", [event(1)]), Threads())
+        await notifier.close()
+    assert err.value.retryable is retryable
+    assert slack.token not in str(err.value)
+
+
+async def test_connection_refused_is_retryable() -> None:
+    async with fake_slack() as slack:
+        url = slack.api_url
+    cfg = SlackConfig.model_validate({"token": "xoxb-x", "channel": "#c", "api_url": url})
+    notifier = SlackNotifier("s", cfg)
+    with pytest.raises(DeliveryError) as err:
+        await notifier.send(notification("n1", [event(1)]), Threads())
+    await notifier.close()
+    assert err.value.retryable
+
+
+async def test_pacing_is_per_channel_and_a_hot_channel_does_not_stall_others() -> None:
+    async with fake_slack() as slack:
+        hot, cold = make(slack, "#hot", min_interval="200ms"), make(slack, "#cold", min_interval="200ms")
+        twin = make(slack, "#hot", min_interval="200ms")  # shares the #hot limiter
+        started = time.monotonic()
+        await asyncio.gather(
+            *(hot.send(notification(f"h{i}", [event(i)]), Threads()) for i in range(3)),
+            *(twin.send(notification(f"t{i}", [event(i)]), Threads()) for i in range(2)),
+            cold.send(notification("c0", [event(9)]), Threads()),
+        )
+        for n in (hot, cold, twin):
+            await n.close()
+    hot_times = sorted(c.at for c in slack.posted("#hot"))
+    gaps = [b - a for a, b in itertools.pairwise(hot_times)]
+    assert len(hot_times) == 5 and min(gaps) >= 0.18
+    [cold_call] = slack.posted("#cold")
+    assert cold_call.at - started < 0.5
+
+
+async def test_custom_template_renders_text_and_blocks() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack, template="{{ count }} for {{ notification.rule }}: {{ meters | join(' ') }}")
+        await notifier.send(notification("n1", [event(1), event(2)]), Threads())
+        await notifier.close()
+    [call] = slack.posted()
+    assert call.args["text"] == "2 for rule-1: ACME-0001 ACME-0002"
+    assert call.args["blocks"][1]["text"]["text"].startswith("2 for rule-1")
+
+
+def test_config_rejects_a_broken_template() -> None:
+    with pytest.raises(ValueError, match="template syntax error"):
+        SlackConfig.model_validate({"token": "t", "channel": "#c", "template": "{% if %}"})
