@@ -19,10 +19,7 @@ from alerter.sim.portfolio import Portfolio
 from alerter.sim.query import UUID_PATTERN, BadRequest, Searcher, parse_search
 
 INTERNAL_ERROR = "An error happened whilst processing your request"
-_HTML = (
-    "<html><head><title>{code} {reason}</title></head>"
-    "<body><center><h1>{code} {reason}</h1></center></body></html>"
-)
+_HTML = "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center></body></html>"
 _REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 _OPS = ("open", "change", "resolve", "archive", "touch")
 
@@ -47,13 +44,13 @@ class _State:
 
 
 STATE = web.AppKey("state", _State)
+BODY = web.RequestKey("body", object)
+INVALID = web.RequestKey("invalid", Fault)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 def _error(status: int, title: str, details: dict[str, Any] | None = None) -> web.Response:
@@ -93,7 +90,7 @@ async def _leap_api(request: web.Request, handler: Handler) -> web.StreamRespons
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = raw.decode(errors="replace")
-    request["json"] = body
+    request[BODY] = body
     response = await _answer(request, handler, state)
     state.requests.append(RequestLog(request.method, request.path, body, response.status))
     return response
@@ -109,7 +106,7 @@ async def _answer(request: web.Request, handler: Handler, state: _State) -> web.
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay)
         elif fault.kind == "invalid_record":
-            request["invalid"] = fault
+            request[INVALID] = fault
         else:
             injected = _fault_response(fault)
             if injected is not None:
@@ -124,12 +121,12 @@ async def _answer(request: web.Request, handler: Handler, state: _State) -> web.
 
 async def _search(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = request["json"]
+    body = request[BODY]
     if isinstance(body, str) or (body is None and request.content_length):
         raise BadRequest("Bad Request", {"error": "the request body is not valid JSON"})
     search = parse_search({} if body is None else body)
     meters, token = state.searcher.page(search)
-    fault: Fault | None = request.get("invalid")
+    fault = request.get(INVALID)
     if fault is not None and meters:
         at = min(fault.record, len(meters) - 1)
         meters = [*meters[:at], corrupt(meters[at], fault.invalid), *meters[at + 1 :]]
@@ -148,7 +145,7 @@ async def _get(request: web.Request) -> web.Response:
     if index is None:
         return _error(404, "Meter not found", {"meter_id": meter_id})
     meter = state.portfolio.record(index)
-    fault: Fault | None = request.get("invalid")
+    fault = request.get(INVALID)
     return _json(corrupt(meter, fault.invalid) if fault else meter)
 
 
