@@ -184,9 +184,7 @@ class Deliverer:
             return None
         return at
 
-    async def _failed(
-        self, d: Delivery, channel: str, err: DeliveryError, now: datetime, stats: DeliveryStats
-    ) -> None:
+    async def _failed(self, d: Delivery, channel: str, err: DeliveryError, now: datetime, stats: DeliveryStats) -> None:
         n = d.notification
         message = scrub(str(err))[:MAX_ERROR]
         at = self.next_attempt(d, channel, err, now)

@@ -78,15 +78,7 @@ def deadline_bucket(deadline: datetime | None, at: datetime) -> str:
     if deadline is None:
         return "no deadline"
     days = (deadline - at).total_seconds() / 86400
-    return (
-        "overdue"
-        if days < 0
-        else "within 7 days"
-        if days <= 7
-        else "within 30 days"
-        if days <= 30
-        else "later"
-    )
+    return "overdue" if days < 0 else "within 7 days" if days <= 7 else "within 30 days" if days <= 30 else "later"
 
 
 def _make_env(autoescape: bool) -> SandboxedEnvironment:
@@ -147,20 +139,14 @@ def title(n: Notification) -> str:
     kinds = {e.kind for e in n.events}
     if kinds == {"resolved"}:
         return f"Resolved: {what} on {m}"
-    prefix = (
-        {"reminder": "Reminder: ", "changed": "Changed: "}.get(kinds.pop(), "") if len(kinds) == 1 else ""
-    )
+    prefix = {"reminder": "Reminder: ", "changed": "Changed: "}.get(kinds.pop(), "") if len(kinds) == 1 else ""
     return f"{prefix}{m} {need} {what}"
 
 
 def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
     o = e.obligation
     fields = e.fields()
-    when = (
-        f"{o.deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({relative(o.deadline, now)})"
-        if o.deadline
-        else "none"
-    )
+    when = f"{o.deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({relative(o.deadline, now)})" if o.deadline else "none"
     previous = {k: iso(v) if isinstance(v, datetime) else v for k, v in (e.previous or {}).items()}
     return {
         **fields,
@@ -297,9 +283,7 @@ def check_templates(receivers: Iterable[tuple[str, Any]], now: datetime | None =
     return list(dict.fromkeys(problems))
 
 
-def _check_one(
-    name: str, cfg: SlackConfig | EmailConfig, samples: list[Notification], now: datetime
-) -> list[str]:
+def _check_one(name: str, cfg: SlackConfig | EmailConfig, samples: list[Notification], now: datetime) -> list[str]:
     from alerter.notifiers.slack import SlackConfig
 
     channel = "slack" if isinstance(cfg, SlackConfig) else "email"
@@ -313,9 +297,7 @@ def _check_one(
             else:
                 render_email(n, cfg, now)
         except TemplateSyntaxError as e:
-            problems.append(
-                f"receiver {name}: {channel} template syntax error on line {e.lineno}: {e.message}"
-            )
+            problems.append(f"receiver {name}: {channel} template syntax error on line {e.lineno}: {e.message}")
         except TemplateError as e:
             problems.append(f"receiver {name}: {channel} template: {e.message}")
         except Exception as e:  # a template may raise anything a sandboxed expression can

@@ -63,9 +63,7 @@ async def test_follow_ups_reply_to_the_first_mail() -> None:
     assert msg["References"] == "<n-1@alerter> <n-2@alerter>"
 
 
-@pytest.mark.parametrize(
-    ("reply", "retryable"), [("451 4.3.0 try again later", True), ("550 5.7.1 rejected", False)]
-)
+@pytest.mark.parametrize(("reply", "retryable"), [("451 4.3.0 try again later", True), ("550 5.7.1 rejected", False)])
 async def test_smtp_reply_classes(reply: str, retryable: bool) -> None:
     async with smtp_server() as server:
         server.script.append(reply)
@@ -78,9 +76,7 @@ async def test_smtp_reply_classes(reply: str, retryable: bool) -> None:
 async def test_wrong_password_is_permanent_and_not_echoed() -> None:
     async with smtp_server(auth=("alerter", "right")) as server:
         with pytest.raises(DeliveryError) as err:
-            await make(server, username="alerter", password=PASSWORD).send(
-                notification("n", [event(1)]), no_threads
-            )
+            await make(server, username="alerter", password=PASSWORD).send(notification("n", [event(1)]), no_threads)
     assert not err.value.retryable
     assert PASSWORD not in str(err.value) and "authentication" in str(err.value)
 
@@ -95,9 +91,7 @@ async def test_connection_refused_is_retryable() -> None:
 
 async def test_starttls_with_a_private_ca(tmp_path: Path) -> None:
     async with smtp_server(auth=("alerter", PASSWORD), starttls_dir=tmp_path) as server:
-        notifier = make(
-            server, starttls=True, cert_bundle=server.cert_file, username="alerter", password=PASSWORD
-        )
+        notifier = make(server, starttls=True, cert_bundle=server.cert_file, username="alerter", password=PASSWORD)
         await notifier.send(notification("n", [event(1)]), no_threads)
     assert len(server.messages) == 1
 

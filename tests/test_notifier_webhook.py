@@ -20,9 +20,7 @@ NEW = "whsec_" + base64.b64encode(b"new-secret-0123456789abcdef").decode()
 
 
 def make(hook: WebhookCollector, **over: Any) -> WebhookNotifier:
-    cfg = WebhookConfig.model_validate(
-        {"url": hook.url(), "secret": NEW, "headers": {"X-Team": "ops"}} | over
-    )
+    cfg = WebhookConfig.model_validate({"url": hook.url(), "secret": NEW, "headers": {"X-Team": "ops"}} | over)
     notifier = build_notifier("crm", webhook=cfg)
     assert isinstance(notifier, WebhookNotifier)
     return notifier
@@ -136,9 +134,7 @@ async def test_connection_refused_is_retryable() -> None:
 async def test_digest_body() -> None:
     async with webhook_collector([NEW]) as hook:
         notifier = make(hook)
-        await notifier.send(
-            notification("d", [event(i, initial=True) for i in range(3)], kind="digest"), no_threads
-        )
+        await notifier.send(notification("d", [event(i, initial=True) for i in range(3)], kind="digest"), no_threads)
         await notifier.close()
     body = hook.received[0].body
     assert body["type"] == "alerter.digest"

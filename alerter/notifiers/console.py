@@ -26,9 +26,7 @@ def summary(n: Notification, now: datetime) -> str:
     if ctx["digest"]:
         d = ctx["digest"]
         for name in ("by_action_type", "by_region", "by_deadline"):
-            lines.append(
-                f"   {name.removeprefix('by_').replace('_', ' ')}: {templates.first_counts(d[name])}"
-            )
+            lines.append(f"   {name.removeprefix('by_').replace('_', ' ')}: {templates.first_counts(d[name])}")
     shown = 10 if ctx["digest"] else 50
     for e in ctx["listed"][:shown]:
         lines.append(
@@ -43,9 +41,7 @@ def summary(n: Notification, now: datetime) -> str:
 class ConsoleNotifier:
     channel = "console"
 
-    def __init__(
-        self, receiver: str, config: ConsoleConfig | None = None, stream: TextIO | None = None
-    ) -> None:
+    def __init__(self, receiver: str, config: ConsoleConfig | None = None, stream: TextIO | None = None) -> None:
         self.receiver = receiver
         self.config = config or ConsoleConfig()
         self._stream = stream

@@ -48,9 +48,7 @@ PERMANENT = frozenset(
         "restricted_action",
     }
 )
-RETRYABLE = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
-)
+RETRYABLE = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"})
 
 
 class SlackConfig(BaseModel):
@@ -149,9 +147,7 @@ class SlackNotifier:
 
     async def _call(self, method: str, paced: bool, **args: Any) -> dict[str, Any]:
         cfg = self.config
-        pacer = pacer_for(
-            cfg.token.get_secret_value(), cfg.api_url, cfg.channel, cfg.min_interval.total_seconds()
-        )
+        pacer = pacer_for(cfg.token.get_secret_value(), cfg.api_url, cfg.channel, cfg.min_interval.total_seconds())
         max_wait = cfg.max_wait.total_seconds()
         for attempt in range(4):
             if paced:
@@ -171,9 +167,7 @@ class SlackNotifier:
                     if retry_after <= max_wait and attempt < 3:
                         log.info("slack_rate_limited", receiver=self.receiver, retry_after=retry_after)
                         continue
-                    raise Deferred(
-                        f"slack {method}: rate limited, retry after {retry_after:g}s", retry_after
-                    ) from None
+                    raise Deferred(f"slack {method}: rate limited, retry after {retry_after:g}s", retry_after) from None
                 if code in PERMANENT:
                     log.error("slack_receiver_refused", receiver=self.receiver, method=method, error=code)
                     raise DeliveryError(
@@ -202,9 +196,7 @@ class SlackNotifier:
 
     async def _tick_original(self, root: str, events: list[Event]) -> None:
         channel, _, ts = root.partition(":")
-        resolved = {
-            e.obligation.key_id: e.obligation.meter.partner_reference or e.obligation.meter_id for e in events
-        }
+        resolved = {e.obligation.key_id: e.obligation.meter.partner_reference or e.obligation.meter_id for e in events}
         try:
             history = await self._call(
                 "conversations.history", paced=False, channel=channel, latest=ts, inclusive=True, limit=1

@@ -66,9 +66,7 @@ class FakeSlack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
 
-    def fail(
-        self, fault: str, method: str = "chat.postMessage", times: int = 1, retry_after: float = 1
-    ) -> None:
+    def fail(self, fault: str, method: str = "chat.postMessage", times: int = 1, retry_after: float = 1) -> None:
         """fault: `ratelimited` (429 + Retry-After), `500`, or any Slack error code (`invalid_auth`, ...)."""
         self.faults.extend([(method, fault, retry_after)] * times)
 

@@ -1,0 +1,201 @@
+"""The outbox worker on a real SQLite ledger: send, back off, dead-letter, disable, lease expiry, replay."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import cast
+
+import pytest
+
+from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
+from alerter.errors import DeliveryError
+from alerter.models import Notification
+from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
+from alerter.notifiers.email import EmailConfig, EmailNotifier
+from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
+from alerter.store import open_store
+from alerter.store.base import Delivery, RoutingWrite, Store
+from tests.support.channels import WebhookCollector, smtp_server, webhook_collector
+from tests.support.notifications import T0, event, notification
+
+SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    s = open_store("sqlite://:memory:")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def enqueue(store: Store, *notes: Notification) -> None:
+    await store.commit_routing(RoutingWrite(consumed=[], notifications=list(notes)))
+
+
+def webhook(hook: WebhookCollector, name: str = "crm") -> WebhookNotifier:
+    return WebhookNotifier(name, WebhookConfig.model_validate({"url": hook.url(), "secret": SECRET}))
+
+
+async def test_sent_and_recorded(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        stats = await Deliverer(store, {"crm": n}, "w1").run_once(T0)
+        await n.close()
+    assert stats.sent == {"crm": 1} and stats.claimed == 1
+    assert await store.delivery_counts() == {("crm", "sent"): 1}
+    assert hook.delivered()[0].verified
+
+
+async def test_retryable_failure_backs_off_and_honours_retry_after(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([429, 200])
+        hook.retry_after = "120"
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        worker = Deliverer(store, {"crm": n}, "w1")
+        stats = await worker.run_once(T0)
+        assert stats.failed == {"crm": 1}
+        assert (await worker.run_once(T0 + timedelta(seconds=119))).claimed == 0
+        assert (await worker.run_once(T0 + timedelta(seconds=121))).sent == {"crm": 1}
+        await n.close()
+    assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n1"]
+
+
+async def test_permanent_failure_is_dead_at_once(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.append(400)
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        stats = await Deliverer(store, {"crm": n}, "w1").run_once(T0)
+        await n.close()
+    assert stats.dead == {"crm": 1}
+    [dead] = await store.dead_letters()
+    assert dead.attempts == 1 and dead.last_error is not None and "HTTP 400" in dead.last_error
+
+
+async def test_gone_disables_the_receiver(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.append(410)
+        n = webhook(hook)
+        await enqueue(
+            store,
+            notification("n1", [event(1)], receiver="crm"),
+            notification("n2", [event(2)], receiver="crm"),
+        )
+        stats = await Deliverer(
+            store,
+            {"crm": n},
+            "w1",
+            concurrency=1,
+            policies={"webhook": RetryPolicy(10, 3600, 20, 43200, in_flight=1)},
+        ).run_once(T0)
+        await n.close()
+    assert stats.disabled == {"crm"}
+    assert "crm" in await store.disabled_receivers()
+    assert len(await store.dead_letters()) >= 1
+
+
+async def test_unknown_receiver_is_a_dead_letter(store: Store) -> None:
+    await enqueue(store, notification("n1", [event(1)], receiver="ghost"))
+    stats = await Deliverer(store, {}, "w1").run_once(T0)
+    [dead] = await store.dead_letters()
+    assert stats.dead == {"ghost": 1} and dead.last_error == "receiver not configured"
+
+
+async def test_retry_budget_ends_in_dead_letter_then_replay_delivers(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([500, 500, 500])
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        worker = Deliverer(store, {"crm": n}, "w1", policies={"webhook": RetryPolicy(1, 1, 3, 3600)})
+        at = T0
+        for _ in range(3):
+            await worker.run_once(at)
+            at += timedelta(seconds=2)
+        [dead] = await store.dead_letters()
+        assert dead.attempts == 3 and dead.last_error is not None and dead.last_error.startswith("gave up after 3")
+        assert await store.replay_dead_letters(at) == 1
+        assert (await worker.run_once(at)).sent == {"crm": 1}
+        await n.close()
+    assert len(hook.delivered()) == 1 and {r.headers["webhook-id"] for r in hook.received} == {"n1"}
+
+
+async def test_worker_killed_between_send_and_commit_resends_same_ids(store: Store) -> None:
+    """Worker A sends, then dies before mark_sent; its lease expires; worker B resends."""
+    async with webhook_collector([SECRET]) as hook, smtp_server() as smtp:
+        cfg = EmailConfig.model_validate({"to": ["a@x"], "from": "b@x", "smtp": {"host": smtp.host, "port": smtp.port}})
+        notifiers: dict[str, Notifier] = {"crm": webhook(hook), "mail": EmailNotifier("mail", cfg)}
+        await enqueue(
+            store,
+            notification("n1", [event(1)], receiver="crm"),
+            notification("n2", [event(1)], receiver="mail"),
+        )
+        claimed = await store.claim_deliveries(T0, "worker-a", 10, lease_seconds=60)
+        for d in claimed:  # worker A: the send succeeds, then the process is killed
+            await notifiers[d.receiver].send(d.notification, functools.partial(store.get_thread, d.receiver))
+        worker_b = Deliverer(store, notifiers, "worker-b", lease_seconds=60)
+        assert (await worker_b.run_once(T0 + timedelta(seconds=30))).claimed == 0  # lease still held
+        stats = await worker_b.run_once(T0 + timedelta(seconds=61))
+        for n in notifiers.values():
+            await n.close()
+    assert stats.sent == {"crm": 1, "mail": 1}
+    assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n1"]
+    assert [m["Message-ID"] for m in smtp.messages] == ["<n2@alerter>", "<n2@alerter>"]
+
+
+async def test_drain_retries_until_delivered(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([500, 503])
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        worker = Deliverer(store, {"crm": n}, "w1", policies={"webhook": RetryPolicy(1, 2, 10, 3600)})
+        ticks = iter(T0 + timedelta(seconds=5 * i) for i in range(1000))
+        stats = await worker.drain(60, clock=lambda: next(ticks), poll_interval=0)
+        await n.close()
+    assert stats.sent == {"crm": 1} and stats.failed == {"crm": 2} and stats.undelivered == 0
+
+
+async def test_drain_gives_up_at_the_deadline(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([500] * 50)
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        ticks = iter(T0 + timedelta(seconds=10 * i) for i in range(1000))
+        stats = await Deliverer(store, {"crm": n}, "w1").drain(60, clock=lambda: next(ticks), poll_interval=0)
+        await n.close()
+    assert stats.undelivered == 1 and not stats.sent
+
+
+# -- backoff decisions (pure: no store involved) --
+
+
+def pending(attempts: int, created: datetime = T0) -> Delivery:
+    n = notification("n", [event(1)], created_at=created)
+    return Delivery(notification=n, receiver="r", status="pending", attempts=attempts, next_attempt_at=T0)
+
+
+@pytest.mark.parametrize("channel", ["webhook", "slack", "email"])
+def test_full_jitter_stays_under_the_exponential_cap(channel: str) -> None:
+    worker = Deliverer(cast(Store, None), {}, "w", rng=random.Random(7))
+    policy = DEFAULT_POLICIES[channel]
+    for attempts in range(policy.max_attempts - 1):
+        at = worker.next_attempt(pending(attempts), channel, DeliveryError("x", retryable=True), T0)
+        assert at is not None
+        assert 0 <= (at - T0).total_seconds() <= min(policy.cap, policy.base * 2**attempts)
+
+
+def test_retry_after_budget_and_deferral() -> None:
+    worker = Deliverer(cast(Store, None), {}, "w", rng=random.Random(1))
+    at = worker.next_attempt(pending(0), "slack", DeliveryError("x", retryable=True, retry_after=90), T0)
+    assert at is not None and (at - T0).total_seconds() >= 90
+    assert worker.next_attempt(pending(9), "slack", DeliveryError("x", retryable=True), T0) is None
+    assert worker.next_attempt(pending(9), "slack", Deferred("busy", 3), T0) == T0 + timedelta(seconds=3)
+    old = pending(1, created=T0 - timedelta(hours=13))
+    assert worker.next_attempt(old, "webhook", DeliveryError("x", retryable=True), T0) is None
+    assert worker.next_attempt(pending(0), "webhook", ReceiverGone("gone"), T0) is None
+    assert worker.next_attempt(pending(0), "webhook", DeliveryError("x", retryable=False), T0) is None

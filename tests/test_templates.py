@@ -1,0 +1,149 @@
+"""Rendering: Slack Block Kit limits and folding, email parts, the webhook body, digests, `check_templates`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from alerter import templates
+from alerter.notifiers import slack_blocks
+from alerter.notifiers.email import EmailConfig
+from alerter.notifiers.slack import SlackConfig
+from tests.support.notifications import T0, event, notification
+
+DAY = timedelta(days=1)
+
+
+def slack_cfg(**over: Any) -> SlackConfig:
+    return SlackConfig.model_validate({"token": "t", "channel": "#c"} | over)
+
+
+def email_cfg(**over: Any) -> EmailConfig:
+    return EmailConfig.model_validate({"to": ["a@x"], "from": "b@x", "smtp": {"host": "h"}} | over)
+
+
+@pytest.mark.parametrize(
+    ("offset", "text"),
+    [(3 * DAY, "in 3 days"), (-2 * DAY, "overdue by 2 days"), (timedelta(hours=5), "in 5 hours"),
+     (timedelta(minutes=-30), "overdue by 30 minutes"), (DAY, "in 24 hours"), (None, "no deadline")],
+)  # fmt: skip
+def test_relative_deadline(offset: timedelta | None, text: str) -> None:
+    assert templates.relative(None if offset is None else T0 + offset, T0) == text
+
+
+def test_slack_message_names_meters_and_links_to_the_portal() -> None:
+    n = notification("n", [event(1), event(2, partner_reference=""), event(3, deadline=T0 - 2 * DAY)])
+    msg = templates.render_slack(n, slack_cfg(portal_url="https://portal.example/"), T0)
+    assert msg.text.startswith("3 meters need IS_AUTHORIZED: ACME-0001, meter-0002, ACME-0003")
+    header, ctx, *sections = msg.blocks
+    assert header["text"]["text"] == "3 meters need IS_AUTHORIZED" and ctx["type"] == "context"
+    assert sections[0]["accessory"]["url"] == "https://portal.example/meters/meter-0001"
+    assert "in 3 days" in sections[0]["text"]["text"] and "overdue by 2 days" in sections[2]["text"]["text"]
+    assert "`AUTH_0001`" in sections[0]["text"]["text"] and "CAISO_DRAM" in sections[0]["text"]["text"]
+
+
+def test_slack_folds_beyond_fifty_blocks_and_caps_section_text() -> None:
+    long = event(0).obligation.model_copy(update={"action_description": "x" * 5000})
+    events = [event(0).model_copy(update={"obligation": long}), *[event(i) for i in range(1, 120)]]
+    msg = templates.render_slack(notification("n", events), None, T0)
+    assert len(msg.blocks) == 50 and slack_blocks.limit_problems(msg.text, msg.blocks) == []
+    assert msg.blocks[-1]["elements"][0]["text"].startswith("+73 more: ACME-0047")
+    assert len(msg.blocks[2]["text"]["text"]) == 3000
+    assert msg.text.endswith("and 100 more")
+
+
+def test_slack_escapes_control_characters() -> None:
+    msg = templates.render_slack(notification("n", [event(1, partner_reference="<!channel> & co")]), None, T0)
+    assert "&lt;!channel&gt; &amp; co" in msg.blocks[2]["text"]["text"]
+
+
+def test_resolved_marking_is_idempotent_and_falls_back_to_a_note() -> None:
+    n = notification("n", [event(1), event(2)])
+    blocks = templates.render_slack(n, None, T0).blocks
+    kid = event(1).obligation.key_id
+    once = slack_blocks.mark_resolved(blocks, {kid: "ACME-0001"}, "now")
+    assert once[2]["text"]["text"].startswith(":white_check_mark: ~")
+    assert "_Resolved now_" in once[2]["text"]["text"]
+    noted = slack_blocks.mark_resolved(once, {"unknown": "ACME-9"}, "now")
+    assert noted[-1]["block_id"] == slack_blocks.RESOLVED_BLOCK and "ACME-9" in noted[-1]["elements"][0]["text"]
+
+
+def test_email_subject_text_and_escaped_html() -> None:
+    n = notification("n", [event(1), event(2, partner_reference="<script>x</script>"), event(3)])
+    mail = templates.render_email(n, None, T0)
+    assert mail.subject == "[alerter] 3 meters need IS_AUTHORIZED"
+    assert "ACME-0001" in mail.text and "<script>x</script>" in mail.text
+    assert "&lt;script&gt;" in mail.html and "<script>" not in mail.html
+
+
+@pytest.mark.parametrize(
+    ("kind", "title"),
+    [("resolved", "Resolved: IS_AUTHORIZED on 1 meter"), ("reminder", "Reminder: 1 meter needs IS_AUTHORIZED"),
+     ("changed", "Changed: 1 meter needs IS_AUTHORIZED"), ("opened", "1 meter needs IS_AUTHORIZED")],
+)  # fmt: skip
+def test_titles(kind: Any, title: str) -> None:
+    assert templates.title(notification("n", [event(1, kind)])) == title
+
+
+def test_digest_counts_by_type_region_and_deadline() -> None:
+    events = [event(i, initial=True, deadline=T0 + (i - 1) * 5 * DAY) for i in range(4)]
+    events.append(event(9, initial=True, action_type="MISSING_FIELDS"))
+    n = notification("d", events, kind="digest")
+    counts = templates.digest_counts(n.events, T0)
+    assert counts["by_action_type"] == {"IS_AUTHORIZED": 4, "MISSING_FIELDS": 1}
+    assert counts["by_region"] == {"CAISO": 3, "NYISO": 2}
+    assert counts["by_deadline"] == {"overdue": 1, "within 7 days": 3, "within 30 days": 1}
+    msg = templates.render_slack(n, None, T0)
+    assert msg.text.startswith("Initial sync: 5 open actions on 5 meters. By action type: IS_AUTHORIZED 4")
+    mail = templates.render_email(n, None, T0)
+    assert "By deadline:" in mail.text and "overdue: 1" in mail.text
+
+
+def test_webhook_body_is_exactly_the_interface() -> None:
+    changed = event(1, "changed", previous={"deadline": T0}, detail="")
+    body = templates.webhook_body(notification("n-1", [changed]))
+    assert set(body) == {"type", "timestamp", "data"}
+    assert body["type"] == "alerter.notification" and body["timestamp"] == "2026-11-28T10:00:00Z"
+    assert list(body["data"]) == ["id", "rule", "receiver", "group", "events"]
+    [ev] = body["data"]["events"]
+    assert ev["type"] == "action.changed" and ev["id"] == changed.id and ev["occurred_at"] == "2026-11-28T10:00:00Z"
+    assert set(ev["action"]) == {"action_type", "action_code", "action_description", "program_identifier",
+                                 "delivery_period", "enrollment_deadline_date_time"}  # fmt: skip
+    assert ev["meter"]["partner_reference"] == "ACME-0001" and ev["previous"] == {"deadline": "2026-11-28T10:00:00Z"}
+    digest = templates.webhook_body(notification("d", [event(1, initial=True)], kind="digest"))
+    assert digest["type"] == "alerter.digest" and digest["data"]["counts"]["total"] == 1
+
+
+def test_samples_cover_every_kind_and_render_cleanly() -> None:
+    samples = templates.sample_notifications(T0)
+    assert {e.kind for n in samples for e in n.events} == {"opened", "changed", "reminder", "resolved"}
+    assert any(n.kind == "digest" for n in samples)
+    assert (
+        templates.check_templates([("ops", slack_cfg()), ("mail", SimpleNamespace(email=email_cfg(), slack=None))])
+        == []
+    )
+
+
+def test_check_templates_reports_each_problem() -> None:
+    problems = templates.check_templates(
+        [
+            ("a", slack_cfg(template="{{ nope }}")),
+            ("b", email_cfg(subject_template="{{ notification.missing }}")),
+            ("c", slack_cfg(template="{% for i in range(20) %}{{ 'x' * 3000 }}{% endfor %}")),
+            ("d", email_cfg(html_template="{{ ''.__class__.__mro__ }}")),
+        ],
+        now=T0,
+    )
+    joined = "\n".join(problems)
+    assert "receiver a: slack template: 'nope' is undefined" in joined
+    assert "receiver b: email template:" in joined and "missing" in joined
+    assert "receiver c: slack message for sample" in joined and "text of 60000 characters" in joined
+    assert "receiver d: email template:" in joined
+
+
+def test_a_syntax_error_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="line 1"):
+        email_cfg(text_template="{{ oops ")
