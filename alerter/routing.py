@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from alerter.matching import Matcher, MatcherError, compile_matcher
+from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Event, Notification
 from alerter.router import (
     DEFAULT_GROUP_BY,
@@ -48,6 +48,7 @@ __all__ = [
     "digest_summary",
     "flush",
     "notification_id",
+    "parse_silence_matchers",
     "plan",
 ]
 

@@ -15,13 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alerter.durations import Duration
 from alerter.errors import ConfigError
 from alerter.matching import FIELDS, Matcher, compile_matcher, did_you_mean
+from alerter.notifiers.console import ConsoleConfig
 from alerter.notifiers.email import EmailConfig
 from alerter.notifiers.slack import SlackConfig
 from alerter.notifiers.webhook import WebhookConfig
@@ -44,14 +45,6 @@ from alerter.yamlload import (
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 CHANNELS = ("slack", "email", "webhook", "console")
-
-
-class ConsoleConfig(BaseModel):
-    """Prints readable notifications to stdout (the demo's receiver)."""
-
-    model_config = _STRICT
-
-    format: Literal["text", "json"] = "text"
 
 
 class Receiver(BaseModel):

@@ -69,9 +69,7 @@ class YamlDoc:
         return any(path[: len(bad)] == bad for bad in self.bad_paths)
 
 
-def load_yaml(
-    path: str | Path, *, display: str | None = None, env: Mapping[str, str] | None = None
-) -> YamlDoc:
+def load_yaml(path: str | Path, *, display: str | None = None, env: Mapping[str, str] | None = None) -> YamlDoc:
     """Parse one YAML file; raises ConfigError (`FILE:LINE:COL: ...`) when it cannot be parsed.
 
     `display` is the file name used in messages (default: `path` as given).
@@ -93,6 +91,9 @@ def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) ->
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         message = err.problem or err.context or "invalid YAML"
+        ctx = err.context_mark
+        if err.problem and err.context and ctx is not None and ctx is not mark:
+            message += f" ({err.context} at {ctx.line + 1}:{ctx.column + 1})"
         if mark is None:
             raise ConfigError([f"{file}:1:1: {message}"]) from None
         raise ConfigError([f"{file}:{mark.line + 1}:{mark.column + 1}: {message}"]) from None
@@ -190,7 +191,7 @@ def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = (
         if doc.is_bad(loc):
             continue
         if kind == "missing":
-            problem = doc.problem(loc[:-1], f"missing required key '{loc[-1]}'" + _under(loc[:-1]))
+            problem = doc.problem(loc[:-1], f"missing required key '{loc[-1]}'" + _under(loc[:-1]), key=True)
             once: Any = problem
         elif kind == "extra":
             problem = doc.problem(loc, f"unknown key '{loc[-1]}'" + _under(loc[:-1]), key=True)
