@@ -1,0 +1,170 @@
+"""Config loading: good files, `${VAR}` expansion, and one bad fixture per kind of error with its position."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from alerter.config import Config, load_config
+from alerter.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "config"
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def in_bad(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in the bad fixtures directory so messages name files the way a user typed them."""
+    monkeypatch.chdir(FIXTURES / "bad")
+    return FIXTURES / "bad"
+
+
+def problems(name: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(name, env=env or {})
+    return info.value.problems
+
+
+BAD = [
+    ("unknown_key.yaml", ["unknown_key.yaml:3:3: unknown key 'pagesize' in source"]),
+    ("unknown_section.yaml", ["unknown_section.yaml:4:1: unknown key 'polling'"]),
+    ("missing_api_key.yaml", ["missing_api_key.yaml:1:1: missing required key 'api_key' in source"]),
+    ("bad_duration.yaml", ["bad_duration.yaml:4:13: poll.interval: not a duration: 'five minutes'"]),
+    ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
+    ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
+    ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: Input should be a valid dictionary"]),
+    (
+        "unset_variable.yaml",
+        ["unset_variable.yaml:2:12: environment variable ALERTER_TEST_UNSET_KEY is not set"],
+    ),
+    ("syntax_error.yaml", ["syntax_error.yaml:3:2: expected <block end>, but found '<block mapping start>'"]),
+    (
+        "missing_rules_file.yaml",
+        ["missing_rules_file.yaml:5:5: rules file not found: 'nowhere.yaml' (relative to the config file)"],
+    ),
+    ("rules_problem.yaml", ["broken_rules.yaml:6:17: undefined receiver 'opz' (did you mean 'ops'?)"]),
+    ("undefined_operations_receiver.yaml", ["undefined_operations_receiver.yaml:4:22: undefined receiver 'pager'"]),
+    (
+        "bad_url.yaml",
+        [
+            "bad_url.yaml:3:13: source.base_url: expected an http:// or https:// URL",
+            "bad_url.yaml:5:8: state.url: expected sqlite:///PATH or postgresql://..., got mysql://...",
+            "bad_url.yaml:7:11: http.listen: expected HOST:PORT, got 'localhost'",
+        ],
+    ),
+    ("not_a_mapping.yaml", ["not_a_mapping.yaml:1:1: a config file is a mapping"]),
+    (
+        "many_problems.yaml",
+        [
+            "many_problems.yaml:2:12: environment variable ALERTER_TEST_UNSET_KEY is not set",
+            "many_problems.yaml:3:12: source.timeout: not a duration: 'forever'",
+            "many_problems.yaml:5:12: poll.overlap: not a duration: '-1x'",
+            "many_problems.yaml:6:3: unknown key 'bogus' in poll",
+            "broken_rules.yaml:6:17: undefined receiver 'opz'",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_reports_every_problem_at_its_position(in_bad: Path, name: str, expected: list[str]) -> None:
+    got = problems(name)
+    assert len(got) == len(expected), got
+    for want, have in zip(expected, got, strict=True):
+        assert have.startswith(want), (want, have)
+
+
+def test_every_bad_fixture_is_in_the_table() -> None:
+    helpers = {"rules.yaml", "broken_rules.yaml"}
+    on_disk = {p.name for p in (FIXTURES / "bad").glob("*.yaml")} - helpers
+    assert on_disk == {name for name, _ in BAD}
+
+
+def test_minimal_config_takes_the_documented_defaults() -> None:
+    config = load_config(FIXTURES / "good" / "minimal.yaml", env={})
+    assert config.source.base_url == "https://api.leap.energy"
+    assert config.source.api_key.get_secret_value() == "test-key"
+    assert config.source.page_size == 500
+    assert config.source.timeout == timedelta(seconds=30)
+    assert config.poll.interval == timedelta(minutes=5)
+    assert config.poll.overlap == timedelta(minutes=10)
+    assert config.poll.reconcile_interval == timedelta(hours=24)
+    assert config.poll.initial_sync == "digest"
+    assert config.state.url == "sqlite:///./alerter.db"
+    assert config.http.listen == "127.0.0.1:8080"
+    assert config.log.format == "json"
+    assert config.rules == ["rules.yaml"]
+    assert config.rule_paths == (FIXTURES / "good" / "rules.yaml",)
+    assert [r.name for r in config.ruleset.rules] == ["all"]
+    assert config.path == FIXTURES / "good" / "minimal.yaml"
+
+
+def test_full_config_expands_variables_and_durations() -> None:
+    env = {"ALERTER_TEST_KEY": "s3cret"}
+    config = load_config(FIXTURES / "good" / "full.yaml", env=env)
+    assert config.source.base_url == "http://127.0.0.1:8099"  # the ${VAR:-default}
+    assert config.source.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(config) and "s3cret" not in str(config.model_dump())
+    assert config.poll.overlap == timedelta(seconds=90)
+    assert config.poll.initial_sync == "silent"
+    assert config.source.filters == {"transmission_region": "CAISO"}
+    assert config.state.url == "sqlite:///./state/alerter.db"  # kept relative to the working directory
+    assert config.operations_receiver == "ops"
+    assert set(config.ruleset.receivers) == {"ops"}
+
+
+def test_a_set_variable_wins_over_its_default_and_an_empty_one_does_not() -> None:
+    env = {"ALERTER_TEST_KEY": "k", "ALERTER_TEST_BASE_URL": "https://api.staging.leap.energy"}
+    assert load_config(FIXTURES / "good" / "full.yaml", env=env).source.base_url.endswith("staging.leap.energy")
+    env["ALERTER_TEST_BASE_URL"] = ""
+    assert load_config(FIXTURES / "good" / "full.yaml", env=env).source.base_url == "http://127.0.0.1:8099"
+
+
+def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTER_TEST_KEY", "from-env")
+    config = load_config(FIXTURES / "good" / "full.yaml")
+    assert config.source.api_key.get_secret_value() == "from-env"
+
+
+def test_dollar_dollar_escapes_a_literal(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text((FIXTURES / "good" / "rules.yaml").read_text())
+    (tmp_path / "c.yaml").write_text("source: {api_key: 'a$${NOT_EXPANDED}b'}\nrules: r.yaml\n")
+    config = load_config(tmp_path / "c.yaml", env={})
+    assert config.source.api_key.get_secret_value() == "a${NOT_EXPANDED}b"
+
+
+def test_rules_globs_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "10-receivers.yaml").write_text("receivers: [{name: c, console: {}}]\n")
+    (tmp_path / "rules.d" / "20-rules.yaml").write_text("rules: [{name: all, receivers: [c]}]\n")
+    (tmp_path / "c.yaml").write_text("source: {api_key: k}\nrules: rules.d/*.yaml\n")
+    config = load_config(tmp_path / "c.yaml", env={})
+    assert [p.name for p in config.rule_paths] == ["10-receivers.yaml", "20-rules.yaml"]
+    assert [r.name for r in config.ruleset.rules] == ["all"]
+
+
+def test_unreadable_file_is_one_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.yaml")
+    assert info.value.problems == [f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"]
+
+
+def test_a_config_built_in_code_has_an_empty_ruleset() -> None:
+    config = Config.model_validate({"source": {"api_key": "k"}})
+    assert config.ruleset.rules == () and config.rule_paths == ()
+
+
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_config_loads(path: Path) -> None:
+    config = load_config(path, env={"LEAP_API_KEY": "example-key"})
+    assert config.ruleset.rules
+    assert config.path == path
+
+
+def test_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= {"config.yaml", "staging.yaml", "demo.yaml"}
