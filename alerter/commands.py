@@ -81,7 +81,7 @@ async def _with_store(config_path: str, fn: Callable[[Any, Any], Awaitable[int]]
     from alerter.store import open_store
 
     loaded = load_config(config_path)
-    store = open_store(loaded.config.state.url)
+    store = open_store(loaded.state.url)
     await store.open()
     try:
         return await fn(store, loaded)
@@ -94,7 +94,7 @@ def _fmt(dt: datetime | None) -> str:
 
 
 async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
-    from alerter.routing import parse_silence_matchers
+    from alerter.matching import parse_silence_matchers
     from alerter.store.base import Silence
 
     now = _now()
@@ -122,9 +122,9 @@ async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
         if not silences:
             print("no silences")
         for s in silences:
-            state = "active" if s.starts_at <= now < s.ends_at else "expired"
-            matchers = " ".join(f"{k}={v}" for k, v in s.matchers.items())
-            print(f"{s.id}  {state:7}  until {_fmt(s.ends_at)}  {matchers}  # {s.reason}")
+            status = "active" if s.starts_at <= now < s.ends_at else "expired"
+            shown = " ".join(f"{k}={v}" for k, v in s.matchers.items())
+            print(f"{s.id}  {status:7}  until {_fmt(s.ends_at)}  {shown}  # {s.reason}")
         return EXIT_OK
     if await store.expire_silence(args.id, now):
         print(f"expired {args.id}")
@@ -153,11 +153,11 @@ async def _dlq(store: Any, loaded: Any, args: argparse.Namespace) -> int:
 async def _receivers(store: Any, loaded: Any, args: argparse.Namespace) -> int:
     disabled = await store.disabled_receivers()
     if args.receivers_command == "list":
-        for name in loaded.rules.receivers:
+        for name in loaded.ruleset.receivers:
             reason = disabled.get(name)
             print(f"{name}  {'disabled: ' + reason if reason else 'enabled'}")
         return EXIT_OK
-    if args.name not in loaded.rules.receivers:
+    if args.name not in loaded.ruleset.receivers:
         print(f"alerter: no receiver named {args.name!r} in the rules", file=sys.stderr)
         return EXIT_USAGE
     await store.set_receiver_disabled(args.name, None, _now())

@@ -201,7 +201,8 @@ class Event(BaseModel):
         }
 
 
-NotificationKind = Literal["notification", "digest"]
+NotificationKind = Literal["notification", "digest", "alert"]
+"""`alert`: the service reporting on itself; no events, `group` holds alert, status, message."""
 
 
 class Notification(BaseModel):

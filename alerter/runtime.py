@@ -1,0 +1,142 @@
+"""`alerter run`: the scheduler, the ops HTTP server and signal handling around a Service.
+
+Jobs (APScheduler AsyncIOScheduler, `max_instances=1, coalesce=True`): poll every
+`poll.interval`; routing and group flushes every second; reminders every minute;
+delivery every second; gauges and self-alerts every 15 s; a rules-file watch every 5 s.
+SIGTERM/SIGINT finish the step in flight and exit 0 within a grace period; SIGHUP
+(or a changed rules file) reloads rules, keeping the old ones if the new file is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from alerter import logs
+from alerter.config import Config, load_config
+from alerter.errors import AlerterError, SourceError
+from alerter.service import Service
+from alerter.web import make_app, start_server
+
+GRACE_SECONDS = 20.0
+
+
+def run_service(config_path: str, *, verbose: bool = False) -> int:
+    config = load_config(config_path)
+    logs.configure(config.log.format, "debug" if verbose else config.log.level)
+    return asyncio.run(Runtime(config).run())
+
+
+class Runtime:
+    def __init__(self, config: Config, service: Service | None = None) -> None:
+        self.service = service or Service(config)
+        self.log = structlog.get_logger("alerter.runtime")
+        self.stop = asyncio.Event()
+        self.port: int | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._mtimes = self._rule_mtimes()
+
+    def _rule_mtimes(self) -> dict[Path, float]:
+        cfg = self.service.config
+        paths = [*(cfg.rule_paths or ()), *([cfg.path] if cfg.path else [])]
+        out: dict[Path, float] = {}
+        for p in paths:
+            with contextlib.suppress(OSError):
+                out[p] = p.stat().st_mtime
+        return out
+
+    def _job(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+        async def wrapped() -> None:
+            if self.stop.is_set():
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                self._inflight.add(task)
+            try:
+                await fn()
+            except SourceError:
+                pass  # counted, logged and reported by the service; the next poll retries
+            except AlerterError as err:
+                self.log.error("job_failed", job=name, error=str(err))
+            except Exception:
+                self.log.exception("job_crashed", job=name)
+            finally:
+                if task is not None:
+                    self._inflight.discard(task)
+
+        return wrapped
+
+    async def _poll(self) -> None:
+        try:
+            await self.service.run_cycle()
+        finally:
+            await self.service.alerts.flush()
+
+    async def _gauges(self) -> None:
+        await self.service.refresh_gauges()
+
+    async def _watch_rules(self) -> None:
+        now = self._rule_mtimes()
+        if now != self._mtimes:
+            self._mtimes = now
+            self.service.reload()
+
+    async def run(self) -> int:
+        svc = self.service
+        await svc.start()
+        app = make_app(svc.health, svc.metrics, svc.clock)
+        runner, self.port = await start_server(app, svc.config.http.listen)
+        self.log.info(
+            "service_started",
+            listen=f"{svc.config.http.listen.rpartition(':')[0]}:{self.port}",
+            leader=svc.leader,
+            rules=len(svc.ruleset.rules),
+            receivers=sorted(svc.notifiers),
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, svc.reload)
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        interval = svc.config.poll.interval
+        jobs: list[tuple[str, Callable[[], Awaitable[Any]], timedelta]] = [
+            ("poll", self._poll, interval),
+            ("route", svc.route_step, timedelta(seconds=1)),
+            ("remind", svc.remind_step, timedelta(minutes=1)),
+            ("deliver", svc.deliver_step, timedelta(seconds=1)),
+            ("gauges", self._gauges, timedelta(seconds=15)),
+            ("rules_watch", self._watch_rules, timedelta(seconds=5)),
+        ]
+        for name, fn, every in jobs:
+            scheduler.add_job(
+                self._job(name, fn),
+                "interval",
+                seconds=every.total_seconds(),
+                id=name,
+                next_run_time=svc.clock(),
+                **opts,
+            )
+        scheduler.start()
+        try:
+            await self.stop.wait()
+            self.log.info("shutdown_started", inflight=len(self._inflight))
+        finally:
+            scheduler.shutdown(wait=False)
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            await svc.close()
+            self.log.info("shutdown_complete")
+        return 0

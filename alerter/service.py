@@ -1,0 +1,357 @@
+"""The composition root: builds store, source, router, notifiers and delivery; runs cycles.
+
+`Service.run_cycle(now)` (poll, reminders, routing) backs the scheduler, `alerter once`
+and the scenario tests. `alerter run` schedules one APScheduler job per concern
+(`max_instances=1, coalesce=True`) and serves /healthz, /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO
+
+import structlog
+
+from alerter.config import Config, load_config
+from alerter.delivery import Deliverer, DeliveryStats
+from alerter.errors import AlerterError, ConfigError, FencedError, SourceError
+from alerter.metrics import Metrics, deadline_bucket
+from alerter.models import Event, ObligationKey
+from alerter.notifiers import build_notifier
+from alerter.notifiers.base import Notifier
+from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
+from alerter.reminders import reminders_due
+from alerter.router import Router
+from alerter.routing import flush, plan
+from alerter.rules import RuleSet
+from alerter.selfalerts import SelfAlerts
+from alerter.source import LeapClient
+from alerter.store import open_store
+from alerter.store.base import RoutingWrite
+from alerter.web import Health
+
+ROUTE_BATCH = 10_000
+"""Pending events routed per step; an initial-sync backlog up to this size is one digest."""
+REMIND_BATCH = 1000
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_notifiers(ruleset: RuleSet, stream: TextIO | None = None) -> dict[str, Notifier]:
+    return {
+        name: build_notifier(
+            name,
+            slack=r.slack,
+            email=r.email,
+            webhook=r.webhook,
+            console=r.console,
+            stream=stream,
+        )
+        for name, r in ruleset.receivers.items()
+    }
+
+
+class Service:
+    """One instance of the service. Only the leader polls and routes; every instance delivers."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = utcnow,
+        owner: str | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stream = stream
+        self.log = structlog.get_logger("alerter.service").bind(instance=self.owner)
+        self.metrics = Metrics()
+        self.health = Health(interval=config.poll.interval)
+        self.store = open_store(config.state.url)
+        self.client = LeapClient(config.source)
+        self.poller = Poller(self.store, self.client, config.poll)
+        self.ruleset = config.ruleset
+        self.router = Router(self.ruleset)
+        self.notifiers = build_notifiers(self.ruleset, stream)
+        self.deliverer = Deliverer(self.store, self.notifiers, self.owner)
+        self.alerts = SelfAlerts(self, config.operations_receiver)
+        self.leader = False
+        self._step = asyncio.Lock()
+
+    # -- lifecycle --
+    async def start(self) -> None:
+        await self.store.open()
+        await self.elect()
+
+    async def close(self) -> None:
+        await self.client.close()
+        for notifier in self.notifiers.values():
+            await notifier.close()
+        await self.store.close()
+
+    async def elect(self) -> bool:
+        """Take (or confirm) the polling lease; a follower only delivers."""
+        if self.leader and not await self.store.still_leader():
+            self._depose("lease lost")
+        if not self.leader:
+            token = await self.store.try_acquire_leadership(self.owner)
+            if token is not None:
+                self.store.set_fence(token)
+                self.leader = True
+                self.log.info("leadership_acquired", fencing_token=token)
+        self.health.leader = self.leader
+        self.metrics.leader.set(1 if self.leader else 0)
+        return self.leader
+
+    def _depose(self, reason: str) -> None:
+        if self.leader:
+            self.log.warning("leadership_lost", reason=reason)
+        self.leader = False
+        self.store.set_fence(None)
+        self.health.leader = False
+        self.metrics.leader.set(0)
+
+    def reload(self) -> bool:
+        """Reload config and rules from the same file; an invalid file keeps the old rules."""
+        path = self.config.path
+        if path is None:
+            return False
+        try:
+            fresh = load_config(path)
+        except ConfigError as err:
+            self.log.error("rules_reload_rejected", problems=err.problems)
+            return False
+        old = self.notifiers
+        self.config = fresh
+        self.ruleset = fresh.ruleset
+        self.router = Router(self.ruleset)
+        self.notifiers = build_notifiers(self.ruleset, self.stream)
+        self.deliverer.notifiers = self.notifiers
+        self.alerts.receiver = fresh.operations_receiver
+        for notifier in old.values():
+            asyncio.get_running_loop().create_task(notifier.close())
+        self.log.info("rules_reloaded", rules=len(self.ruleset.rules), receivers=len(self.notifiers))
+        return True
+
+    # -- the steps --
+    async def run_cycle(self, now: datetime | None = None, *, flush_all: bool = False) -> CycleReport | None:
+        """Poll, then reminders and routing. Returns None when this instance is not the leader."""
+        async with self._step:
+            if not await self.elect():
+                await self._follow()
+                return None
+            now = now or self.clock()
+            try:
+                report = await self.poller.run_cycle(now)
+            except SourceError as err:
+                self._cycle_failed(now, err)
+                raise
+            except FencedError:
+                self._depose("fenced")
+                return None
+            self._cycle_succeeded(now, report)
+            await self._remind(now)
+            await self._route(now, flush_all=flush_all)
+            return report
+
+    async def route_step(self, now: datetime | None = None) -> None:
+        """Reminders, routing and due group flushes, without polling (runs every second)."""
+        async with self._step:
+            if not self.leader:
+                return
+            try:
+                now = now or self.clock()
+                await self._route(now)
+            except FencedError:
+                self._depose("fenced")
+
+    async def remind_step(self, now: datetime | None = None) -> None:
+        async with self._step:
+            if not self.leader:
+                return
+            try:
+                await self._remind(now or self.clock())
+            except FencedError:
+                self._depose("fenced")
+
+    async def deliver_step(self, now: datetime | None = None) -> DeliveryStats:
+        stats = await self.deliverer.run_once(now or self.clock())
+        self._count_deliveries(stats)
+        return stats
+
+    async def drain(self, deadline: float) -> DeliveryStats:
+        stats = await self.deliverer.drain(deadline, self.clock)
+        self._count_deliveries(stats)
+        return stats
+
+    # -- internals --
+    def _cycle_succeeded(self, now: datetime, report: CycleReport) -> None:
+        self.health.last_success_at = now
+        self.health.last_error = None
+        self.health.auth_refused = False
+        m = self.metrics
+        m.cycles.labels(report.kind, "ok").inc()
+        m.cycle_duration.observe(report.duration)
+        m.pages.inc(report.pages)
+        m.records.inc(report.records)
+        m.invalid_records.inc(report.invalid)
+        m.last_success.set(now.timestamp())
+        for kind, count in report.events.items():
+            m.events.labels(kind).inc(count)
+        self.alerts.cycle_ok(now, report)
+
+    def _cycle_failed(self, now: datetime, err: SourceError) -> None:
+        self.health.last_error = str(err)
+        self.health.auth_refused = err.auth
+        self.metrics.cycles.labels("unknown", "auth_refused" if err.auth else "source_error").inc()
+        self.log.error("cycle_failed", error=str(err), auth=err.auth)
+        self.alerts.cycle_failed(now, err)
+
+    async def _follow(self) -> None:
+        """A follower is ready when the leader's last committed cycle is recent."""
+        last = await self.store.get_meta(META_LAST_CYCLE)
+        if last:
+            self.health.last_success_at = datetime.fromisoformat(last.replace("Z", "+00:00"))
+
+    async def _remind(self, now: datetime) -> int:
+        after: ObligationKey | None = None
+        new = 0
+        while True:
+            batch = await self.store.open_obligations(after, REMIND_BATCH)
+            if not batch:
+                return new
+            events: list[Event] = []
+            for ob in batch:
+                policy = self.router.remind_policy(ob, now)
+                if not policy.empty:
+                    events.extend(reminders_due(ob, policy, now))
+            if events:
+                added = await self.store.commit_page((), events)
+                if added:
+                    self.metrics.events.labels("reminder").inc(added)
+                    new += added
+            after = batch[-1].key
+
+    async def _route(self, now: datetime, *, flush_all: bool = False) -> None:
+        mode = self.config.poll.initial_sync
+        while True:
+            events = await self.store.pending_events(ROUTE_BATCH)
+            if not events:
+                break
+            if mode == "notify":
+                events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
+            elif mode == "silent":
+                quiet = [e.id for e in events if e.initial]
+                if quiet:
+                    await self.store.commit_routing(RoutingWrite(consumed=quiet))
+                    events = [e for e in events if not e.initial]
+            if not events:
+                continue
+            groups = await self.store.load_groups()
+            resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
+            notified = await self.store.notified_receivers(resolved) if resolved else {}
+            silences = await self.store.list_silences(now)
+            write = plan(events, self.router, groups, notified, silences, now)
+            await self.store.commit_routing(write)
+            self._count_notifications(write)
+            if len(events) < ROUTE_BATCH:
+                break
+        groups = await self.store.load_groups()
+        due = [g for g in groups if g.pending and (flush_all or g.flush_at <= now)]
+        if not due:
+            return
+        wanted = [i for g in due for i in g.pending]
+        by_id = {e.id: e for e in await self.store.load_events(wanted)}
+        result = flush(due, by_id, now, ruleset=self.ruleset, force=flush_all)
+        write = result.write()
+        await self.store.commit_routing(write)
+        self._count_notifications(write)
+
+    def _count_notifications(self, write: RoutingWrite) -> None:
+        for n in write.notifications:
+            self.metrics.notifications.labels(n.receiver).inc()
+
+    def _count_deliveries(self, stats: DeliveryStats) -> None:
+        m = self.metrics
+        for receiver, count in stats.sent.items():
+            m.deliveries.labels(receiver, "sent").inc(count)
+        for receiver, count in stats.failed.items():
+            m.deliveries.labels(receiver, "failed").inc(count)
+            m.retries.labels(receiver).inc(count)
+        for receiver, count in stats.dead.items():
+            m.deliveries.labels(receiver, "dead").inc(count)
+
+    async def refresh_gauges(self) -> None:
+        """Open obligations by action type and deadline bucket, ledger backlog, dead letters."""
+        now = self.clock()
+        m = self.metrics
+        m.open_obligations.clear()
+        counts: dict[tuple[str, str], int] = {}
+        for action_type, deadline, count in await self.store.count_open():
+            left = (deadline - now).total_seconds() if deadline else None
+            key = (action_type, deadline_bucket(left))
+            counts[key] = counts.get(key, 0) + count
+        for (action_type, bucket), count in counts.items():
+            m.open_obligations.labels(action_type, bucket).set(count)
+        by_status = await self.store.delivery_counts()
+        dead = sum(c for (_, status), c in by_status.items() if status == "dead")
+        m.dead_letters.set(dead)
+        m.undelivered.set(sum(c for (_, status), c in by_status.items() if status == "pending"))
+        await self.alerts.ledger_state(now, dead, await self.store.disabled_receivers())
+
+
+def run(config_path: str, *, verbose: bool = False) -> int:
+    from alerter.runtime import run_service
+
+    return run_service(config_path, verbose=verbose)
+
+
+def once(config_path: str, *, deadline: float, verbose: bool = False) -> int:
+    """One cycle, then deliver what it produced. 0 all delivered; 1 a failure; 2 bad config."""
+    from alerter import logs
+
+    config = load_config(config_path)
+    logs.configure(config.log.format, "debug" if verbose else config.log.level)
+    return asyncio.run(_once(config, deadline))
+
+
+async def _once(config: Config, deadline: float) -> int:
+    service = Service(config)
+    await service.start()
+    try:
+        try:
+            await service.run_cycle(flush_all=True)
+        except SourceError as err:
+            print(f"alerter: {err}", file=sys.stderr)
+            await service.drain(min(deadline, 5.0))
+            return 1
+        stats = await service.drain(deadline)
+        if stats.undelivered:
+            print(
+                f"alerter: {stats.undelivered} notification(s) still undelivered; they stay queued",
+                file=sys.stderr,
+            )
+            return 1
+        if sum(stats.dead.values()):
+            print(
+                f"alerter: {sum(stats.dead.values())} notification(s) failed permanently (see `alerter dlq list`)",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    except AlerterError:
+        raise
+    finally:
+        await service.close()
