@@ -63,9 +63,7 @@ async def test_datetimes_come_back_aware_utc(store: Store) -> None:
 
 async def test_open_meter_ids_and_keyset_pages(store: Store) -> None:
     opened = [obligation(f"m{m}", f"C{c}") for m in range(7) for c in range(3)]
-    resolved = [
-        obligation(f"r{m}", "C0", status="resolved", resolution="cleared", resolved_at=T0) for m in range(3)
-    ]
+    resolved = [obligation(f"r{m}", "C0", status="resolved", resolution="cleared", resolved_at=T0) for m in range(3)]
     await store.commit_page(opened + resolved, [])
     assert await store.open_meter_ids() == [f"m{m}" for m in range(7)]
     pages, after = [], None

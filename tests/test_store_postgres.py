@@ -65,9 +65,7 @@ async def test_a_deposed_leader_cannot_write(pair: tuple[PostgresStore, Postgres
     assert len(await b.pending_events()) == 1
 
     # The ledger is not fenced: a deposed leader still delivers.
-    await b.commit_routing(
-        RoutingWrite(consumed=[event(o).id], notifications=[notification("n1", [event(o)])])
-    )
+    await b.commit_routing(RoutingWrite(consumed=[event(o).id], notifications=[notification("n1", [event(o)])]))
     [claimed] = await a.claim_deliveries(T0, "a", 10, 30)
     await a.mark_sent(claimed.notification.id, "ops", T0, None)
 
@@ -88,9 +86,7 @@ async def test_replicas_share_the_ledger_without_double_claims(
     a, b = pair
     o = obligation()
     await outbox(a, *[notification(f"n{i:03}", [event(o)]) for i in range(120)])
-    batches = await asyncio.gather(
-        *[(a if i % 2 else b).claim_deliveries(T0, f"w{i}", 9, 60) for i in range(16)]
-    )
+    batches = await asyncio.gather(*[(a if i % 2 else b).claim_deliveries(T0, f"w{i}", 9, 60) for i in range(16)])
     claimed = [d.notification.id for batch in batches for d in batch]
     assert len(claimed) == len(set(claimed)) == 120
     assert await a.claim_deliveries(T0, "late", 10, 60) == []
@@ -116,9 +112,7 @@ async def test_replicas_starting_together_migrate_once() -> None:
 
 async def test_connection_errors_do_not_leak_the_password() -> None:
     store = PostgresStore("postgresql://alerter:hunter2@127.0.0.1:1/alerter")
-    with pytest.raises(
-        StoreError, match=r"cannot connect to PostgreSQL at postgresql://alerter:\*\*\*@"
-    ) as err:
+    with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL at postgresql://alerter:\*\*\*@") as err:
         await store.open()
     assert "hunter2" not in str(err.value)
     with pytest.raises(StoreError, match="is not open"):

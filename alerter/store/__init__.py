@@ -22,6 +22,4 @@ def open_store(url: str) -> Store:
         from alerter.store.postgres import PostgresStore
 
         return PostgresStore(url)
-    raise StoreError(
-        f"unsupported state url scheme {scheme!r}: use sqlite:///path/to/file.db or postgresql://host/db"
-    )
+    raise StoreError(f"unsupported state url scheme {scheme!r}: use sqlite:///path/to/file.db or postgresql://host/db")

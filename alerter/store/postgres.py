@@ -29,7 +29,7 @@ from alerter.store import rows, schema
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 from alerter.store.sql import SqlStore, Tx
 
-_OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "jsonb"] + ["timestamptz"] * 4 + ["text", "int"]
+_OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int"]
 _UPSERT_OBLIGATIONS = (
     f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_OBLIGATION_TYPES, 1))
@@ -38,7 +38,7 @@ _UPSERT_OBLIGATIONS = (
 )
 _INSERT_EVENTS = (
     f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM unnest($1::text[], $2::text[], "
-    "$3::text[], $4::text[], $5::timestamptz[], $6::bool[], $7::jsonb[]) WITH ORDINALITY "
+    "$3::text[], $4::text[], $5::timestamptz[], $6::bool[], $7::json[]) WITH ORDINALITY "
     f"AS t({EVENT_COLUMNS}, ord) ORDER BY ord ON CONFLICT (id) DO NOTHING"
 )
 _ACQUIRE = (
@@ -111,9 +111,7 @@ class PostgresStore(SqlStore):
                 conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
                 try:
                     async with conn.transaction():  # replicas starting together create it once
-                        await conn.execute(
-                            "SELECT pg_advisory_xact_lock($1)", _lock_key("alerter-schema", self.schema)
-                        )
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key("alerter-schema", self.schema))
                         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 finally:
                     await conn.close()
@@ -225,8 +223,7 @@ class PostgresStore(SqlStore):
                     token = await conn.fetchval("SELECT token FROM leader WHERE id = 1 FOR SHARE")
                     if token != self._fence:
                         raise FencedError(
-                            f"this instance lost leadership: its fencing token is {self._fence}, "
-                            f"the store's is {token}"
+                            f"this instance lost leadership: its fencing token is {self._fence}, the store's is {token}"
                         )
                 yield _PgTx(conn)
         except _DB_ERRORS as err:

@@ -42,7 +42,7 @@ def utc(dt: datetime) -> datetime:
 
 def iso(dt: datetime | None) -> str | None:
     """Fixed-width ISO text, so that SQLite compares instants as strings."""
-    return None if dt is None else utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    return None if dt is None else utc(dt).isoformat(timespec="microseconds")
 
 
 def aware(dt: datetime | None) -> datetime | None:

@@ -24,7 +24,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         # Byte-order collation: keyset pagination and indexes behave like Python's sort.
         "key": 'TEXT COLLATE "C"',
         "ts": "TIMESTAMPTZ",
-        "json": "JSONB",
+        "json": "JSON",  # kept as written: cheaper to insert than JSONB, and only read whole
         "bool": "BOOLEAN",
         "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     },

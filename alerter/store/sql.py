@@ -23,9 +23,7 @@ from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
 """A receiver sent one of these about an obligation is told when it resolves."""
 
-_META_UPSERT = (
-    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
+_META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
 _GROUP_UPSERT = (
     "INSERT INTO groups (key, rule, receiver, group_values, flush_at, last_flush_at, pending) "
@@ -126,17 +124,12 @@ class SqlStore(ABC):
         async with self._read() as tx:
             return [r["meter_id"] for r in await tx.fetch(sql)]
 
-    async def open_obligations(
-        self, after: ObligationKey | None = None, limit: int = 1000
-    ) -> list[Obligation]:
+    async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
         async with self._read() as tx:
             if after is None:
                 found = await tx.fetch(f"{_OPEN_OBLIGATIONS} ORDER BY {KEY_COLUMNS} LIMIT $1", limit)
             else:
-                sql = (
-                    f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) "
-                    f"ORDER BY {KEY_COLUMNS} LIMIT $6"
-                )
+                sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
                 found = await tx.fetch(sql, *after, limit)
         return [rows.obligation_from_row(r) for r in found]
 
@@ -204,9 +197,7 @@ class SqlStore(ABC):
                 sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
                 await tx.execute(sql, self._ids(write.consumed))
             if write.deleted_groups:
-                await tx.execute(
-                    f"DELETE FROM groups WHERE key {self._in(1)}", self._ids(write.deleted_groups)
-                )
+                await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", self._ids(write.deleted_groups))
             if write.groups:
                 await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
             if write.notifications:
@@ -229,16 +220,10 @@ class SqlStore(ABC):
         )
         links = {(e.id, n.id): None for n in notes for e in n.events}
         await tx.executemany(
-            "INSERT INTO notification_events (event_id, notification_id) VALUES ($1, $2) "
-            "ON CONFLICT DO NOTHING",
+            "INSERT INTO notification_events (event_id, notification_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             list(links),
         )
-        told = {
-            (e.obligation.key_id, n.receiver): None
-            for n in notes
-            for e in n.events
-            if e.kind in NOTIFIED_KINDS
-        }
+        told = {(e.obligation.key_id, n.receiver): None for n in notes for e in n.events if e.kind in NOTIFIED_KINDS}
         if told:
             await tx.executemany(
                 "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
@@ -267,9 +252,7 @@ class SqlStore(ABC):
             return await tx.execute(sql, silence_id, self._ts(now)) > 0
 
     # -- delivery ledger --
-    async def claim_deliveries(
-        self, now: datetime, owner: str, limit: int, lease_seconds: float
-    ) -> list[Delivery]:
+    async def claim_deliveries(self, now: datetime, owner: str, limit: int, lease_seconds: float) -> list[Delivery]:
         sql = (
             f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 "
             "AND (d.lease_until IS NULL OR d.lease_until <= $1) "
@@ -287,9 +270,7 @@ class SqlStore(ABC):
                 )
         return [rows.delivery_from_row(r) for r in found]
 
-    async def mark_sent(
-        self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None
-    ) -> None:
+    async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         sql = (
             "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, sent_at = $3, external_id = $4, "
             "next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3 "
@@ -322,15 +303,11 @@ class SqlStore(ABC):
             where += f" AND {p}updated_at >= ${len(args)}"
         return where
 
-    async def dead_letters(
-        self, receiver: str | None = None, since: datetime | None = None
-    ) -> list[Delivery]:
+    async def dead_letters(self, receiver: str | None = None, since: datetime | None = None) -> list[Delivery]:
         args: list[Any] = []
         where = self._dead_filter(receiver, since, args, "d.")
         async with self._read() as tx:
-            found = await tx.fetch(
-                f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args
-            )
+            found = await tx.fetch(f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args)
         return [rows.delivery_from_row(r) for r in found]
 
     async def replay_dead_letters(
@@ -387,9 +364,7 @@ class SqlStore(ABC):
     # -- history --
     async def history(self, meter_id: str) -> list[HistoryEntry]:
         async with self._read() as tx:
-            events = await tx.fetch(
-                "SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id
-            )
+            events = await tx.fetch("SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id)
             silenced = await tx.fetch(
                 "SELECT s.event_id, s.silence_id FROM silenced s JOIN events e ON e.id = s.event_id "
                 "WHERE e.meter_id = $1 ORDER BY s.silence_id",
@@ -411,9 +386,7 @@ class SqlStore(ABC):
                 if eid in ids:
                     outcomes[eid].append(f"grouped {group.rule}/{group.receiver}, waiting")
         for r in notified:
-            outcomes[r["event_id"]].append(
-                f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})"
-            )
+            outcomes[r["event_id"]].append(f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})")
         entries = []
         for r in events:
             event = rows.event_from_payload(r["payload"])

@@ -37,9 +37,7 @@ _UPSERT_OBLIGATION = (
     f"({', '.join(f'${i}' for i in range(1, 17))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
 )
-_INSERT_EVENT = (
-    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
-)
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA busy_timeout = 5000",
