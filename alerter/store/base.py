@@ -104,6 +104,10 @@ class Store(Protocol):
     async def still_leader(self) -> bool:
         """True while this instance still holds the lease it acquired."""
 
+    async def release_leadership(self) -> None:
+        """Give the lease up now (graceful shutdown) so another replica can take over at once.
+        The fence is kept: a write after this fails once someone else leads."""
+
     def set_fence(self, token: int | None) -> None:
         """Fencing token checked by every poller write; None disables the check."""
 

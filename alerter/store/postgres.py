@@ -154,27 +154,25 @@ class PostgresStore(SqlStore):
 
     # -- leadership --
     async def try_acquire_leadership(self, owner: str) -> int | None:
-        """Also sets this store's fence to the new token."""
+        """Also sets this store's fence to the new token. A follower keeps its connection between tries."""
         if self._token is not None and await self.still_leader():
             return self._token
-        conn = None
         try:
-            conn = await asyncpg.connect(self._dsn, server_settings=self._settings | _KEEPALIVE)
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._leader_key):
-                await conn.close()
+            if self._leader_conn is None or self._leader_conn.is_closed():
+                self._leader_conn = await asyncpg.connect(self._dsn, server_settings=self._settings | _KEEPALIVE)
+            if not await self._leader_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._leader_key):
                 return None
-            token = int(await conn.fetchval(_ACQUIRE, owner))
+            token = int(await self._leader_conn.fetchval(_ACQUIRE, owner))
         except _DB_ERRORS as err:
-            if conn is not None:
-                conn.terminate()
+            await self._drop_leader_conn()
             raise StoreError(f"leadership on {self.url}: {err}") from err
-        self._leader_conn, self._token = conn, token
+        self._token = token
         self.set_fence(token)
         return token
 
     async def still_leader(self) -> bool:
         conn = self._leader_conn
-        if conn is None or conn.is_closed():
+        if conn is None or self._token is None or conn.is_closed():
             return False
         try:
             token = await asyncio.wait_for(conn.fetchval("SELECT token FROM leader WHERE id = 1"), timeout=5)
