@@ -1,0 +1,100 @@
+"""Reminders: every N periods, the tightest deadline threshold, overdue once, per obligation version."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from alerter.models import event_id
+from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies, reminders_due
+from tests.test_rules import NOW, make_event
+
+D = timedelta(days=1)
+H = timedelta(hours=1)
+POLICY = RemindPolicy(every=24 * H, before_deadline=(7 * D, 2 * D, 1 * D), overdue=True)
+
+
+def details(policy: RemindPolicy, *, opened_ago: timedelta, deadline_in: timedelta | None) -> list[str]:
+    o = make_event(opened_at=NOW - opened_ago, deadline=None if deadline_in is None else NOW + deadline_in).obligation
+    return [e.detail for e in reminders_due(o, policy, NOW)]
+
+
+@pytest.mark.parametrize(
+    ("opened_ago", "deadline_in", "expected"),
+    [
+        (H, 30 * D, []),
+        (25 * H, 30 * D, ["every:1"]),
+        (24 * H, 30 * D, ["every:1"]),
+        (3 * D + H, 30 * D, ["every:3"]),  # only the latest period
+        (H, 6 * D, ["before:7d"]),
+        (H, 2 * D, ["before:2d"]),  # at the threshold exactly: crossed
+        (H, 36 * H, ["before:2d"]),  # 7d and 2d crossed: only the tightest
+        (H, 3 * H, ["before:1d"]),
+        (H, timedelta(0), ["overdue"]),  # at the deadline: overdue, no threshold
+        (2 * D, -5 * D, ["every:2", "overdue"]),
+        (H, None, []),
+    ],
+)
+def test_reminders_due(opened_ago: timedelta, deadline_in: timedelta | None, expected: list[str]) -> None:
+    assert details(POLICY, opened_ago=opened_ago, deadline_in=deadline_in) == expected
+
+
+def test_policy_parts_switch_off_independently() -> None:
+    only_before = RemindPolicy(before_deadline=(2 * D,), overdue=False)
+    assert details(only_before, opened_ago=5 * D, deadline_in=D) == ["before:2d"]
+    assert details(only_before, opened_ago=5 * D, deadline_in=-D) == []
+    assert details(NO_REMINDERS, opened_ago=5 * D, deadline_in=-D) == []
+
+
+def test_event_ids_are_deterministic_so_the_store_keeps_each_threshold_once() -> None:
+    o = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
+    first = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW)
+    later = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW + 6 * H)  # still 2d..1d
+    assert [e.id for e in first] == [e.id for e in later] == [event_id(o.key, "reminder", 1, "before:2d")]
+    assert first[0].occurred_at == NOW + 36 * H - 2 * D  # when the threshold was crossed, not when computed
+    assert first[0].kind == "reminder" and first[0].obligation == o
+
+
+def test_a_new_version_fires_again() -> None:
+    v1 = make_event(opened_at=NOW - H, deadline=NOW + 36 * H).obligation
+    v2 = v1.model_copy(update={"version": 2})
+    assert reminders_due(v1, POLICY, NOW)[0].id != reminders_due(v2, POLICY, NOW)[0].id
+
+
+def test_resolved_obligations_get_no_reminders() -> None:
+    o = make_event("resolved", opened_at=NOW - 5 * D, deadline=NOW - D).obligation
+    assert reminders_due(o, POLICY, NOW) == []
+
+
+def test_policies_merge_into_their_union() -> None:
+    merged = merge_policies(
+        [RemindPolicy(every=24 * H, overdue=False), RemindPolicy(every=12 * H, before_deadline=(2 * D, 7 * D))]
+    )
+    assert merged == RemindPolicy(every=12 * H, before_deadline=(7 * D, 2 * D), overdue=True)
+    o = make_event(opened_at=NOW - 13 * H, deadline=NOW + D).obligation
+    assert [e.detail for e in reminders_due(o, [RemindPolicy(every=12 * H), RemindPolicy(overdue=False)], NOW)] == [
+        "every:1"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("detail", "accepted"),
+    [("every:4", True), ("before:7d", True), ("before:1d", True), ("before:3d", False), ("overdue", True), ("x", True)],
+)
+def test_a_policy_accepts_its_own_details(detail: str, accepted: bool) -> None:
+    assert POLICY.accepts(detail) is accepted
+    assert RemindPolicy(overdue=False).accepts("overdue") is False
+    assert RemindPolicy().accepts("every:1") is False
+
+
+def test_thresholds_are_validated_and_sorted() -> None:
+    assert RemindPolicy.model_validate({"before_deadline": ["1d", "7d", "2d", "1d"]}).before_deadline == (
+        7 * D,
+        2 * D,
+        D,
+    )
+    with pytest.raises(ValueError, match="positive"):
+        RemindPolicy.model_validate({"every": "0s"})
+    with pytest.raises(ValueError, match="positive"):
+        RemindPolicy.model_validate({"before_deadline": ["0s"]})

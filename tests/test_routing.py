@@ -1,0 +1,344 @@
+"""Routing order, continue, fallback, reminder policies, grouping, flush and digests (pure, fixed times)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from alerter.matching import compile_matcher
+from alerter.models import Event
+from alerter.routing import Router, digest, digest_summary, flush, notification_id, plan
+from alerter.rules import RuleSet, compile_rules
+from alerter.store.base import GroupState, Silence
+from alerter.yamlload import parse_yaml
+from tests.test_rules import NOW, make_event
+
+RECEIVERS = "receivers:\n" + "".join(f"  - {{name: {n}, console: {{}}}}\n" for n in "abcdef")
+
+
+def ruleset(rules: str, defaults: str = "") -> RuleSet:
+    return compile_rules([parse_yaml(RECEIVERS + defaults + "rules:\n" + rules, "t.yaml", env={})])
+
+
+ORDERED = ruleset(
+    """
+  - {name: auth, match: {action_type: IS_AUTHORIZED}, receivers: [a]}
+  - {name: vip, match: {tags: vip}, receivers: [b], continue: true}
+  - {name: caiso, match: {transmission_region: CAISO}, receivers: [c, d]}
+  - {name: rest, match: {event: [opened, changed]}, receivers: [e]}
+  - {name: fb, fallback: true, receivers: [f]}
+"""
+)
+
+
+def names(router: Router, ev: Event) -> list[tuple[str, str]]:
+    return [(t.rule.name, t.receiver) for t in router.route(ev, NOW)]
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (make_event(), [("auth", "a")]),
+        (make_event(action_type="DOCS", tags=["vip"]), [("vip", "b"), ("caiso", "c"), ("caiso", "d")]),
+        (make_event(action_type="DOCS", tags=["vip"], transmission_region="PJM"), [("vip", "b"), ("rest", "e")]),
+        (make_event(action_type="DOCS", transmission_region="PJM"), [("rest", "e")]),
+        (make_event("resolved", action_type="DOCS", transmission_region="PJM"), [("fb", "f")]),
+        (make_event("resolved", action_type="DOCS", tags=["vip"], transmission_region="PJM"), [("vip", "b")]),
+        (make_event(action_type="SOMETHING_NEW", transmission_region="NEW_ISO"), [("rest", "e")]),
+    ],
+    ids=[
+        "first-match-stops",
+        "continue",
+        "continue-then-next",
+        "later-rule",
+        "fallback",
+        "no-fallback-if-matched",
+        "unknown-enums",
+    ],
+)
+def test_route_order_continue_fallback(event: Event, expected: list[tuple[str, str]]) -> None:
+    assert names(Router(ORDERED), event) == expected
+
+
+def test_without_fallback_unmatched_events_go_nowhere() -> None:
+    rs = ruleset("  - {name: only, match: {event: opened}, receivers: [a]}\n")
+    assert Router(rs).route(make_event("resolved"), NOW) == []
+
+
+ESCALATION = ruleset(
+    """
+  - name: escalate
+    match: {event: reminder, deadline: {within: 2d}}
+    receivers: [a]
+    remind: {before_deadline: [2d], overdue: false}
+  - name: general
+    receivers: [b]
+    remind: {every: 24h, before_deadline: [7d, 2d]}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("detail", "days_left", "expected"),
+    [
+        ("before:2d", 1, ["escalate"]),
+        ("every:3", 1, ["general"]),  # not in the escalation policy: passes on
+        ("overdue", 1, ["general"]),
+        ("before:7d", 5, ["general"]),
+        ("before:1d", 1, []),  # matched rules, none asks for it; no fallback takes it
+    ],
+)
+def test_a_rule_only_receives_the_reminders_its_policy_asks_for(
+    detail: str, days_left: int, expected: list[str]
+) -> None:
+    ev = make_event("reminder", detail=detail, deadline=NOW + timedelta(days=days_left))
+    assert [r.name for r in Router(ESCALATION).rules_for(ev, NOW)] == expected
+
+
+def test_remind_policy_is_the_union_of_the_rules_a_reminder_could_reach() -> None:
+    router = Router(ESCALATION)
+    near = make_event(deadline=NOW + timedelta(days=1)).obligation
+    policy = router.remind_policy(near, NOW)
+    assert policy.every == timedelta(hours=24)
+    assert policy.before_deadline == (timedelta(days=7), timedelta(days=2))
+    assert policy.overdue
+    far = make_event(deadline=NOW + timedelta(days=30)).obligation
+    assert router.remind_policy(far, NOW).before_deadline == (timedelta(days=7), timedelta(days=2))
+
+
+def test_remind_policy_without_any_rule_is_empty() -> None:
+    rs = ruleset("  - {name: opened-only, match: {event: opened}, receivers: [a]}\n")
+    assert Router(rs).remind_policy(make_event().obligation, NOW).empty
+
+
+def test_remind_policy_falls_back_to_the_fallback_rule() -> None:
+    rs = ruleset(
+        "  - {name: opened-only, match: {event: opened}, receivers: [a]}\n"
+        "  - {name: fb, fallback: true, receivers: [b], remind: {every: 1h}}\n"
+    )
+    assert Router(rs).remind_policy(make_event().obligation, NOW).every == timedelta(hours=1)
+
+
+# ---- grouping -------------------------------------------------------------------------
+
+GROUPED = ruleset(
+    """
+  - name: main
+    receivers: [a, b]
+    group_by: [action_type]
+    group_wait: 30s
+    group_interval: 5m
+  - {name: quiet, fallback: true, receivers: [c], send_resolved: false}
+""",
+)
+
+
+def test_first_event_opens_a_group_due_after_group_wait() -> None:
+    ev = make_event()
+    write = plan([ev], Router(GROUPED), {}, {}, [], NOW)
+    assert list(write.consumed) == [ev.id]
+    assert [(g.receiver, g.flush_at, g.pending, g.values) for g in write.groups] == [
+        ("a", NOW + timedelta(seconds=30), (ev.id,), {"action_type": "IS_AUTHORIZED"}),
+        ("b", NOW + timedelta(seconds=30), (ev.id,), {"action_type": "IS_AUTHORIZED"}),
+    ]
+    assert all(g.rule == "main" and g.last_flush_at is None for g in write.groups)
+
+
+def test_events_with_equal_group_by_values_share_a_group() -> None:
+    e1, e2 = make_event(meter_id="M-1"), make_event(meter_id="M-2")
+    e3 = make_event(meter_id="M-3", action_type="DOCS")
+    write = plan([e1, e2, e3], Router(GROUPED), {}, {}, [], NOW)
+    by_values = {(g.receiver, g.values["action_type"]): g.pending for g in write.groups}
+    assert by_values[("a", "IS_AUTHORIZED")] == (e1.id, e2.id)
+    assert by_values[("a", "DOCS")] == (e3.id,)
+    assert len(write.groups) == 4
+
+
+def _one_group(router: Router, ev: Event, receiver: str = "a") -> GroupState:
+    (g,) = [g for g in plan([ev], router, {}, {}, [], NOW).groups if g.receiver == receiver]
+    return g
+
+
+def test_joining_a_pending_group_keeps_its_flush_time() -> None:
+    router = Router(GROUPED)
+    g = _one_group(router, make_event(meter_id="M-1"))
+    later = make_event(meter_id="M-2")
+    write = plan([later], router, {g.key: g}, {}, [], NOW + timedelta(seconds=20))
+    (g2,) = [x for x in write.groups if x.key == g.key]
+    assert g2.flush_at == g.flush_at and g2.pending == (*g.pending, later.id)
+
+
+@pytest.mark.parametrize(
+    ("since_flush", "expected_delay"),
+    [(timedelta(minutes=1), timedelta(minutes=4)), (timedelta(minutes=7), timedelta(0))],
+    ids=["within-interval", "interval-passed"],
+)
+def test_joining_an_idle_group_waits_for_group_interval(since_flush: timedelta, expected_delay: timedelta) -> None:
+    router = Router(GROUPED)
+    g = _one_group(router, make_event(meter_id="M-1"))
+    flushed_at = NOW
+    idle = GroupState(
+        g.key, g.rule, g.receiver, g.values, flush_at=NOW + timedelta(minutes=5), last_flush_at=flushed_at
+    )
+    now = flushed_at + since_flush
+    write = plan([make_event(meter_id="M-2")], router, [idle], {}, [], now)
+    (g2,) = [x for x in write.groups if x.key == g.key]
+    assert g2.flush_at == now + expected_delay and g2.last_flush_at == flushed_at
+
+
+def test_replanning_an_event_already_pending_does_not_duplicate_it() -> None:
+    router = Router(GROUPED)
+    ev = make_event()
+    g = _one_group(router, ev)
+    (g2, _) = plan([ev], router, {g.key: g}, {}, [], NOW).groups
+    assert g2.pending == (ev.id,)
+
+
+def test_resolved_goes_only_to_notified_receivers_of_rules_that_send_resolved() -> None:
+    router = Router(GROUPED)
+    resolved = make_event("resolved")
+    told = {resolved.obligation.key_id: {"b"}}
+    write = plan([resolved], router, {}, told, [], NOW)
+    assert [g.receiver for g in write.groups] == ["b"]
+    assert plan([resolved], router, {}, {}, [], NOW).groups == []
+    # the fallback rule has send_resolved: false: an unmatched resolution goes nowhere
+    rs = ruleset(
+        "  - {name: x, match: {event: opened}, receivers: [a]}\n"
+        "  - {name: f, fallback: true, receivers: [c], send_resolved: false}\n"
+    )
+    unmatched = make_event("resolved")
+    assert plan([unmatched], Router(rs), {}, {unmatched.obligation.key_id: {"c"}}, [], NOW).groups == []
+    assert list(write.consumed) == [resolved.id]
+
+
+def _silence(sid: str, matchers: dict[str, object], start: timedelta, end: timedelta) -> Silence:
+    return Silence(sid, matchers, NOW + start, NOW + end, reason="test")
+
+
+def test_silenced_events_are_recorded_not_grouped() -> None:
+    router = Router(GROUPED)
+    quiet, loud = make_event(meter_id="M-1"), make_event(meter_id="M-2")
+    silences = [
+        _silence("expired", {"meter_id": "M-2"}, -timedelta(hours=2), -timedelta(hours=1)),
+        _silence("future", {"meter_id": "M-2"}, timedelta(hours=1), timedelta(hours=2)),
+        _silence("s1", {"meter_id": {"regex": "^M-1$"}}, -timedelta(hours=1), timedelta(hours=1)),
+        _silence("broken", {"no_such_field": 1}, -timedelta(hours=1), timedelta(hours=1)),
+    ]
+    write = plan([quiet, loud], router, {}, {}, silences, NOW)
+    assert list(write.silenced) == [(quiet.id, "s1")]
+    assert {p for g in write.groups for p in g.pending} == {loud.id}
+    assert list(write.consumed) == [quiet.id, loud.id]
+
+
+def test_a_silence_ends_at_ends_at() -> None:
+    s = _silence("s", {"meter_id": "M-1"}, -timedelta(hours=1), timedelta(0))
+    assert plan([make_event()], Router(GROUPED), {}, {}, [s], NOW).silenced == []
+
+
+# ---- flush ---------------------------------------------------------------------------
+
+
+def _pending(router: Router, *events: Event) -> tuple[list[GroupState], dict[str, Event]]:
+    write = plan(list(events), router, {}, {}, [], NOW)
+    return list(write.groups), {e.id: e for e in events}
+
+
+def test_flush_sends_due_groups_once_and_leaves_them_idle() -> None:
+    router = Router(GROUPED)
+    e1, e2 = make_event(meter_id="M-1"), make_event(meter_id="M-2")
+    groups, events = _pending(router, e1, e2)
+    early = flush(groups, events, NOW + timedelta(seconds=29), ruleset=GROUPED)
+    assert early.notifications == [] and early.groups == [] and early.deleted == []
+    at = NOW + timedelta(seconds=30)
+    notes, updated, deleted = flush(groups, events, at, ruleset=GROUPED)
+    assert sorted(n.receiver for n in notes) == ["a", "b"]
+    for n in notes:
+        assert n.events == (e1, e2) and n.rule == "main" and n.group == {"action_type": "IS_AUTHORIZED"}
+        assert n.created_at == at and n.kind == "notification"
+    assert all(g.pending == () and g.last_flush_at == at for g in updated) and deleted == []
+    again = flush(updated, events, at + timedelta(minutes=1), ruleset=GROUPED)
+    assert again.notifications == []
+
+
+def test_a_recomputed_flush_has_the_same_notification_ids() -> None:
+    router = Router(GROUPED)
+    groups, events = _pending(router, make_event(meter_id="M-1"), make_event(meter_id="M-2"))
+    first = flush(groups, events, NOW + timedelta(minutes=1))
+    after_crash = flush(groups, events, NOW + timedelta(minutes=3))
+    assert [n.id for n in first.notifications] == [n.id for n in after_crash.notifications]
+    g = sorted(groups, key=lambda g: g.key)[0]
+    assert first.notifications[0].id == notification_id(g.key, g.pending[0])
+    custom = flush(groups, events, NOW + timedelta(minutes=1), id_factory=lambda key, first: f"{key}:{first}")
+    assert custom.notifications[0].id == f"{g.key}:{g.pending[0]}"
+
+
+def test_force_flushes_groups_that_are_not_due_yet() -> None:
+    groups, events = _pending(Router(GROUPED), make_event())
+    assert len(flush(groups, events, NOW, force=True).notifications) == 2
+
+
+def test_idle_groups_are_deleted_after_twice_their_interval() -> None:
+    g = GroupState("k", "main", "a", {}, flush_at=NOW, last_flush_at=NOW)
+    assert flush([g], {}, NOW + timedelta(minutes=10), ruleset=GROUPED).deleted == []
+    assert flush([g], {}, NOW + timedelta(minutes=10, seconds=1), ruleset=GROUPED).deleted == ["k"]
+
+
+def test_events_missing_from_the_store_are_skipped_but_the_group_goes_idle() -> None:
+    groups, _ = _pending(Router(GROUPED), make_event())
+    result = flush(groups, {}, NOW + timedelta(minutes=1))
+    assert result.notifications == [] and len(result.groups) == 2
+    write = result.write()
+    assert write.consumed == () and list(write.groups) == result.groups
+
+
+# ---- initial sync digest ---------------------------------------------------------------
+
+
+def test_initial_events_become_one_digest_per_receiver() -> None:
+    rs = ruleset(
+        "  - {name: auth, match: {action_type: IS_AUTHORIZED}, receivers: [a, b]}\n  - {name: rest, receivers: [a]}\n"
+    )
+    router = Router(rs)
+    evs = [
+        make_event(meter_id="M-1", initial=True, deadline=NOW + timedelta(days=9)),
+        make_event(meter_id="M-2", initial=True, action_type="DOCS", deadline=None),
+        make_event(meter_id="M-3", initial=True, deadline=NOW + timedelta(hours=5)),
+    ]
+    write = plan(evs, router, {}, {}, [], NOW)
+    assert write.groups == [] and list(write.consumed) == [e.id for e in evs]
+    notes = {n.receiver: n for n in write.notifications}
+    assert set(notes) == {"a", "b"}
+    assert [e.obligation.meter_id for e in notes["a"].events] == ["M-3", "M-1", "M-2"]  # by deadline
+    assert [e.obligation.meter_id for e in notes["b"].events] == ["M-3", "M-1"]
+    assert all(n.kind == "digest" and n.rule == "initial-sync" for n in notes.values())
+    again = digest(list(reversed(evs)), router, NOW + timedelta(hours=1))
+    assert {n.receiver: n.id for n in again} == {r: n.id for r, n in notes.items()}
+
+
+def test_digest_summary_counts() -> None:
+    evs = [
+        make_event(meter_id="M-1", deadline=NOW - timedelta(hours=1)),
+        make_event(meter_id="M-1", action_code="X", deadline=NOW + timedelta(hours=12)),
+        make_event(meter_id="M-2", action_type="DOCS", transmission_region="PJM", deadline=NOW + timedelta(days=3)),
+        make_event(meter_id="M-3", transmission_region="", deadline=None),
+        make_event(meter_id="M-4", deadline=NOW + timedelta(days=90)),
+    ]
+    s = digest_summary(evs, NOW)
+    assert s["total"] == 5 and s["meters"] == 4
+    assert s["by_action_type"] == {"IS_AUTHORIZED": 4, "DOCS": 1}
+    assert s["by_region"] == {"CAISO": 3, "PJM": 1, "unknown": 1}
+    assert s["by_deadline"] == {
+        "overdue": 1,
+        "within 1d": 1,
+        "within 7d": 1,
+        "within 30d": 0,
+        "later": 1,
+        "no deadline": 1,
+    }
+    assert digest_summary(evs)["by_deadline"] == s["by_deadline"]  # now defaults to the latest event
+    assert digest_summary([])["total"] == 0
+
+
+def test_silence_matchers_use_the_rule_language() -> None:
+    assert compile_matcher({"event": "reminder"}).matches(make_event("reminder", detail="overdue"), NOW)

@@ -1,0 +1,151 @@
+"""Properties of routing, grouping and reminders over random events, times and rules (Hypothesis)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerter.models import Event
+from alerter.reminders import RemindPolicy, reminders_due
+from alerter.routing import Router, flush, plan
+from alerter.rules import RuleSet, compile_rules
+from alerter.store.base import GroupState
+from alerter.yamlload import parse_yaml
+from tests.test_rules import NOW, make_event
+
+RULES = compile_rules(
+    [
+        parse_yaml(
+            """
+receivers: [{name: a, console: {}}, {name: b, console: {}}, {name: c, console: {}}]
+defaults: {group_wait: 30s, group_interval: 5m}
+rules:
+  - {name: auth, match: {action_type: IS_AUTHORIZED, transmission_region: [CAISO]}, receivers: [a], continue: true}
+  - {name: opened, match: {event: [opened, changed]}, receivers: [b], group_by: [meter_id]}
+  - {name: docs, match: {action_type: {in: [DOCS, FIELDS]}}, receivers: [a, c], group_wait: 0s}
+  - {name: regions, match: {transmission_region: {not: PJM}}, receivers: [c], group_by: []}
+  - {name: fb, fallback: true, receivers: [a]}
+""",
+            "props.yaml",
+            env={},
+        )
+    ]
+)
+
+kinds = st.sampled_from(["opened", "changed", "reminder", "resolved"])
+events = st.builds(
+    lambda i, kind, action, region: make_event(
+        kind, meter_id=f"M-{i}", action_type=action, transmission_region=region, detail=f"every:{i}"
+    ),
+    st.integers(0, 30),
+    kinds,
+    st.sampled_from(["IS_AUTHORIZED", "DOCS", "FIELDS", "NEW_ONE"]),
+    st.sampled_from(["CAISO", "PJM", "NYISO"]),
+)
+
+
+def naive_route(rs: RuleSet, ev: Event, now: datetime) -> list[tuple[str, str]]:
+    """The specification, without the index: every rule in order."""
+    out: list[tuple[str, str]] = []
+    matched = False
+    for rule in rs.rules:
+        if not rule.matcher.matches(ev, now):
+            continue
+        matched = True
+        if ev.kind == "reminder" and not rule.remind.accepts(ev.detail):
+            continue
+        out.extend((rule.name, r) for r in rule.receivers)
+        if not rule.continue_:
+            break
+    fb = rs.fallback
+    if not matched and fb is not None and (ev.kind != "reminder" or fb.remind.accepts(ev.detail)):
+        out.extend((fb.name, r) for r in fb.receivers)
+    return out
+
+
+@given(st.lists(events, max_size=40))
+def test_the_index_routes_exactly_like_the_rules_in_order(evs: list[Event]) -> None:
+    router = Router(RULES)
+    for ev in evs:
+        assert [(t.rule.name, t.receiver) for t in router.route(ev, NOW)] == naive_route(RULES, ev, NOW)
+
+
+steps = st.lists(
+    st.tuples(st.lists(events, max_size=8), st.integers(min_value=0, max_value=600)), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_grouping_and_flushing_never_drop_or_duplicate_an_event(batches: list[tuple[list[Event], int]]) -> None:
+    """Every (event, target) routed is delivered exactly once, whatever the arrival times."""
+    router = Router(RULES)
+    groups: dict[str, GroupState] = {}
+    store: dict[str, Event] = {}
+    expected: Counter[tuple[str, str, str]] = Counter()
+    delivered: Counter[tuple[str, str, str]] = Counter()
+    now = NOW
+    for batch, seconds in batches:
+        now += timedelta(seconds=seconds)
+        fresh = [e for e in {e.id: e for e in batch}.values() if e.id not in store]  # the store ignores known ids
+        store.update((e.id, e) for e in fresh)
+        for ev in fresh:
+            for t in router.route(ev, now):
+                if ev.kind != "resolved":  # nothing was notified in this property: resolutions go nowhere
+                    expected[(ev.id, t.rule.name, t.receiver)] += 1
+        write = plan(fresh, router, groups, {}, [], now)
+        assert sorted(write.consumed) == sorted(e.id for e in fresh)
+        groups.update((g.key, g) for g in write.groups)
+        result = flush(groups, store, now, ruleset=RULES)
+        for n in result.notifications:
+            delivered.update((e.id, n.rule, n.receiver) for e in n.events)
+        groups.update((g.key, g) for g in result.groups)
+        for key in result.deleted:
+            del groups[key]
+        assert all(g.flush_at > now for g in groups.values() if g.pending)  # nothing due is left behind
+    final = flush(groups, store, now + timedelta(days=1), ruleset=RULES)
+    for n in final.notifications:
+        delivered.update((e.id, n.rule, n.receiver) for e in n.events)
+    assert delivered == expected
+
+
+policies = st.builds(
+    RemindPolicy,
+    every=st.one_of(st.none(), st.sampled_from([timedelta(hours=6), timedelta(days=1)])),
+    before_deadline=st.lists(st.sampled_from([timedelta(days=d) for d in (1, 2, 3, 7)]), max_size=3).map(tuple),
+    overdue=st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policies,
+    st.integers(min_value=-10 * 24, max_value=20 * 24),
+    st.lists(st.integers(min_value=0, max_value=3 * 3600), min_size=1, max_size=60),
+)
+def test_reminders_fire_once_per_threshold_across_repeated_evaluation(
+    policy: RemindPolicy, deadline_hours: int, ticks: list[int]
+) -> None:
+    """Evaluating at any cadence, each detail gets one id, and thresholds fire tightest-last."""
+    o = make_event(opened_at=NOW, deadline=NOW + timedelta(hours=deadline_hours)).obligation
+    seen: dict[str, str] = {}
+    order: list[str] = []
+    now = NOW
+    for tick in ticks:
+        now += timedelta(seconds=tick * 10)
+        for ev in reminders_due(o, policy, now):
+            if ev.id in seen:
+                assert seen[ev.id] == ev.detail
+                continue
+            seen[ev.id] = ev.detail
+            order.append(ev.detail)
+    assert len(order) == len(set(order))
+    before = [
+        timedelta(days=int(d.removeprefix("before:").removesuffix("d"))) for d in order if d.startswith("before:")
+    ]
+    assert before == sorted(before, reverse=True)
+    if "overdue" in order:
+        assert all(not d.startswith("before:") for d in order[order.index("overdue") :])
