@@ -19,7 +19,7 @@ import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -148,6 +148,8 @@ class SqliteStore(SqlStore):
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn, self._tx = self._conn, None, None
+            with suppress(sqlite3.Error):
+                await conn.execute("PRAGMA optimize")  # keeps the planner's statistics fresh
             await conn.close()
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
