@@ -53,10 +53,10 @@ class WebhookConfig(BaseModel):
 _SIGNED = ("content-type", "webhook-id", "webhook-timestamp", "webhook-signature")
 
 
-def sign(secrets: list[str], msg_id: str, timestamp: int, body: str) -> str:
+def sign(secrets: list[str] | list[Webhook], msg_id: str, timestamp: int, body: str) -> str:
     """`v1,<sig>` per secret, space-separated (Standard Webhooks)."""
     at = datetime.fromtimestamp(timestamp, UTC)
-    return " ".join(Webhook(s).sign(msg_id, at, body) for s in secrets)
+    return " ".join((s if isinstance(s, Webhook) else Webhook(s)).sign(msg_id, at, body) for s in secrets)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -88,6 +88,7 @@ class WebhookNotifier:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._where = origin(config.url)
+        self._signers = [Webhook(s) for s in config.secrets()]
 
     async def close(self) -> None:
         if self._session is not None:
@@ -111,8 +112,8 @@ class WebhookNotifier:
             "webhook-id": notification.id,
             "webhook-timestamp": str(ts),
         }
-        if secrets := cfg.secrets():
-            headers["webhook-signature"] = sign(secrets, notification.id, ts, body)
+        if self._signers:
+            headers["webhook-signature"] = sign(self._signers, notification.id, ts, body)
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         try:
