@@ -81,7 +81,7 @@ async def _with_store(config_path: str, fn: Callable[[Any, Any], Awaitable[int]]
     from alerter.store import open_store
 
     loaded = load_config(config_path)
-    store = open_store(loaded.state.url)
+    store = open_store(loaded.state.url, shared=True)
     await store.open()
     try:
         return await fn(store, loaded)

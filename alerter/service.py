@@ -96,6 +96,8 @@ class Service:
         await self.elect()
 
     async def close(self) -> None:
+        if self.leader:
+            await self.store.release_leadership()
         await self.client.close()
         for notifier in self.notifiers.values():
             await notifier.close()
@@ -108,7 +110,6 @@ class Service:
         if not self.leader:
             token = await self.store.try_acquire_leadership(self.owner)
             if token is not None:
-                self.store.set_fence(token)
                 self.leader = True
                 self.log.info("leadership_acquired", fencing_token=token)
         self.health.leader = self.leader
@@ -118,8 +119,7 @@ class Service:
     def _depose(self, reason: str) -> None:
         if self.leader:
             self.log.warning("leadership_lost", reason=reason)
-        self.leader = False
-        self.store.set_fence(None)
+        self.leader = False  # the fence stays: a write still in flight raises FencedError
         self.health.leader = False
         self.metrics.leader.set(0)
 

@@ -87,10 +87,15 @@ def sqlite_path(url: str) -> str:
 
 
 class SqliteStore(SqlStore):
-    """The Store on one SQLite file (or `:memory:`)."""
+    """The Store on one SQLite file (or `:memory:`).
 
-    def __init__(self, url: str) -> None:
+    `shared=True` skips the single-instance lock: for short CLI commands (silences, dead
+    letters, history) beside a running service; SQLite's own locking keeps them safe.
+    """
+
+    def __init__(self, url: str, *, shared: bool = False) -> None:
         super().__init__()
+        self.shared = shared
         self.url = url
         self.path = sqlite_path(url)
         self._conn: aiosqlite.Connection | None = None
@@ -99,7 +104,7 @@ class SqliteStore(SqlStore):
         self._lock_fd: int | None = None
 
     async def open(self) -> None:
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.shared:
             self._take_file_lock()
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
