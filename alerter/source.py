@@ -12,6 +12,7 @@ No message or log line carries the API key.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -169,17 +170,21 @@ class LeapClient:
         except ValidationError as err:
             self.stats.invalid_records += 1
             log.warning("record_invalid", meter_id=meter_id, error=_summary(err))
-            raise SourceError(
-                f"Leap returned an invalid record for meter {meter_id}: {_summary(err)}"
-            ) from None
+            raise SourceError(f"Leap returned an invalid record for meter {meter_id}: {_summary(err)}") from None
 
     # --- decoding --------------------------------------------------------------------------------
 
     def _decode(self, raw: bytes, number: int) -> Page:
         started = time.perf_counter()
+        # A page allocates thousands of small acyclic objects; pausing the cyclic collector
+        # while they are built avoids several collections per page (about 1.5x faster).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             page = decode_page(raw, number)
         finally:
+            if collecting:
+                gc.enable()
             self.stats.decode_seconds += time.perf_counter() - started
         self.stats.pages += 1
         self.stats.records += len(page.records)
@@ -243,9 +248,7 @@ class LeapClient:
             delay = self._delay(attempt, retry_after)
             attempt += 1
             self.stats.retries += 1
-            log.warning(
-                "source_retry", attempt=attempt, condition=condition, delay=round(delay, 3), path=path
-            )
+            log.warning("source_retry", attempt=attempt, condition=condition, delay=round(delay, 3), path=path)
             await asyncio.sleep(delay)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -256,8 +259,7 @@ class LeapClient:
     def _auth_message(self, status: int) -> str:
         if status == 403:
             return (
-                f"Leap refused the API key (403) at {self._where}: a staging key used on production, "
-                "or a revoked key?"
+                f"Leap refused the API key (403) at {self._where}: a staging key used on production, or a revoked key?"
             )
         return (
             f"Leap refused the API key (401) at {self._where}: is source.api_key set, current, "

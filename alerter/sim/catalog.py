@@ -213,9 +213,7 @@ CONNECTION_REFERENCE = re.compile(r"^conn-(\d{7,})$")
 # --- timestamps: integers of microseconds since the epoch on the inside, RFC 3339 on the wire ----
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
 
 
 def to_us(dt: datetime) -> int:

@@ -56,9 +56,7 @@ class Columns:
         # Load types: one primary, a second for about one meter in seven; a 16-bit mask in two bytes.
         first = pick(range(len(c.LOAD_TYPES)), c.LOAD_WEIGHTS, k=size)
         second = pick(range(len(c.LOAD_TYPES) * 7), k=size)
-        loads = [
-            1 << a | (1 << b if b < len(c.LOAD_TYPES) else 0) for a, b in zip(first, second, strict=True)
-        ]
+        loads = [1 << a | (1 << b if b < len(c.LOAD_TYPES) else 0) for a, b in zip(first, second, strict=True)]
         self.load_lo = bytearray(m & 0xFF for m in loads)
         self.load_hi = bytearray(m >> 8 for m in loads)
         rand = rng.random
@@ -181,10 +179,7 @@ class Portfolio:
         meter = self._materialize(index)
         known = next((a for a in c.PARTNER_ACTIONS if a[0] == action_type), None)
         program = meter["program_enrollment"][0]
-        deadline = (
-            enrollment_deadline_date_time
-            or program["enrollment_deadlines"][0]["enrollment_deadline_date_time"]
-        )
+        deadline = enrollment_deadline_date_time or program["enrollment_deadlines"][0]["enrollment_deadline_date_time"]
         action = {
             "program_identifier": program_identifier or program["program_identifier"],
             "delivery_period": delivery_period or program["delivery_period"],
@@ -375,9 +370,7 @@ def _programs(rng: random.Random, region: str, anchor: datetime) -> list[dict[st
             "delivery_period_start_date_time": start,
             "delivery_period_end_date_time": end,
             "enrollment_status": rng.choice(c.STATUSES),
-            "enrollment_deadlines": [
-                {"enrollment_deadline_date_time": deadline, "activation_date_time": activation}
-            ],
+            "enrollment_deadlines": [{"enrollment_deadline_date_time": deadline, "activation_date_time": activation}],
         }
         if rng.random() < 0.5:
             enrollment["market_group_id"] = _uuid(rng)
@@ -433,9 +426,7 @@ def _select(
         "delivery_period": delivery_period,
     }
     return [
-        a
-        for a in meter["required_actions"]["partner"]
-        if all(v is None or a.get(k) == v for k, v in wanted.items())
+        a for a in meter["required_actions"]["partner"] if all(v is None or a.get(k) == v for k, v in wanted.items())
     ]
 
 

@@ -138,9 +138,7 @@ def decode_token(token: str, fingerprint: str) -> int:
     if not isinstance(data, dict) or type(data.get("after")) is not int:
         raise BadRequest("Invalid page token", {"page_token": "not a token this API issued"})
     if data.get("filter") != fingerprint:
-        raise BadRequest(
-            "Invalid page token", {"page_token": "issued for a different filter; resend the same filters"}
-        )
+        raise BadRequest("Invalid page token", {"page_token": "issued for a different filter; resend the same filters"})
     return int(data["after"])
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: measured hot paths (page decoding, diff, delivery), results in bench/results/."""
