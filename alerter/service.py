@@ -146,7 +146,9 @@ class Service:
         return True
 
     # -- the steps --
-    async def run_cycle(self, now: datetime | None = None, *, flush_all: bool = False) -> CycleReport | None:
+    async def run_cycle(
+        self, now: datetime | None = None, *, flush_all: bool = False, force_reconcile: bool = False
+    ) -> CycleReport | None:
         """Poll, then reminders and routing. Returns None when this instance is not the leader."""
         async with self._step:
             if not await self.elect():
@@ -154,7 +156,7 @@ class Service:
                 return None
             now = now or self.clock()
             try:
-                report = await self.poller.run_cycle(now)
+                report = await self.poller.run_cycle(now, force_reconcile=force_reconcile)
             except SourceError as err:
                 self._cycle_failed(now, err)
                 raise

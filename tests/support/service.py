@@ -1,0 +1,117 @@
+"""Config files and a running Service for scenario tests: the simulator, a store, real receivers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from alerter.config import Config, load_config
+from alerter.service import Service
+from alerter.sim import Portfolio
+from tests.support.stores import postgres_url_or_skip
+
+WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="
+API_KEY = "test-key"
+
+
+def rules_yaml(webhook_url: str, *, group_wait: str = "0s", extra: str = "", remind: str = "{overdue: false}") -> str:
+    return f"""\
+receivers:
+  - name: crm
+    webhook:
+      url: {webhook_url}
+      secret: {WEBHOOK_SECRET}
+{extra}
+defaults:
+  group_by: [action_type]
+  group_wait: {group_wait}
+  group_interval: 0s
+  remind: {remind}
+  send_resolved: true
+rules:
+  - name: everything
+    receivers: [crm]
+"""
+
+
+def config_yaml(sim_url: str, state_url: str, *, initial_sync: str = "notify", **poll: str) -> str:
+    interval = poll.get("interval", "5m")
+    overlap = poll.get("overlap", "10m")
+    reconcile = poll.get("reconcile_interval", "24h")
+    return f"""\
+source:
+  base_url: {sim_url}
+  api_key: {API_KEY}
+  page_size: {poll.get("page_size", "500")}
+  max_retries: 2
+poll:
+  interval: {interval}
+  overlap: {overlap}
+  reconcile_interval: {reconcile}
+  initial_sync: {initial_sync}
+state:
+  url: {state_url}
+http:
+  listen: 127.0.0.1:0
+rules: rules.yaml
+log:
+  format: console
+  level: warning
+"""
+
+
+def write_config(directory: Path, config: str, rules: str) -> Path:
+    (directory / "rules.yaml").write_text(rules)
+    path = directory / "config.yaml"
+    path.write_text(config)
+    return path
+
+
+@asynccontextmanager
+async def state_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A state URL for `backend`; a PostgreSQL schema is dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    url = await postgres_url_or_skip()
+    schema = f"scn_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{url}?schema={schema}"
+    finally:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Service]:
+    service = Service(config)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+def load(path: Path) -> Config:
+    return load_config(path, env=dict(os.environ))
+
+
+def resolve_quietly(portfolio: Portfolio, meter_id: str) -> None:
+    """Clear a meter's partner actions without moving its `audit.updated_at`: a change only a
+    full sweep can see (Leap does not document that clearing an action bumps the timestamp)."""
+    index = portfolio.index_of(meter_id)
+    assert index is not None
+    before_us = portfolio.columns.updated[index]
+    before: Any = portfolio.record(index)["audit"]["updated_at"]
+    portfolio.resolve_action(meter_id)
+    portfolio.columns.updated[index] = before_us
+    portfolio.overrides[index]["audit"]["updated_at"] = before

@@ -1,0 +1,192 @@
+"""Lifecycle scenarios on both stores: the simulator changes, a cycle runs, the webhook receives.
+
+Each test reads as a timeline: at t0 the API shows A, a cycle runs, the collector holds X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerter.errors import SourceError
+from alerter.service import Service
+from alerter.sim import Portfolio, SimServer
+from tests.support.channels import WebhookCollector, webhook_collector
+from tests.support.service import (
+    API_KEY,
+    WEBHOOK_SECRET,
+    config_yaml,
+    load,
+    resolve_quietly,
+    rules_yaml,
+    running,
+    state_url,
+    write_config,
+)
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@dataclass
+class World:
+    portfolio: Portfolio
+    sim: SimServer
+    hook: WebhookCollector
+    service: Service
+
+    @property
+    def meters(self) -> list[str]:
+        """Meters that are not archived."""
+        p = self.portfolio
+        return [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]]
+
+    async def cycle(self, **kw: Any) -> list[dict[str, Any]]:
+        """One cycle, everything it produced delivered; returns the webhook events received."""
+        before = len(self.hook.delivered())
+        await self.service.run_cycle(flush_all=True, **kw)
+        stats = await self.service.drain(10)
+        assert stats.undelivered == 0
+        bodies = [r.body for r in self.hook.delivered()[before:]]
+        assert all(r.verified for r in self.hook.delivered())
+        return bodies
+
+
+def events_of(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((e["type"], e["action"]["action_code"]) for b in bodies for e in b["data"]["events"])
+
+
+@asynccontextmanager
+async def world(
+    tmp_path: Path, backend: str, *, meters: int = 20, action_rate: float = 0.0, **cfg: str
+) -> AsyncIterator[World]:
+    portfolio = Portfolio(meters, action_rate=action_rate, seed=3)
+    async with (
+        SimServer(portfolio, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        state_url(backend, tmp_path) as url,
+    ):
+        path = write_config(tmp_path, config_yaml(sim.url, url, **cfg), rules_yaml(hook.url()))
+        async with running(load(path)) as service:
+            yield World(portfolio, sim, hook, service)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_opened_changed_noop_resolved(tmp_path: Path, backend: str) -> None:
+    async with world(tmp_path, backend) as w:
+        assert await w.cycle() == []  # t0: nothing needs action
+        m = w.meters[0]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert events_of(await w.cycle()) == [("action.opened", "AUTH_0001")]
+
+        w.portfolio.change_action(m, "AUTH_0001", description="Customer must sign again")
+        bodies = await w.cycle()
+        assert events_of(bodies) == [("action.changed", "AUTH_0001")]
+        assert bodies[0]["data"]["events"][0]["action"]["action_description"] == "Customer must sign again"
+
+        w.portfolio.touch(m)  # modified, same actions
+        assert await w.cycle() == []
+
+        w.portfolio.resolve_action(m, "AUTH_0001")
+        assert events_of(await w.cycle()) == [("action.resolved", "AUTH_0001")]
+        assert await w.cycle() == []  # and only once
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_archived_meter_resolves(tmp_path: Path, backend: str) -> None:
+    async with world(tmp_path, backend) as w:
+        m = w.meters[1]
+        w.portfolio.open_action(m, action_type="DOCUMENTS_SIGNED")
+        await w.cycle()
+        w.portfolio.archive(m)
+        bodies = await w.cycle()
+        assert [e["type"] for b in bodies for e in b["data"]["events"]] == ["action.resolved"]
+        history = await w.service.store.history(m)
+        assert [h.event.obligation.resolution for h in history if h.event.kind == "resolved"] == ["archived"]
+
+
+@pytest.mark.parametrize("mode", ["digest", "notify", "silent"])
+async def test_initial_sync_modes(tmp_path: Path, mode: str) -> None:
+    async with world(tmp_path, "sqlite", meters=200, action_rate=0.2, initial_sync=mode) as w:
+        backlog = len(
+            {
+                (m, a["program_identifier"], a["delivery_period"], a["action_type"], a["action_code"])
+                for m in w.meters
+                for a in w.portfolio.meter(m)["required_actions"]["partner"]
+            }
+        )
+        assert backlog > 10
+        bodies = await w.cycle()
+        if mode == "digest":
+            assert [b["type"] for b in bodies] == ["alerter.digest"]
+            assert len(bodies[0]["data"]["events"]) == backlog
+        elif mode == "notify":
+            assert {b["type"] for b in bodies} == {"alerter.notification"}
+            assert sum(len(b["data"]["events"]) for b in bodies) == backlog
+            types = {e["action"]["action_type"] for b in bodies for e in b["data"]["events"]}
+            assert len(bodies) == len(types)  # grouped by action_type
+        else:
+            assert bodies == []
+        # the backlog is the baseline: the next cycle says nothing more
+        assert await w.cycle() == []
+        # and a new action afterwards is notified normally in every mode
+        w.portfolio.open_action(w.meters[5], action_type="HAS_AMI", action_code="AMI_0009")
+        assert events_of(await w.cycle()) == [("action.opened", "AMI_0009")]
+
+
+async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", overlap="0s") as w:
+        m = w.meters[2]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert events_of(await w.cycle()) == [("action.opened", "AUTH_0001")]
+        resolve_quietly(w.portfolio, m)
+        assert await w.cycle() == []  # the incremental query cannot see it
+        bodies = await w.cycle(force_reconcile=True)
+        assert events_of(bodies) == [("action.resolved", "AUTH_0001")]
+        history = await w.service.store.history(m)
+        assert history[-1].event.obligation.resolution == "reconcile"
+
+
+async def test_failed_page_resolves_nothing(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", meters=30, page_size="2") as w:
+        for m in w.meters[:6]:
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert len(events_of(await w.cycle())) == 6
+        for m in w.meters[:6]:
+            resolve_quietly(w.portfolio, m)
+        for m in w.meters[10:15]:  # the sweep has three pages of two
+            w.portfolio.open_action(m, action_type="HAS_AMI", action_code="AMI_0001")
+        # the reconcile sweep fails on its second page: no absence-based resolution
+        watermark = await w.service.store.get_meta("watermark")
+        fail_second = _fail_nth_request(w.sim, 2, times=10)
+        with pytest.raises(SourceError):
+            await w.service.run_cycle(flush_all=True, force_reconcile=True)
+        fail_second()
+        assert await w.service.store.get_meta("watermark") == watermark
+        still_open = set(await w.service.store.open_meter_ids())
+        assert set(w.meters[:6]) <= still_open  # the first page was committed; nothing resolved
+        # once the API recovers, the complete sweep resolves them
+        bodies = await w.cycle(force_reconcile=True)
+        assert [t for t, _ in events_of(bodies)].count("action.resolved") == 6
+        assert set(await w.service.store.open_meter_ids()) == set(w.meters[10:15])
+
+
+def _fail_nth_request(sim: SimServer, n: int, times: int) -> Any:
+    """Let n-1 requests through, then answer 503 `times` times (past the client's retry budget)."""
+    sim.faults.add("slow", times=n - 1, delay=0.0)
+    sim.faults.add("503", times=times)
+    return sim.faults.clear
+
+
+async def test_invalid_record_skipped_and_counted(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", meters=10) as w:
+        for m in w.meters[:3]:
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        w.sim.faults.add("invalid_record", invalid="bad_action_type", record=0)
+        await w.service.run_cycle(flush_all=True)
+        assert w.service.metrics.invalid_records._value.get() == 1
+        assert len(await w.service.store.open_meter_ids()) == 2
