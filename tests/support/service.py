@@ -40,14 +40,23 @@ rules:
 """
 
 
-def config_yaml(sim_url: str, state_url: str, *, initial_sync: str = "notify", **poll: str) -> str:
+def config_yaml(
+    sim_url: str,
+    state_url: str,
+    *,
+    initial_sync: str = "notify",
+    log_format: str = "console",
+    api_key: str = API_KEY,
+    listen: str = "127.0.0.1:0",
+    **poll: str,
+) -> str:
     interval = poll.get("interval", "5m")
     overlap = poll.get("overlap", "10m")
     reconcile = poll.get("reconcile_interval", "24h")
     return f"""\
 source:
   base_url: {sim_url}
-  api_key: {API_KEY}
+  api_key: {api_key}
   page_size: {poll.get("page_size", "500")}
   max_retries: 2
 poll:
@@ -58,11 +67,11 @@ poll:
 state:
   url: {state_url}
 http:
-  listen: 127.0.0.1:0
+  listen: {listen}
 rules: rules.yaml
 log:
-  format: console
-  level: warning
+  format: {log_format}
+  level: info
 """
 
 
