@@ -190,3 +190,25 @@ async def test_invalid_record_skipped_and_counted(tmp_path: Path) -> None:
         await w.service.run_cycle(flush_all=True)
         assert w.service.metrics.invalid_records._value.get() == 1
         assert len(await w.service.store.open_meter_ids()) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_crash_between_commit_and_watermark_loses_and_repeats_nothing(tmp_path: Path, backend: str) -> None:
+    async with world(tmp_path, backend, page_size="2") as w:
+        await w.cycle()
+        for m in w.meters[:5]:
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        store = w.service.store
+        real_set_meta = store.set_meta
+
+        async def crash(values: Any) -> None:
+            raise RuntimeError("killed before the watermark moved")
+
+        store.set_meta = crash  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            await w.service.run_cycle(flush_all=True)
+        store.set_meta = real_set_meta  # type: ignore[method-assign]
+        # the pages were committed, the watermark was not: the rerun re-reads and diffs to nothing new
+        bodies = await w.cycle()
+        assert events_of(bodies) == [("action.opened", "AUTH_0001")] * 5
+        assert await w.cycle() == []

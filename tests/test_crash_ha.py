@@ -1,0 +1,123 @@
+"""Kills and hand-overs: `alerter run` killed with SIGKILL loses nothing and duplicates nothing;
+two replicas on one PostgreSQL share the work and hand the polling lease over when the leader dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerter.sim import Portfolio, SimServer
+from tests.support.channels import WebhookCollector, webhook_collector
+from tests.support.proc import Service
+from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, rules_yaml, state_url, write_config
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def unarchived(p: Portfolio) -> list[str]:
+    return [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]]
+
+
+def delivered_events(hook: WebhookCollector) -> dict[str, set[str]]:
+    """event id -> the webhook-ids that carried it (a resend must reuse the same webhook-id)."""
+    carriers: dict[str, set[str]] = defaultdict(set)
+    for r in hook.delivered():
+        for e in r.body["data"]["events"]:
+            carriers[e["id"]].add(r.headers["webhook-id"])
+    return carriers
+
+
+def opened_codes(hook: WebhookCollector) -> set[tuple[str, str]]:
+    return {
+        (e["meter"]["meter_id"], e["action"]["action_code"])
+        for r in hook.delivered()
+        for e in r.body["data"]["events"]
+        if e["type"] == "action.opened"
+    }
+
+
+async def wait_until(predicate: Any, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    p = Portfolio(400, action_rate=0.0, seed=13)
+    meters = unarchived(p)
+    expected: set[tuple[str, str]] = set()
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s", page_size="7"),
+            rules_yaml(hook.url()),
+        )
+        for _ in range(4):
+            svc = await Service.start(str(cfg))
+            for _ in range(3):
+                for m in rng.sample(meters, 5):
+                    code = f"AUTH_{rng.randrange(10_000):04d}"
+                    p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
+                    expected.add((m, code))
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
+            assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
+        svc = await Service.start(str(cfg))
+        try:
+            await wait_until(lambda: opened_codes(hook) >= expected, timeout=60)
+        finally:
+            assert await svc.stop() == 0
+    assert opened_codes(hook) == expected
+    carriers = delivered_events(hook)
+    assert all(len(ids) == 1 for ids in carriers.values()), "an event went out under two webhook-ids"
+
+
+async def test_two_replicas_on_postgres_hand_over(tmp_path: Path) -> None:
+    p = Portfolio(200, action_rate=0.0, seed=21)
+    meters = unarchived(p)
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        state_url("postgres", tmp_path) as url,
+    ):
+        cfg = write_config(
+            tmp_path, config_yaml(sim.url, url, log_format="json", interval="1s"), rules_yaml(hook.url())
+        )
+        a = await Service.start(str(cfg))
+        b = await Service.start(str(cfg))
+        try:
+            await a.wait_for_log("leadership_acquired")
+            await asyncio.sleep(1.5)
+            leaders = [s for s in (a, b) if any(e.get("event") == "leadership_acquired" for e in s.logs)]
+            assert len(leaders) == 1
+            leader, follower = (a, b) if leaders[0] is a else (b, a)
+            first = {(m, "AUTH_0001") for m in meters[:10]}
+            for m, code in first:
+                p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
+            await wait_until(lambda: opened_codes(hook) >= first)
+            # the follower is ready too: it reads the leader's last cycle from the shared state
+            status, _ = await follower.get("/readyz")
+            assert status == 200
+
+            assert await leader.stop(signal.SIGKILL) == -signal.SIGKILL
+            await follower.wait_for_log("leadership_acquired", timeout=5)
+            later = {(m, "DOCS_0001") for m in meters[10:20]}
+            for m, code in later:
+                p.open_action(m, action_type="DOCUMENTS_SIGNED", action_code=code)
+            await wait_until(lambda: opened_codes(hook) >= first | later)
+        finally:
+            for s in (a, b):
+                await s.stop()
+    assert opened_codes(hook) == first | later
+    assert all(len(ids) == 1 for ids in delivered_events(hook).values())
