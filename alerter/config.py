@@ -67,6 +67,10 @@ class PollConfig(BaseModel):
     overlap: Duration = timedelta(minutes=10)
     reconcile_interval: Duration = timedelta(hours=24)
     initial_sync: Literal["digest", "notify", "silent"] = "digest"
+    resolution_check: Literal["meter_ids", "unfiltered"] = "meter_ids"
+    """How an incremental cycle sees actions that cleared (the filtered query hides those meters):
+    `meter_ids` re-reads the meters with open obligations by id (1000 a request), `unfiltered`
+    drops `partner_action_required` from the incremental query (every modified meter)."""
 
 
 class StateConfig(BaseModel):

@@ -18,13 +18,15 @@ watermark (the highest `audit.updated_at` seen) advances only after the whole cy
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import structlog
 
@@ -33,6 +35,7 @@ from alerter.diff import diff_records, resolve
 from alerter.models import Event, Obligation, Record
 from alerter.store.base import Store
 
+P = TypeVar("P")
 CycleKind = Literal["initial", "incremental", "reconcile"]
 META_WATERMARK = "watermark"
 META_INITIALIZED = "initialized"
@@ -67,6 +70,28 @@ class CycleReport:
     events: Counter[str] = field(default_factory=Counter)
     watermark: datetime | None = None
     duration: float = 0.0
+
+
+async def read_ahead(pages: AsyncIterator[P]) -> AsyncIterator[P]:
+    """Fetch the next page while the caller diffs and commits the current one."""
+    it = aiter(pages)
+    pending: asyncio.Future[P] = asyncio.ensure_future(anext(it))
+    try:
+        while True:
+            try:
+                page = await pending
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(it))
+            yield page
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _iso(dt: datetime) -> str:
@@ -106,21 +131,22 @@ class Poller:
         initial = kind == "initial"
         seen: set[str] = set()
 
-        filters: dict[str, object] = {"partner_action_required": True}
+        unfiltered = kind == "incremental" and self.poll.resolution_check == "unfiltered"
+        filters: dict[str, object] = {} if unfiltered else {"partner_action_required": True}
         since = watermark - self.poll.overlap if watermark and kind == "incremental" else None
         if since is not None:
             filters["last_modified_date_time"] = _iso(since)
         # Meters with open obligations before the sweep: what a complete sweep must list again.
         unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
 
-        async for page in self.source.search(filters):
+        async for page in read_ahead(self.source.search(filters)):
             await self._apply(page, now, initial, report, seen)
             unlisted.difference_update(r.meter_id for r in page.records)
 
-        if kind == "incremental":
+        if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                async for page in self.source.search_meters(recheck, since):
+                async for page in read_ahead(self.source.search_meters(recheck, since)):
                     await self._apply(page, now, initial, report, seen)
         elif report.invalid:
             log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)

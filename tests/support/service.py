@@ -64,6 +64,7 @@ poll:
   overlap: {overlap}
   reconcile_interval: {reconcile}
   initial_sync: {initial_sync}
+  resolution_check: {poll.get("resolution_check", "meter_ids")}
 state:
   url: {state_url}
 http:
