@@ -161,9 +161,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
     problems = list(doc.problems)
     data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
-        raise ConfigError(
-            [doc.problem((), "a config file is a mapping (source, poll, state, http, rules, log)")]
-        )
+        raise ConfigError([doc.problem((), "a config file is a mapping (source, poll, state, http, rules, log)")])
     config: Config | None = None
     try:
         config = Config.model_validate(data)
@@ -205,9 +203,7 @@ def _rule_docs(
             if not matches:
                 problems.append(doc.problem(where, f"no rules file matches {entry!r}"))
         elif not target.is_file():
-            problems.append(
-                doc.problem(where, f"rules file not found: {entry!r} (relative to the config file)")
-            )
+            problems.append(doc.problem(where, f"rules file not found: {entry!r} (relative to the config file)"))
             continue
         else:
             matches = [target]

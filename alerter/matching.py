@@ -191,9 +191,7 @@ def _ignore(path: tuple[str | int, ...], message: str, at_key: bool) -> None:
     return None
 
 
-def _applies(
-    op: str, name: str, kind: FieldKind, path: tuple[str | int, ...], rep: Report, key: bool
-) -> bool:
+def _applies(op: str, name: str, kind: FieldKind, path: tuple[str | int, ...], rep: Report, key: bool) -> bool:
     if kind in _APPLIES[op]:
         return True
     what = "a value" if op == "equals" else ("a list" if op == "in" and not key else f"'{op}'")
@@ -204,9 +202,7 @@ def _applies(
     return False
 
 
-def _compile_op(
-    op: str, name: str, kind: FieldKind, arg: Any, path: tuple[str | int, ...], rep: Report
-) -> Test | None:
+def _compile_op(op: str, name: str, kind: FieldKind, arg: Any, path: tuple[str | int, ...], rep: Report) -> Test | None:
     if op == "not":
         inner = _compile_spec(name, kind, arg, path, rep)
         if inner is None:
@@ -241,7 +237,7 @@ def _compile_op(
             return None
         if kind == "list":
             return lambda v, now: any(rx.search(x) for x in v)
-        return lambda v, now: rx.search(v) is not None
+        return _memo(lambda v: rx.search(v) is not None)
     if op == "exists":
         if not isinstance(arg, bool):
             rep(path, "'exists' takes true or false", False)
@@ -263,6 +259,21 @@ def _compile_op(
     return lambda v, now: v is not None and v < now - span
 
 
+def _memo(fn: Callable[[str], bool]) -> Test:
+    """Remember a costly text test per value (rule fields repeat few values); bounded."""
+    seen: dict[str, bool] = {}
+
+    def test(v: str, now: datetime) -> bool:
+        hit = seen.get(v)
+        if hit is None:
+            if len(seen) >= 4096:
+                seen.clear()
+            hit = seen[v] = fn(v)
+        return hit
+
+    return test
+
+
 def _any_of(kind: FieldKind, values: Sequence[Any]) -> Test:
     pool = frozenset(values)
     if kind == "list":
@@ -270,9 +281,7 @@ def _any_of(kind: FieldKind, values: Sequence[Any]) -> Test:
     return lambda v, now: v in pool
 
 
-def _values(
-    name: str, kind: FieldKind, items: list[Any], path: tuple[str | int, ...], rep: Report
-) -> list[Any] | None:
+def _values(name: str, kind: FieldKind, items: list[Any], path: tuple[str | int, ...], rep: Report) -> list[Any] | None:
     out = []
     ok = True
     for i, item in enumerate(items):

@@ -11,6 +11,7 @@ per obligation version, durably, and a new version (a changed deadline) fires an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -43,6 +44,10 @@ class RemindPolicy(BaseModel):
             raise ValueError("thresholds must be positive durations")
         return tuple(sorted(set(v), reverse=True))
 
+    @functools.cached_property
+    def _before_details(self) -> frozenset[str]:
+        return frozenset(f"before:{format_duration(t)}" for t in self.before_deadline)
+
     @property
     def empty(self) -> bool:
         return self.every is None and not self.before_deadline and not self.overdue
@@ -52,7 +57,7 @@ class RemindPolicy(BaseModel):
         if detail.startswith("every:"):
             return self.every is not None
         if detail.startswith("before:"):
-            return detail.removeprefix("before:") in {format_duration(t) for t in self.before_deadline}
+            return detail in self._before_details
         if detail == "overdue":
             return self.overdue
         return True

@@ -1,33 +1,32 @@
-"""Which rules and receivers an event goes to (pure): compiled rules, their index, and the Router.
+"""Which rules and receivers an event goes to (pure): compiled rules, their index and the Router.
 
 How this works: `Router.route` walks the rules in order; the first rule that matches stops
 the walk unless it has `continue: true`; an event no rule matches goes to the fallback
 rule. A reminder only goes to a rule whose own `remind` policy asks for that reminder
 (`every:N`, `before:2d`, `overdue`); other matching rules let it pass on (the fallback
-only takes what matches no rule at all). Rules are indexed by their most selective
-equality on a low-cardinality field (`event`, `action_type`, ...), so an event only
-visits the rules that can match it; the candidate lists are cached per index key.
+only takes what matches no rule at all). The index: the (up to four) low-cardinality text
+fields the rules test most (`event`, `action_type`, `transmission_region`, ...) form a key.
+For each value of each key field, a bit mask of the rules whose conditions on that field
+hold is computed once; the candidate rules of a key are the AND of its masks, cached, so
+an event only evaluates the remaining conditions of the rules that can still match.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from alerter.matching import GETTERS, Condition, Matcher, field_text
+from alerter.matching import FIELDS, GETTERS, Condition, Matcher, field_text
 from alerter.models import Event, Obligation
 from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies
 
 DEFAULT_GROUP_BY = ("action_type",)
 DEFAULT_GROUP_WAIT = timedelta(seconds=30)
 DEFAULT_GROUP_INTERVAL = timedelta(minutes=5)
-DEFAULT_REMIND = RemindPolicy(
-    before_deadline=(timedelta(days=7), timedelta(days=2), timedelta(days=1)), overdue=True
-)
+DEFAULT_REMIND = RemindPolicy(before_deadline=(timedelta(days=7), timedelta(days=2), timedelta(days=1)), overdue=True)
 INDEX_FIELDS = (
     "event",
     "action_type",
@@ -40,8 +39,9 @@ INDEX_FIELDS = (
     "global_enrollment_status",
     "delivery_period",
 )
-"""Fields with few distinct values: an equality on one of them can index a rule."""
-_CACHE_LIMIT = 10_000
+"""Text fields with few distinct values: conditions on them are decided once per combination."""
+KEY_FIELDS = 4
+_CACHE_LIMIT = 50_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,13 +85,26 @@ class Target(NamedTuple):
     receiver: str
 
 
+class Placement(NamedTuple):
+    """Where one event goes: a target and its group (key and group_by values)."""
+
+    rule: Rule
+    receiver: str
+    key: str
+    values: tuple[str, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class _Entry:
     rule: Rule
-    index: tuple[int, frozenset[Any]] | None
-    rest: tuple[Condition, ...]
+    keyed: tuple[tuple[int, Condition], ...]
+    """Conditions on key fields (position in the key, condition): decided once per key."""
+    check: Callable[[Any, datetime], bool] | None
+    """The other conditions as one function (None: nothing left once the key matched)."""
     targets: tuple[Target, ...]
-    group_getters: tuple[Callable[[Any], Any], ...]
+    group_values: Callable[[Any], tuple[str, ...]]
+    keys: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
+    """(receiver, group_by values) -> group key: a memo of `_new_key`."""
 
 
 @dataclass(frozen=True)
@@ -107,52 +120,71 @@ class Router:
 
     def __init__(self, ruleset: RuleTable) -> None:
         self.ruleset = ruleset
-        chosen: list[tuple[Rule, Condition | None]] = [(r, _index_condition(r)) for r in ruleset.rules]
-        self._fields = tuple(f for f in INDEX_FIELDS if any(c and c.field == f for _, c in chosen))
+        self._fields = _key_fields(ruleset.rules)
         self._getters = tuple(GETTERS[f] for f in self._fields)
-        self._entries = tuple(self._entry(r, c) for r, c in chosen)
-        self._fallback = self._entry(ruleset.fallback, None) if ruleset.fallback else None
-        self._by_name = {
-            e.rule.name: e for e in (*self._entries, *([self._fallback] if self._fallback else []))
-        }
+        self._entries = tuple(self._entry(r) for r in ruleset.rules)
+        self._fallback = self._entry(ruleset.fallback) if ruleset.fallback else None
+        every = (*self._entries, *([self._fallback] if self._fallback else []))
+        self._by_name = {e.rule.name: e for e in every}
         self._candidates: dict[tuple[Any, ...], tuple[_Entry, ...]] = {}
-        self._keys: dict[tuple[str, str, tuple[str, ...]], str] = {}
+        self._masks: list[dict[Any, int]] = [{} for _ in self._fields]
 
-    def _entry(self, rule: Rule, index: Condition | None) -> _Entry:
-        rest = tuple(c for c in rule.matcher.conditions if c is not index)
-        where = (self._fields.index(index.field), index.values or frozenset()) if index else None
+    def _entry(self, rule: Rule) -> _Entry:
+        conds = rule.matcher.conditions
+        keyed = tuple((self._fields.index(c.field), c) for c in conds if c.field in self._fields)
         return _Entry(
             rule=rule,
-            index=where,
-            rest=rest,
+            keyed=keyed,
+            check=_conjunction(tuple(c for c in conds if c.field not in self._fields)),
             targets=tuple(Target(rule, r) for r in rule.receivers),
-            group_getters=tuple(GETTERS[f] for f in rule.group_by),
+            group_values=_values_function(rule.group_by),
         )
 
-    def _candidates_for(self, event: Any) -> tuple[_Entry, ...]:
-        key = tuple(g(event) for g in self._getters)
+    def _candidates_for(self, event: Any, now: datetime) -> tuple[_Entry, ...]:
+        getters = self._getters
+        if len(getters) == 1:
+            key: tuple[Any, ...] = (getters[0](event),)
+        else:
+            key = tuple([g(event) for g in getters])
         found = self._candidates.get(key)
         if found is None:
-            found = tuple(e for e in self._entries if e.index is None or key[e.index[0]] in e.index[1])
+            mask = -1
+            for i, value in enumerate(key):
+                mask &= self._mask(i, value, now)
+            found = tuple(e for j, e in enumerate(self._entries) if mask >> j & 1)
             if len(self._candidates) >= _CACHE_LIMIT:
                 self._candidates.clear()
             self._candidates[key] = found
         return found
 
+    def _mask(self, i: int, value: Any, now: datetime) -> int:
+        """Bit j set: rule j's conditions on key field i hold for this value (decided once)."""
+        masks = self._masks[i]
+        mask = masks.get(value)
+        if mask is None:
+            mask = 0
+            for j, e in enumerate(self._entries):
+                # key fields are text fields: their conditions depend on the value alone, not on now
+                if all(c.test(value, now) for pos, c in e.keyed if pos == i):
+                    mask |= 1 << j
+            if len(masks) >= _CACHE_LIMIT:
+                masks.clear()
+            masks[value] = mask
+        return mask
+
     def _match(self, event: Any, now: datetime, detail: str | None) -> list[_Entry]:
         out: list[_Entry] = []
         matched = False
-        for e in self._candidates_for(event):
-            for c in e.rest:
-                if not c.test(c.get(event), now):
-                    break
-            else:
-                matched = True
-                if detail is not None and not e.rule.remind.accepts(detail):
-                    continue  # a reminder this rule does not ask for passes on
-                out.append(e)
-                if not e.rule.continue_:
-                    break
+        for e in self._candidates_for(event, now):
+            check = e.check
+            if check is not None and not check(event, now):
+                continue
+            matched = True
+            if detail is not None and not e.rule.remind.accepts(detail):
+                continue  # a reminder this rule does not ask for passes on
+            out.append(e)
+            if not e.rule.continue_:
+                break
         fb = self._fallback
         if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
             out.append(fb)
@@ -174,40 +206,82 @@ class Router:
     def remind_policy(self, obligation: Obligation, now: datetime) -> RemindPolicy:
         """The union of the `remind` policies of every rule a reminder for it could reach."""
         probe = _Probe("reminder", obligation)
-        entries = [e for e in self._candidates_for(probe) if all(c.test(c.get(probe), now) for c in e.rest)]
+        entries = [e for e in self._candidates_for(probe, now) if (e.check is None or e.check(probe, now))]
         if not entries and self._fallback is not None:
             entries = [self._fallback]
         if not entries:
             return NO_REMINDERS
         return merge_policies(e.rule.remind for e in entries)
 
+    def placements(self, event: Event, now: datetime) -> list[Placement]:
+        """`route`, with the group each target puts the event in."""
+        detail = event.detail if event.kind == "reminder" else None
+        out: list[Placement] = []
+        for e in self._match(event, now, detail):
+            values = e.group_values(event)
+            for receiver in e.rule.receivers:
+                key = e.keys.get((receiver, values))
+                if key is None:
+                    key = _new_key(e, receiver, values)
+                out.append(Placement(e.rule, receiver, key, values))
+        return out
+
     def group_key(self, rule: Rule, receiver: str, event: Event) -> tuple[str, tuple[str, ...]]:
         """A stable group id (sha256 of rule, receiver and group_by values) and those values."""
         entry = self._by_name.get(rule.name)
-        getters = entry.group_getters if entry else tuple(GETTERS[f] for f in rule.group_by)
-        values = tuple(field_text(g(event)) for g in getters)
-        ck = (rule.name, receiver, values)
-        key = self._keys.get(ck)
-        if key is None:
-            raw = json.dumps(
-                [rule.name, receiver, [[f, v] for f, v in zip(rule.group_by, values, strict=True)]]
-            )
-            key = hashlib.sha256(raw.encode()).hexdigest()[:32]
-            if len(self._keys) >= _CACHE_LIMIT:
-                self._keys.clear()
-            self._keys[ck] = key
-        return key, values
+        if entry is None or entry.rule is not rule:
+            entry = self._entry(rule)
+        values = entry.group_values(event)
+        return entry.keys.get((receiver, values)) or _new_key(entry, receiver, values), values
 
 
-def _index_condition(rule: Rule) -> Condition | None:
-    """The equality on an index field with the fewest values, if the rule has one."""
-    best: Condition | None = None
-    for c in rule.matcher.conditions:
-        if c.values is None or c.field not in INDEX_FIELDS:
-            continue
-        if best is None or (len(c.values), INDEX_FIELDS.index(c.field)) < (
-            len(best.values or ()),
-            INDEX_FIELDS.index(best.field),
-        ):
-            best = c
-    return best
+def _new_key(entry: _Entry, receiver: str, values: tuple[str, ...]) -> str:
+    """sha256 over rule, receiver and `field=value` pairs (stored: keep this format stable)."""
+    rule = entry.rule
+    pairs = [f"{f}\x1e{v}" for f, v in zip(rule.group_by, values, strict=True)]
+    key = hashlib.sha256("\x1f".join([rule.name, receiver, *pairs]).encode()).hexdigest()[:32]
+    if len(entry.keys) >= _CACHE_LIMIT:
+        entry.keys.clear()
+    entry.keys[(receiver, values)] = key
+    return key
+
+
+def _values_function(fields: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+    """The group_by values of an event as text; text fields need no conversion."""
+    parts = tuple((GETTERS[f], FIELDS[f][0] in ("text", "event")) for f in fields)
+    if not parts:
+        return lambda ev: ()
+    if len(parts) == 1:
+        get, plain = parts[0]
+        if plain:
+            return lambda ev: (get(ev),)
+        return lambda ev: (field_text(get(ev)),)
+    return lambda ev: tuple([g(ev) if plain else field_text(g(ev)) for g, plain in parts])
+
+
+def _conjunction(conds: tuple[Condition, ...]) -> Callable[[Any, datetime], bool] | None:
+    """One closure for a rule's remaining conditions: fewer calls and lookups per event."""
+    if not conds:
+        return None
+    if len(conds) == 1:
+        g1, t1 = conds[0].get, conds[0].test
+        return lambda ev, now: t1(g1(ev), now)
+    if len(conds) == 2:
+        (g1, t1), (g2, t2) = ((c.get, c.test) for c in conds)
+        return lambda ev, now: t1(g1(ev), now) and t2(g2(ev), now)
+    pairs = tuple((c.get, c.test) for c in conds)
+
+    def check(ev: Any, now: datetime) -> bool:
+        for get, test in pairs:  # noqa: SIM110 - a plain loop beats all() here
+            if not test(get(ev), now):
+                return False
+        return True
+
+    return check
+
+
+def _key_fields(rules: tuple[Rule, ...]) -> tuple[str, ...]:
+    """The low-cardinality fields most rules test (at most KEY_FIELDS): the candidate cache key."""
+    uses = {f: sum(any(c.field == f for c in r.matcher.conditions) for r in rules) for f in INDEX_FIELDS}
+    ranked = sorted((f for f in INDEX_FIELDS if uses[f]), key=lambda f: (-uses[f], INDEX_FIELDS.index(f)))
+    return tuple(ranked[:KEY_FIELDS])

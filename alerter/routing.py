@@ -26,6 +26,7 @@ from alerter.router import (
     DEFAULT_GROUP_INTERVAL,
     DEFAULT_GROUP_WAIT,
     DEFAULT_REMIND,
+    Placement,
     Router,
     Rule,
     RuleTable,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_GROUP_WAIT",
     "DEFAULT_REMIND",
     "FlushResult",
+    "Placement",
     "Router",
     "Rule",
     "RuleTable",
@@ -51,45 +53,6 @@ __all__ = [
     "parse_silence_matchers",
     "plan",
 ]
-
-
-class _Builder:
-    """A group being updated during one plan() call."""
-
-    __slots__ = ("flush_at", "key", "last_flush_at", "pending", "receiver", "rule", "seen", "values")
-
-    def __init__(self, key: str, state: GroupState | None, rule: Rule, receiver: str, values: dict[str, str]):
-        self.key = key
-        self.rule = rule
-        self.receiver = receiver
-        self.values = state.values if state else values
-        self.flush_at = state.flush_at if state else None
-        self.last_flush_at = state.last_flush_at if state else None
-        self.pending = list(state.pending) if state else []
-        self.seen = set(self.pending)
-
-    def add(self, event_id: str, now: datetime) -> None:
-        if event_id in self.seen:
-            return
-        if not self.pending:
-            if self.last_flush_at is None:
-                self.flush_at = now + self.rule.group_wait
-            else:
-                self.flush_at = max(now, self.last_flush_at + self.rule.group_interval)
-        self.pending.append(event_id)
-        self.seen.add(event_id)
-
-    def state(self) -> GroupState:
-        assert self.flush_at is not None
-        return GroupState(
-            key=self.key,
-            rule=self.rule.name,
-            receiver=self.receiver,
-            values=self.values,
-            flush_at=self.flush_at,
-            last_flush_at=self.last_flush_at,
-            pending=tuple(self.pending),
-        )
 
 
 def active_silences(silences: Iterable[Silence], now: datetime) -> list[tuple[str, Matcher]]:
@@ -120,36 +83,55 @@ def plan(
     """
     known = _as_map(groups)
     silenced_by = active_silences(silences, now)
-    builders: dict[str, _Builder] = {}
+    added: dict[str, dict[str, None]] = {}
+    """group key -> event ids added in this call (a dict: ordered, and each id once)."""
+    where: dict[str, Placement] = {}
     consumed: list[str] = []
     silenced: list[tuple[str, str]] = []
     initial: list[Event] = []
     for ev in events:
-        consumed.append(ev.id)
+        ev_id = ev.id
+        consumed.append(ev_id)
         if silenced_by:
             sid = next((sid for sid, m in silenced_by if m.matches(ev, now)), None)
             if sid is not None:
-                silenced.append((ev.id, sid))
+                silenced.append((ev_id, sid))
                 continue
         if ev.initial:
             initial.append(ev)
             continue
-        targets = router.route(ev, now)
+        placed = router.placements(ev, now)
         if ev.kind == "resolved":
             told = notified.get(ev.obligation.key_id) or set()
-            targets = [t for t in targets if t.rule.send_resolved and t.receiver in told]
-        for rule, receiver in targets:
-            key, values = router.group_key(rule, receiver, ev)
-            b = builders.get(key)
-            if b is None:
-                named = dict(zip(rule.group_by, values, strict=True))
-                b = builders[key] = _Builder(key, known.get(key), rule, receiver, named)
-            b.add(ev.id, now)
+            placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
+        for p in placed:
+            ids = added.get(p.key)
+            if ids is None:
+                ids = added[p.key] = {}
+                where[p.key] = p
+            ids[ev_id] = None
     return RoutingWrite(
         consumed=consumed,
-        groups=[b.state() for b in builders.values()],
+        groups=[_grown(where[key], known.get(key), ids, now) for key, ids in added.items()],
         notifications=digest(initial, router, now) if initial else [],
         silenced=silenced,
+    )
+
+
+def _grown(p: Placement, state: GroupState | None, ids: dict[str, None], now: datetime) -> GroupState:
+    """A group with new events. Only ids added in this call are de-duplicated: the store
+    consumes each event once, in the transaction that stores the group."""
+    if state is None:
+        values = dict(zip(p.rule.group_by, p.values, strict=True))
+        return GroupState(p.key, p.rule.name, p.receiver, values, now + p.rule.group_wait, None, tuple(ids))
+    if state.pending:
+        flush_at = state.flush_at
+    elif state.last_flush_at is None:
+        flush_at = now + p.rule.group_wait
+    else:
+        flush_at = max(now, state.last_flush_at + p.rule.group_interval)
+    return GroupState(
+        state.key, state.rule, state.receiver, state.values, flush_at, state.last_flush_at, (*state.pending, *ids)
     )
 
 
@@ -190,9 +172,17 @@ def flush(
     notes: list[Notification] = []
     updated: list[GroupState] = []
     deleted: list[str] = []
-    for g in sorted(_as_map(groups).values(), key=lambda g: g.key):
-        rule = ruleset.rule(g.rule) if ruleset else None
-        interval = rule.group_interval if rule else DEFAULT_GROUP_INTERVAL
+    intervals = (
+        {r.name: r.group_interval for r in (*ruleset.rules, *filter(None, [ruleset.fallback]))} if ruleset else {}
+    )
+    shortest = min([DEFAULT_GROUP_INTERVAL, *intervals.values()])
+    candidates = [  # a cheap first pass: due groups, and idle ones that may be old enough
+        g
+        for g in _as_map(groups).values()
+        if ((force or g.flush_at <= now) if g.pending else now - (g.last_flush_at or g.flush_at) > 2 * shortest)
+    ]
+    for g in sorted(candidates, key=lambda g: g.key):
+        interval = intervals.get(g.rule, DEFAULT_GROUP_INTERVAL)
         if g.pending and (force or g.flush_at <= now):
             evs = tuple(events_by_id[i] for i in g.pending if i in events_by_id)
             if evs:

@@ -291,14 +291,8 @@ def check_warnings(ruleset: RuleSet) -> list[str]:
             f"{last}: no fallback rule: an event that matches no rule is not delivered "
             "(add a last rule without match, or fallback: true)"
         )
-    used = {
-        name
-        for r in (*ruleset.rules, *([ruleset.fallback] if ruleset.fallback else []))
-        for name in r.receivers
-    }
+    used = {name for r in (*ruleset.rules, *([ruleset.fallback] if ruleset.fallback else [])) for name in r.receivers}
     for name in ruleset.receivers:
         if name not in used:
-            out.append(
-                f"{ruleset.where.get(f'receiver:{name}', where)}: receiver '{name}' is not used by any rule"
-            )
+            out.append(f"{ruleset.where.get(f'receiver:{name}', where)}: receiver '{name}' is not used by any rule")
     return out

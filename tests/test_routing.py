@@ -187,12 +187,10 @@ def test_joining_an_idle_group_waits_for_group_interval(since_flush: timedelta, 
     assert g2.flush_at == now + expected_delay and g2.last_flush_at == flushed_at
 
 
-def test_replanning_an_event_already_pending_does_not_duplicate_it() -> None:
-    router = Router(GROUPED)
+def test_an_event_given_twice_in_one_plan_is_grouped_once() -> None:
     ev = make_event()
-    g = _one_group(router, ev)
-    (g2, _) = plan([ev], router, {g.key: g}, {}, [], NOW).groups
-    assert g2.pending == (ev.id,)
+    write = plan([ev, ev], Router(GROUPED), {}, {}, [], NOW)
+    assert [g.pending for g in write.groups] == [(ev.id,), (ev.id,)]
 
 
 def test_resolved_goes_only_to_notified_receivers_of_rules_that_send_resolved() -> None:
