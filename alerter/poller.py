@@ -172,9 +172,7 @@ class Poller:
         )
         return report
 
-    async def _apply(
-        self, page: PageLike, now: datetime, initial: bool, report: CycleReport, seen: set[str]
-    ) -> None:
+    async def _apply(self, page: PageLike, now: datetime, initial: bool, report: CycleReport, seen: set[str]) -> None:
         records = page.records
         report.pages += 1
         report.records += len(records)
@@ -191,9 +189,7 @@ class Poller:
             await self.store.commit_page(result.obligations, result.events)
             report.events.update(e.kind for e in result.events)
 
-    async def _resolve_unlisted(
-        self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport
-    ) -> None:
+    async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport) -> None:
         for i in range(0, len(meter_ids), RESOLVE_BATCH):
             prior = await self.store.load_obligations(meter_ids[i : i + RESOLVE_BATCH])
             events: list[Event] = [

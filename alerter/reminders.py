@@ -7,6 +7,8 @@ only the latest `every:N`, only the tightest threshold crossed (none once overdu
 `overdue`. Event ids come from `models.event_id(key, "reminder", version, detail)`, so
 evaluating again yields the same ids, which the store ignores: each threshold fires once
 per obligation version, durably, and a new version (a changed deadline) fires anew.
+A threshold already crossed when the obligation opened does not fire: the opening (or the
+initial-sync digest) already said how close the deadline is.
 """
 
 from __future__ import annotations
@@ -98,10 +100,11 @@ def reminders_due(
     deadline = obligation.deadline
     if deadline is not None:
         if now >= deadline:
-            if policy.overdue:
+            if policy.overdue and deadline > obligation.opened_at:
                 due.append(("overdue", deadline))
         else:
-            crossed = [t for t in policy.before_deadline if deadline - now <= t]
+            left_at_opening = deadline - obligation.opened_at
+            crossed = [t for t in policy.before_deadline if deadline - now <= t < left_at_opening]
             if crossed:
                 tightest = min(crossed)
                 at = max(deadline - tightest, obligation.opened_at)

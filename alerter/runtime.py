@@ -79,6 +79,7 @@ class Runtime:
             await self.service.run_cycle()
         finally:
             await self.service.alerts.flush()
+        await self.service.deliver_step()  # what the cycle produced goes out now, not on the next tick
 
     async def _gauges(self) -> None:
         await self.service.refresh_gauges()

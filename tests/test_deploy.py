@@ -261,9 +261,7 @@ def test_kustomize_renders() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    proc = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
-    )
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     yaml = YAML(typ="safe", pure=True)
     kinds = sorted(doc["kind"] for doc in yaml.load_all(proc.stdout) if doc)
@@ -432,9 +430,7 @@ def test_rules_load_with_the_project_loader(deploy_env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
-def test_alerter_check_accepts_the_deploy_files(
-    path: Path, tmp_path: Path, deploy_env: dict[str, str]
-) -> None:
+def test_alerter_check_accepts_the_deploy_files(path: Path, tmp_path: Path, deploy_env: dict[str, str]) -> None:
     """`alerter check` validates the config and the rules and renders every template."""
     proc = subprocess.run(
         [sys.executable, "-m", "alerter", "check", "-c", str(_staged(tmp_path, path))],
@@ -688,9 +684,7 @@ def _pip_install(venv_dir: Path, *args: str, cwd: Path) -> None:
         check=False,
         env=_pip_env(),
     )
-    assert proc.returncode == 0, (
-        f"pip install {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
-    )
+    assert proc.returncode == 0, f"pip install {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
 
 
 @pytest.mark.slow

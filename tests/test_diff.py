@@ -56,9 +56,7 @@ def kinds(result: Any) -> list[str]:
         pytest.param([], [action()], ["opened"], id="new action opens"),
         pytest.param([action()], [action()], [], id="identical actions: nothing"),
         pytest.param([action()], [], ["resolved"], id="cleared action resolves"),
-        pytest.param(
-            [action()], [action(action_description="Sign again")], ["changed"], id="description change"
-        ),
+        pytest.param([action()], [action(action_description="Sign again")], ["changed"], id="description change"),
         pytest.param(
             [action()],
             [action(enrollment_deadline_date_time="2026-12-15T00:00:00Z")],
@@ -137,9 +135,7 @@ def test_unchanged_meter_writes_nothing_until_last_seen_is_stale() -> None:
 
 
 def test_leap_actions_are_context_only() -> None:
-    rec = Record.model_validate(
-        {"meter_id": METER, "required_actions": {"partner": [], "leap": [action("LEAP_0001")]}}
-    )
+    rec = Record.model_validate({"meter_id": METER, "required_actions": {"partner": [], "leap": [action("LEAP_0001")]}})
     assert diff_records([rec], {}, T0).events == []
 
 
@@ -155,7 +151,5 @@ def test_other_meters_obligations_untouched() -> None:
 
 
 def test_unknown_enum_values_flow_through() -> None:
-    result = diff_records(
-        [record(action(action_type="BRAND_NEW_TYPE", program_identifier="NEW-PROGRAM"))], {}, T0
-    )
+    result = diff_records([record(action(action_type="BRAND_NEW_TYPE", program_identifier="NEW-PROGRAM"))], {}, T0)
     assert result.events[0].obligation.action_type == "BRAND_NEW_TYPE"

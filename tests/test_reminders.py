@@ -27,17 +27,35 @@ def details(policy: RemindPolicy, *, opened_ago: timedelta, deadline_in: timedel
         (25 * H, 30 * D, ["every:1"]),
         (24 * H, 30 * D, ["every:1"]),
         (3 * D + H, 30 * D, ["every:3"]),  # only the latest period
-        (H, 6 * D, ["before:7d"]),
-        (H, 2 * D, ["before:2d"]),  # at the threshold exactly: crossed
-        (H, 36 * H, ["before:2d"]),  # 7d and 2d crossed: only the tightest
-        (H, 3 * H, ["before:1d"]),
-        (H, timedelta(0), ["overdue"]),  # at the deadline: overdue, no threshold
-        (2 * D, -5 * D, ["every:2", "overdue"]),
+        (2 * D, -5 * D, ["every:2"]),  # opened after its deadline: no overdue reminder
         (H, None, []),
     ],
 )
 def test_reminders_due(opened_ago: timedelta, deadline_in: timedelta | None, expected: list[str]) -> None:
     assert details(POLICY, opened_ago=opened_ago, deadline_in=deadline_in) == expected
+
+
+BEFORE = RemindPolicy(before_deadline=(7 * D, 2 * D, 1 * D), overdue=True)
+
+
+@pytest.mark.parametrize(
+    ("opened_ago", "deadline_in", "expected"),
+    [
+        (10 * D, 8 * D, []),
+        (10 * D, 6 * D, ["before:7d"]),
+        (10 * D, 2 * D, ["before:2d"]),  # at the threshold exactly: crossed
+        (10 * D, 36 * H, ["before:2d"]),  # 7d and 2d crossed: only the tightest
+        (10 * D, 3 * H, ["before:1d"]),
+        (10 * D, timedelta(0), ["overdue"]),  # at the deadline: overdue, no threshold
+        (10 * D, -5 * D, ["overdue"]),
+        (H, 6 * D, []),  # 7d was already crossed when it opened: the opening said so
+        (H, 36 * H, []),
+        (3 * D, 36 * H, ["before:2d"]),  # opened with 4.5 days left: 7d skipped, 2d crossed since
+        (H, -D, []),  # opened overdue: no overdue reminder on top of the opening
+    ],
+)
+def test_deadline_thresholds(opened_ago: timedelta, deadline_in: timedelta | None, expected: list[str]) -> None:
+    assert details(BEFORE, opened_ago=opened_ago, deadline_in=deadline_in) == expected
 
 
 def test_policy_parts_switch_off_independently() -> None:
@@ -57,7 +75,7 @@ def test_event_ids_are_deterministic_so_the_store_keeps_each_threshold_once() ->
 
 
 def test_a_new_version_fires_again() -> None:
-    v1 = make_event(opened_at=NOW - H, deadline=NOW + 36 * H).obligation
+    v1 = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
     v2 = v1.model_copy(update={"version": 2})
     assert reminders_due(v1, POLICY, NOW)[0].id != reminders_due(v2, POLICY, NOW)[0].id
 

@@ -20,7 +20,7 @@ WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="
 API_KEY = "test-key"
 
 
-def rules_yaml(webhook_url: str, *, group_wait: str = "0s", extra: str = "", remind: str = "{overdue: false}") -> str:
+def rules_yaml(webhook_url: str, *, group_wait: str = "0s", extra: str = "", remind: str = "{}") -> str:
     return f"""\
 receivers:
   - name: crm
