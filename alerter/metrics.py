@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
 
 DEADLINE_BUCKETS = ("overdue", "1d", "2d", "7d", "30d", "later", "none")
 
@@ -24,15 +29,6 @@ class Metrics:
         self.records = Counter("alerter_source_records", "Records read from Leap", registry=r)
         self.invalid_records = Counter(
             "alerter_source_invalid_records", "Records skipped because they failed validation", registry=r
-        )
-        self.source_requests = Counter(
-            "alerter_source_requests", "HTTP requests to Leap by outcome", ["outcome"], registry=r
-        )
-        self.source_latency = Histogram(
-            "alerter_source_request_duration_seconds",
-            "Latency of requests to Leap",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=r,
         )
         self.events = Counter("alerter_events", "Obligation events by type", ["type"], registry=r)
         self.notifications = Counter(
@@ -65,6 +61,10 @@ class Metrics:
         self.leader = Gauge("alerter_leader", "1 while this instance holds the polling lease", registry=r)
         self.ready = Gauge("alerter_ready", "1 while /readyz answers 200", registry=r)
 
+    def watch_source(self, stats: Callable[[], Any]) -> None:
+        """Export the source client's own counters (requests, retries, latency) at scrape time."""
+        self.registry.register(_SourceCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -79,3 +79,19 @@ def deadline_bucket(seconds_left: float | None) -> str:
         if seconds_left <= days * 86400:
             return label
     return "later"
+
+
+class _SourceCollector(Collector):
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.stats()
+        yield CounterMetricFamily("alerter_source_requests", "HTTP requests sent to Leap", value=st.requests)
+        yield CounterMetricFamily("alerter_source_retries", "Requests to Leap retried", value=st.retries)
+        yield SummaryMetricFamily(
+            "alerter_source_request_duration_seconds",
+            "Latency of requests to Leap",
+            count_value=st.latency_count,
+            sum_value=st.latency_sum,
+        )

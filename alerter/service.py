@@ -82,6 +82,7 @@ class Service:
         self.store = open_store(config.state.url)
         self.client = LeapClient(config.source)
         self.poller = Poller(self.store, self.client, config.poll)
+        self.metrics.watch_source(lambda: self.client.stats)
         self.ruleset = config.ruleset
         self.router = Router(self.ruleset)
         self.notifiers = build_notifiers(self.ruleset, stream)

@@ -130,6 +130,8 @@ async def test_run_health_ready_metrics_sighup_sigterm(tmp_path: Path) -> None:
             assert status == 200
             assert "alerter_cycles_total" in metrics
             assert 'alerter_events_total{type="opened"} 1.0' in metrics
+            assert "alerter_source_requests_total" in metrics
+            assert 'alerter_deliveries_total{receiver="crm",status="sent"} 1.0' in metrics
             # an invalid rules file is rejected on SIGHUP; the old rules stay
             (tmp_path / "rules.yaml").write_text("receivers: [{name: x}]\n")
             svc.send(signal.SIGHUP)
