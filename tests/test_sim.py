@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import signal
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from alerter.sim import Portfolio, SimServer
 from alerter.sim.catalog import END_OF_TIME, parse_rfc3339_us
+from alerter.sim.query import Searcher, parse_search
 from tests.support.leap import API_KEY, check_request, check_response, matches
 
 SEARCH = "/v2/meters/enrollments/search"
@@ -321,6 +323,55 @@ def test_random_churn_changes_meters() -> None:
     assert len(changes) == 200
     assert {c.kind for c in changes} >= {"opened", "changed", "resolved"}
     assert p.version >= 200
+
+
+@pytest.mark.parametrize("seed", [1, 5, 77])
+def test_rendered_text_is_exactly_what_orjson_makes_of_the_record(seed: int) -> None:
+    anchor = datetime(2026, 3, 17, 9, 30, tzinfo=UTC)
+    p, again = (Portfolio(50_000, action_rate=0.2, seed=seed, anchor=anchor) for _ in range(2))
+    rng = random.Random(seed)
+    indices = [*range(20), p.size - 1, *rng.sample(range(p.size), 600)]
+    for i in indices:
+        text = p.json(i)
+        assert orjson.dumps(orjson.loads(text)) == text.encode(), i
+        assert orjson.loads(text) == p.record(i) == again.record(i)
+    records = [p.record(i) for i in indices]
+    assert {len(m["program_enrollment"]) for m in records} == {1, 2, 3}
+    assert any(m["required_actions"]["leap"] for m in records)
+    assert any(len(m["required_actions"]["partner"]) == 2 for m in records)
+    assert any("market_group_id" in e for m in records for e in m["program_enrollment"])
+
+
+def test_pages_serve_overridden_meters_from_their_dicts() -> None:
+    p = Portfolio(3000, action_rate=0.2, seed=6)
+    p.random_churn(300)
+    p.archive(p.meter_id(1))
+    assert p.overrides
+    searcher = Searcher(p)
+    token = None
+    served: list[Any] = []
+    while True:
+        request = parse_search({"page_size": 500, **({"page_token": token} if token else {})})
+        page = orjson.loads(searcher.page_json(request))
+        served += page["meters"]
+        token = page.get("next_page_token")
+        if token is None:
+            break
+    assert served == [p.record(i) for i in range(p.size)]
+    assert served[1]["is_archived"] is True
+    assert all(served[i] == p.overrides[i] for i in p.overrides)
+
+
+async def test_pages_across_a_large_portfolio_are_valid_by_the_definition(http: aiohttp.ClientSession) -> None:
+    p = Portfolio(200_000, action_rate=0.3, seed=13)
+    rng = random.Random(13)
+    async with SimServer(p, api_key=API_KEY) as sim:
+        for _ in range(2):
+            body = {"meter_ids": [p.meter_id(i) for i in rng.sample(range(p.size), 500)]}
+            status, raw, _ = await post(http, sim, body)
+            assert status == 200
+            check_response("POST", SEARCH, 200, raw, request_body=body)
+            assert len(orjson.loads(raw)["meters"]) == 500
 
 
 # --- the control API and the command ---------------------------------------------------------------

@@ -125,9 +125,11 @@ async def _search(request: web.Request) -> web.Response:
     if isinstance(body, str) or (body is None and request.content_length):
         raise BadRequest("Bad Request", {"error": "the request body is not valid JSON"})
     search = parse_search({} if body is None else body)
-    meters, token = state.searcher.page(search)
     fault = request.get(INVALID)
-    if fault is not None and meters:
+    if fault is None:
+        return web.Response(body=state.searcher.page_json(search), content_type="application/json")
+    meters, token = state.searcher.page(search)
+    if meters:
         at = min(fault.record, len(meters) - 1)
         meters = [*meters[:at], corrupt(meters[at], fault.invalid), *meters[at + 1 :]]
     page: dict[str, Any] = {"meters": meters}
@@ -144,9 +146,10 @@ async def _get(request: web.Request) -> web.Response:
     index = state.portfolio.index_of(meter_id)
     if index is None:
         return _error(404, "Meter not found", {"meter_id": meter_id})
-    meter = state.portfolio.record(index)
     fault = request.get(INVALID)
-    return _json(corrupt(meter, fault.invalid) if fault else meter)
+    if fault is None:
+        return web.Response(body=state.portfolio.json(index).encode(), content_type="application/json")
+    return _json(corrupt(state.portfolio.record(index), fault.invalid))
 
 
 def _is_uuid(value: str) -> bool:

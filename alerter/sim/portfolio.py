@@ -1,12 +1,12 @@
 """A seeded portfolio of simulated meters: compact columns, lazy records, a clock and mutations.
 
-How this works: every meter is a pure function of (seed, index) — `record(index)` builds its JSON
-on demand from a per-index random stream and a few byte columns. The columns (region, type,
-status, tags, archived, partner action types, ...) and `updated_at` are the only per-meter state
-kept for all N meters, so filters can run over them without materializing a meter (see query.py).
-A mutated meter is materialized once into `overrides`, its columns updated, and its
-`audit.updated_at` set to the simulator clock; `version` counts mutations so cached query results
-go stale.
+How this works: every meter is a pure function of (seed, index) — `json(index)` renders its JSON
+text on demand from a few byte columns and precomputed fragments (render.py), and `record(index)`
+is that text parsed. The columns (region, type, status, tags, archived, partner action types,
+...) and `updated_at` are the only per-meter state kept for all N meters, so filters can run over
+them without materializing a meter (see query.py). A mutated meter is materialized once into
+`overrides` (a dict, served through orjson), its columns updated, and its `audit.updated_at` set to
+the simulator clock; `version` counts mutations so cached query results go stale.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import copy
 import random
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from alerter.sim import catalog as c
-from alerter.sim import records as r
+from alerter.sim.render import Renderer
 
 Meter = dict[str, Any]
 _DAY_US = 86_400_000_000
@@ -125,7 +127,9 @@ class Portfolio:
         anchor = (anchor or datetime.now(UTC)).astimezone(UTC)
         self.anchor = anchor.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         self._key = c.seed_key(seed)
+        self._salt = c.seed_salt(seed)
         self.columns = Columns(meters, action_rate, seed, c.to_us(anchor))
+        self._renderer = Renderer(self.columns, seed, self._key, self._salt, self.anchor)
         self.overrides: dict[int, Meter] = {}
         self.version = 0
         self._churn = random.Random(seed ^ 0x5EED)
@@ -142,15 +146,28 @@ class Portfolio:
     # --- reading ---------------------------------------------------------------------------------
 
     def meter_id(self, index: int) -> str:
-        return c.make_meter_id(index, self.seed, self._key)
+        return c.make_meter_id(index, self._key, c.meter_hash(index, self._salt))
 
     def index_of(self, meter_id: str) -> int | None:
-        return c.meter_index(meter_id, self.seed, self._key, self.size)
+        return c.meter_index(meter_id, self._key, self._salt, self.size)
 
     def record(self, index: int) -> Meter:
         """The meter's JSON object as Leap would serve it (do not mutate the result)."""
         meter = self.overrides.get(index)
-        return meter if meter is not None else self._generate(index)
+        return meter if meter is not None else orjson.loads(self._renderer.meter(index))
+
+    def json(self, index: int) -> str:
+        """The meter's JSON text as served: rendered from fragments, or an overridden meter's dict dumped."""
+        meter = self.overrides.get(index)
+        return self._renderer.meter(index) if meter is None else orjson.dumps(meter).decode()
+
+    def json_array(self, indices: Iterable[int]) -> str:
+        """The JSON array of these meters, as served in a page."""
+        overrides, render = self.overrides, self._renderer.meter
+        if not overrides:
+            return f"[{','.join(map(render, indices))}]"
+        texts = (render(i) if (m := overrides.get(i)) is None else orjson.dumps(m).decode() for i in indices)
+        return f"[{','.join(texts)}]"
 
     def meter(self, meter_id: str) -> Meter:
         index = self._require(meter_id)
@@ -311,50 +328,6 @@ class Portfolio:
         cols.touched.add(index)
         self.overrides[index] = meter
         self.version += 1
-
-    def _generate(self, index: int) -> Meter:
-        cols = self.columns
-        rng = random.Random(self.seed << 32 | index)
-        region = c.REGIONS[cols.region[index]]
-        meter_type = c.METER_TYPES[cols.meter_type[index]]
-        created = cols.created_at(index)
-        programs = r.programs(rng, region, self.anchor)
-        partner = []
-        for bit in c.bits(cols.act_lo[index] | cols.act_hi[index] << 8):
-            kind = c.ACTION_TYPES[bit]
-            _, code, text, _ = next(a for a in c.PARTNER_ACTIONS if a[0] == kind)
-            partner.append(r.action(rng.choice(programs), kind, code, text))
-        leap = []
-        if rng.random() < 0.08:
-            kind, code, text = rng.choice(c.LEAP_ACTIONS)
-            leap.append(r.action(rng.choice(programs), kind, code, text))
-        return {
-            "meter_id": self.meter_id(index),
-            "partner_reference": f"site-{index:07d}",
-            "transmission_region": region,
-            "customer_classification": c.CLASSIFICATIONS[cols.classification[index]],
-            "load_types": [c.LOAD_TYPES[b] for b in c.bits(cols.load_lo[index] | cols.load_hi[index] << 8)],
-            "meter_type": meter_type,
-            "connection_references": [f"conn-{index:07d}"] if meter_type == "UTILITY_METER" else [],
-            "customer_group": c.CUSTOMER_GROUPS[cols.customer_group[index]],
-            "tags": [c.TAGS[b] for b in c.bits(cols.tags[index])],
-            "is_archived": bool(cols.archived[index]),
-            "audit": {
-                "created_by": c.CREATED_BY[index % 3],
-                "created_at": c.fmt_us(created),
-                "updated_at": c.fmt_us(cols.updated[index]),
-            },
-            "global_enrollment_status": c.STATUSES[cols.status[index]],
-            "participation_preferences": [
-                {
-                    "participation_preference": "PARTICIPATE",
-                    "start_time": c.fmt_s(created - created % 1_000_000),
-                    "end_time": c.END_OF_TIME,
-                }
-            ],
-            "program_enrollment": [p["enrollment"] for p in programs],
-            "required_actions": {"partner": partner, "leap": leap},
-        }
 
 
 def _select(

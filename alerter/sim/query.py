@@ -281,14 +281,24 @@ class Searcher:
             self._cache.move_to_end(key)
         return found
 
-    def page(self, request: SearchRequest) -> tuple[list[dict[str, Any]], str | None]:
-        """The page's meters and the next page token (None on the last page)."""
+    def window(self, request: SearchRequest) -> tuple[Sequence[int], str | None]:
+        """The page's meter indices and the next page token (None on the last page)."""
         matches = self.matches(request)
         start = 0
         if request.page_token is not None:
             start = bisect_right(matches, decode_token(request.page_token, request.fingerprint))
         chosen = matches[start : start + request.page_size]
-        meters = [self.portfolio.record(i) for i in chosen]
         more = start + request.page_size < len(matches)
         token = encode_token(chosen[-1], request.fingerprint) if more and len(chosen) else None
-        return meters, token
+        return chosen, token
+
+    def page(self, request: SearchRequest) -> tuple[list[dict[str, Any]], str | None]:
+        """The page's meters and the next page token (None on the last page)."""
+        chosen, token = self.window(request)
+        return [self.portfolio.record(i) for i in chosen], token
+
+    def page_json(self, request: SearchRequest) -> bytes:
+        """The page as served: `{"meters":[…]}` plus `next_page_token` when there are more."""
+        chosen, token = self.window(request)
+        more = "" if token is None else f',"next_page_token":"{token}"'
+        return f'{{"meters":{self.portfolio.json_array(chosen)}{more}}}'.encode()
