@@ -17,7 +17,7 @@ from alerter.errors import ConfigError
 from alerter.models import Event, Notification, ObligationKey, Record
 from alerter.notifiers.console import summary
 from alerter.router import Router
-from alerter.routing import flush, plan
+from alerter.routing import GroupBook, flush, plan
 from alerter.rules import check_warnings
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -123,8 +123,10 @@ def rules_test(config_path: str, before: str, after: str, at: str | None) -> int
     # Resolutions go to receivers told of the opening: in this offline run, every routed receiver.
     told = {ev.obligation.key_id: {t.receiver for t in router.route(ev, now)} for ev in events}
     write = plan(events, router, {}, told, (), now)
+    book = GroupBook()
+    book.apply(write)
     by_id = {e.id: e for e in events}
-    notes = [*write.notifications, *flush(write.groups, by_id, now, ruleset=config.ruleset, force=True).notifications]
+    notes = [*write.notifications, *flush(book.groups(), by_id, now, ruleset=config.ruleset, force=True).notifications]
     print(f"\n{len(notes)} notification(s)")
     for n in notes:
         print(f"\n=== {n.receiver} (rule {n.rule}, {len(n.events)} event(s)) ===")

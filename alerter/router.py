@@ -14,9 +14,10 @@ an event only evaluates the remaining conditions of the rules that can still mat
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from alerter.matching import FIELDS, GETTERS, Condition, Matcher, field_text
@@ -103,8 +104,12 @@ class _Entry:
     """The other conditions as one function (None: nothing left once the key matched)."""
     targets: tuple[Target, ...]
     group_values: Callable[[Any], tuple[str, ...]]
+    group_raw: Callable[[Any], Any]
+    """A hashable stand-in for `group_values` that is cheaper to get (the memo key of `placed`)."""
     keys: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
     """(receiver, group_by values) -> group key: a memo of `_new_key`."""
+    placed: dict[Any, tuple[Placement, ...]] = field(default_factory=dict)
+    """`group_raw` -> one Placement per receiver: a memo for `Router.placements`."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class Router:
     def __init__(self, ruleset: RuleTable) -> None:
         self.ruleset = ruleset
         self._fields = _key_fields(ruleset.rules)
-        self._getters = tuple(GETTERS[f] for f in self._fields)
+        self._key = _key_function(self._fields)
         self._entries = tuple(self._entry(r) for r in ruleset.rules)
         self._fallback = self._entry(ruleset.fallback) if ruleset.fallback else None
         every = (*self._entries, *([self._fallback] if self._fallback else []))
@@ -138,14 +143,11 @@ class Router:
             check=_conjunction(tuple(c for c in conds if c.field not in self._fields)),
             targets=tuple(Target(rule, r) for r in rule.receivers),
             group_values=_values_function(rule.group_by),
+            group_raw=_raw_values_function(rule.group_by),
         )
 
     def _candidates_for(self, event: Any, now: datetime) -> tuple[_Entry, ...]:
-        getters = self._getters
-        if len(getters) == 1:
-            key: tuple[Any, ...] = (getters[0](event),)
-        else:
-            key = tuple([g(event) for g in getters])
+        key = self._key(event)
         found = self._candidates.get(key)
         if found is None:
             mask = -1
@@ -213,17 +215,31 @@ class Router:
             return NO_REMINDERS
         return merge_policies(e.rule.remind for e in entries)
 
-    def placements(self, event: Event, now: datetime) -> list[Placement]:
-        """`route`, with the group each target puts the event in."""
+    def placements(self, event: Event, now: datetime) -> Sequence[Placement]:
+        """`route`, with the group each target puts the event in (`_match`, inlined: this is
+        the per-event path of `plan`)."""
         detail = event.detail if event.kind == "reminder" else None
-        out: list[Placement] = []
-        for e in self._match(event, now, detail):
-            values = e.group_values(event)
-            for receiver in e.rule.receivers:
-                key = e.keys.get((receiver, values))
-                if key is None:
-                    key = _new_key(e, receiver, values)
-                out.append(Placement(e.rule, receiver, key, values))
+        out: tuple[Placement, ...] = ()
+        matched = False
+        candidates = self._candidates.get(self._key(event))
+        if candidates is None:
+            candidates = self._candidates_for(event, now)
+        for e in candidates:
+            check = e.check
+            if check is not None and not check(event, now):
+                continue
+            matched = True
+            if detail is not None and not e.rule.remind.accepts(detail):
+                continue  # a reminder this rule does not ask for passes on
+            raw = e.group_raw(event)
+            placed = e.placed.get(raw) or _placed(e, raw, event)
+            out = out + placed if out else placed
+            if not e.rule.continue_:
+                break
+        fb = self._fallback
+        if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
+            raw = fb.group_raw(event)
+            out = fb.placed.get(raw) or _placed(fb, raw, event)
         return out
 
     def group_key(self, rule: Rule, receiver: str, event: Event) -> tuple[str, tuple[str, ...]]:
@@ -233,6 +249,29 @@ class Router:
             entry = self._entry(rule)
         values = entry.group_values(event)
         return entry.keys.get((receiver, values)) or _new_key(entry, receiver, values), values
+
+
+def _placed(entry: _Entry, raw: Any, event: Any) -> tuple[Placement, ...]:
+    rule = entry.rule
+    values = entry.group_values(event)
+    placed = tuple(
+        Placement(rule, r, entry.keys.get((r, values)) or _new_key(entry, r, values), values) for r in rule.receivers
+    )
+    if len(entry.placed) >= _CACHE_LIMIT:
+        entry.placed.clear()
+    entry.placed[raw] = placed
+    return placed
+
+
+def _key_function(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The candidate cache key of an event: its key fields' values (one C call for several)."""
+    if not fields:
+        return lambda ev: ()
+    if len(fields) == 1:
+        get = GETTERS[fields[0]]
+        return lambda ev: (get(ev),)
+    get_all: Callable[[Any], tuple[Any, ...]] = attrgetter(*(FIELDS[f][1] for f in fields))
+    return get_all
 
 
 def _new_key(entry: _Entry, receiver: str, values: tuple[str, ...]) -> str:
@@ -257,6 +296,17 @@ def _values_function(fields: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]
             return lambda ev: (get(ev),)
         return lambda ev: (field_text(get(ev)),)
     return lambda ev: tuple([g(ev) if plain else field_text(g(ev)) for g, plain in parts])
+
+
+def _raw_values_function(fields: tuple[str, ...]) -> Callable[[Any], Any]:
+    """What identifies an event's group_by values: the text fields' values themselves (one C
+    call), else the values as `_values_function` gives them."""
+    if not fields:
+        return lambda ev: None
+    if all(FIELDS[f][0] in ("text", "event") for f in fields):
+        get: Callable[[Any], Any] = attrgetter(*(FIELDS[f][1] for f in fields))
+        return get
+    return _values_function(fields)
 
 
 def _conjunction(conds: tuple[Condition, ...]) -> Callable[[Any, datetime], bool] | None:

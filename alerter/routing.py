@@ -6,9 +6,14 @@ receiver, group_by values) in a group: a new group flushes `group_wait` after it
 event; an event joining a group with pending events leaves its flush time alone; one
 joining an idle group flushes at `last_flush_at + group_interval` (or now, if that is
 past). Resolutions go only to receivers that were told about the opening, and only under
-rules with `send_resolved`; silenced events are recorded, not grouped. `flush` turns every
-due group into one Notification whose id depends only on the group and its first event,
-so recomputing the same flush after a crash yields the same notification.
+rules with `send_resolved`; silenced events are recorded, not grouped. Membership is
+append-only: `plan` needs only group heads (is the group waiting, when does it flush) and
+writes the heads it touched plus (group, event) pairs to append, so a batch costs the
+same however large its groups already are. `flush` turns every due group (loaded with its
+members) into one Notification whose id depends only on the group and its first event,
+so recomputing the same flush after a crash yields the same notification; it writes the
+members it sent, which the store removes. `GroupBook` is the store's grouping semantics
+in memory, for tests, benchmarks and offline tools.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_GROUP_WAIT",
     "DEFAULT_REMIND",
     "FlushResult",
+    "GroupBook",
     "Placement",
     "Router",
     "Rule",
@@ -49,6 +55,7 @@ __all__ = [
     "digest",
     "digest_summary",
     "flush",
+    "idle_before",
     "notification_id",
     "parse_silence_matchers",
     "plan",
@@ -75,23 +82,31 @@ def plan(
     silences: Sequence[Silence],
     now: datetime,
 ) -> RoutingWrite:
-    """Route events into groups. `notified`: obligation key id -> receivers told of its opening.
+    """Route events into groups. `groups`: the stored heads (see `Store.group_heads`; members
+    are not needed). `notified`: obligation key id -> receivers told of its opening.
 
-    Every event ends in `consumed`; a silenced one in `silenced` instead of a group.
-    Events of an initial sync (`initial=True`) are not grouped: they become one digest
-    notification per receiver in `notifications` (pass the whole backlog in one call).
+    Every event ends in `consumed` once (an id given twice is routed once); a silenced one
+    in `silenced` instead of a group. A grouped event is appended to each of its groups
+    (`appended`, in arrival order). `groups` holds the heads that change: new groups, and
+    idle ones an event wakes up (a waiting group keeps its flush time). Events of an initial
+    sync (`initial=True`) are not grouped: they become one digest notification per
+    receiver in `notifications` (pass the whole backlog in one call).
     """
     known = _as_map(groups)
     silenced_by = active_silences(silences, now)
-    added: dict[str, dict[str, None]] = {}
-    """group key -> event ids added in this call (a dict: ordered, and each id once)."""
+    placements = router.placements
+    appended: list[tuple[str, str]] = []
+    add = appended.append
     where: dict[str, Placement] = {}
-    consumed: list[str] = []
+    """group key -> its placement, for the groups touched in this call."""
+    consumed: dict[str, None] = {}
     silenced: list[tuple[str, str]] = []
     initial: list[Event] = []
     for ev in events:
         ev_id = ev.id
-        consumed.append(ev_id)
+        if ev_id in consumed:
+            continue
+        consumed[ev_id] = None
         if silenced_by:
             sid = next((sid for sid, m in silenced_by if m.matches(ev, now)), None)
             if sid is not None:
@@ -100,39 +115,39 @@ def plan(
         if ev.initial:
             initial.append(ev)
             continue
-        placed = router.placements(ev, now)
+        placed = placements(ev, now)
         if ev.kind == "resolved":
             told = notified.get(ev.obligation.key_id) or set()
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
         for p in placed:
-            ids = added.get(p.key)
-            if ids is None:
-                ids = added[p.key] = {}
-                where[p.key] = p
-            ids[ev_id] = None
+            key = p.key
+            add((key, ev_id))
+            if key not in where:
+                where[key] = p
+    heads = []
+    for key, p in where.items():
+        state = known.get(key)
+        if state is None or not state.waiting:
+            heads.append(_joined(p, state, now))
     return RoutingWrite(
-        consumed=consumed,
-        groups=[_grown(where[key], known.get(key), ids, now) for key, ids in added.items()],
+        consumed=list(consumed),
+        groups=heads,
+        appended=appended,
         notifications=digest(initial, router, now) if initial else [],
         silenced=silenced,
     )
 
 
-def _grown(p: Placement, state: GroupState | None, ids: dict[str, None], now: datetime) -> GroupState:
-    """A group with new events. Only ids added in this call are de-duplicated: the store
-    consumes each event once, in the transaction that stores the group."""
+def _joined(p: Placement, state: GroupState | None, now: datetime) -> GroupState:
+    """The head of a new or idle group that events join."""
     if state is None:
         values = dict(zip(p.rule.group_by, p.values, strict=True))
-        return GroupState(p.key, p.rule.name, p.receiver, values, now + p.rule.group_wait, None, tuple(ids))
-    if state.pending:
-        flush_at = state.flush_at
-    elif state.last_flush_at is None:
+        return GroupState(p.key, p.rule.name, p.receiver, values, now + p.rule.group_wait, None, waiting=True)
+    if state.last_flush_at is None:
         flush_at = now + p.rule.group_wait
     else:
         flush_at = max(now, state.last_flush_at + p.rule.group_interval)
-    return GroupState(
-        state.key, state.rule, state.receiver, state.values, flush_at, state.last_flush_at, (*state.pending, *ids)
-    )
+    return GroupState(state.key, state.rule, state.receiver, state.values, flush_at, state.last_flush_at, waiting=True)
 
 
 def _as_map(groups: Mapping[str, GroupState] | Sequence[GroupState]) -> Mapping[str, GroupState]:
@@ -147,13 +162,19 @@ def notification_id(group_key: str, first_event_id: str) -> str:
 class FlushResult(NamedTuple):
     notifications: list[Notification]
     groups: list[GroupState]
-    """Groups flushed (now idle)."""
+    """Heads of the groups flushed (now idle)."""
     deleted: list[str]
     """Keys of groups idle for more than 2 × group_interval."""
+    flushed: list[tuple[str, str]]
+    """(group key, event id) members sent (or found missing): removed from their groups."""
 
     def write(self) -> RoutingWrite:
         return RoutingWrite(
-            consumed=(), groups=self.groups, deleted_groups=self.deleted, notifications=self.notifications
+            consumed=(),
+            groups=self.groups,
+            flushed=self.flushed,
+            deleted_groups=self.deleted,
+            notifications=self.notifications,
         )
 
 
@@ -167,11 +188,14 @@ def flush(
     force: bool = False,
 ) -> FlushResult:
     """Due groups (`flush_at <= now`, or all with pending events when `force`) become one
-    Notification each and go idle. `id_factory(group_key, first_event_id)` names them.
-    `ruleset` gives each group's `group_interval` (default 5m) for the idle clean-up."""
+    Notification each and go idle; their members (`pending`, as `Store.due_groups` loads
+    them) are written as `flushed`. A group given without its members is left alone.
+    `id_factory(group_key, first_event_id)` names them. `ruleset` gives each group's
+    `group_interval` (default 5m) for the idle clean-up."""
     notes: list[Notification] = []
     updated: list[GroupState] = []
     deleted: list[str] = []
+    flushed: list[tuple[str, str]] = []
     intervals = (
         {r.name: r.group_interval for r in (*ruleset.rules, *filter(None, [ruleset.fallback]))} if ruleset else {}
     )
@@ -179,7 +203,11 @@ def flush(
     candidates = [  # a cheap first pass: due groups, and idle ones that may be old enough
         g
         for g in _as_map(groups).values()
-        if ((force or g.flush_at <= now) if g.pending else now - (g.last_flush_at or g.flush_at) > 2 * shortest)
+        if (
+            (force or g.flush_at <= now)
+            if g.pending
+            else not g.waiting and now - (g.last_flush_at or g.flush_at) > 2 * shortest
+        )
     ]
     for g in sorted(candidates, key=lambda g: g.key):
         interval = intervals.get(g.rule, DEFAULT_GROUP_INTERVAL)
@@ -196,10 +224,71 @@ def flush(
                         created_at=now,
                     )
                 )
-            updated.append(replace(g, pending=(), last_flush_at=now, flush_at=now + interval))
-        elif not g.pending and now - (g.last_flush_at or g.flush_at) > 2 * interval:
+            flushed.extend((g.key, i) for i in g.pending)
+            updated.append(replace(g, pending=(), waiting=False, last_flush_at=now, flush_at=now + interval))
+        elif not g.waiting and now - (g.last_flush_at or g.flush_at) > 2 * interval:
             deleted.append(g.key)
-    return FlushResult(notes, updated, deleted)
+    return FlushResult(notes, updated, deleted, flushed)
+
+
+def idle_before(ruleset: RuleTable | None, now: datetime) -> datetime:
+    """Groups idle since before this may be old enough for `flush` to delete (`Store.due_groups`)."""
+    rules = (*ruleset.rules, *filter(None, [ruleset.fallback])) if ruleset else ()
+    return now - 2 * min([DEFAULT_GROUP_INTERVAL, *(r.group_interval for r in rules)])
+
+
+class GroupBook:
+    """Groups and their members in memory, with the store's semantics: `apply` a RoutingWrite
+    as `commit_routing` does; `heads` is what `group_heads` returns (a live mapping: pass it
+    to `plan`), `groups()` what `load_groups` returns, `due()` what `due_groups` returns."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, GroupState] = {}
+        self._members: dict[str, dict[str, None]] = {}
+        """group key -> event ids in arrival order (a dict: each id once, like the store's UNIQUE)."""
+
+    def apply(self, write: RoutingWrite) -> None:
+        heads, members = self.heads, self._members
+        for key in write.deleted_groups:
+            heads.pop(key, None)
+            members.pop(key, None)
+        touched = {g.key for g in write.groups}
+        for g in write.groups:
+            heads[g.key] = replace(g, pending=()) if g.pending else g
+        for key, event_id in write.appended:
+            ids = members.get(key)
+            if ids is None:
+                ids = members[key] = {}
+                touched.add(key)
+            ids[event_id] = None
+        for key, event_id in write.flushed:
+            ids = members.get(key)
+            if ids is not None:
+                ids.pop(event_id, None)
+                if not ids:
+                    del members[key]
+                    touched.add(key)
+        for key in touched:  # `waiting` says what the members say, as the store derives it
+            head = heads.get(key)
+            if head is not None and head.waiting != (key in members):
+                heads[key] = replace(head, waiting=key in members)
+
+    def groups(self) -> list[GroupState]:
+        return [self._full(self.heads[key]) for key in sorted(self.heads)]
+
+    def due(self, now: datetime, *, force: bool = False, idle_before: datetime | None = None) -> list[GroupState]:
+        out = []
+        for g in self.heads.values():
+            if g.waiting:
+                if force or g.flush_at <= now:
+                    out.append(self._full(g))
+            elif idle_before is not None and (g.last_flush_at or g.flush_at) < idle_before:
+                out.append(g)
+        return sorted(out, key=lambda g: g.key)
+
+    def _full(self, head: GroupState) -> GroupState:
+        ids = self._members.get(head.key)
+        return replace(head, pending=tuple(ids)) if ids else head
 
 
 def digest(events: Iterable[Event], router: Router, now: datetime) -> list[Notification]:

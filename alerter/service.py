@@ -262,7 +262,7 @@ class Service:
                     events = [e for e in events if not e.initial]
             if not events:
                 continue
-            groups = await self.store.load_groups()
+            groups = await self.store.group_heads()
             resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
             notified = await self.store.notified_receivers(resolved) if resolved else {}
             silences = await self.store.list_silences(now)
@@ -271,8 +271,7 @@ class Service:
             self._count_notifications(write)
             if len(events) < ROUTE_BATCH:
                 break
-        groups = await self.store.load_groups()
-        due = [g for g in groups if g.pending and (flush_all or g.flush_at <= now)]
+        due = await self.store.due_groups(now, force=flush_all)
         if not due:
             return
         wanted = [i for g in due for i in g.pending]

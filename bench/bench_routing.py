@@ -3,10 +3,12 @@
 `python -m bench.bench_routing [--events N]` builds a 50-rule set (equalities on `event`,
 `action_type` and regions, tags, regexes, deadlines, `continue`, a fallback) and measures:
 the Router alone (`route_events_per_s`; and with the index switched off), `plan` (routing +
-grouping) in batches of 1,000 as the service runs it, one batch a second with due groups
-flushed in between (`plan_events_per_s`, `plan_and_flush_events_per_s`), and the worst
-case: all batches at one instant, so groups only grow (`burst_plan_events_per_s`), then
-one flush of everything. Results go to bench/results/routing.json.
+grouping) in batches of 1,000 as the service runs it: `plan` against the stored group heads,
+its write applied to an in-memory store (GroupBook: heads replaced, members appended), one
+batch a second with the due groups (loaded with their members) flushed in between
+(`plan_events_per_s`, `plan_and_flush_events_per_s`), and the worst case: all batches at
+one instant, so groups only grow (`burst_plan_events_per_s`), then one flush of
+everything. Results go to bench/results/routing.json.
 Target: >= 150,000 events/s for routing + grouping.
 """
 
@@ -24,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from alerter.models import Event, EventKind, Meter, Obligation, event_id
-from alerter.routing import Router, flush, plan
+from alerter.routing import GroupBook, Router, flush, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.store.base import GroupState
 from alerter.yamlload import parse_yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"
@@ -142,41 +143,40 @@ def run(events: int = 100_000) -> dict[str, Any]:
 
     route_s, targets = _timed(lambda: route_all(Router(rs)))
     unindexed = Router(rs)
-    unindexed._fields, unindexed._getters = (), ()  # every rule a candidate: the plain ordered walk
+    unindexed._fields, unindexed._key = (), lambda ev: ()  # every rule a candidate: the plain ordered walk
     unindexed._entries = tuple(unindexed._entry(r) for r in rs.rules)
     naive_s, naive_targets = _timed(lambda: route_all(unindexed))
     assert naive_targets == targets
 
     by_id = {e.id: e for e in evs}
 
-    def cycles(step: timedelta | None) -> tuple[float, float, dict[str, GroupState], int]:
-        """plan per batch of 1,000 (one batch per `step`), flushing due groups between batches
-        as the service does; step None: one burst at a single instant, nothing flushed."""
+    def cycles(step: timedelta | None) -> tuple[float, float, GroupBook, int]:
+        """plan per batch of 1,000 (one batch per `step`) against the group heads, its write
+        applied to the book as the store commits it, then the due groups flushed, as
+        Service._route does; step None: one burst at a single instant, nothing flushed."""
         router = Router(rs)
-        groups: dict[str, GroupState] = {}
+        book = GroupBook()
         notes = 0
         plan_s = flush_s = 0.0
         now = NOW
         gc.collect()
         for start in range(0, len(evs), BATCH):
             t0 = time.perf_counter()
-            write = plan(evs[start : start + BATCH], router, groups, notified, [], now)
-            groups.update((g.key, g) for g in write.groups)
+            book.apply(plan(evs[start : start + BATCH], router, book.heads, notified, [], now))
             t1 = time.perf_counter()
             plan_s += t1 - t0
             if step is not None:
-                result = flush(groups, by_id, now, ruleset=rs)
-                groups.update((g.key, g) for g in result.groups)
-                for key in result.deleted:
-                    del groups[key]
+                result = flush(book.due(now), by_id, now, ruleset=rs)
+                book.apply(result.write())
                 notes += len(result.notifications)
                 flush_s += time.perf_counter() - t1
                 now += step
-        return plan_s, flush_s, groups, notes
+        return plan_s, flush_s, book, notes
 
     plan_s, flush_s, _, notes = cycles(timedelta(seconds=1))
-    burst_s, _, groups, _ = cycles(None)
-    final_s, final = _timed(lambda: flush(groups, by_id, NOW + timedelta(hours=1), ruleset=rs))
+    burst_s, _, book, _ = cycles(None)
+    later = NOW + timedelta(hours=1)
+    final_s, final = _timed(lambda: flush(book.due(later), by_id, later, ruleset=rs))
     return {
         "events": len(evs),
         "rules": 50,
@@ -188,7 +188,7 @@ def run(events: int = 100_000) -> dict[str, Any]:
         "plan_and_flush_events_per_s": round(len(evs) / (plan_s + flush_s)),
         "notifications_while_cycling": notes,
         "burst_plan_events_per_s": round(len(evs) / burst_s),
-        "burst_groups": len(groups),
+        "burst_groups": len(book.heads),
         "burst_flush_seconds": round(final_s, 3),
         "burst_notifications": len(final.notifications),
         "target_events_per_s": 150_000,

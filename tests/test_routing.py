@@ -8,9 +8,9 @@ import pytest
 
 from alerter.matching import compile_matcher
 from alerter.models import Event
-from alerter.routing import Router, digest, digest_summary, flush, notification_id, plan
+from alerter.routing import GroupBook, Router, digest, digest_summary, flush, idle_before, notification_id, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.store.base import GroupState, Silence
+from alerter.store.base import GroupState, RoutingWrite, Silence
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event
 
@@ -134,25 +134,35 @@ GROUPED = ruleset(
 )
 
 
+def _members(write: RoutingWrite) -> dict[str, list[str]]:
+    """group key -> event ids appended, in order."""
+    out: dict[str, list[str]] = {}
+    for key, event_id in write.appended:
+        out.setdefault(key, []).append(event_id)
+    return out
+
+
 def test_first_event_opens_a_group_due_after_group_wait() -> None:
     ev = make_event()
     write = plan([ev], Router(GROUPED), {}, {}, [], NOW)
     assert list(write.consumed) == [ev.id]
-    assert [(g.receiver, g.flush_at, g.pending, g.values) for g in write.groups] == [
-        ("a", NOW + timedelta(seconds=30), (ev.id,), {"action_type": "IS_AUTHORIZED"}),
-        ("b", NOW + timedelta(seconds=30), (ev.id,), {"action_type": "IS_AUTHORIZED"}),
+    assert [(g.receiver, g.flush_at, g.pending, g.waiting, g.values) for g in write.groups] == [
+        ("a", NOW + timedelta(seconds=30), (), True, {"action_type": "IS_AUTHORIZED"}),
+        ("b", NOW + timedelta(seconds=30), (), True, {"action_type": "IS_AUTHORIZED"}),
     ]
     assert all(g.rule == "main" and g.last_flush_at is None for g in write.groups)
+    assert list(write.appended) == [(g.key, ev.id) for g in write.groups]
 
 
 def test_events_with_equal_group_by_values_share_a_group() -> None:
     e1, e2 = make_event(meter_id="M-1"), make_event(meter_id="M-2")
     e3 = make_event(meter_id="M-3", action_type="DOCS")
     write = plan([e1, e2, e3], Router(GROUPED), {}, {}, [], NOW)
-    by_values = {(g.receiver, g.values["action_type"]): g.pending for g in write.groups}
-    assert by_values[("a", "IS_AUTHORIZED")] == (e1.id, e2.id)
-    assert by_values[("a", "DOCS")] == (e3.id,)
-    assert len(write.groups) == 4
+    members = _members(write)
+    by_values = {(g.receiver, g.values["action_type"]): members[g.key] for g in write.groups}
+    assert by_values[("a", "IS_AUTHORIZED")] == [e1.id, e2.id]
+    assert by_values[("a", "DOCS")] == [e3.id]
+    assert len(write.groups) == 4 and set(members) == {g.key for g in write.groups}
 
 
 def _one_group(router: Router, ev: Event, receiver: str = "a") -> GroupState:
@@ -162,11 +172,17 @@ def _one_group(router: Router, ev: Event, receiver: str = "a") -> GroupState:
 
 def test_joining_a_pending_group_keeps_its_flush_time() -> None:
     router = Router(GROUPED)
-    g = _one_group(router, make_event(meter_id="M-1"))
+    book = GroupBook()
+    first = make_event(meter_id="M-1")
+    book.apply(plan([first], router, book.heads, {}, [], NOW))
+    (g,) = [g for g in book.heads.values() if g.receiver == "a"]
     later = make_event(meter_id="M-2")
-    write = plan([later], router, {g.key: g}, {}, [], NOW + timedelta(seconds=20))
-    (g2,) = [x for x in write.groups if x.key == g.key]
-    assert g2.flush_at == g.flush_at and g2.pending == (*g.pending, later.id)
+    write = plan([later], router, book.heads, {}, [], NOW + timedelta(seconds=20))
+    assert write.groups == []  # a waiting group's head is not rewritten: its flush time stays
+    assert _members(write)[g.key] == [later.id]
+    book.apply(write)
+    (g2,) = [x for x in book.groups() if x.key == g.key]
+    assert g2.flush_at == g.flush_at and g2.pending == (first.id, later.id)
 
 
 @pytest.mark.parametrize(
@@ -182,15 +198,18 @@ def test_joining_an_idle_group_waits_for_group_interval(since_flush: timedelta, 
         g.key, g.rule, g.receiver, g.values, flush_at=NOW + timedelta(minutes=5), last_flush_at=flushed_at
     )
     now = flushed_at + since_flush
-    write = plan([make_event(meter_id="M-2")], router, [idle], {}, [], now)
+    ev = make_event(meter_id="M-2")
+    write = plan([ev], router, [idle], {}, [], now)
     (g2,) = [x for x in write.groups if x.key == g.key]
-    assert g2.flush_at == now + expected_delay and g2.last_flush_at == flushed_at
+    assert g2.flush_at == now + expected_delay and g2.last_flush_at == flushed_at and g2.waiting
+    assert _members(write)[g.key] == [ev.id]
 
 
 def test_an_event_given_twice_in_one_plan_is_grouped_once() -> None:
     ev = make_event()
     write = plan([ev, ev], Router(GROUPED), {}, {}, [], NOW)
-    assert [g.pending for g in write.groups] == [(ev.id,), (ev.id,)]
+    assert list(_members(write).values()) == [[ev.id], [ev.id]]
+    assert list(write.consumed) == [ev.id]
 
 
 def test_resolved_goes_only_to_notified_receivers_of_rules_that_send_resolved() -> None:
@@ -199,7 +218,9 @@ def test_resolved_goes_only_to_notified_receivers_of_rules_that_send_resolved() 
     told = {resolved.obligation.key_id: {"b"}}
     write = plan([resolved], router, {}, told, [], NOW)
     assert [g.receiver for g in write.groups] == ["b"]
-    assert plan([resolved], router, {}, {}, [], NOW).groups == []
+    assert list(write.appended) == [(write.groups[0].key, resolved.id)]
+    nowhere = plan([resolved], router, {}, {}, [], NOW)
+    assert nowhere.groups == [] and nowhere.appended == []
     # the fallback rule has send_resolved: false: an unmatched resolution goes nowhere
     rs = ruleset(
         "  - {name: x, match: {event: opened}, receivers: [a]}\n"
@@ -225,7 +246,7 @@ def test_silenced_events_are_recorded_not_grouped() -> None:
     ]
     write = plan([quiet, loud], router, {}, {}, silences, NOW)
     assert list(write.silenced) == [(quiet.id, "s1")]
-    assert {p for g in write.groups for p in g.pending} == {loud.id}
+    assert {event_id for _, event_id in write.appended} == {loud.id}
     assert list(write.consumed) == [quiet.id, loud.id]
 
 
@@ -238,8 +259,10 @@ def test_a_silence_ends_at_ends_at() -> None:
 
 
 def _pending(router: Router, *events: Event) -> tuple[list[GroupState], dict[str, Event]]:
-    write = plan(list(events), router, {}, {}, [], NOW)
-    return list(write.groups), {e.id: e for e in events}
+    """The groups `plan` makes of these events, loaded with their members (as `due_groups` does)."""
+    book = GroupBook()
+    book.apply(plan(list(events), router, {}, {}, [], NOW))
+    return book.groups(), {e.id: e for e in events}
 
 
 def test_flush_sends_due_groups_once_and_leaves_them_idle() -> None:
@@ -247,16 +270,45 @@ def test_flush_sends_due_groups_once_and_leaves_them_idle() -> None:
     e1, e2 = make_event(meter_id="M-1"), make_event(meter_id="M-2")
     groups, events = _pending(router, e1, e2)
     early = flush(groups, events, NOW + timedelta(seconds=29), ruleset=GROUPED)
-    assert early.notifications == [] and early.groups == [] and early.deleted == []
+    assert early.notifications == [] and early.groups == [] and early.deleted == [] and early.flushed == []
     at = NOW + timedelta(seconds=30)
-    notes, updated, deleted = flush(groups, events, at, ruleset=GROUPED)
+    notes, updated, deleted, flushed = flush(groups, events, at, ruleset=GROUPED)
     assert sorted(n.receiver for n in notes) == ["a", "b"]
     for n in notes:
         assert n.events == (e1, e2) and n.rule == "main" and n.group == {"action_type": "IS_AUTHORIZED"}
         assert n.created_at == at and n.kind == "notification"
-    assert all(g.pending == () and g.last_flush_at == at for g in updated) and deleted == []
+    assert all(g.pending == () and not g.waiting and g.last_flush_at == at for g in updated) and deleted == []
+    assert flushed == [(g.key, e.id) for g in groups for e in (e1, e2)]
     again = flush(updated, events, at + timedelta(minutes=1), ruleset=GROUPED)
     assert again.notifications == []
+
+
+def test_a_group_given_without_its_members_is_not_flushed() -> None:
+    head = _one_group(Router(GROUPED), make_event())
+    assert head.waiting and head.pending == ()
+    result = flush([head], {}, NOW + timedelta(days=1), ruleset=GROUPED, force=True)
+    assert result == ([], [], [], [])
+
+
+def test_the_book_applies_writes_as_the_store_does() -> None:
+    router = Router(GROUPED)
+    book = GroupBook()
+    e1, e2, e3 = make_event(meter_id="M-1"), make_event(meter_id="M-2"), make_event(meter_id="M-3")
+    book.apply(plan([e1, e2], router, book.heads, {}, [], NOW))
+    assert [g.pending for g in book.groups()] == [(e1.id, e2.id)] * 2
+    assert all(g.waiting and g.pending == () for g in book.heads.values())
+    at = NOW + timedelta(seconds=30)
+    book.apply(plan([e3], router, book.heads, {}, [], at))  # joins before the flush: sent with it
+    due = book.due(at)
+    assert [g.pending for g in due] == [(e1.id, e2.id, e3.id)] * 2
+    book.apply(flush(due, {}, at, ruleset=GROUPED).write())
+    assert book.due(at, force=True) == [] and not any(g.waiting for g in book.heads.values())
+    assert book.due(at + timedelta(minutes=10), idle_before=idle_before(GROUPED, at + timedelta(minutes=10))) == []
+    later = at + timedelta(minutes=10, seconds=1)
+    idle = book.due(later, idle_before=idle_before(GROUPED, later))
+    assert len(idle) == 2
+    book.apply(flush(idle, {}, later, ruleset=GROUPED).write())
+    assert book.heads == {} and book.groups() == []
 
 
 def test_a_recomputed_flush_has_the_same_notification_ids() -> None:
@@ -288,6 +340,7 @@ def test_events_missing_from_the_store_are_skipped_but_the_group_goes_idle() -> 
     assert result.notifications == [] and len(result.groups) == 2
     write = result.write()
     assert write.consumed == () and list(write.groups) == result.groups
+    assert sorted(write.flushed) == sorted((g.key, g.pending[0]) for g in groups)  # the group is emptied
 
 
 # ---- initial sync digest ---------------------------------------------------------------
@@ -304,7 +357,7 @@ def test_initial_events_become_one_digest_per_receiver() -> None:
         make_event(meter_id="M-3", initial=True, deadline=NOW + timedelta(hours=5)),
     ]
     write = plan(evs, router, {}, {}, [], NOW)
-    assert write.groups == [] and list(write.consumed) == [e.id for e in evs]
+    assert write.groups == [] and write.appended == [] and list(write.consumed) == [e.id for e in evs]
     notes = {n.receiver: n for n in write.notifications}
     assert set(notes) == {"a", "b"}
     assert [e.obligation.meter_id for e in notes["a"].events] == ["M-3", "M-1", "M-2"]  # by deadline

@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from alerter.models import Event
 from alerter.reminders import RemindPolicy, reminders_due
-from alerter.routing import Router, flush, plan
+from alerter.routing import GroupBook, Router, flush, idle_before, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.store.base import GroupState
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event
 
@@ -81,9 +80,12 @@ steps = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(steps)
 def test_grouping_and_flushing_never_drop_or_duplicate_an_event(batches: list[tuple[list[Event], int]]) -> None:
-    """Every (event, target) routed is delivered exactly once, whatever the arrival times."""
+    """Every (event, target) routed is delivered exactly once, whatever the arrival times.
+
+    The groups live in a GroupBook (the store's semantics): `plan` sees the heads only,
+    `flush` the due groups with their members, idle groups are deleted after a while."""
     router = Router(RULES)
-    groups: dict[str, GroupState] = {}
+    book = GroupBook()
     store: dict[str, Event] = {}
     expected: Counter[tuple[str, str, str]] = Counter()
     delivered: Counter[tuple[str, str, str]] = Counter()
@@ -96,19 +98,20 @@ def test_grouping_and_flushing_never_drop_or_duplicate_an_event(batches: list[tu
             for t in router.route(ev, now):
                 if ev.kind != "resolved":  # nothing was notified in this property: resolutions go nowhere
                     expected[(ev.id, t.rule.name, t.receiver)] += 1
-        write = plan(fresh, router, groups, {}, [], now)
+        write = plan(fresh, router, book.heads, {}, [], now)
         assert sorted(write.consumed) == sorted(e.id for e in fresh)
-        groups.update((g.key, g) for g in write.groups)
-        result = flush(groups, store, now, ruleset=RULES)
+        assert len(write.appended) == len(set(write.appended))
+        book.apply(write)
+        result = flush(book.due(now, idle_before=idle_before(RULES, now)), store, now, ruleset=RULES)
         for n in result.notifications:
             delivered.update((e.id, n.rule, n.receiver) for e in n.events)
-        groups.update((g.key, g) for g in result.groups)
-        for key in result.deleted:
-            del groups[key]
-        assert all(g.flush_at > now for g in groups.values() if g.pending)  # nothing due is left behind
-    final = flush(groups, store, now + timedelta(days=1), ruleset=RULES)
+        book.apply(result.write())
+        assert all(g.flush_at > now for g in book.heads.values() if g.waiting)  # nothing due is left behind
+    final = flush(book.due(now + timedelta(days=1)), store, now + timedelta(days=1), ruleset=RULES)
     for n in final.notifications:
         delivered.update((e.id, n.rule, n.receiver) for e in n.events)
+    book.apply(final.write())
+    assert not any(g.waiting for g in book.heads.values())  # every member was flushed
     assert delivered == expected
 
 

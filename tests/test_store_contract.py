@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from alerter.routing import GroupBook
 from alerter.store.base import GroupState, RoutingWrite, Silence, Store
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
 
@@ -96,9 +98,11 @@ async def test_routing_round_trip(store: Store) -> None:
     assert await store.pending_events() == [ec]
     assert await store.load_groups() == [GroupState("g2", "r2", "x", {}, T0), group]
     later = T0 + timedelta(minutes=5)
-    regrouped = GroupState(group.key, "r1", "ops", group.values, later, T0, pending=(ec.id,))
-    await store.commit_routing(RoutingWrite(consumed=[ec.id], groups=[regrouped], deleted_groups=["g2"]))
-    assert await store.load_groups() == [regrouped]
+    regrouped = GroupState(group.key, "r1", "ops", group.values, later, T0, waiting=True)
+    await store.commit_routing(
+        RoutingWrite(consumed=[ec.id], groups=[regrouped], appended=[(group.key, ec.id)], deleted_groups=["g2"])
+    )
+    assert await store.load_groups() == [replace(regrouped, pending=(ec.id,))]
     assert await store.pending_events() == []
     assert await store.load_events([ec.id, "nope", ea.id]) == [ec, ea]
     assert await store.notified_receivers([a.key_id, b.key_id]) == {a.key_id: {"ops"}}
@@ -108,6 +112,60 @@ async def test_routing_round_trip(store: Store) -> None:
     assert delivery.notification == note
     assert (delivery.receiver, delivery.status, delivery.attempts) == ("ops", "pending", 0)
     assert delivery.next_attempt_at == T0
+
+
+async def test_group_members_are_appended_flushed_and_deleted(store: Store) -> None:
+    """Membership is append-only: heads and members are written apart, and what the store
+    returns is what the in-memory GroupBook makes of the same writes."""
+    evs = [event(obligation(f"m{i}")) for i in range(6)]
+    await store.commit_page([], evs)
+    ids = [e.id for e in evs]
+    book = GroupBook()
+    a = GroupState("a", "r1", "ops", {"region": "CAISO"}, T0 + timedelta(seconds=30), waiting=True)
+    b = GroupState("b", "r2", "hook", {}, T0 + timedelta(minutes=5), waiting=True)
+    writes = [
+        RoutingWrite(consumed=ids[:3], groups=[a, b], appended=[("a", ids[0]), ("b", ids[1]), ("a", ids[2])]),
+        # a waiting group's head is not rewritten; a member given twice is kept once
+        RoutingWrite(consumed=ids[3:5], appended=[("a", ids[3]), ("a", ids[0]), ("b", ids[4])]),
+    ]
+    for w in writes:
+        await store.commit_routing(w)
+        book.apply(w)
+    assert await store.load_groups() == book.groups()
+    assert [g.pending for g in await store.load_groups()] == [(ids[0], ids[2], ids[3]), (ids[1], ids[4])]
+    heads = await store.group_heads()
+    assert heads == list(book.heads.values()) and all(g.waiting and g.pending == () for g in heads)
+
+    at = T0 + timedelta(minutes=1)
+    due = await store.due_groups(at)
+    assert due == book.due(at) and [(g.key, g.pending) for g in due] == [("a", (ids[0], ids[2], ids[3]))]
+    assert [g.key for g in await store.due_groups(at, force=True)] == ["a", "b"]
+    # flush sends what it loaded; a member appended meanwhile stays for the next flush
+    idle_a = replace(a, waiting=False, last_flush_at=at, flush_at=at + timedelta(minutes=5))
+    flushed = RoutingWrite(consumed=[], groups=[idle_a], flushed=[("a", i) for i in due[0].pending])
+    late = RoutingWrite(consumed=[ids[5]], appended=[("a", ids[5])])
+    for w in (late, flushed):
+        await store.commit_routing(w)
+        book.apply(w)
+    assert await store.load_groups() == book.groups()
+    [head_a, _] = await store.group_heads()
+    assert head_a.waiting and head_a.pending == () and head_a.last_flush_at == at
+    assert (await store.due_groups(at + timedelta(minutes=5)))[0] == replace(idle_a, pending=(ids[5],))
+    empty = RoutingWrite(consumed=[], groups=[idle_a], flushed=[("a", ids[5])])
+    for w in (empty, RoutingWrite(consumed=[], flushed=[("b", ids[1]), ("b", ids[4])])):
+        await store.commit_routing(w)
+        book.apply(w)
+    assert [g.waiting for g in await store.group_heads()] == [False, False]
+    assert await store.due_groups(at + timedelta(days=1), force=True) == []
+    # idle groups come back for deletion once idle since before `idle_before`
+    assert await store.due_groups(at, idle_before=T0 + timedelta(minutes=2)) == [idle_a]  # last flushed at `at`
+    both = await store.due_groups(at, idle_before=T0 + timedelta(minutes=6))  # b: never flushed, its flush_at
+    assert both == book.due(at, idle_before=T0 + timedelta(minutes=6)) and [g.key for g in both] == ["a", "b"]
+    await store.commit_routing(RoutingWrite(consumed=[], appended=[("b", ids[0])]))
+    await store.commit_routing(RoutingWrite(consumed=[], deleted_groups=["a", "b"]))
+    assert await store.load_groups() == [] and await store.group_heads() == []
+    await store.commit_routing(RoutingWrite(consumed=[], groups=[a]))  # deleted with its members
+    assert await store.load_groups() == [replace(a, waiting=False)]
 
 
 async def test_claim_leases_rows_and_expired_leases_come_back(store: Store) -> None:
@@ -213,11 +271,12 @@ async def test_history_tells_what_became_of_each_event(store: Store) -> None:
     ra = event(a.model_copy(update={"status": "resolved", "version": 2}), "resolved", T0 + timedelta(hours=1))
     await store.commit_page([a, b], [ea, eb, event(obligation("m2"))])
     await store.commit_page([], [ra])
-    group = GroupState("r1/ops", "r1", "ops", {}, T0 + timedelta(hours=2), pending=(ra.id,))
+    group = GroupState("r1/ops", "r1", "ops", {}, T0 + timedelta(hours=2), waiting=True)
     await store.commit_routing(
         RoutingWrite(
             consumed=[ea.id, eb.id, ra.id],
             groups=[group],
+            appended=[(group.key, ra.id)],
             notifications=[notification("n1", [ea]), notification("n2", [ea], receiver="hook")],
             silenced=[(eb.id, "s9")],
         )

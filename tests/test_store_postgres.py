@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from alerter.errors import FencedError, StoreError
+from alerter.store import schema
 from alerter.store.base import RoutingWrite
 from alerter.store.postgres import PostgresStore
 from tests.support.stores import T0, event, notification, obligation, opened, outbox, postgres_schema
@@ -99,7 +100,7 @@ async def test_replicas_starting_together_migrate_once() -> None:
         try:
             conn = await asyncpg.connect(url, server_settings={"search_path": schema})
             try:
-                assert await conn.fetch("SELECT version FROM schema_version") == [(1,)]
+                assert await conn.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
                 await conn.execute("INSERT INTO schema_version VALUES (7)")
             finally:
                 await conn.close()
@@ -108,6 +109,28 @@ async def test_replicas_starting_together_migrate_once() -> None:
                 await s.close()
         with pytest.raises(StoreError, match="schema version 7"):
             await PostgresStore(url, schema=schema).open()
+
+
+async def test_migrating_moves_pending_group_ids_to_member_rows() -> None:
+    async with postgres_schema() as (url, name):
+        conn = await asyncpg.connect(url)
+        try:  # a schema written by a version-1 alerter
+            await conn.execute(f'CREATE SCHEMA "{name}"')
+            await conn.execute(f'SET search_path TO "{name}"')
+            await conn.execute(schema.CREATE_VERSION_TABLE)
+            for statement in schema.statements(1, "postgres"):
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version VALUES (1)")
+            group = "INSERT INTO groups VALUES ($1, 'r1', 'ops', '{}', $2, NULL, $3)"
+            await conn.execute(group, "g1", T0, '["e3", "e1", "e2"]')
+            await conn.execute(group, "g2", T0, "[]")
+        finally:
+            await conn.close()
+        async with opened(PostgresStore(url, schema=name)) as store:
+            assert [(g.key, g.pending, g.waiting) for g in await store.load_groups()] == [
+                ("g1", ("e3", "e1", "e2"), True),
+                ("g2", (), False),
+            ]
 
 
 async def test_connection_errors_do_not_leak_the_password() -> None:

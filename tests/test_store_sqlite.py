@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from alerter.errors import StoreError
-from alerter.store import open_store
+from alerter.store import open_store, schema
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import SqliteStore
 from tests.support.stores import event, obligation, opened
@@ -91,11 +91,32 @@ async def test_wal_journal_and_idempotent_migrations(tmp_path: Path) -> None:
             await store.commit_page([o], [event(o)])
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
         db.execute("INSERT INTO schema_version VALUES (99)")
     db.close()
     with pytest.raises(StoreError, match=r"schema version 99 .* upgrade alerter"):
         await SqliteStore(f"sqlite:///{path}").open()
+
+
+async def test_migrating_moves_pending_group_ids_to_member_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # a state file written by a version-1 alerter
+        db.execute(schema.CREATE_VERSION_TABLE)
+        for statement in schema.statements(1, "sqlite"):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        group = "INSERT INTO groups VALUES (?, 'r1', 'ops', '{}', '2026-11-01T12:00:00.000000+00:00', NULL, ?)"
+        db.execute(group, ("g1", '["e3", "e1", "e2"]'))
+        db.execute(group, ("g2", "[]"))
+    db.close()
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        assert [(g.key, g.pending, g.waiting) for g in await store.load_groups()] == [
+            ("g1", ("e3", "e1", "e2"), True),
+            ("g2", (), False),
+        ]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT DISTINCT pending FROM groups").fetchall() == [("[]",)]
+    db.close()
 
 
 async def test_relative_absolute_and_memory_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

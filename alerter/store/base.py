@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from alerter.models import Event, Notification, Obligation, ObligationKey
 
@@ -23,7 +23,13 @@ DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
 
 @dataclass(frozen=True)
 class GroupState:
-    """A group of events waiting to be flushed to one receiver under one rule."""
+    """A group of events waiting to be flushed to one receiver under one rule.
+
+    The store keeps a group's head (this, without `pending`) and its members (event ids,
+    in arrival order) apart: routing appends members, a flush removes the ones it sent.
+    `load_groups` and `due_groups` fill `pending`; `group_heads` and the groups of a
+    RoutingWrite leave it empty and tell through `waiting` whether the group has members.
+    """
 
     key: str
     """rule + receiver + group_by values, stable."""
@@ -34,7 +40,13 @@ class GroupState:
     """When the pending events are due (first event + group_wait, or last flush + group_interval)."""
     last_flush_at: datetime | None = None
     pending: tuple[str, ...] = ()
-    """Event ids waiting in this group, in arrival order."""
+    """Event ids waiting in this group, in arrival order (when loaded with its members)."""
+    waiting: bool = False
+    """The group has members (always true when `pending` is not empty)."""
+
+    def __post_init__(self) -> None:
+        if self.pending and not self.waiting:
+            object.__setattr__(self, "waiting", True)
 
 
 @dataclass(frozen=True)
@@ -79,12 +91,36 @@ class RoutingWrite:
     consumed: Sequence[str]
     """Event ids that are now routed (no longer pending)."""
     groups: Sequence[GroupState] = ()
-    """Groups created or updated (their `pending` replaces what was stored)."""
+    """Group heads created or updated (rule, receiver, values, flush_at, last_flush_at). Their
+    `pending` and `waiting` are not written: members change only through `appended` and `flushed`."""
+    appended: Sequence[tuple[str, str]] = ()
+    """(group key, event id) members added, in arrival order; one already in its group is ignored."""
+    flushed: Sequence[tuple[str, str]] = ()
+    """(group key, event id) members a flush sent: removed from their group."""
     deleted_groups: Sequence[str] = ()
+    """Groups removed with their members."""
     notifications: Sequence[Notification] = ()
     """New notifications; a ledger row (status pending, due now) is created for each."""
     silenced: Sequence[tuple[str, str]] = ()
     """(event id, silence id) pairs."""
+
+
+class Sent(NamedTuple):
+    """A successful attempt, for `record_outcomes`."""
+
+    notification_id: str
+    receiver: str
+    sent_at: datetime
+    external_id: str | None = None
+
+
+class Failed(NamedTuple):
+    """A failed attempt, for `record_outcomes`: `next_attempt_at=None` makes a dead letter."""
+
+    notification_id: str
+    receiver: str
+    error: str
+    next_attempt_at: datetime | None
 
 
 class Store(Protocol):
@@ -126,9 +162,7 @@ class Store(Protocol):
     async def open_meter_ids(self) -> list[str]:
         """Meters that have at least one open obligation."""
 
-    async def open_obligations(
-        self, after: ObligationKey | None = None, limit: int = 1000
-    ) -> list[Obligation]:
+    async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
         """Open obligations in key order, after `after` (keyset pagination)."""
 
     async def commit_page(
@@ -149,7 +183,18 @@ class Store(Protocol):
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
 
-    async def load_groups(self) -> list[GroupState]: ...
+    async def load_groups(self) -> list[GroupState]:
+        """Every group with its members (`pending`), by key."""
+
+    async def group_heads(self) -> list[GroupState]:
+        """Every group without its members (`pending` empty, `waiting` set): what `plan` needs."""
+
+    async def due_groups(
+        self, now: datetime, *, force: bool = False, idle_before: datetime | None = None
+    ) -> list[GroupState]:
+        """What `flush` needs, by key: groups with members due at `now` (every one with members
+        when `force`), with their members; and, when `idle_before` is given, groups without
+        members whose last flush (or flush time) is before it."""
 
     async def notified_receivers(self, key_ids: Sequence[str]) -> dict[str, set[str]]:
         """obligation key id -> receivers that got a notification carrying its opening."""
@@ -165,14 +210,11 @@ class Store(Protocol):
     async def expire_silence(self, silence_id: str, now: datetime) -> bool: ...
 
     # -- delivery ledger (not fenced: every replica delivers) --
-    async def claim_deliveries(
-        self, now: datetime, owner: str, limit: int, lease_seconds: float
-    ) -> list[Delivery]:
+    async def claim_deliveries(self, now: datetime, owner: str, limit: int, lease_seconds: float) -> list[Delivery]:
         """Due pending rows of enabled receivers, leased to `owner` (SKIP LOCKED on PostgreSQL)."""
 
-    async def mark_sent(
-        self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None
-    ) -> None: ...
+    async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
+        """`record_outcomes` of one sent row."""
 
     async def mark_failed(
         self,
@@ -183,9 +225,11 @@ class Store(Protocol):
     ) -> None:
         """Record a failed attempt; `next_attempt_at=None` makes the row a dead letter."""
 
-    async def dead_letters(
-        self, receiver: str | None = None, since: datetime | None = None
-    ) -> list[Delivery]: ...
+    async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
+        """Several attempts' outcomes in one transaction, each with the semantics of
+        `mark_sent` / `mark_failed` (a row already sent stays sent)."""
+
+    async def dead_letters(self, receiver: str | None = None, since: datetime | None = None) -> list[Delivery]: ...
 
     async def replay_dead_letters(
         self, now: datetime, receiver: str | None = None, since: datetime | None = None

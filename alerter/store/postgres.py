@@ -41,6 +41,14 @@ _INSERT_EVENTS = (
     "$3::text[], $4::text[], $5::timestamptz[], $6::bool[], $7::json[]) WITH ORDINALITY "
     f"AS t({EVENT_COLUMNS}, ord) ORDER BY ord ON CONFLICT (id) DO NOTHING"
 )
+_APPEND_MEMBERS = (
+    "INSERT INTO group_members (group_key, event_id) SELECT k, e FROM unnest($1::text[], $2::text[]) "
+    "WITH ORDINALITY AS t(k, e, ord) ORDER BY ord ON CONFLICT DO NOTHING"
+)
+_REMOVE_MEMBERS = (
+    "DELETE FROM group_members m USING unnest($1::text[], $2::text[]) AS t(k, e) "
+    "WHERE m.group_key = t.k AND m.event_id = t.e"
+)
 _ACQUIRE = (
     "INSERT INTO leader (id, token, owner, acquired_at) VALUES (1, 1, $1, now()) "
     "ON CONFLICT (id) DO UPDATE SET token = leader.token + 1, owner = excluded.owner, "
@@ -243,3 +251,9 @@ class PostgresStore(SqlStore):
     async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
         columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
         return await tx.execute(_INSERT_EVENTS, *columns)
+
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        await tx.execute(_APPEND_MEMBERS, [k for k, _ in members], [e for _, e in members])
+
+    async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        await tx.execute(_REMOVE_MEMBERS, [k for k, _ in members], [e for _, e in members])

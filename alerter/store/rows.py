@@ -118,11 +118,11 @@ def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:
         dumps(g.values),
         ts(g.flush_at),
         ts(g.last_flush_at),
-        dumps(list(g.pending)),
     )
 
 
-def group_from_row(r: Row) -> GroupState:
+def group_from_row(r: Row, pending: tuple[str, ...] = (), waiting: bool = False) -> GroupState:
+    """A group head row; its members (`pending`) are rows of their own."""
     flush_at = read_ts(r["flush_at"])
     assert flush_at is not None
     return GroupState(
@@ -132,7 +132,8 @@ def group_from_row(r: Row) -> GroupState:
         values=orjson.loads(r["group_values"]),
         flush_at=flush_at,
         last_flush_at=read_ts(r["last_flush_at"]),
-        pending=tuple(orjson.loads(r["pending"])),
+        pending=pending,
+        waiting=waiting,
     )
 
 

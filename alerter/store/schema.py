@@ -19,6 +19,10 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "json": "TEXT",
         "bool": "INTEGER",
         "seq": "INTEGER PRIMARY KEY",
+        # not types: the dialect's spelling of a group's stored `pending` ids, one row each
+        "pending_ids": "json_each(g.pending) AS j",
+        "pending_id": "j.value",
+        "pending_ord": "j.key",
     },
     "postgres": {
         # Byte-order collation: keyset pagination and indexes behave like Python's sort.
@@ -27,6 +31,9 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "json": "JSON",  # kept as written: cheaper to insert than JSONB, and only read whole
         "bool": "BOOLEAN",
         "seq": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "pending_ids": "json_array_elements_text(g.pending) WITH ORDINALITY AS j(id, ord)",
+        "pending_id": "j.id",
+        "pending_ord": "j.ord",
     },
 }
 
@@ -156,7 +163,24 @@ CREATE TABLE receivers_state (
 )
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+CREATE TABLE group_members (
+    seq {seq},
+    group_key TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    UNIQUE (group_key, event_id)
+);
+CREATE INDEX group_members_order ON group_members (group_key, seq);
+
+INSERT INTO group_members (group_key, event_id)
+    SELECT g.key, {pending_id} FROM groups AS g, {pending_ids}
+    ORDER BY g.key, {pending_ord}
+    ON CONFLICT DO NOTHING;
+UPDATE groups SET pending = '[]'
+"""
+"""Group membership as rows, appended per event (`groups.pending` stays, always `[]`)."""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from alerter.models import Event, Obligation, ObligationKey
 from alerter.store import rows
-from alerter.store.base import Delivery, GroupState, HistoryEntry, RoutingWrite, Silence
+from alerter.store.base import Delivery, Failed, GroupState, HistoryEntry, RoutingWrite, Sent, Silence
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
@@ -27,9 +27,23 @@ _META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) 
 _OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
 _GROUP_UPSERT = (
     "INSERT INTO groups (key, rule, receiver, group_values, flush_at, last_flush_at, pending) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET rule = excluded.rule, "
+    "VALUES ($1, $2, $3, $4, $5, $6, '[]') ON CONFLICT (key) DO UPDATE SET rule = excluded.rule, "
     "receiver = excluded.receiver, group_values = excluded.group_values, flush_at = excluded.flush_at, "
-    "last_flush_at = excluded.last_flush_at, pending = excluded.pending"
+    "last_flush_at = excluded.last_flush_at"
+)
+_GROUP_COLUMNS = "g.key, g.rule, g.receiver, g.group_values, g.flush_at, g.last_flush_at"
+_GROUP_HEADS = f"SELECT {_GROUP_COLUMNS} FROM groups g"
+_HAS_MEMBERS = "EXISTS (SELECT 1 FROM group_members m WHERE m.group_key = g.key)"
+_MEMBERS = "SELECT m.group_key, m.event_id FROM group_members m"
+_MARK_SENT = (
+    "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, sent_at = $3, external_id = $4, "
+    "next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3 "
+    "WHERE notification_id = $1 AND receiver = $2"
+)
+_MARK_FAILED = (
+    "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $4, "
+    "next_attempt_at = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6 "
+    "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
 )
 _SILENCE_UPSERT = (
     "INSERT INTO silences (id, matchers, starts_at, ends_at, reason, created_by, created_at) "
@@ -88,6 +102,14 @@ class SqlStore(ABC):
     @abstractmethod
     async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
         """Insert, ignoring ids already present; returns how many were new."""
+
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        """Insert (group key, event id) rows in this order, ignoring those already present."""
+        sql = "INSERT INTO group_members (group_key, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        await tx.executemany(sql, members)
+
+    async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", members)
 
     def set_fence(self, token: int | None) -> None:
         self._fence = token
@@ -175,9 +197,29 @@ class SqlStore(ABC):
         return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
 
     async def load_groups(self) -> list[GroupState]:
-        sql = "SELECT key, rule, receiver, group_values, flush_at, last_flush_at, pending FROM groups"
         async with self._read() as tx:
-            return [rows.group_from_row(r) for r in await tx.fetch(f"{sql} ORDER BY key")]
+            heads = await tx.fetch(f"{_GROUP_HEADS} ORDER BY g.key")
+            members = await tx.fetch(f"{_MEMBERS} ORDER BY m.seq")
+        return _with_members(heads, members)
+
+    async def group_heads(self) -> list[GroupState]:
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT {_GROUP_COLUMNS}, {_HAS_MEMBERS} AS waiting FROM groups g ORDER BY g.key")
+        return [rows.group_from_row(r, waiting=bool(r["waiting"])) for r in found]
+
+    async def due_groups(
+        self, now: datetime, *, force: bool = False, idle_before: datetime | None = None
+    ) -> list[GroupState]:
+        due, args = ("TRUE", ()) if force else ("g.flush_at <= $1", (self._ts(now),))
+        async with self._read() as tx:
+            heads = list(await tx.fetch(f"{_GROUP_HEADS} WHERE {due} AND {_HAS_MEMBERS}", *args))
+            members = await tx.fetch(
+                f"{_MEMBERS} JOIN groups g ON g.key = m.group_key WHERE {due} ORDER BY m.seq", *args
+            )
+            if idle_before is not None:
+                idle = f"{_GROUP_HEADS} WHERE COALESCE(g.last_flush_at, g.flush_at) < $1 AND NOT {_HAS_MEMBERS}"
+                heads += await tx.fetch(idle, self._ts(idle_before))
+        return sorted(_with_members(heads, members), key=lambda g: g.key)
 
     async def notified_receivers(self, key_ids: Sequence[str]) -> dict[str, set[str]]:
         if not key_ids:
@@ -197,9 +239,15 @@ class SqlStore(ABC):
                 sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
                 await tx.execute(sql, self._ids(write.consumed))
             if write.deleted_groups:
-                await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", self._ids(write.deleted_groups))
+                keys = self._ids(write.deleted_groups)
+                await tx.execute(f"DELETE FROM group_members WHERE group_key {self._in(1)}", keys)
+                await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", keys)
             if write.groups:
                 await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
+            if write.appended:
+                await self._append_members(tx, write.appended)
+            if write.flushed:
+                await self._remove_members(tx, write.flushed)
             if write.notifications:
                 await self._insert_notifications(tx, write)
             if write.silenced:
@@ -271,26 +319,26 @@ class SqlStore(ABC):
         return [rows.delivery_from_row(r) for r in found]
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
-        sql = (
-            "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, sent_at = $3, external_id = $4, "
-            "next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3 "
-            "WHERE notification_id = $1 AND receiver = $2"
-        )
-        async with self._write() as tx:
-            await tx.execute(sql, notification_id, receiver, self._ts(sent_at), external_id)
+        await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
 
     async def mark_failed(
         self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None
     ) -> None:
-        sql = (
-            "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $4, "
-            "next_attempt_at = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6 "
-            "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
-        )
-        status = "dead" if next_attempt_at is None else "pending"
-        now = self._ts(datetime.now(UTC))
+        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at)])
+
+    async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
+        if not sent and not failed:
+            return
+        ts = self._ts
+        now = ts(datetime.now(UTC))
         async with self._write() as tx:
-            await tx.execute(sql, notification_id, receiver, status, error, self._ts(next_attempt_at), now)
+            if sent:
+                await tx.executemany(_MARK_SENT, [(s[0], s[1], ts(s[2]), s[3]) for s in sent])
+            if failed:
+                await tx.executemany(
+                    _MARK_FAILED,
+                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), now) for f in failed],
+                )
 
     def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:
         """WHERE clause for dead letters; `p` is the table alias prefix, `args` grows."""
@@ -377,14 +425,16 @@ class SqlStore(ABC):
                 "WHERE e.meter_id = $1 ORDER BY n.created_at, n.id",
                 meter_id,
             )
+            grouped = await tx.fetch(
+                "SELECT m.event_id, g.rule, g.receiver FROM group_members m JOIN events e ON e.id = m.event_id "
+                "JOIN groups g ON g.key = m.group_key WHERE e.meter_id = $1 ORDER BY g.key, m.seq",
+                meter_id,
+            )
         outcomes: dict[str, list[str]] = defaultdict(list)
         for r in silenced:
             outcomes[r["event_id"]].append(f"silenced {r['silence_id']}")
-        ids = {r["id"] for r in events}
-        for group in await self.load_groups() if events else []:
-            for eid in group.pending:
-                if eid in ids:
-                    outcomes[eid].append(f"grouped {group.rule}/{group.receiver}, waiting")
+        for r in grouped:
+            outcomes[r["event_id"]].append(f"grouped {r['rule']}/{r['receiver']}, waiting")
         for r in notified:
             outcomes[r["event_id"]].append(f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})")
         entries = []
@@ -392,3 +442,11 @@ class SqlStore(ABC):
             event = rows.event_from_payload(r["payload"])
             entries.append(HistoryEntry(at=event.occurred_at, event=event, outcomes=tuple(outcomes[r["id"]])))
         return entries
+
+
+def _with_members(heads: Sequence[Row], members: Sequence[Row]) -> list[GroupState]:
+    """Group heads with their members (rows in arrival order) as `pending`."""
+    pending: dict[str, list[str]] = defaultdict(list)
+    for r in members:
+        pending[r["group_key"]].append(r["event_id"])
+    return [rows.group_from_row(r, tuple(pending.get(r["key"], ()))) for r in heads]
