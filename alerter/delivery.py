@@ -4,11 +4,14 @@ How this works: `run_once(now)` leases up to `batch` due rows (a lease, not a lo
 that dies mid-send loses its lease and another worker resends with the same idempotency
 key). Each row is sent under a global semaphore and a small per-receiver one, so a slow or
 paced receiver holds only a few slots. Success records new thread roots, then marks the
-row sent. A retryable failure schedules the next attempt with exponential backoff and
-full jitter (never sooner than the receiver's Retry-After); past the channel's attempt or
-time budget the row becomes a dead letter. A permanent failure is a dead letter at once;
-a 410 also disables the receiver. A `Deferred` send (a busy Slack channel) is rescheduled
-without counting against the attempt budget.
+row sent. Outcomes are written by group commit (`_Outcomes`): the first goes at once, and
+those that arrive while a write is in flight go together in the next transaction, so a
+busy batch costs a few transactions instead of one per row. A retryable failure schedules
+the next attempt with exponential backoff and full jitter (never sooner than the
+receiver's Retry-After); past the channel's attempt or time budget the row becomes a dead
+letter. A permanent failure is a dead letter at once; a 410 also disables the receiver. A
+`Deferred` send (a busy Slack channel) is rescheduled without counting against the
+attempt budget.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import structlog
 
 from alerter.errors import DeliveryError
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, scrub
-from alerter.store.base import Delivery, Store
+from alerter.store.base import Delivery, Failed, Sent, Store
 
 log = structlog.get_logger("alerter.delivery")
 
@@ -79,6 +82,49 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Outcomes:
+    """One run's outcomes, written by group commit: while one `record_outcomes` transaction
+    is in flight, the outcomes that arrive wait and go together in the next one."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sent: list[Sent] = []
+        self._failed: list[Failed] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    def sent(self, outcome: Sent) -> None:
+        self._sent.append(outcome)
+        self._wake()
+
+    def failed(self, outcome: Failed) -> None:
+        self._failed.append(outcome)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._writer is None and self._error is None:
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let the sends that finished in this loop turn join the first write
+            while self._sent or self._failed:
+                sent, failed = self._sent, self._failed
+                self._sent, self._failed = [], []
+                await self._store.record_outcomes(sent, failed)
+        except BaseException as err:  # the run reports it; the rows' leases expire and they are resent
+            self._error = err
+        finally:
+            self._writer = None
+
+    async def close(self) -> None:
+        """Wait until every outcome is written; raise the write error, if any."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._error is not None:
+            raise self._error
+
+
 class Deliverer:
     def __init__(
         self,
@@ -111,7 +157,11 @@ class Deliverer:
         rows = await self.store.claim_deliveries(now, self.owner, self.batch, self.lease_seconds)
         stats.claimed = len(rows)
         if rows:
-            await asyncio.gather(*(self._deliver(d, now, stats) for d in rows))
+            outcomes = _Outcomes(self.store)
+            try:
+                await asyncio.gather(*(self._deliver(d, now, stats, outcomes) for d in rows))
+            finally:
+                await outcomes.close()
         return stats
 
     async def drain(
@@ -127,11 +177,11 @@ class Deliverer:
                 return total
             await asyncio.sleep(poll_interval)
 
-    async def _deliver(self, d: Delivery, now: datetime, stats: DeliveryStats) -> None:
+    async def _deliver(self, d: Delivery, now: datetime, stats: DeliveryStats, outcomes: _Outcomes) -> None:
         n = d.notification
         notifier = self.notifiers.get(d.receiver)
         if notifier is None:
-            await self.store.mark_failed(n.id, d.receiver, "receiver not configured", None)
+            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None))
             stats.dead[d.receiver] += 1
             log.error(
                 "delivery_failed",
@@ -149,15 +199,15 @@ class Deliverer:
             try:
                 result = await notifier.send(n, lambda kid: self.store.get_thread(d.receiver, kid))
             except DeliveryError as e:
-                await self._failed(d, notifier.channel, e, now, stats)
+                await self._failed(d, notifier.channel, e, now, stats, outcomes)
                 return
             except Exception as e:  # a bug or an unclassified library error: retry, but say what it was
                 err = DeliveryError(f"unexpected {type(e).__name__}: {scrub(str(e))}", retryable=True)
-                await self._failed(d, notifier.channel, err, now, stats)
+                await self._failed(d, notifier.channel, err, now, stats, outcomes)
                 return
         for key_id, external_id in result.threads.items():
             await self.store.set_thread(d.receiver, key_id, external_id)
-        await self.store.mark_sent(n.id, d.receiver, now, result.external_id)
+        outcomes.sent(Sent(n.id, d.receiver, now, result.external_id))
         stats.sent[d.receiver] += 1
         log.info(
             "notification_sent",
@@ -184,13 +234,15 @@ class Deliverer:
             return None
         return at
 
-    async def _failed(self, d: Delivery, channel: str, err: DeliveryError, now: datetime, stats: DeliveryStats) -> None:
+    async def _failed(
+        self, d: Delivery, channel: str, err: DeliveryError, now: datetime, stats: DeliveryStats, outcomes: _Outcomes
+    ) -> None:
         n = d.notification
         message = scrub(str(err))[:MAX_ERROR]
         at = self.next_attempt(d, channel, err, now)
         if at is None and err.retryable:
             message = f"gave up after {d.attempts + 1} attempts: {message}"[:MAX_ERROR]
-        await self.store.mark_failed(n.id, d.receiver, message, at)
+        outcomes.failed(Failed(n.id, d.receiver, message, at))
         if isinstance(err, ReceiverGone):
             await self.store.set_receiver_disabled(d.receiver, message, now)
             stats.disabled.add(d.receiver)

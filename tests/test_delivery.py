@@ -11,13 +11,13 @@ from typing import cast
 import pytest
 
 from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
-from alerter.errors import DeliveryError
+from alerter.errors import DeliveryError, StoreError
 from alerter.models import Notification
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
 from alerter.notifiers.email import EmailConfig, EmailNotifier
 from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
 from alerter.store import open_store
-from alerter.store.base import Delivery, RoutingWrite, Store
+from alerter.store.base import Delivery, Failed, RoutingWrite, Sent, Store
 from tests.support.channels import WebhookCollector, smtp_server, webhook_collector
 from tests.support.notifications import T0, event, notification
 
@@ -98,6 +98,55 @@ async def test_gone_disables_the_receiver(store: Store) -> None:
     assert stats.disabled == {"crm"}
     assert "crm" in await store.disabled_receivers()
     assert len(await store.dead_letters()) >= 1
+
+
+class CountingStore:
+    """A store that counts `record_outcomes` transactions (and can be told to fail them)."""
+
+    def __init__(self, inner: Store, fail: bool = False) -> None:
+        self.inner, self.fail = inner, fail
+        self.writes: list[tuple[int, int]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def record_outcomes(self, sent: list[Sent], failed: list[Failed]) -> None:
+        self.writes.append((len(sent), len(failed)))
+        if self.fail:
+            raise StoreError("disk full")
+        await self.inner.record_outcomes(sent, failed)
+
+
+async def test_a_batch_is_recorded_in_a_few_transactions_row_by_row(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([200, 503, 400] + [200] * 57)
+        n = webhook(hook)
+        await enqueue(store, *[notification(f"n{i:02}", [event(i)], receiver="crm") for i in range(60)])
+        await enqueue(store, notification("g1", [event(1)], receiver="ghost"))
+        counting = CountingStore(store)
+        stats = await Deliverer(cast(Store, counting), {"crm": n}, "w1").run_once(T0)
+        await n.close()
+    assert stats.claimed == 61 and stats.sent == {"crm": 58} and stats.failed == {"crm": 1}
+    assert stats.dead == {"crm": 1, "ghost": 1}
+    assert sum(s for s, _ in counting.writes) == 58 and sum(f for _, f in counting.writes) == 3
+    assert len(counting.writes) < 20  # group commit: not one transaction per row
+    assert await store.delivery_counts() == {("crm", "sent"): 58, ("crm", "pending"): 1, ("crm", "dead"): 1,
+                                             ("ghost", "dead"): 1}  # fmt: skip
+    assert len(hook.received) == 60
+
+
+async def test_a_failed_ledger_write_fails_the_run_and_the_rows_come_back(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        n = webhook(hook)
+        await enqueue(store, *[notification(f"n{i}", [event(i)], receiver="crm") for i in range(5)])
+        with pytest.raises(StoreError, match="disk full"):
+            await Deliverer(cast(Store, CountingStore(store, fail=True)), {"crm": n}, "w1", lease_seconds=60).run_once(
+                T0
+            )
+        assert await store.undelivered_count() == 5  # nothing recorded: resent once the lease expires
+        stats = await Deliverer(store, {"crm": n}, "w2").run_once(T0 + timedelta(seconds=61))
+        await n.close()
+    assert stats.sent == {"crm": 5} and len(hook.received) == 10
 
 
 async def test_unknown_receiver_is_a_dead_letter(store: Store) -> None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from alerter.routing import GroupBook
-from alerter.store.base import GroupState, RoutingWrite, Silence, Store
+from alerter.store.base import Failed, GroupState, RoutingWrite, Sent, Silence, Store
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
 
 
@@ -224,6 +224,29 @@ async def test_failures_dead_letters_and_replay(store: Store) -> None:
     await store.mark_sent("n1", "ops", replay_at, None)
     await store.mark_failed("n1", "ops", "late failure", None)  # a sent row stays sent
     assert (await store.delivery_counts())[("ops", "sent")] == 1
+
+
+async def test_outcomes_of_a_batch_are_recorded_together_row_by_row(store: Store) -> None:
+    o = obligation()
+    await outbox(store, *[notification(f"n{i}", [event(o)]) for i in range(5)])
+    await store.claim_deliveries(T0, "w", 10, 3600)
+    await store.mark_sent("n4", "ops", T0, None)
+    retry_at = T0 + timedelta(minutes=1)
+    await store.record_outcomes(
+        sent=[Sent("n0", "ops", T0, "ext-0"), Sent("n1", "ops", T0)],
+        failed=[
+            Failed("n2", "ops", "HTTP 503", retry_at),
+            Failed("n3", "ops", "HTTP 400", None),
+            Failed("n4", "ops", "late failure", None),  # a sent row stays sent
+            Failed("missing", "ops", "HTTP 500", None),  # no such row: nothing happens
+        ],
+    )
+    await store.record_outcomes()
+    assert await store.delivery_counts() == {("ops", "sent"): 3, ("ops", "pending"): 1, ("ops", "dead"): 1}
+    [retry] = await store.claim_deliveries(retry_at, "w", 10, 30)
+    assert (retry.notification.id, retry.attempts, retry.last_error) == ("n2", 1, "HTTP 503")
+    [dead] = await store.dead_letters()
+    assert (dead.notification.id, dead.attempts, dead.last_error) == ("n3", 1, "HTTP 400")
 
 
 async def test_disabled_receivers_are_not_claimed(store: Store) -> None:
