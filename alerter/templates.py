@@ -136,6 +136,9 @@ def title(n: Notification) -> str:
     need = "needs" if meters == 1 else "need"
     if n.kind == "digest":
         return f"Initial sync: {len(n.events)} open actions on {m}"
+    if n.kind == "alert":  # the service reporting on itself
+        status = "resolved" if n.group.get("status") == "resolved" else "alert"
+        return f"alerter {status}: {n.group.get('message', n.group.get('alert', ''))}"
     kinds = {e.kind for e in n.events}
     if kinds == {"resolved"}:
         return f"Resolved: {what} on {m}"
@@ -255,7 +258,7 @@ def webhook_body(n: Notification, now: datetime | None = None) -> dict[str, Any]
     if n.kind == "digest":
         data["counts"] = digest_counts(n.events, now or n.created_at)
     data["events"] = [_webhook_event(e) for e in n.events]
-    kind = "alerter.digest" if n.kind == "digest" else "alerter.notification"
+    kind = {"digest": "alerter.digest", "alert": "alerter.alert"}.get(n.kind, "alerter.notification")
     return {"type": kind, "timestamp": iso(n.created_at), "data": data}
 
 
