@@ -132,6 +132,8 @@ class Router:
         every = (*self._entries, *([self._fallback] if self._fallback else []))
         self._by_name = {e.rule.name: e for e in every}
         self._candidates: dict[tuple[Any, ...], tuple[_Entry, ...]] = {}
+        self._by_mask: dict[int, tuple[_Entry, ...]] = {}
+        """Candidate tuples by mask: keys with the same mask share one tuple."""
         self._masks: list[dict[Any, int]] = [{} for _ in self._fields]
 
     def _entry(self, rule: Rule) -> _Entry:
@@ -153,9 +155,12 @@ class Router:
             mask = -1
             for i, value in enumerate(key):
                 mask &= self._mask(i, value, now)
-            found = tuple(e for j, e in enumerate(self._entries) if mask >> j & 1)
+            found = self._by_mask.get(mask)
+            if found is None:
+                found = self._by_mask[mask] = tuple(e for j, e in enumerate(self._entries) if mask >> j & 1)
             if len(self._candidates) >= _CACHE_LIMIT:
                 self._candidates.clear()
+                self._by_mask.clear()
             self._candidates[key] = found
         return found
 
@@ -254,9 +259,8 @@ class Router:
 def _placed(entry: _Entry, raw: Any, event: Any) -> tuple[Placement, ...]:
     rule = entry.rule
     values = entry.group_values(event)
-    placed = tuple(
-        Placement(rule, r, entry.keys.get((r, values)) or _new_key(entry, r, values), values) for r in rule.receivers
-    )
+    pairs = [f"{f}\x1e{v}" for f, v in zip(rule.group_by, values, strict=True)]
+    placed = tuple(Placement(rule, r, _hashed(rule.name, r, pairs), values) for r in rule.receivers)
     if len(entry.placed) >= _CACHE_LIMIT:
         entry.placed.clear()
     entry.placed[raw] = placed
@@ -277,12 +281,15 @@ def _key_function(fields: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 def _new_key(entry: _Entry, receiver: str, values: tuple[str, ...]) -> str:
     """sha256 over rule, receiver and `field=value` pairs (stored: keep this format stable)."""
     rule = entry.rule
-    pairs = [f"{f}\x1e{v}" for f, v in zip(rule.group_by, values, strict=True)]
-    key = hashlib.sha256("\x1f".join([rule.name, receiver, *pairs]).encode()).hexdigest()[:32]
+    key = _hashed(rule.name, receiver, [f"{f}\x1e{v}" for f, v in zip(rule.group_by, values, strict=True)])
     if len(entry.keys) >= _CACHE_LIMIT:
         entry.keys.clear()
     entry.keys[(receiver, values)] = key
     return key
+
+
+def _hashed(rule: str, receiver: str, pairs: list[str]) -> str:
+    return hashlib.sha256("\x1f".join([rule, receiver, *pairs]).encode()).hexdigest()[:32]
 
 
 def _values_function(fields: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:

@@ -122,8 +122,7 @@ def plan(
         for p in placed:
             key = p.key
             add((key, ev_id))
-            if key not in where:
-                where[key] = p
+            where[key] = p  # the same placement for every event of the group
     heads = []
     for key, p in where.items():
         state = known.get(key)
@@ -252,25 +251,27 @@ class GroupBook:
         for key in write.deleted_groups:
             heads.pop(key, None)
             members.pop(key, None)
-        touched = {g.key for g in write.groups}
+        touched = []
         for g in write.groups:
             heads[g.key] = replace(g, pending=()) if g.pending else g
+            touched.append(g.key)
         for key, event_id in write.appended:
             ids = members.get(key)
             if ids is None:
-                ids = members[key] = {}
-                touched.add(key)
-            ids[event_id] = None
+                members[key] = {event_id: None}
+                touched.append(key)
+            else:
+                ids[event_id] = None
         for key, event_id in write.flushed:
             ids = members.get(key)
             if ids is not None:
                 ids.pop(event_id, None)
                 if not ids:
                     del members[key]
-                    touched.add(key)
+                    touched.append(key)
         for key in touched:  # `waiting` says what the members say, as the store derives it
             head = heads.get(key)
-            if head is not None and head.waiting != (key in members):
+            if head is not None and head.waiting is not (key in members):
                 heads[key] = replace(head, waiting=key in members)
 
     def groups(self) -> list[GroupState]:

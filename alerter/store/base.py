@@ -21,7 +21,7 @@ from alerter.models import Event, Notification, Obligation, ObligationKey
 DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GroupState:
     """A group of events waiting to be flushed to one receiver under one rule.
 
