@@ -16,9 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.cycles = Counter(
-            "alerter_cycles", "Polling cycles by kind and outcome", ["kind", "outcome"], registry=r
-        )
+        self.cycles = Counter("alerter_cycles", "Polling cycles by kind and outcome", ["kind", "outcome"], registry=r)
         self.cycle_duration = Histogram(
             "alerter_cycle_duration_seconds",
             "Duration of polling cycles",
@@ -40,13 +38,9 @@ class Metrics:
             ["receiver", "status"],
             registry=r,
         )
-        self.retries = Counter(
-            "alerter_delivery_retries", "Delivery retries scheduled", ["receiver"], registry=r
-        )
+        self.retries = Counter("alerter_delivery_retries", "Delivery retries scheduled", ["receiver"], registry=r)
         self.dead_letters = Gauge("alerter_dead_letters", "Dead-lettered deliveries waiting", registry=r)
-        self.undelivered = Gauge(
-            "alerter_undelivered", "Deliveries pending or waiting for a retry", registry=r
-        )
+        self.undelivered = Gauge("alerter_undelivered", "Deliveries pending or waiting for a retry", registry=r)
         self.open_obligations = Gauge(
             "alerter_open_obligations",
             "Open obligations by action type and deadline bucket",

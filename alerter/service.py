@@ -28,7 +28,7 @@ from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
 from alerter.reminders import reminders_due
 from alerter.router import Router
-from alerter.routing import flush, plan
+from alerter.routing import flush, idle_before, plan
 from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
@@ -271,7 +271,8 @@ class Service:
             self._count_notifications(write)
             if len(events) < ROUTE_BATCH:
                 break
-        due = await self.store.due_groups(now, force=flush_all)
+        # idle groups come along so that flush can delete them (a later event opens a new group)
+        due = await self.store.due_groups(now, force=flush_all, idle_before=idle_before(self.ruleset, now))
         if not due:
             return
         wanted = [i for g in due for i in g.pending]

@@ -52,9 +52,7 @@ def make_app(health: Health, metrics: Metrics, clock: Callable[[], datetime]) ->
             "leader": health.leader,
             "last_success_at": health.last_success_at.isoformat() if health.last_success_at else None,
         }
-        return web.Response(
-            status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json"
-        )
+        return web.Response(status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json")
 
     async def metrics_view(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())

@@ -96,6 +96,7 @@ async def test_opened_changed_noop_resolved(tmp_path: Path, backend: str, check:
         w.portfolio.resolve_action(m, "AUTH_0001")
         assert events_of(await w.cycle()) == [("action.resolved", "AUTH_0001")]
         assert await w.cycle() == []  # and only once
+        assert list(await w.service.store.group_heads()) == []  # idle groups are cleaned up
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
