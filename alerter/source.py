@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +29,7 @@ from yarl import URL
 
 from alerter.config import SourceConfig
 from alerter.errors import SourceError
+from alerter.http import retry_after as parse_retry_after
 from alerter.models import Record
 
 SEARCH_PATH = "/v2/meters/enrollments/search"
@@ -221,7 +221,7 @@ class LeapClient:
                 ) as resp:
                     status = resp.status
                     raw = await resp.read()
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 condition = f"{status} {_reason(status, raw)}"
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 status, raw = 0, b""
@@ -374,21 +374,6 @@ def _reason(status: int, raw: bytes) -> str:
 
 
 _STATUS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway"}
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (_aware(when) - datetime.now(UTC)).total_seconds())
 
 
 def _scrub(text: str, client: LeapClient) -> str:

@@ -27,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from alerter import templates
 from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
+from alerter.http import retry_after
 from alerter.models import Event, Notification
 from alerter.notifiers import slack_blocks
 from alerter.notifiers.base import Deferred, SendResult, ThreadLookup, scrub
@@ -242,10 +243,6 @@ class SlackNotifier:
 
 
 def _retry_after(headers: Mapping[str, Any]) -> float:
-    for name in ("Retry-After", "retry-after"):
-        if name in headers:
-            try:
-                return max(0.0, float(headers[name]))
-            except ValueError:
-                break
-    return 1.0
+    value = headers.get("Retry-After", headers.get("retry-after"))
+    seconds = retry_after(str(value) if value is not None else None)
+    return 1.0 if seconds is None else seconds

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -15,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from alerter import templates
 from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
+from alerter.http import retry_after
 from alerter.models import Notification
 from alerter.notifiers.base import ReceiverGone, SendResult, ThreadLookup, scrub
 
@@ -57,20 +57,6 @@ def sign(secrets: list[str] | list[Webhook], msg_id: str, timestamp: int, body: 
     """`v1,<sig>` per secret, space-separated (Standard Webhooks)."""
     at = datetime.fromtimestamp(timestamp, UTC)
     return " ".join((s if isinstance(s, Webhook) else Webhook(s)).sign(msg_id, at, body) for s in secrets)
-
-
-def retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def origin(url: str) -> str:
