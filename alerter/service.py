@@ -335,7 +335,8 @@ async def _once(config: Config, deadline: float) -> int:
     await service.start()
     try:
         try:
-            await service.run_cycle(flush_all=True)
+            if await service.run_cycle(flush_all=True) is None:
+                print("alerter: another instance holds the polling lease; this run only delivers", file=sys.stderr)
         except SourceError as err:
             print(f"alerter: {err}", file=sys.stderr)
             await service.drain(min(deadline, 5.0))
