@@ -173,21 +173,22 @@ def bits(mask: int) -> tuple[int, ...]:
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
-_MULT = 0x9E3779B1  # odd, so multiplication modulo 2**32 is invertible
-_MULT_INV = pow(_MULT, -1, 1 << 32)
+MIX32 = 0x9E3779B1  # odd, so multiplication modulo 2**32 is invertible
+_MIX32_INV = pow(MIX32, -1, 1 << 32)
+LOW32 = 0xD1B54A32D192ED03  # the id's last 32 bits: bits 32-63 of meter_hash times this, modulo 2**64
 _UUID4_CLEAR = ~(0xF000 << 64 | 0xC000 << 48)
 _UUID4_SET = 0x4000 << 64 | 0x8000 << 48
 
 
-def _mix(index: int, key: int) -> int:
+def mix32(index: int, key: int) -> int:
     x = (index ^ key) & _MASK32
-    x = (x * _MULT) & _MASK32
+    x = (x * MIX32) & _MASK32
     return x ^ (x >> 16)
 
 
 def _unmix(value: int, key: int) -> int:
     x = value ^ (value >> 16)
-    x = (x * _MULT_INV) & _MASK32
+    x = (x * _MIX32_INV) & _MASK32
     return x ^ key
 
 
@@ -211,8 +212,8 @@ def meter_hash(index: int, salt: int) -> int:
 
 def make_meter_id(index: int, key: int, bits: int) -> str:
     """The id of meter `index`, given its `meter_hash` bits."""
-    low = (bits * 0xD1B54A32D192ED03 & _MASK64) >> 32
-    h = f"{(_mix(index, key) << 96 | bits << 32 | low) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    low = (bits * LOW32 & _MASK64) >> 32
+    h = f"{(mix32(index, key) << 96 | bits << 32 | low) & _UUID4_CLEAR | _UUID4_SET:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -247,22 +248,24 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
-_DAY_US = 86_400_000_000
-_HOURS_MINUTES = tuple(f"{h:02d}:{m:02d}" for h in range(24) for m in range(60))
-_SECONDS = tuple(f"{s:02d}" for s in range(60))
+class _Dates(dict[int, str]):
+    """`YYYY-MM-DD` by day since the epoch, filled on demand."""
+
+    def __missing__(self, day: int) -> str:
+        value = self[day] = (_EPOCH + timedelta(days=day)).date().isoformat()
+        return value
 
 
-@functools.lru_cache(maxsize=8192)
-def _date(day: int) -> str:
-    return (_EPOCH + timedelta(days=day)).date().isoformat()
+DATES = _Dates()
+CLOCK = tuple(f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60))
+"""`HH:MM:SS` by second of the day (86,400 strings, about 5 MB: a meter formats two audit times)."""
 
 
 def fmt_us(us: int) -> str:
-    """Audit style: `2024-04-24T16:03:06.785318Z` (string arithmetic; a meter renders three of these)."""
-    day, rem = divmod(us, _DAY_US)
-    second, fraction = divmod(rem, 1_000_000)
-    minute, second = divmod(second, 60)
-    return f"{_date(day)}T{_HOURS_MINUTES[minute]}:{_SECONDS[second]}.{fraction:06d}Z"
+    """Audit style: `2024-04-24T16:03:06.785318Z`."""
+    second, fraction = divmod(us, 1_000_000)
+    day, second = divmod(second, 86_400)
+    return f"{DATES[day]}T{CLOCK[second]}.{fraction:06d}Z"
 
 
 def fmt_ms(us: int) -> str:

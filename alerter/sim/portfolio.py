@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import random
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,13 +161,15 @@ class Portfolio:
         meter = self.overrides.get(index)
         return self._renderer.meter(index) if meter is None else orjson.dumps(meter).decode()
 
-    def json_array(self, indices: Iterable[int]) -> str:
+    def json_array(self, indices: Sequence[int]) -> str:
         """The JSON array of these meters, as served in a page."""
-        overrides, render = self.overrides, self._renderer.meter
-        if not overrides:
-            return f"[{','.join(map(render, indices))}]"
-        texts = (render(i) if (m := overrides.get(i)) is None else orjson.dumps(m).decode() for i in indices)
-        return f"[{','.join(texts)}]"
+        overrides = self.overrides
+        if not overrides or not any(map(overrides.__contains__, indices)):
+            return f"[{','.join(self._renderer.meters(indices))}]"
+        texts = self._renderer.meters([i for i in indices if i not in overrides])
+        texts.reverse()
+        merged = [texts.pop() if (m := overrides.get(i)) is None else orjson.dumps(m).decode() for i in indices]
+        return f"[{','.join(merged)}]"
 
     def meter(self, meter_id: str) -> Meter:
         index = self._require(meter_id)
