@@ -18,7 +18,7 @@ import pytest
 
 from alerter.sim import Portfolio, SimServer
 from alerter.sim.catalog import END_OF_TIME, parse_rfc3339_us
-from alerter.sim.query import Searcher, parse_search
+from alerter.sim.query import Searcher, parse_search, select
 from tests.support.leap import API_KEY, check_request, check_response, matches
 
 SEARCH = "/v2/meters/enrollments/search"
@@ -248,6 +248,30 @@ async def test_every_filter_returns_what_a_reference_reading_expects(
         expected = [m["meter_id"] for m in meters if matches(m, body)]
         assert await sweep(http, sim, {**body, "page_size": 97}) == expected, body
         assert expected or body.get("meter_ids")
+
+
+def test_cached_matches_are_patched_to_equal_a_fresh_selection() -> None:
+    p = Portfolio(6000, action_rate=0.2, seed=14)
+    searcher = Searcher(p)
+    since = (p.now() - timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    requests = [
+        parse_search(f)
+        for f in (
+            {"partner_action_required": True},
+            {"last_modified_date_time": since},
+            {"partner_action_required": True, "exclude_archived": True, "last_modified_date_time": since},
+            {"action_type": ["IS_AUTHORIZED", "ADDRESS"], "transmission_region": "CAISO"},
+            {"created_after_date_time": p.record(3000)["audit"]["created_at"]},
+            {"meter_ids": [p.meter_id(i) for i in range(0, p.size, 11)], "partner_action_required": True},
+        )
+    ]
+    for n in (0, 1, 7, 60, 300, 2):
+        p.random_churn(n)
+        if n == 7:
+            p.advance(3600)
+            p.touch(p.meter_id(5))
+        for request in requests:
+            assert list(searcher.matches(request)) == list(select(p, request.filters)), (n, request.filters)
 
 
 async def test_paging_survives_changes_between_pages(sim: SimServer, http: aiohttp.ClientSession) -> None:

@@ -132,6 +132,8 @@ class Portfolio:
         self._renderer = Renderer(self.columns, seed, self._key, self._salt, self.anchor)
         self.overrides: dict[int, Meter] = {}
         self.version = 0
+        self.changed = array("I")
+        """The meter index of each mutation, in order: `changed[v:]` are the meters changed since version v."""
         self._churn = random.Random(seed ^ 0x5EED)
 
     # --- clock ---------------------------------------------------------------------------------

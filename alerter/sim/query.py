@@ -1,12 +1,12 @@
 """Search requests: validation as MeterFilterRequest says, filters evaluated over columns, page tokens.
 
 How this works: a request is validated into a filter dict and a fingerprint of it. The matching
-meter indices are computed once per (fingerprint, portfolio version) — by byte-column masks
-(`bytes.translate` + big-int AND, C speed over a million meters) or, when the request names meters
-(`meter_ids`, `partner_references`, `connection_reference_ids`), by checking those few candidates —
-and cached. A page token carries the last index served and the fingerprint, so the next page
-continues after that index even if meters changed in between, and a token replayed with another
-filter is refused.
+meter indices are computed once per filter — by byte-column masks (`bytes.translate` + big-int
+AND, C speed over a million meters) or, when the request names meters (`meter_ids`,
+`partner_references`, `connection_reference_ids`), by checking those few candidates — cached, and
+patched for the meters mutated since. A page token carries the last index served and the
+fingerprint, so the next page continues after that index even if meters changed in between, and a
+token replayed with another filter is refused.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import binascii
 import hashlib
 import re
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from itertools import compress
@@ -230,27 +230,49 @@ def _updated_after(cols: Columns, after_us: int) -> bytes:
     return bytes(mask)
 
 
-def select(p: Portfolio, f: Mapping[str, Any]) -> Sequence[int]:
-    """Indices of the meters matching validated filters, ascending."""
-    cols = p.columns
-    lo, hi = 0, p.size
+def _bounds(cols: Columns, f: Mapping[str, Any]) -> tuple[int, int]:
+    """The index range `created_after_date_time` and `created_before_date_time` leave."""
+    lo, hi = 0, cols.size
     if "created_after_date_time" in f:
         lo = cols.created_index(c.parse_rfc3339_us(f["created_after_date_time"]) or 0)
     if "created_before_date_time" in f:
         hi = cols.created_index((c.parse_rfc3339_us(f["created_before_date_time"]) or 0) - 1)
-    after = c.parse_rfc3339_us(f["last_modified_date_time"]) if "last_modified_date_time" in f else None
+    return lo, hi
+
+
+def _after(f: Mapping[str, Any]) -> int | None:
+    return c.parse_rfc3339_us(f["last_modified_date_time"]) if "last_modified_date_time" in f else None
+
+
+def accepts(p: Portfolio, f: Mapping[str, Any]) -> Callable[[int], bool]:
+    """Whether one meter matches validated filters (for a few meters; `select` does them all)."""
+    cols = p.columns
+    lo, hi = _bounds(cols, f)
+    after = _after(f)
     conds = _conditions(cols, f)
     named = _named(p, f)
-    if named is not None:
-        return sorted(
-            i
-            for i in named
-            if lo <= i < hi
+
+    def check(i: int) -> bool:
+        return (
+            lo <= i < hi
+            and (named is None or i in named)
             and all(any(col[i] in accepted for col, accepted in cond) for cond in conds)
             and (after is None or cols.updated[i] > after)
         )
+
+    return check
+
+
+def select(p: Portfolio, f: Mapping[str, Any]) -> Sequence[int]:
+    """Indices of the meters matching validated filters, ascending."""
+    cols = p.columns
+    named = _named(p, f)
+    if named is not None:
+        return sorted(filter(accepts(p, f), named))
+    lo, hi = _bounds(cols, f)
+    after = _after(f)
     masks: list[bytes] = []
-    for cond in conds:
+    for cond in _conditions(cols, f):
         ored = [bytes(col.translate(_table(accepted))) for col, accepted in cond]
         masks.append(reduce(_bytes_or, ored))
     if after is not None:
@@ -261,25 +283,57 @@ def select(p: Portfolio, f: Mapping[str, Any]) -> Sequence[int]:
     return array("I", compress(range(lo, hi), memoryview(mask)[lo:hi]))
 
 
+_PATCH_LIMIT = 256
+"""Up to this many meters changed since a filter's matches were computed, they are patched in place."""
+
+
 class Searcher:
-    """Serves pages of a portfolio, caching the match list per filter and portfolio version."""
+    """Serves pages of a portfolio, caching the match list per filter.
+
+    A cached match list is brought up to date with the portfolio's mutations since it was computed
+    by re-checking just the changed meters (inserting or removing them), so a filtered sweep under
+    churn does not re-scan a million meters a page; past `_PATCH_LIMIT` changes it is recomputed.
+    """
 
     def __init__(self, portfolio: Portfolio, cache_size: int = 32) -> None:
         self.portfolio = portfolio
-        self._cache: OrderedDict[tuple[str, int], Sequence[int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[int, Sequence[int]]] = OrderedDict()
         self._cache_size = cache_size
 
     def matches(self, request: SearchRequest) -> Sequence[int]:
-        key = (request.fingerprint, self.portfolio.version)
-        found = self._cache.get(key)
-        if found is None:
-            found = select(self.portfolio, request.filters)
-            self._cache[key] = found
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        cached = self._cache.get(request.fingerprint)
+        if cached is not None and self._current(request, *cached):
+            found = cached[1]
         else:
-            self._cache.move_to_end(key)
+            found = select(self.portfolio, request.filters)
+        self._cache[request.fingerprint] = (self.portfolio.version, found)
+        self._cache.move_to_end(request.fingerprint)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
         return found
+
+    def _current(self, request: SearchRequest, version: int, found: Sequence[int]) -> bool:
+        """Whether a cached match list is (or has been patched to be) up to date."""
+        if version == self.portfolio.version or isinstance(found, range):  # a range depends on no mutable column
+            return True
+        return isinstance(found, array) and self._patch(request, version, found)
+
+    def _patch(self, request: SearchRequest, version: int, found: array[int]) -> bool:
+        p = self.portfolio
+        if len(p.changed) != p.version or not 0 <= version <= p.version:
+            return False
+        changed = set(p.changed[version:])
+        if len(changed) > _PATCH_LIMIT:
+            return False
+        check = accepts(p, request.filters)
+        for i in changed:
+            at = bisect_left(found, i)
+            present = at < len(found) and found[at] == i
+            if check(i) and not present:
+                found.insert(at, i)
+            elif present and not check(i):
+                del found[at]
+        return True
 
     def window(self, request: SearchRequest) -> tuple[Sequence[int], str | None]:
         """The page's meter indices and the next page token (None on the last page)."""
