@@ -51,6 +51,7 @@ _GROUP = tuple(_field("customer_group", v) for v in c.CUSTOMER_GROUPS)
 _TAGS = tuple(_field("tags", [c.TAGS[b] for b in c.bits(m)]) for m in range(256))
 _ARCHIVED = (_field("is_archived", False), _field("is_archived", True))
 _CREATED_BY = tuple(_dumps(v) for v in c.CREATED_BY)
+_END_TO_PROGRAMS = f'","end_time":"{c.END_OF_TIME}"}}],"program_enrollment":'
 _STATUS = tuple(_field("global_enrollment_status", v) for v in c.STATUSES)
 
 
@@ -81,7 +82,8 @@ class Renderer:
         )
         act_lo, act_hi, updated = cols.act_lo, cols.act_hi, cols.updated
         created_start, created_span, size = cols.created_start, cols.created_span, max(cols.size, 1)
-        variants, salt, key, dates, clock = self.variants, self.salt, self.key, c.DATES, c.CLOCK
+        variants, salt, key, dates = self.variants, self.salt, self.key, c.DATES
+        minutes, seconds = c.HOURS_MINUTES, c.SECONDS
         partner_tails, leap_tails, bits = r.PARTNER_TAILS, r.LEAP_TAILS, c.bits
         out = []
         for index in indices:
@@ -96,7 +98,7 @@ class Renderer:
             number = f"{index:07d}"
             second, fraction = divmod(created_start + index * created_span // size, 1_000_000)
             day, second = divmod(second, 86_400)
-            created = f"{dates[day]}T{clock[second]}"
+            created = f"{dates[day]}T{minutes[second // 60]}:{seconds[second % 60]}"
             created_us = f"{created}.{fraction:06d}Z"
             second, fraction = divmod(updated[index], 1_000_000)
             day, second = divmod(second, 86_400)
@@ -116,9 +118,9 @@ class Renderer:
                 f'"connection_references":[{_CONNECTION % number if meter_type == _UTILITY_METER else ""}],'
                 f"{_GROUP[group[index]]}{_TAGS[tags[index]]}{_ARCHIVED[archived[index]]}"
                 f'"audit":{{"created_by":{_CREATED_BY[index % 3]},"created_at":"{created_us}",'
-                f'"updated_at":"{dates[day]}T{clock[second]}.{fraction:06d}Z"}},{_STATUS[status[index]]}'
+                f'"updated_at":"{dates[day]}T{minutes[second // 60]}:{seconds[second % 60]}.{fraction:06d}Z"}},'
+                f"{_STATUS[status[index]]}"
                 '"participation_preferences":[{"participation_preference":"PARTICIPATE",'
-                f'"start_time":"{created}Z","end_time":"{c.END_OF_TIME}"}}],'
-                f'"program_enrollment":{variant.json},"required_actions":{{"partner":[{partner}],"leap":[{leap}]}}}}'
+                f'"start_time":"{created}Z{_END_TO_PROGRAMS}{variant.json},"required_actions":{{"partner":[{partner}],"leap":[{leap}]}}}}'
             )
         return out
