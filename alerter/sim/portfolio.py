@@ -332,6 +332,7 @@ class Portfolio:
         cols.touched.add(index)
         self.overrides[index] = meter
         self.version += 1
+        self.changed.append(index)
 
 
 def _select(
