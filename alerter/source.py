@@ -222,6 +222,8 @@ class LeapClient:
                     status = resp.status
                     raw = await resp.read()
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                if status in (200, 404):
+                    return status, raw
                 condition = f"{status} {_reason(status, raw)}"
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 status, raw = 0, b""
@@ -232,8 +234,6 @@ class LeapClient:
             finally:
                 self.stats.latency_sum += time.perf_counter() - started
                 self.stats.latency_count += 1
-            if status in (200, 404):
-                return status, raw
             if status in (401, 403):
                 raise SourceError(self._auth_message(status), auth=True, status=status)
             if status == 400:
