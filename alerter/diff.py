@@ -110,10 +110,13 @@ def diff_records(
         if record.meter_id in seen_meters:
             continue  # a meter listed twice in one page: the first copy wins
         seen_meters.add(record.meter_id)
+        partner = record.required_actions.partner
+        if not partner and record.meter_id not in by_meter:
+            continue  # the common case in a sweep: nothing needed, nothing open
         meter = record.meter()
         current: dict[ObligationKey, RequiredAction] = {}
         if not record.is_archived:
-            for action in record.required_actions.partner:
+            for action in partner:
                 current.setdefault(obligation_key(record.meter_id, action), action)
 
         for key, action in current.items():

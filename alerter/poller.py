@@ -141,7 +141,8 @@ class Poller:
 
         async for page in read_ahead(self.source.search(filters)):
             await self._apply(page, now, initial, report, seen)
-            unlisted.difference_update(r.meter_id for r in page.records)
+            if unlisted:
+                unlisted.difference_update(r.meter_id for r in page.records)
 
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
