@@ -39,6 +39,7 @@ from alerter.web import Health
 ROUTE_BATCH = 10_000
 """Pending events routed per step; an initial-sync backlog up to this size is one digest."""
 REMIND_BATCH = 1000
+REMINDED_CACHE = 500_000
 
 Clock = Callable[[], datetime]
 
@@ -90,6 +91,8 @@ class Service:
         self.alerts = SelfAlerts(self, config.operations_receiver)
         self.leader = False
         self._step = asyncio.Lock()
+        self._reminded: set[str] = set()
+        """Reminder event ids known to be in the store, so each is serialized and offered once."""
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -239,9 +242,13 @@ class Service:
             for ob in batch:
                 policy = self.router.remind_policy(ob, now)
                 if not policy.empty:
-                    events.extend(reminders_due(ob, policy, now))
+                    events.extend(e for e in reminders_due(ob, policy, now) if e.id not in self._reminded)
             if events:
                 added = await self.store.commit_page((), events)
+                # committed (or already there): no need to offer them again on the next run
+                if len(self._reminded) > REMINDED_CACHE:
+                    self._reminded.clear()  # bounded: at worst one round is offered again
+                self._reminded.update(e.id for e in events)
                 if added:
                     self.metrics.events.labels("reminder").inc(added)
                     new += added

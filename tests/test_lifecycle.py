@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,13 @@ class World:
         p = self.portfolio
         return [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]]
 
-    async def cycle(self, **kw: Any) -> list[dict[str, Any]]:
-        """One cycle, everything it produced delivered; returns the webhook events received."""
+    async def cycle(self, now: datetime | None = None, **kw: Any) -> list[dict[str, Any]]:
+        """One cycle, everything it produced delivered; returns the webhook events received.
+        With `now`, the service's clock runs from that moment (reminders, due deliveries)."""
+        if now is not None:
+            offset = now - datetime.now(UTC)
+            self.service.clock = lambda: datetime.now(UTC) + offset
+            kw["now"] = now
         before = len(self.hook.delivered())
         await self.service.run_cycle(flush_all=True, **kw)
         stats = await self.service.drain(10)
@@ -62,7 +68,13 @@ def events_of(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, backend: str, *, meters: int = 20, action_rate: float = 0.0, **cfg: str
+    tmp_path: Path,
+    backend: str,
+    *,
+    meters: int = 20,
+    action_rate: float = 0.0,
+    remind: str = "{}",
+    **cfg: str,
 ) -> AsyncIterator[World]:
     portfolio = Portfolio(meters, action_rate=action_rate, seed=3)
     async with (
@@ -70,7 +82,7 @@ async def world(
         webhook_collector([WEBHOOK_SECRET]) as hook,
         state_url(backend, tmp_path) as url,
     ):
-        path = write_config(tmp_path, config_yaml(sim.url, url, **cfg), rules_yaml(hook.url()))
+        path = write_config(tmp_path, config_yaml(sim.url, url, **cfg), rules_yaml(hook.url(), remind=remind))
         async with running(load(path)) as service:
             yield World(portfolio, sim, hook, service)
 
@@ -215,3 +227,24 @@ async def test_crash_between_commit_and_watermark_loses_and_repeats_nothing(tmp_
         bodies = await w.cycle()
         assert events_of(bodies) == [("action.opened", "AUTH_0001")] * 5
         assert await w.cycle() == []
+
+
+async def test_deadline_reminders_fire_once_each(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", remind="{before_deadline: [7d, 2d, 1d], overdue: true}") as w:
+        await w.cycle()
+        t0 = datetime.now(UTC)
+        w.portfolio.open_action(
+            w.meters[0],
+            action_type="IS_AUTHORIZED",
+            action_code="AUTH_0001",
+            enrollment_deadline_date_time=t0 + timedelta(days=3),
+        )
+        assert events_of(await w.cycle()) == [("action.opened", "AUTH_0001")]
+        assert await w.cycle(now=t0 + timedelta(hours=12)) == []  # 7d was crossed before it opened
+        bodies = await w.cycle(now=t0 + timedelta(days=1, hours=12))
+        assert events_of(bodies) == [("action.reminder", "AUTH_0001")]  # the 2d threshold
+        assert await w.cycle(now=t0 + timedelta(days=1, hours=13)) == []  # once per threshold
+        later = await w.cycle(now=t0 + timedelta(days=2, hours=1))
+        assert events_of(later) == [("action.reminder", "AUTH_0001")]  # the 1d threshold
+        overdue = await w.cycle(now=t0 + timedelta(days=3, hours=1))
+        assert events_of(overdue) == [("action.reminder", "AUTH_0001")]
