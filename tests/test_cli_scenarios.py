@@ -173,3 +173,20 @@ async def test_run_not_ready_while_key_refused(tmp_path: Path) -> None:
         finally:
             assert await svc.stop() == 0
         assert "revoked-key-xyz" not in svc.text()
+
+
+async def test_second_instance_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(5), api_key=API_KEY) as sim, webhook_collector() as hook:
+        cfg = write_config(
+            tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json"), rules_yaml(hook.url())
+        )
+        first = await Service.start(str(cfg))
+        try:
+            second = await alerter("run", "-c", str(cfg), timeout=30)
+            assert second.code == 1
+            assert "in use by another alerter" in second.stderr
+            assert "Traceback" not in second.stderr
+            # operations commands still work beside the running service
+            assert (await alerter("silence", "list", "-c", str(cfg))).code == 0
+        finally:
+            assert await first.stop() == 0
