@@ -130,16 +130,30 @@ class LeapClient:
         while True:
             number += 1
             request = body if token is None else {**body, "page_token": token}
-            status, raw = await self._request("POST", SEARCH_PATH, request)
-            if status == 404:
-                raise SourceError(f"Leap answered 404 to the search at {self._where}: is base_url right?")
-            page = self._decode(raw, number)
+            page = await self._search_page(request, number)
             yield page
             if page.next_page_token is None:
                 return
             if page.next_page_token == token:
                 raise SourceError("Leap returned the same page token twice; stopping the sweep")
             token = page.next_page_token
+
+    async def _search_page(self, request: Mapping[str, Any], number: int) -> Page:
+        """One page; a body that is not a page at all (truncated, a proxy's page) is asked again."""
+        attempt = 0
+        while True:
+            status, raw = await self._request("POST", SEARCH_PATH, request)
+            if status == 404:
+                raise SourceError(f"Leap answered 404 to the search at {self._where}: is base_url right?")
+            try:
+                return self._decode(raw, number)
+            except SourceError as err:
+                if attempt >= self.config.max_retries:
+                    raise
+                attempt += 1
+                self.stats.retries += 1
+                log.warning("page_undecodable", page=number, attempt=attempt, error=str(err))
+                await asyncio.sleep(self._delay(attempt - 1, None))
 
     async def search_meters(
         self,
