@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,27 @@ async def test_bad_urls_and_places_say_so_without_secrets(tmp_path: Path) -> Non
 async def test_a_store_that_is_not_open_says_so() -> None:
     with pytest.raises(StoreError, match="is not open"):
         await SqliteStore("sqlite:///nowhere.db").get_meta("x")
+
+
+async def test_a_page_commits_whole_or_not_at_all(tmp_path: Path) -> None:
+    """commit_page runs as one transaction in one trip to the connection's thread."""
+    path = tmp_path / "state.db"
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        with sqlite3.connect(path) as db:  # the events insert fails after the obligations went in
+            db.execute("CREATE TRIGGER boom BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'boom'); END")
+        db.close()
+        a, b = obligation("m1"), obligation("m2")
+        with pytest.raises(StoreError, match="boom"):
+            await store.commit_page([a, b], [event(a), event(b)], {"watermark": "w1"})
+        assert await store.load_obligations(["m1", "m2"]) == {}
+        assert await store.get_meta("watermark") is None
+        assert await store.pending_events() == []
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER boom")
+        db.close()
+        assert await store.commit_page([a, b], [event(a), event(b)], {"watermark": "w1"}) == 2
+        assert set(await store.load_obligations(["m1", "m2"])) == {a.key, b.key}
+        assert await store.get_meta("watermark") == "w1"
+        with pytest.raises(ValueError, match="naive"):  # rows are built before the transaction starts
+            await store.commit_page([obligation("m3", deadline=datetime(2026, 1, 1))], [])
+        assert await store.commit_page([obligation("m3")], []) == 0

@@ -23,7 +23,7 @@ from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
 """A receiver sent one of these about an obligation is told when it resolves."""
 
-_META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
 _GROUP_UPSERT = (
     "INSERT INTO groups (key, rule, receiver, group_values, flush_at, last_flush_at, pending) "
@@ -52,6 +52,13 @@ _SILENCE_UPSERT = (
     "created_by = excluded.created_by, created_at = excluded.created_at"
 )
 _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+
+
+def page_rows(obligations: Sequence[Obligation], events: Sequence[Event]) -> tuple[list[Obligation], list[Event]]:
+    """What `commit_page` writes: one obligation per key (the last wins: an upsert may not
+    touch a row twice) and one event per id (the first wins)."""
+    unique = list({o.key: o for o in obligations}.values()) if obligations else []
+    return unique, list({e.id: e for e in reversed(events)}.values())[::-1] if events else []
 
 
 class Tx(Protocol):
@@ -122,7 +129,7 @@ class SqlStore(ABC):
 
     async def set_meta(self, values: Mapping[str, str]) -> None:
         async with self._write(fenced=True) as tx:
-            await tx.executemany(_META_UPSERT, list(values.items()))
+            await tx.executemany(META_UPSERT, list(values.items()))
 
     async def is_empty(self) -> bool:
         async with self._read() as tx:
@@ -163,15 +170,15 @@ class SqlStore(ABC):
     ) -> int:
         if not obligations and not events and not meta:
             return 0
+        obligations, events = page_rows(obligations, events)
         new = 0
         async with self._write(fenced=True) as tx:
             if obligations:
-                # One row per key (the last wins): an upsert may not touch a row twice.
-                await self._upsert_obligations(tx, list({o.key: o for o in obligations}.values()))
+                await self._upsert_obligations(tx, obligations)
             if events:
-                new = await self._insert_events(tx, list({e.id: e for e in reversed(events)}.values())[::-1])
+                new = await self._insert_events(tx, events)
             if meta:
-                await tx.executemany(_META_UPSERT, list(meta.items()))
+                await tx.executemany(META_UPSERT, list(meta.items()))
         return new
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:

@@ -3,7 +3,8 @@
 How this works: a sidecar `<file>.lock` holds an exclusive flock (and the owner's pid) for
 the store's lifetime, so a second alerter on the same file refuses to start. All work goes
 through one aiosqlite connection guarded by an asyncio lock; writes are explicit
-`BEGIN IMMEDIATE ... COMMIT` transactions. The journal is WAL with `synchronous=NORMAL`:
+`BEGIN IMMEDIATE ... COMMIT` transactions, and a poll page's (`commit_page`) runs whole in
+one call on the connection's thread. The journal is WAL with `synchronous=NORMAL`:
 a committed transaction is in the WAL before COMMIT returns, so it survives the process
 being killed; only an OS crash or power loss can drop the last few commits, which the
 design tolerates (the watermark advances after the cycle commits and event ids are
@@ -18,7 +19,7 @@ import fcntl
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
@@ -30,7 +31,7 @@ from alerter.errors import StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows, schema
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
-from alerter.store.sql import SqlStore, Tx
+from alerter.store.sql import META_UPSERT, SqlStore, Tx, page_rows
 
 _UPSERT_OBLIGATION = (
     f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) VALUES "
@@ -50,6 +51,39 @@ _PRAGMAS = (
 def _sqlite_sql(sql: str) -> str:
     """`$n` placeholders to SQLite's numbered `?n`."""
     return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
+_UPSERT_OBLIGATION_Q = _sqlite_sql(_UPSERT_OBLIGATION)
+_INSERT_EVENT_Q = _sqlite_sql(_INSERT_EVENT)
+_META_UPSERT_Q = _sqlite_sql(META_UPSERT)
+
+
+def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Runs in the connection's thread: `fn(db, *args)` inside BEGIN IMMEDIATE ... COMMIT."""
+    db = conn._conn
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db, *args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _commit_page(
+    db: sqlite3.Connection,
+    obligations: list[tuple[Any, ...]],
+    events: list[tuple[Any, ...]],
+    meta: list[tuple[str, str]],
+) -> int:
+    if obligations:
+        db.executemany(_UPSERT_OBLIGATION_Q, obligations)
+    new = db.executemany(_INSERT_EVENT_Q, events).rowcount if events else 0
+    if meta:
+        db.executemany(_META_UPSERT_Q, meta)
+    return new
 
 
 class _SqliteTx:
@@ -202,6 +236,43 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
 
+    async def _in_one_hop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(db, *args)` as one write transaction in a single trip to the connection's thread.
+
+        A transaction written statement by statement through aiosqlite makes a round trip per
+        statement, and each one waits for the event loop (busy decoding the next page during a
+        sweep). `Connection._execute` is the queue its own `execute` uses (aiosqlite is pinned in
+        constraints.txt); nothing else reaches the connection meanwhile: the store's lock is held.
+        Cancelled while it runs, the transaction still commits or rolls back whole in the thread,
+        before anything queued after it.
+        """
+        async with self._lock:
+            self._connection()
+            conn = self._conn
+            assert conn is not None
+            run: Callable[..., Awaitable[Any]] = conn._execute
+            try:
+                return await run(_transaction, conn, fn, args)
+            except sqlite3.Error as err:
+                raise StoreError(f"state file {self.path}: {err}") from err
+
+    async def commit_page(
+        self,
+        obligations: Sequence[Obligation],
+        events: Sequence[Event],
+        meta: Mapping[str, str] | None = None,
+    ) -> int:
+        if not obligations and not events and not meta:
+            return 0
+        unique, new = page_rows(obligations, events)
+        count: int = await self._in_one_hop(
+            _commit_page,
+            [rows.obligation_params(o, rows.iso) for o in unique],
+            [rows.event_params(e, rows.iso) for e in new],
+            list(meta.items()) if meta else [],
+        )
+        return count
+
     def _ts(self, dt: datetime | None) -> Any:
         return rows.iso(dt)
 
@@ -211,6 +282,7 @@ class SqliteStore(SqlStore):
     def _ids(self, values: Sequence[str]) -> Any:
         return rows.dumps(list(values))
 
+    # The shared commit_page's bulk writes; this store's own commit_page writes through _commit_page.
     async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None:
         await tx.executemany(_UPSERT_OBLIGATION, [rows.obligation_params(o, rows.iso) for o in obligations])
 
