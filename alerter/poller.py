@@ -23,7 +23,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, TypeVar
@@ -72,24 +72,37 @@ class CycleReport:
     duration: float = 0.0
 
 
-async def read_ahead(pages: AsyncIterator[P]) -> AsyncIterator[P]:
-    """Fetch the next page while the caller diffs and commits the current one."""
-    it = aiter(pages)
-    pending: asyncio.Future[P] = asyncio.ensure_future(anext(it))
+async def read_ahead(pages: AsyncIterator[P], depth: int = 2) -> AsyncGenerator[P, None]:
+    """Fetch up to `depth` pages ahead while the caller diffs and commits the current one.
+
+    A page's next-page token is in its body, so page n+1 can only be requested once page n
+    is decoded. A producer task requests it right then, not when the caller is done with the
+    page before, so the server renders while this process diffs and commits. An error of the
+    source is raised to the caller after the pages before it.
+    """
+    queue: asyncio.Queue[tuple[P] | BaseException | None] = asyncio.Queue(maxsize=max(1, depth - 1))
+
+    async def produce() -> None:
+        try:
+            async for page in pages:
+                await queue.put((page,))
+        except Exception as err:
+            await queue.put(err)
+        else:
+            await queue.put(None)
+
+    producer = asyncio.ensure_future(produce())
     try:
-        while True:
-            try:
-                page = await pending
-            except StopAsyncIteration:
-                return
-            pending = asyncio.ensure_future(anext(it))
-            yield page
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item[0]
     finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(it, "aclose", None)
+        if not producer.done():
+            producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer
+        aclose = getattr(pages, "aclose", None)
         if aclose is not None:
             await aclose()
 
@@ -139,16 +152,18 @@ class Poller:
         # Meters with open obligations before the sweep: what a complete sweep must list again.
         unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
 
-        async for page in read_ahead(self.source.search(filters)):
-            await self._apply(page, now, initial, report, seen)
-            if unlisted:
-                unlisted.difference_update(r.meter_id for r in page.records)
+        async with contextlib.aclosing(read_ahead(self.source.search(filters))) as pages:
+            async for page in pages:
+                await self._apply(page, now, initial, report, seen)
+                if unlisted:
+                    unlisted.difference_update(r.meter_id for r in page.records)
 
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                async for page in read_ahead(self.source.search_meters(recheck, since)):
-                    await self._apply(page, now, initial, report, seen)
+                async with contextlib.aclosing(read_ahead(self.source.search_meters(recheck, since))) as pages:
+                    async for page in pages:
+                        await self._apply(page, now, initial, report, seen)
         elif report.invalid:
             log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
         elif unlisted:
