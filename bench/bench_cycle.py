@@ -2,7 +2,11 @@
 
 `python -m bench.bench_cycle [--meters 100000 1000000]` starts `alerter sim` in another process
 and, for each portfolio size, runs in fresh child processes (so each peak RSS is its own):
-- `fetch`: the bare fetch-and-decode loop over the unfiltered sweep (the ceiling);
+- `fetch`: the bare fetch-and-decode loop over the unfiltered sweep (the ceiling): the same
+  client and pages as the sweep, read through the poller's `read_ahead` as the sweep reads
+  them, with nothing done to a page but counting its records. A page's next-page token is in
+  its body, so each request waits for the previous page's decode: this loop is the chain of
+  render + transfer + decode that the sweep cannot beat, only hide its own work behind;
 - `sweep`: the same pages through the poller: diff and commit into an empty SQLite store;
 - `incremental` (largest size only): 1000 meters changed in the simulator, then one
   incremental cycle, with each `poll.resolution_check` strategy.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -26,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from alerter.config import PollConfig, SourceConfig
-from alerter.poller import Poller
+from alerter.poller import Poller, read_ahead
 from alerter.source import LeapClient, Page
 from alerter.store.sqlite import SqliteStore
 from bench.bench_source import API_KEY, Simulator
@@ -57,10 +62,17 @@ async def worker(mode: str, url: str, db: str, check: str) -> dict[str, Any]:
         started = time.perf_counter()
         if mode == "fetch":
             records = 0
-            async for page in client.search({}):
-                records += len(page.records)
+            async with contextlib.aclosing(read_ahead(client.search({}))) as pages:
+                async for page in pages:
+                    records += len(page.records)
             seconds = time.perf_counter() - started
-            return {"records": records, "seconds": seconds, "records_per_s": records / seconds, "rss_mb": peak_rss_mb()}
+            return {
+                "records": records,
+                "seconds": seconds,
+                "records_per_s": records / seconds,
+                "decode_seconds": client.stats.decode_seconds,
+                "rss_mb": peak_rss_mb(),
+            }
         store = SqliteStore(f"sqlite:///{db}")
         await store.open()
         try:
@@ -78,6 +90,7 @@ async def worker(mode: str, url: str, db: str, check: str) -> dict[str, Any]:
             "seconds": seconds,
             "records_per_s": report.records / seconds if seconds else 0.0,
             "requests": client.stats.requests,
+            "decode_seconds": client.stats.decode_seconds,
             "rss_mb": peak_rss_mb(),
         }
 
