@@ -29,7 +29,7 @@ postgres:
 	./scripts/postgres.sh
 
 unit: $(STAMP)
-	. ./scripts/postgres-env.sh 2>/dev/null; $(BIN)/pytest --cov --cov-report=term -q
+	. ./scripts/postgres-env.sh 2>/dev/null; $(BIN)/pytest --cov --cov-report=term -q -rs
 
 check: lint types unit
 
