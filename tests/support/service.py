@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from alerter.config import Config, load_config
 from alerter.service import Service
 from alerter.sim import Portfolio
-from tests.support.stores import postgres_url_or_skip
+from tests.support.stores import postgres_schema
 
 WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="
 API_KEY = "test-key"
@@ -89,16 +86,8 @@ async def state_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
-    url = await postgres_url_or_skip()
-    schema = f"scn_{uuid.uuid4().hex[:10]}"
-    try:
+    async with postgres_schema() as (url, schema):
         yield f"{url}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 @asynccontextmanager
