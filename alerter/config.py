@@ -79,6 +79,9 @@ class StateConfig(BaseModel):
     url: str = "sqlite:///./alerter.db"
     """`sqlite:///relative/path.db` (relative to the working directory), `sqlite:////abs/path.db`,
     or `postgresql://user:pass@host:5432/db`."""
+    retention: Duration = timedelta(days=90)
+    """Events and delivered notifications of obligations resolved longer ago are forgotten
+    (obligations themselves are kept); 0s keeps everything."""
 
     @field_validator("url")
     @classmethod

@@ -117,6 +117,7 @@ class Runtime:
             ("deliver", svc.deliver_step, timedelta(seconds=1)),
             ("gauges", self._gauges, timedelta(seconds=15)),
             ("rules_watch", self._watch_rules, timedelta(seconds=5)),
+            ("retention", svc.purge_step, timedelta(hours=6)),
         ]
         for name, fn, every in jobs:
             scheduler.add_job(

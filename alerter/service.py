@@ -192,6 +192,21 @@ class Service:
             except FencedError:
                 self._depose("fenced")
 
+    async def purge_step(self, now: datetime | None = None) -> dict[str, int]:
+        """Forget what `state.retention` allows (the leader only)."""
+        keep = self.config.state.retention
+        if not self.leader or not keep:
+            return {}
+        async with self._step:
+            try:
+                removed = await self.store.purge((now or self.clock()) - keep)
+            except FencedError:
+                self._depose("fenced")
+                return {}
+        if any(removed.values()):
+            self.log.info("retention_purged", **removed)
+        return removed
+
     async def deliver_step(self, now: datetime | None = None) -> DeliveryStats:
         stats = await self.deliverer.run_once(now or self.clock())
         self._count_deliveries(stats)

@@ -256,3 +256,8 @@ class Store(Protocol):
 
     # -- history --
     async def history(self, meter_id: str) -> list[HistoryEntry]: ...
+
+    # -- retention --
+    async def purge(self, before: datetime) -> dict[str, int]:
+        """Fenced. Forget events, notifications and delivery rows older than `before` that are
+        done with (see store/retention.py); returns rows removed per kind."""

@@ -417,6 +417,11 @@ class SqlStore(ABC):
         return {r["name"]: r["disabled_reason"] for r in found}
 
     # -- history --
+    async def purge(self, before: datetime) -> dict[str, int]:
+        from alerter.store.retention import purge
+
+        return await purge(self, before)
+
     async def history(self, meter_id: str) -> list[HistoryEntry]:
         async with self._read() as tx:
             events = await tx.fetch("SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id)

@@ -1,0 +1,55 @@
+"""Retention: what the store may forget after `state.retention`, so months of running stay small.
+
+How this works: obligations themselves are kept (one row per action ever seen: their
+version numbers keep event ids, and so webhook-ids, unique if an action comes back).
+Forgotten, once older than the cutoff: the events of obligations resolved before it
+(never those of open obligations — their reminder ids must stay known, or a reminder
+would fire again), notifications all of whose events are gone and whose deliveries all
+went out (dead letters stay until replayed), the delivery rows of those, expired
+silences, and the thread and "told" records of the forgotten obligations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alerter.store.sql import SqlStore
+
+_OLD_RESOLVED = "SELECT key_id FROM obligations WHERE status = 'resolved' AND resolved_at < $1"
+_OLD_EVENTS = (
+    f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
+    "AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = events.id)"
+)
+_OLD_NOTIFICATIONS = (
+    "notifications.created_at < $1 "
+    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id "
+    "AND d.status IN ('pending', 'dead')) "
+    "AND NOT EXISTS (SELECT 1 FROM notification_events ne JOIN events e ON e.id = ne.event_id "
+    "WHERE ne.notification_id = notifications.id)"
+)
+
+
+async def purge(store: SqlStore, before: datetime) -> dict[str, int]:
+    """Forget what is older than `before` (see the module note); returns rows removed per kind.
+    Fenced: only the leader purges."""
+    at = store._ts(before)
+    async with store._write(fenced=True) as tx:
+        await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {_OLD_EVENTS})", at)
+        events = await tx.execute(f"DELETE FROM events WHERE {_OLD_EVENTS}", at)
+        deliveries = await tx.execute(
+            "DELETE FROM deliveries WHERE notification_id IN "
+            f"(SELECT id FROM notifications WHERE {_OLD_NOTIFICATIONS})",
+            at,
+        )
+        notifications = await tx.execute(f"DELETE FROM notifications WHERE {_OLD_NOTIFICATIONS}", at)
+        await tx.execute(
+            "DELETE FROM notification_events WHERE NOT EXISTS "
+            "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
+        )
+        await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
+        await tx.execute(f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED})", at)
+        silences = await tx.execute("DELETE FROM silences WHERE ends_at < $1", at)
+        await tx.execute("DELETE FROM silenced WHERE NOT EXISTS (SELECT 1 FROM silences s WHERE s.id = silence_id)")
+    return {"events": events, "notifications": notifications, "deliveries": deliveries, "silences": silences}
