@@ -6,6 +6,8 @@ jitter until `max_retries` is spent, then raises SourceError naming the last sta
 401/403 raise SourceError(auth=True); 400 raises with Leap's title and details. A page is decoded
 in one pass (`validate_json` of the whole page); only when that fails is it decoded record by
 record, so one invalid record is logged, counted and skipped while the rest of the page goes on.
+A sweep asks for page n+1 before decoding page n, from the token read out of page n's raw bytes;
+the decoded token must agree, or that request is cancelled and the page asked for again.
 No message or log line carries the API key.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +54,10 @@ class SearchResponse(BaseModel):
 
 
 _PAGE = TypeAdapter(SearchResponse)
+_SEND_TURNS = 3
+"""Turns of the event loop given to a request ahead to be written before the page is decoded."""
+_NEXT_KEY = b'"next_page_token"'
+_NEXT_TOKEN = re.compile(rb'"next_page_token"\s*:\s*("(?:[^"\\]|\\.)*")')
 _TIME = TypeAdapter(datetime)
 
 
@@ -64,6 +71,22 @@ class Page:
     next_page_token: str | None
     max_updated_at: datetime | None
     """The highest `audit.updated_at` on the page, invalid records included when it was readable."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The request for the next page, started from the token read out of the raw page."""
+
+    token: str
+    task: asyncio.Future[tuple[int, bytes]]
+
+
+async def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancels a request no one will read and waits for it, its error (if any) retrieved."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -123,37 +146,93 @@ class LeapClient:
     # --- the API ---------------------------------------------------------------------------------
 
     async def search(self, filters: Mapping[str, Any] | None = None) -> AsyncIterator[Page]:
-        """All pages of `POST /v2/meters/enrollments/search`, the same filter body on every page."""
+        """All pages of `POST /v2/meters/enrollments/search`, the same filter body on every page.
+
+        Page n+1 is asked for while page n is decoded: its token is read from page n's raw bytes
+        (`peek_next_token`) and the request is started first, so the server renders it meanwhile.
+        The decoded token must agree, or that request is dropped and page n+1 asked for as before.
+        At most one such request is in flight; one this generator leaves unused is cancelled.
+        """
         body = search_body({**self.config.filters, **(filters or {})}, self.config.page_size)
         token: str | None = None
         number = 0
-        while True:
-            number += 1
-            request = body if token is None else {**body, "page_token": token}
-            page = await self._search_page(request, number)
-            yield page
-            if page.next_page_token is None:
-                return
-            if page.next_page_token == token:
-                raise SourceError("Leap returned the same page token twice; stopping the sweep")
-            token = page.next_page_token
+        ahead: _Ahead | None = None
+        try:
+            while True:
+                number += 1
+                request = body if token is None else {**body, "page_token": token}
+                first = None
+                if ahead is not None:
+                    if ahead.token == token:
+                        first = ahead.task
+                    else:
+                        await _discard(ahead.task)
+                    ahead = None
+                page, ahead = await self._search_page(request, number, first, body)
+                yield page
+                if page.next_page_token is None:
+                    return
+                if page.next_page_token == token:
+                    raise SourceError("Leap returned the same page token twice; stopping the sweep")
+                token = page.next_page_token
+        finally:
+            if ahead is not None:
+                await _discard(ahead.task)
 
-    async def _search_page(self, request: Mapping[str, Any], number: int) -> Page:
-        """One page; a body that is not a page at all (truncated, a proxy's page) is asked again."""
+    async def _search_page(
+        self,
+        request: Mapping[str, Any],
+        number: int,
+        first: asyncio.Future[tuple[int, bytes]] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> tuple[Page, _Ahead | None]:
+        """One page; a body that is not a page at all (truncated, a proxy's page) is asked again.
+
+        `first`, when given, is the request for this page already under way. With `body`, the next
+        page is requested from the raw token before this one is decoded, and returned with it.
+        """
         attempt = 0
         while True:
-            status, raw = await self._request("POST", SEARCH_PATH, request)
+            if first is not None:
+                fetch, first = first, None
+                status, raw = await fetch
+            else:
+                status, raw = await self._request("POST", SEARCH_PATH, request)
             if status == 404:
                 raise SourceError(f"Leap answered 404 to the search at {self._where}: is base_url right?")
+            ahead = None if body is None else await self._request_ahead(raw, body, request.get("page_token"))
             try:
-                return self._decode(raw, number)
+                page = self._decode(raw, number)
             except SourceError as err:
+                if ahead is not None:
+                    await _discard(ahead.task)
                 if attempt >= self.config.max_retries:
                     raise
                 attempt += 1
                 self.stats.retries += 1
                 log.warning("page_undecodable", page=number, attempt=attempt, error=str(err))
                 await asyncio.sleep(self._delay(attempt - 1, None))
+                continue
+            except BaseException:
+                if ahead is not None:
+                    await _discard(ahead.task)
+                raise
+            if ahead is not None and ahead.token != page.next_page_token:
+                await _discard(ahead.task)
+                ahead = None
+            return page, ahead
+
+    async def _request_ahead(self, raw: bytes, body: Mapping[str, Any], current: Any) -> _Ahead | None:
+        """Starts the request for the page after `raw`, when its token can be read cheaply."""
+        token = peek_next_token(raw)
+        if token is None or token == current:
+            return None
+        task = asyncio.ensure_future(self._request("POST", SEARCH_PATH, {**body, "page_token": token}))
+        # Let the task send its request before this coroutine decodes (CPU-bound, no awaits):
+        # on a kept-alive connection aiohttp writes it on the second turn of the loop.
+        for _ in range(_SEND_TURNS):
+            await asyncio.sleep(0)
+        return _Ahead(token, task)
 
     async def search_meters(
         self,
@@ -295,6 +374,25 @@ def search_body(filters: Mapping[str, Any], page_size: int) -> dict[str, Any]:
             value = list(value)
         body[name] = value
     return body
+
+
+def peek_next_token(raw: bytes) -> str | None:
+    """The `next_page_token` of a raw page without decoding it; None when absent, null or not plain.
+
+    A guess, to start the next request early: the decoded page has the final word. The last
+    occurrence is read, as the top-level field usually follows `meters`.
+    """
+    at = raw.rfind(_NEXT_KEY)
+    if at < 0:
+        return None
+    found = _NEXT_TOKEN.match(raw, at)
+    if found is None:
+        return None
+    try:
+        token = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return token if isinstance(token, str) and token else None
 
 
 def decode_page(raw: bytes, number: int) -> Page:
