@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import NamedTuple
 
 from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Event, Notification
@@ -53,7 +53,6 @@ __all__ = [
     "Target",
     "active_silences",
     "digest",
-    "digest_summary",
     "flush",
     "idle_before",
     "notification_id",
@@ -318,43 +317,3 @@ def digest(events: Iterable[Event], router: Router, now: datetime) -> list[Notif
 def _deadline_order(ev: Event) -> tuple[bool, datetime | None, str, str]:
     o = ev.obligation
     return (o.deadline is None, o.deadline, o.meter_id, o.action_type)
-
-
-DEADLINE_BUCKETS = ("overdue", "within 1d", "within 7d", "within 30d", "later", "no deadline")
-
-
-def digest_summary(events: Sequence[Event], now: datetime | None = None) -> dict[str, Any]:
-    """Counts for digest templates: total, meters, by action type, by region, by deadline bucket.
-
-    `now` defaults to the latest `occurred_at` among the events (the function stays pure).
-    """
-    if now is None:
-        now = max((e.occurred_at for e in events), default=None)
-    by_type: dict[str, int] = {}
-    by_region: dict[str, int] = {}
-    by_deadline = dict.fromkeys(DEADLINE_BUCKETS, 0)
-    for ev in events:
-        o = ev.obligation
-        by_type[o.action_type] = by_type.get(o.action_type, 0) + 1
-        region = o.meter.transmission_region or "unknown"
-        by_region[region] = by_region.get(region, 0) + 1
-        by_deadline[_bucket(o.deadline, now)] += 1
-    return {
-        "total": len(events),
-        "meters": len({e.obligation.meter_id for e in events}),
-        "by_action_type": dict(sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "by_region": dict(sorted(by_region.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "by_deadline": by_deadline,
-    }
-
-
-def _bucket(deadline: datetime | None, now: datetime | None) -> str:
-    if deadline is None or now is None:
-        return "no deadline"
-    left = deadline - now
-    if left <= timedelta(0):
-        return "overdue"
-    for days, name in ((1, "within 1d"), (7, "within 7d"), (30, "within 30d")):
-        if left <= timedelta(days=days):
-            return name
-    return "later"

@@ -8,7 +8,7 @@ import pytest
 
 from alerter.matching import compile_matcher
 from alerter.models import Event
-from alerter.routing import GroupBook, Router, digest, digest_summary, flush, idle_before, notification_id, plan
+from alerter.routing import GroupBook, Router, digest, flush, idle_before, notification_id, plan
 from alerter.rules import RuleSet, compile_rules
 from alerter.store.base import GroupState, RoutingWrite, Silence
 from alerter.yamlload import parse_yaml
@@ -365,30 +365,6 @@ def test_initial_events_become_one_digest_per_receiver() -> None:
     assert all(n.kind == "digest" and n.rule == "initial-sync" for n in notes.values())
     again = digest(list(reversed(evs)), router, NOW + timedelta(hours=1))
     assert {n.receiver: n.id for n in again} == {r: n.id for r, n in notes.items()}
-
-
-def test_digest_summary_counts() -> None:
-    evs = [
-        make_event(meter_id="M-1", deadline=NOW - timedelta(hours=1)),
-        make_event(meter_id="M-1", action_code="X", deadline=NOW + timedelta(hours=12)),
-        make_event(meter_id="M-2", action_type="DOCS", transmission_region="PJM", deadline=NOW + timedelta(days=3)),
-        make_event(meter_id="M-3", transmission_region="", deadline=None),
-        make_event(meter_id="M-4", deadline=NOW + timedelta(days=90)),
-    ]
-    s = digest_summary(evs, NOW)
-    assert s["total"] == 5 and s["meters"] == 4
-    assert s["by_action_type"] == {"IS_AUTHORIZED": 4, "DOCS": 1}
-    assert s["by_region"] == {"CAISO": 3, "PJM": 1, "unknown": 1}
-    assert s["by_deadline"] == {
-        "overdue": 1,
-        "within 1d": 1,
-        "within 7d": 1,
-        "within 30d": 0,
-        "later": 1,
-        "no deadline": 1,
-    }
-    assert digest_summary(evs)["by_deadline"] == s["by_deadline"]  # now defaults to the latest event
-    assert digest_summary([])["total"] == 0
 
 
 def test_silence_matchers_use_the_rule_language() -> None:

@@ -147,3 +147,22 @@ def test_check_templates_reports_each_problem() -> None:
 def test_a_syntax_error_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="line 1"):
         email_cfg(text_template="{{ oops ")
+
+
+def test_digest_counts() -> None:
+    """The one place digest counts come from (Slack, email, console and the webhook `counts`)."""
+    from tests.test_rules import NOW, make_event
+
+    evs = [
+        make_event(meter_id="M-1", deadline=NOW - timedelta(hours=1)),
+        make_event(meter_id="M-1", action_code="X", deadline=NOW + timedelta(hours=12)),
+        make_event(meter_id="M-2", action_type="DOCS", transmission_region="PJM", deadline=NOW + timedelta(days=3)),
+        make_event(meter_id="M-3", transmission_region="", deadline=None),
+        make_event(meter_id="M-4", deadline=NOW + timedelta(days=90)),
+    ]
+    s = templates.digest_counts(evs, NOW)
+    assert s["total"] == 5 and s["meters"] == 4
+    assert s["by_action_type"] == {"IS_AUTHORIZED": 4, "DOCS": 1}
+    assert s["by_region"] == {"CAISO": 3, "PJM": 1, "(none)": 1}
+    assert s["by_deadline"] == {"overdue": 1, "within 7 days": 2, "later": 1, "no deadline": 1}
+    assert templates.digest_counts([], NOW)["total"] == 0
