@@ -13,7 +13,7 @@ from typing import Any
 from alerter.config import parse_duration
 from alerter.errors import AlerterError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _now() -> datetime:

@@ -20,7 +20,7 @@ import structlog
 
 from alerter.config import Config, load_config
 from alerter.delivery import Deliverer, DeliveryStats
-from alerter.errors import AlerterError, ConfigError, FencedError, SourceError
+from alerter.errors import ConfigError, FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Event, ObligationKey
 from alerter.notifiers import build_notifier
@@ -377,7 +377,5 @@ async def _once(config: Config, deadline: float) -> int:
             )
             return 1
         return 0
-    except AlerterError:
-        raise
     finally:
         await service.close()

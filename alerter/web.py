@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import orjson
 from aiohttp import web
@@ -17,7 +17,6 @@ class Health:
     """What readiness is decided from; the service updates it, the server only reads it."""
 
     interval: timedelta
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     rules_loaded: bool = True
     last_success_at: datetime | None = None
     last_error: str | None = None
