@@ -110,7 +110,7 @@ def diff_records(
         if record.meter_id in seen_meters:
             continue  # a meter listed twice in one page: the first copy wins
         seen_meters.add(record.meter_id)
-        partner = record.required_actions.partner
+        partner = record.partner_actions
         if not partner and record.meter_id not in by_meter:
             continue  # the common case in a sweep: nothing needed, nothing open
         meter = record.meter()

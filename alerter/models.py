@@ -11,13 +11,13 @@ import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasPath, BaseModel, ConfigDict, Field
 
 _RECORD = ConfigDict(frozen=True, extra="ignore")
 
 
 class RequiredAction(BaseModel):
-    """One entry of `required_actions.partner[]` (or `leap[]`)."""
+    """One entry of `required_actions.partner[]`."""
 
     model_config = _RECORD
 
@@ -29,21 +29,14 @@ class RequiredAction(BaseModel):
     action_code: str
 
 
-class RequiredActions(BaseModel):
-    model_config = _RECORD
-
-    partner: tuple[RequiredAction, ...] = ()
-    leap: tuple[RequiredAction, ...] = ()
-
-
-class Audit(BaseModel):
-    model_config = _RECORD
-
-    updated_at: datetime | None = None
-
-
 class Record(BaseModel):
-    """One meter enrollment as returned by `POST /v2/meters/enrollments/search`."""
+    """One meter enrollment as returned by `POST /v2/meters/enrollments/search`.
+
+    Flat on purpose: `audit.updated_at` and `required_actions.partner` are read through
+    their paths rather than as nested models, so a page of 500 records decodes into fewer
+    objects (a sweep over a large portfolio decodes and frees millions of them). Leap-side
+    actions (`required_actions.leap`) are not the partner's to act on and are not read.
+    """
 
     model_config = _RECORD
 
@@ -57,8 +50,12 @@ class Record(BaseModel):
     customer_group: str = ""
     global_enrollment_status: str = ""
     is_archived: bool = False
-    audit: Audit = Audit()
-    required_actions: RequiredActions = RequiredActions()
+    updated_at: datetime | None = Field(default=None, validation_alias=AliasPath("audit", "updated_at"))
+    """`audit.updated_at`: the watermark is the highest seen."""
+    partner_actions: tuple[RequiredAction, ...] = Field(
+        default=(), validation_alias=AliasPath("required_actions", "partner")
+    )
+    """`required_actions.partner[]`: the obligations this product tracks."""
 
     def meter(self) -> Meter:
         return Meter(

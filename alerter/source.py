@@ -404,7 +404,7 @@ def decode_page(raw: bytes, number: int) -> Page:
     records = whole.meters
     latest = None
     for record in records:
-        updated = record.audit.updated_at
+        updated = record.updated_at
         if updated is not None:
             updated = _aware(updated)
             if latest is None or updated > latest:

@@ -51,7 +51,7 @@ async def test_max_updated_at_is_the_pages_high_water_mark() -> None:
         portfolio.advance(600)
         portfolio.touch(portfolio.meter_id(17))
         (page,) = await _all(client)
-    newest = max(r.audit.updated_at for r in page.records if r.audit.updated_at)
+    newest = max(r.updated_at for r in page.records if r.updated_at)
     assert page.max_updated_at == newest
     assert page.max_updated_at is not None and page.max_updated_at > datetime.now(UTC)
 
@@ -103,7 +103,7 @@ async def test_config_filters_merge_and_empty_filters_are_left_out() -> None:
         pages = await _all(client, {"partner_action_required": True, "meter_ids": None, "customer_groups": ()})
     body = sim.requests[0].body
     assert body == {"page_size": 50, "transmission_region": "CAISO", "partner_action_required": True}
-    assert all(r.transmission_region == "CAISO" and r.required_actions.partner for p in pages for r in p.records)
+    assert all(r.transmission_region == "CAISO" and r.partner_actions for p in pages for r in p.records)
 
 
 async def test_search_meters_asks_for_at_most_1000_ids_a_request() -> None:
@@ -125,7 +125,7 @@ async def test_get_enrollment() -> None:
     meter_id = next(iter(portfolio.with_partner_actions()))
     async with leap(portfolio) as (_, client):
         record = await client.get_enrollment(meter_id)
-        assert record is not None and record.meter_id == meter_id and record.required_actions.partner
+        assert record is not None and record.meter_id == meter_id and record.partner_actions
         assert await client.get_enrollment("f5c5e328-e325-4d6d-b357-5015ed5962a7") is None
         with pytest.raises(SourceError, match="Meter id is not a UUID"):
             await client.get_enrollment("abcdef")
@@ -278,10 +278,9 @@ def test_unknown_enums_and_fields_are_accepted() -> None:
     page = decode_page(raw, 1)
     (record,) = page.records
     assert (record.transmission_region, record.meter_type) == ("MISO", "VIRTUAL_METER")
-    (action,) = record.required_actions.partner
+    (action,) = record.partner_actions
     assert (action.program_identifier, action.action_type) == ("MISO-LMR", "HAS_SMART_PANEL")
     assert action.enrollment_deadline_date_time == datetime(2027, 5, 29, 0, 0, 0, 123456, tzinfo=UTC)
-    assert record.required_actions.leap == ()
     assert page.next_page_token is None and page.invalid == 0
 
 
@@ -305,15 +304,23 @@ def test_leaps_timestamps_parse(text: str, expected: datetime) -> None:
         }
     ]
     (record,) = decode_page(_page(required_actions={"partner": partner}, audit={"updated_at": text}), 1).records
-    assert record.required_actions.partner[0].enrollment_deadline_date_time == expected
-    assert record.audit.updated_at == expected
+    assert record.partner_actions[0].enrollment_deadline_date_time == expected
+    assert record.updated_at == expected
 
 
 def test_missing_optional_keys_read_as_empty() -> None:
     raw = orjson.dumps({"meters": [{"meter_id": "11111111-1111-1111-1111-111111111111"}]})
     (record,) = decode_page(raw, 1).records
-    assert (record.partner_reference, record.tags, record.required_actions.partner) == ("", (), ())
-    assert record.audit.updated_at is None
+    assert (record.partner_reference, record.tags, record.partner_actions) == ("", (), ())
+    assert record.updated_at is None
+
+
+def test_null_containers_read_as_empty_but_a_null_action_list_is_invalid() -> None:
+    meter = {"meter_id": "11111111-1111-1111-1111-111111111111", "audit": None, "required_actions": None}
+    broken = {"meter_id": "22222222-2222-2222-2222-222222222222", "required_actions": {"partner": None}}
+    page = decode_page(orjson.dumps({"meters": [meter, broken]}), 1)
+    ((record,), invalid) = page.records, page.invalid
+    assert (record.meter_id, record.partner_actions, record.updated_at, invalid) == (meter["meter_id"], (), None, 1)
 
 
 @pytest.mark.parametrize("raw", [b"<html>oops</html>", b'{"next_page_token": "x"}', b'"a string"'])
