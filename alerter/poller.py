@@ -12,8 +12,10 @@ How this works (DESIGN.md decision 2):
   of meters the complete sweep no longer lists are resolved (`reconcile`). A sweep with a
   failed page raises before anything is resolved; a sweep with invalid records resolves
   nothing by absence.
-Each page is committed on its own (obligations + events in one transaction); the
-watermark (the highest `audit.updated_at` seen) advances only after the whole cycle.
+A page's obligations and the events they produce are committed in one transaction, together
+with the few pages before it (`_Batch`: at most `BATCH_ROWS` rows or `BATCH_SECONDS` old, and
+always at the end of a read); the watermark (the highest `audit.updated_at` seen) advances
+only after the whole cycle is committed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import structlog
 
 from alerter.config import PollConfig
 from alerter.diff import diff_records, resolve
-from alerter.models import Event, Obligation, Record
+from alerter.models import Event, Obligation, ObligationKey, Record
 from alerter.store.base import Store
 
 P = TypeVar("P")
@@ -42,6 +44,10 @@ META_INITIALIZED = "initialized"
 META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
 RESOLVE_BATCH = 500
+BATCH_ROWS = 2000
+"""Obligation and event rows a sweep gathers from consecutive pages before committing them."""
+BATCH_SECONDS = 1.0
+"""The longest a page's events wait in memory for the pages after it before being committed."""
 
 
 class PageLike(Protocol):
@@ -115,6 +121,55 @@ def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+class _Batch:
+    """Consecutive pages' obligation changes and events, committed together in one transaction.
+
+    Each commit on SQLite rewrites the index pages it touches, and obligations and events
+    are keyed by hashes spread over every index page: committing a sweep's pages a few at a
+    time rather than one by one writes far less. A batch is committed when it holds
+    `BATCH_ROWS` rows or its oldest page is `BATCH_SECONDS` old, and at the end of each read.
+    What a crash loses is only what the watermark has not passed, so the next cycle reads
+    it again and produces the same events under the same ids.
+    """
+
+    def __init__(self, store: Store, report: CycleReport) -> None:
+        self.store = store
+        self.report = report
+        self.obligations: dict[ObligationKey, Obligation] = {}
+        self.by_meter: dict[str, list[Obligation]] = {}
+        self.events: list[Event] = []
+        self.since = 0.0
+
+    def overlay(self, prior: dict[ObligationKey, Obligation], meter_ids: Sequence[str]) -> None:
+        """Obligations this batch changed but has not committed replace what the store holds."""
+        if self.by_meter:
+            for meter_id in meter_ids:
+                for ob in self.by_meter.get(meter_id, ()):
+                    prior[ob.key] = self.obligations[ob.key]
+
+    async def add(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
+        if not obligations and not events:
+            return
+        if not self.obligations and not self.events:
+            self.since = time.monotonic()
+        for ob in obligations:
+            key = ob.key
+            if key not in self.obligations:
+                self.by_meter.setdefault(ob.meter_id, []).append(ob)
+            self.obligations[key] = ob
+        self.events.extend(events)
+        if len(self.obligations) + len(self.events) >= BATCH_ROWS or time.monotonic() - self.since >= BATCH_SECONDS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.obligations and not self.events:
+            return
+        obligations, events = list(self.obligations.values()), self.events
+        self.obligations, self.by_meter, self.events = {}, {}, []
+        await self.store.commit_page(obligations, events)
+        self.report.events.update(e.kind for e in events)
+
+
 class Poller:
     """Runs one cycle at a time against a source and a store; `now` comes from the caller."""
 
@@ -152,18 +207,22 @@ class Poller:
         # Meters with open obligations before the sweep: what a complete sweep must list again.
         unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
 
-        async with contextlib.aclosing(read_ahead(self.source.search(filters))) as pages:
+        batch = _Batch(self.store, report)
+        async with contextlib.aclosing(read_ahead(self.source.search(filters))) as pages, self._committing(batch):
             async for page in pages:
-                await self._apply(page, now, initial, report, seen)
+                # A sweep knows which meters had open obligations: only those, and meters
+                # listing partner actions, can produce events, so only their state is read.
+                await self._apply(page, now, initial, batch, seen, None if kind == "incremental" else unlisted)
                 if unlisted:
                     unlisted.difference_update(r.meter_id for r in page.records)
 
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                async with contextlib.aclosing(read_ahead(self.source.search_meters(recheck, since))) as pages:
+                meters = read_ahead(self.source.search_meters(recheck, since))
+                async with contextlib.aclosing(meters) as pages, self._committing(batch):
                     async for page in pages:
-                        await self._apply(page, now, initial, report, seen)
+                        await self._apply(page, now, initial, batch, seen)
         elif report.invalid:
             log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
         elif unlisted:
@@ -188,8 +247,30 @@ class Poller:
         )
         return report
 
-    async def _apply(self, page: PageLike, now: datetime, initial: bool, report: CycleReport, seen: set[str]) -> None:
+    @contextlib.asynccontextmanager
+    async def _committing(self, batch: _Batch) -> AsyncIterator[None]:
+        """Commits the batch after a read; after a failed read too, keeping what its pages found."""
+        try:
+            yield
+        except Exception:
+            with contextlib.suppress(Exception):
+                await batch.flush()
+            raise
+        await batch.flush()
+
+    async def _apply(
+        self,
+        page: PageLike,
+        now: datetime,
+        initial: bool,
+        batch: _Batch,
+        seen: set[str],
+        open_meters: set[str] | None = None,
+    ) -> None:
+        """Diffs and commits one page. `open_meters`, when given, holds every meter of the page
+        with open obligations; the others without partner actions cannot change and are not read."""
         records = page.records
+        report = batch.report
         report.pages += 1
         report.records += len(records)
         report.invalid += page.invalid
@@ -197,13 +278,13 @@ class Poller:
             report.watermark = page.max_updated_at
         if not records:
             return
-        prior = await self.store.load_obligations([r.meter_id for r in records])
+        wanted = [r.meter_id for r in records if open_meters is None or r.partner_actions or r.meter_id in open_meters]
+        prior = await self.store.load_obligations(wanted) if wanted else {}
+        batch.overlay(prior, wanted)
         result = diff_records(records, prior, now, initial=initial)
         if report.kind == "incremental":
             seen.update(r.meter_id for r in records)  # bounded by the incremental window
-        if result.obligations or result.events:
-            await self.store.commit_page(result.obligations, result.events)
-            report.events.update(e.kind for e in result.events)
+        await batch.add(result.obligations, result.events)
 
     async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport) -> None:
         for i in range(0, len(meter_ids), RESOLVE_BATCH):

@@ -1,14 +1,24 @@
 """read_ahead: pages arrive in order, a source error after some pages reaches the caller after
-them, and a caller that stops early closes the source."""
+them, and a caller that stops early closes the source. The poller's batched commits: a meter on
+two pages of one batch, a full batch, a failed read, and which meters a sweep reads state for."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from alerter import poller
+from alerter.config import PollConfig
 from alerter.errors import SourceError
-from alerter.poller import read_ahead
+from alerter.models import Record
+from alerter.poller import Poller, read_ahead
+from alerter.store.sqlite import SqliteStore
+from tests.test_diff import T0, action, record
 
 
 async def pages(n: int, fail_at: int | None = None, log: list[str] | None = None) -> AsyncIterator[int]:
@@ -42,3 +52,107 @@ async def test_stopping_early_closes_the_source() -> None:
             break
     await reader.aclose()
     assert log == ["closed"]
+
+
+# -- the poller's batched commits, on a real SQLite store, with pages given directly --
+
+
+@dataclass
+class FakePage:
+    records: list[Record]
+    invalid: int = 0
+    max_updated_at: datetime | None = None
+
+
+class ListSource:
+    """Serves fixed pages to the sweep; `fail_after` pages, then a SourceError."""
+
+    def __init__(self, pages: list[list[Record]], fail_after: int | None = None) -> None:
+        self.pages = pages
+        self.fail_after = fail_after
+
+    async def _serve(self) -> AsyncIterator[FakePage]:
+        for i, records in enumerate(self.pages):
+            if i == self.fail_after:
+                raise SourceError(f"page {i} failed")
+            yield FakePage(records)
+
+    def search(self, filters: dict[str, object]) -> AsyncIterator[FakePage]:
+        return self._serve()
+
+    def search_meters(self, meter_ids: Sequence[str], last_modified: datetime | None = None) -> AsyncIterator[FakePage]:
+        return ListSource([]).search({})
+
+
+class CountingStore(SqliteStore):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.commits: list[int] = []
+        self.loaded: list[list[str]] = []
+
+    async def commit_page(self, obligations: Any, events: Any, meta: Any = None) -> int:
+        self.commits.append(len(events))
+        return await super().commit_page(obligations, events, meta)
+
+    async def load_obligations(self, meter_ids: Sequence[str]) -> Any:
+        self.loaded.append(list(meter_ids))
+        return await super().load_obligations(meter_ids)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    s = CountingStore(f"sqlite:///{tmp_path / 'state.db'}")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _meter(n: int) -> str:
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+async def _kinds(store: SqliteStore, meter_id: str) -> list[tuple[str, int]]:
+    return [(h.event.kind, h.event.obligation.version) for h in await store.history(meter_id)]
+
+
+async def test_a_meter_on_two_pages_of_one_batch_diffs_against_the_uncommitted_first(store: CountingStore) -> None:
+    m = _meter(1)
+    first = record(action(action_description="Sign the form."), meter_id=m)
+    second = record(action(action_description="Sign the new form."), meter_id=m)
+    await Poller(store, ListSource([[first], [record(meter_id=_meter(2))], [second]]), PollConfig()).run_cycle(T0)
+    assert store.commits == [2]  # one transaction for the whole sweep
+    assert await _kinds(store, m) == [("opened", 1), ("changed", 2)]
+    (ob,) = (await store.load_obligations([m])).values()
+    assert (ob.action_description, ob.version) == ("Sign the new form.", 2)
+
+
+async def test_a_full_batch_commits_before_the_sweep_ends(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller, "BATCH_ROWS", 4)  # two opened obligations and their events
+    pages = [[record(action(), meter_id=_meter(i))] for i in range(5)]
+    await Poller(store, ListSource(pages), PollConfig()).run_cycle(T0)
+    assert store.commits == [2, 2, 1]
+    assert len(await store.open_meter_ids()) == 5
+
+
+async def test_a_failed_read_keeps_what_the_pages_before_it_found(store: CountingStore) -> None:
+    pages = [[record(action(), meter_id=_meter(i))] for i in range(4)]
+    with pytest.raises(SourceError, match="page 2"):
+        await Poller(store, ListSource(pages, fail_after=2), PollConfig()).run_cycle(T0)
+    assert store.commits == [2]
+    assert await store.open_meter_ids() == [_meter(0), _meter(1)]
+    assert await store.get_meta(poller.META_WATERMARK) is None  # the watermark did not move
+
+
+async def test_a_sweep_reads_state_only_for_meters_that_can_change(store: CountingStore) -> None:
+    await Poller(store, ListSource([[record(action(), meter_id=_meter(1))]]), PollConfig()).run_cycle(T0)
+    store.loaded.clear()
+    quiet = [record(meter_id=_meter(i)) for i in range(2, 6)]
+    page = [record(meter_id=_meter(1)), *quiet, record(action(), meter_id=_meter(9))]
+    report = await Poller(store, ListSource([page]), PollConfig()).run_cycle(T0, force_reconcile=True)
+    # meter 1 had an open obligation, meter 9 lists an action; the four quiet meters are not read
+    assert store.loaded == [[_meter(1), _meter(9)]]
+    assert report.events == {"resolved": 1, "opened": 1}
