@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from alerter import logs
 from alerter.config import Config, load_config
 from alerter.errors import AlerterError, SourceError
-from alerter.service import Service
+from alerter.service import Service, tune_gc
 from alerter.web import make_app, start_server
 
 GRACE_SECONDS = 20.0
@@ -32,6 +32,7 @@ GRACE_SECONDS = 20.0
 def run_service(config_path: str, *, verbose: bool = False) -> int:
     config = load_config(config_path)
     logs.configure(config.log.format, "debug" if verbose else config.log.level)
+    tune_gc()
     return asyncio.run(Runtime(config).run())
 
 
