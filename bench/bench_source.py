@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 
 from alerter.config import SourceConfig
 from alerter.models import Record
+from alerter.service import tune_gc
 from alerter.source import LeapClient, SearchResponse
 
 RESULTS = Path(__file__).resolve().parent / "results" / "source.json"
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_source", description=__doc__)
     parser.add_argument("--meters", type=int, action="append", help="portfolio size (repeatable)")
     args = parser.parse_args(argv)
+    tune_gc()  # as `alerter run` and `alerter once` do
     results = {str(n): run(n) for n in args.meters or [100_000, 1_000_000]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
