@@ -42,7 +42,9 @@ _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA busy_timeout = 5000",
-    "PRAGMA cache_size = -65536",
+    # 16 MiB of page cache: the state file's hot pages (open obligations, recent events) fit,
+    # and memory stays flat as the file grows; a larger cache bought no measurable speed.
+    "PRAGMA cache_size = -16384",
     "PRAGMA temp_store = MEMORY",
 )
 
