@@ -1,4 +1,4 @@
-"""The polling cycle: read Leap, diff page by page, commit obligations and events, move the watermark.
+"""The polling cycle: read Leap, diff a few pages at a time, commit obligations and events, move the watermark.
 
 How this works (DESIGN.md decision 2):
 - `initial`: the state has never finished a sync. Full `partner_action_required` sweep;
@@ -44,6 +44,10 @@ META_INITIALIZED = "initialized"
 META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
 RESOLVE_BATCH = 500
+READ_AHEAD = 4
+"""Pages fetched and decoded ahead of the diff."""
+GROUP_PAGES = 4
+"""Pages diffed together, with one read of stored state (fewer only at the end of a read)."""
 BATCH_ROWS = 2000
 """Obligation and event rows a sweep gathers from consecutive pages before committing them."""
 BATCH_SECONDS = 1.0
@@ -86,6 +90,16 @@ async def read_ahead(pages: AsyncIterator[P], depth: int = 2) -> AsyncGenerator[
     page before, so the server renders while this process diffs and commits. An error of the
     source is raised to the caller after the pages before it.
     """
+    async with contextlib.aclosing(read_ahead_groups(pages, depth)) as groups:
+        async for group in groups:
+            for page in group:
+                yield page
+
+
+async def read_ahead_groups(pages: AsyncIterator[P], depth: int = 2, least: int = 1) -> AsyncGenerator[list[P], None]:
+    """`read_ahead` in groups: at least `least` pages (fewer only at the end), and any more
+    already fetched, in order. The caller does its per-page round trips once per group; the
+    wait costs nothing, as the pages are requested and decoded meanwhile."""
     queue: asyncio.Queue[tuple[P] | BaseException | None] = asyncio.Queue(maxsize=max(1, depth - 1))
 
     async def produce() -> None:
@@ -99,10 +113,20 @@ async def read_ahead(pages: AsyncIterator[P], depth: int = 2) -> AsyncGenerator[
 
     producer = asyncio.ensure_future(produce())
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item[0]
+        while True:
+            items = [await queue.get()]
+            while isinstance(items[-1], tuple) and len(items) < least:
+                items.append(await queue.get())
+            while isinstance(items[-1], tuple) and not queue.empty():
+                items.append(queue.get_nowait())
+            group = [item[0] for item in items if isinstance(item, tuple)]
+            if group:
+                yield group
+            last = items[-1]
+            if last is None:
+                break
+            if isinstance(last, BaseException):
+                raise last
     finally:
         if not producer.done():
             producer.cancel()
@@ -208,21 +232,23 @@ class Poller:
         unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
 
         batch = _Batch(self.store, report)
-        async with contextlib.aclosing(read_ahead(self.source.search(filters))) as pages, self._committing(batch):
-            async for page in pages:
+        search = read_ahead_groups(self.source.search(filters), READ_AHEAD, GROUP_PAGES)
+        async with contextlib.aclosing(search) as groups, self._committing(batch):
+            async for group in groups:
                 # A sweep knows which meters had open obligations: only those, and meters
                 # listing partner actions, can produce events, so only their state is read.
-                await self._apply(page, now, initial, batch, seen, None if kind == "incremental" else unlisted)
+                await self._apply(group, now, initial, batch, seen, None if kind == "incremental" else unlisted)
                 if unlisted:
-                    unlisted.difference_update(r.meter_id for r in page.records)
+                    for page in group:
+                        unlisted.difference_update(r.meter_id for r in page.records)
 
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                meters = read_ahead(self.source.search_meters(recheck, since))
-                async with contextlib.aclosing(meters) as pages, self._committing(batch):
-                    async for page in pages:
-                        await self._apply(page, now, initial, batch, seen)
+                meters = read_ahead_groups(self.source.search_meters(recheck, since), READ_AHEAD, GROUP_PAGES)
+                async with contextlib.aclosing(meters) as groups, self._committing(batch):
+                    async for group in groups:
+                        await self._apply(group, now, initial, batch, seen)
         elif report.invalid:
             log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
         elif unlisted:
@@ -260,24 +286,34 @@ class Poller:
 
     async def _apply(
         self,
-        page: PageLike,
+        pages: Sequence[PageLike],
         now: datetime,
         initial: bool,
         batch: _Batch,
         seen: set[str],
         open_meters: set[str] | None = None,
     ) -> None:
-        """Diffs and commits one page. `open_meters`, when given, holds every meter of the page
-        with open obligations; the others without partner actions cannot change and are not read."""
-        records = page.records
+        """Diffs and commits consecutive pages together (one read of stored state for all).
+
+        A meter listed twice (it changed while the sweep paged) is diffed once, as its later
+        copy lists it. `open_meters`, when given, holds every meter of the pages with open
+        obligations; the others without partner actions cannot change and are not read.
+        """
         report = batch.report
-        report.pages += 1
-        report.records += len(records)
-        report.invalid += page.invalid
-        if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
-            report.watermark = page.max_updated_at
+        records: list[Record] = []
+        for page in pages:
+            report.pages += 1
+            report.records += len(page.records)
+            report.invalid += page.invalid
+            if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
+                report.watermark = page.max_updated_at
+            records.extend(page.records)
         if not records:
             return
+        if len(pages) > 1:
+            latest = {r.meter_id: r for r in records}
+            if len(latest) < len(records):
+                records = list(latest.values())
         wanted = [r.meter_id for r in records if open_meters is None or r.partner_actions or r.meter_id in open_meters]
         prior = await self.store.load_obligations(wanted) if wanted else {}
         batch.overlay(prior, wanted)

@@ -4,6 +4,7 @@ two pages of one batch, a full batch, a failed read, and which meters a sweep re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,7 @@ from alerter import poller
 from alerter.config import PollConfig
 from alerter.errors import SourceError
 from alerter.models import Record
-from alerter.poller import Poller, read_ahead
+from alerter.poller import Poller, read_ahead, read_ahead_groups
 from alerter.store.sqlite import SqliteStore
 from tests.test_diff import T0, action, record
 
@@ -44,6 +45,20 @@ async def test_error_arrives_after_the_pages_before_it() -> None:
     assert got == [0, 1, 2]
 
 
+async def test_groups_hold_at_least_the_asked_pages_but_the_last() -> None:
+    groups = [g async for g in read_ahead_groups(pages(10), depth=4, least=4)]
+    assert [p for g in groups for p in g] == list(range(10))
+    assert all(len(g) >= 4 for g in groups[:-1]) and 1 <= len(groups[-1]) <= 10
+
+
+async def test_a_group_error_arrives_after_the_pages_before_it() -> None:
+    got: list[int] = []
+    with pytest.raises(SourceError, match="page 5"):
+        async for g in read_ahead_groups(pages(10, fail_at=5), depth=4, least=4):
+            got.extend(g)
+    assert got == [0, 1, 2, 3, 4]
+
+
 async def test_stopping_early_closes_the_source() -> None:
     log: list[str] = []
     reader = read_ahead(pages(100, log=log))
@@ -65,14 +80,22 @@ class FakePage:
 
 
 class ListSource:
-    """Serves fixed pages to the sweep; `fail_after` pages, then a SourceError."""
+    """Serves fixed pages to the sweep; `fail_after` pages, then a SourceError. With `gate`,
+    page i is served only once the poller has read stored state i times (it has diffed the
+    page before), so each page is diffed on its own."""
 
-    def __init__(self, pages: list[list[Record]], fail_after: int | None = None) -> None:
+    def __init__(
+        self, pages: list[list[Record]], fail_after: int | None = None, gate: CountingStore | None = None
+    ) -> None:
         self.pages = pages
         self.fail_after = fail_after
+        self.gate = gate
 
     async def _serve(self) -> AsyncIterator[FakePage]:
         for i, records in enumerate(self.pages):
+            while self.gate is not None and len(self.gate.loaded) < i:
+                self.gate.progress.clear()
+                await self.gate.progress.wait()
             if i == self.fail_after:
                 raise SourceError(f"page {i} failed")
             yield FakePage(records)
@@ -89,6 +112,7 @@ class CountingStore(SqliteStore):
         super().__init__(url)
         self.commits: list[int] = []
         self.loaded: list[list[str]] = []
+        self.progress = asyncio.Event()
 
     async def commit_page(self, obligations: Any, events: Any, meta: Any = None) -> int:
         self.commits.append(len(events))
@@ -96,6 +120,7 @@ class CountingStore(SqliteStore):
 
     async def load_obligations(self, meter_ids: Sequence[str]) -> Any:
         self.loaded.append(list(meter_ids))
+        self.progress.set()
         return await super().load_obligations(meter_ids)
 
 
@@ -117,23 +142,41 @@ async def _kinds(store: SqliteStore, meter_id: str) -> list[tuple[str, int]]:
     return [(h.event.kind, h.event.obligation.version) for h in await store.history(meter_id)]
 
 
-async def test_a_meter_on_two_pages_of_one_batch_diffs_against_the_uncommitted_first(store: CountingStore) -> None:
+async def test_a_meter_on_two_pages_of_one_batch_diffs_against_the_uncommitted_first(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
     m = _meter(1)
     first = record(action(action_description="Sign the form."), meter_id=m)
     second = record(action(action_description="Sign the new form."), meter_id=m)
-    await Poller(store, ListSource([[first], [record(meter_id=_meter(2))], [second]]), PollConfig()).run_cycle(T0)
-    assert store.commits == [2]  # one transaction for the whole sweep
+    await Poller(store, ListSource([[first], [second]], gate=store), PollConfig()).run_cycle(T0)
+    assert len(store.loaded) == 2  # diffed apart
+    assert store.commits == [2]  # committed together
     assert await _kinds(store, m) == [("opened", 1), ("changed", 2)]
     (ob,) = (await store.load_obligations([m])).values()
     assert (ob.action_description, ob.version) == ("Sign the new form.", 2)
 
 
+async def test_a_meter_twice_in_one_group_is_diffed_as_its_later_copy(store: CountingStore) -> None:
+    m = _meter(1)
+    first = record(action(action_description="Sign the form."), meter_id=m)
+    second = record(action(action_description="Sign the new form."), meter_id=m)
+    report = await Poller(store, ListSource([[first], [record(meter_id=_meter(2))], [second]]), PollConfig()).run_cycle(
+        T0
+    )
+    assert (report.pages, report.records, len(store.loaded)) == (3, 3, 1)  # one group of three pages
+    assert await _kinds(store, m) == [("opened", 1)]
+    (ob,) = (await store.load_obligations([m])).values()
+    assert ob.action_description == "Sign the new form."
+
+
 async def test_a_full_batch_commits_before_the_sweep_ends(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
     monkeypatch.setattr(poller, "BATCH_ROWS", 4)  # two opened obligations and their events
     pages = [[record(action(), meter_id=_meter(i))] for i in range(5)]
-    await Poller(store, ListSource(pages), PollConfig()).run_cycle(T0)
+    await Poller(store, ListSource(pages, gate=store), PollConfig()).run_cycle(T0)
     assert store.commits == [2, 2, 1]
     assert len(await store.open_meter_ids()) == 5
 
