@@ -8,6 +8,11 @@ later stages (pydantic, the rule compiler) can report `FILE:LINE:COL: message` f
 any problem they find. `${VAR}` and `${VAR:-default}` are replaced in string values
 (`$${` writes a literal `${`); an unset variable without a default is a problem at
 its own position. Lines and columns are 1-based.
+
+A `${VAR}` written unquoted inside a flow mapping (`{password: ${SMTP_PASSWORD}}`) is not
+valid YAML: its braces are flow indicators. Before parsing, each unquoted reference is
+swapped for a placeholder of the same length (positions stay true) made of private-use
+characters, and swapped back in the parsed strings before expansion.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from alerter.errors import ConfigError
 YamlPath = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_REF = re.compile(r"(?<!\$)\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}")
+_MARK = "\ue000"
+_HOLDER = re.compile(_MARK + r"(\d+)" + _MARK + "+")
 
 
 @dataclass
@@ -86,6 +94,7 @@ def load_yaml(path: str | Path, *, display: str | None = None, env: Mapping[str,
 def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) -> YamlDoc:
     """Like load_yaml, for text already in memory; `file` names it in messages."""
     yaml = YAML(typ="rt")
+    text, refs = _hold_references(text)
     try:
         node = yaml.load(text)
     except MarkedYAMLError as err:
@@ -101,8 +110,29 @@ def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) ->
         raise ConfigError([f"{file}:1:1: invalid YAML: {err}"]) from None
     doc = YamlDoc(file=file, data=None)
     doc.values[()] = _node_pos(node)
-    doc.data = _convert(node, (), doc, os.environ if env is None else env)
+    doc.data = _convert(node, (), doc, os.environ if env is None else env, refs)
     return doc
+
+
+def _hold_references(text: str) -> tuple[str, list[str]]:
+    """Each `${...}` becomes a same-length placeholder; returns the text and the originals."""
+    if "${" not in text or _MARK in text:
+        return text, []
+    refs: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        ref = m.group(0)
+        tag = f"{_MARK}{len(refs)}"
+        if len(ref) <= len(tag):
+            return ref
+        refs.append(ref)
+        return tag + _MARK * (len(ref) - len(tag))
+
+    return _REF.sub(hold, text), refs
+
+
+def _restore(value: str, refs: Sequence[str]) -> str:
+    return _HOLDER.sub(lambda m: refs[int(m.group(1))], value)
 
 
 def _node_pos(node: Any) -> tuple[int, int]:
@@ -112,11 +142,13 @@ def _node_pos(node: Any) -> tuple[int, int]:
     return (1, 1)
 
 
-def _convert(node: Any, path: YamlPath, doc: YamlDoc, env: Mapping[str, str]) -> Any:
+def _convert(node: Any, path: YamlPath, doc: YamlDoc, env: Mapping[str, str], refs: Sequence[str] = ()) -> Any:
     if isinstance(node, CommentedMap):
         out: dict[Any, Any] = {}
         for k, v in node.items():
             key = _scalar(k)
+            if refs and isinstance(key, str) and _MARK in key:
+                key = _restore(key, refs)
             sub = (*path, key if isinstance(key, str | int) else str(key))
             try:
                 kl, kc = node.lc.key(k)
@@ -125,7 +157,7 @@ def _convert(node: Any, path: YamlPath, doc: YamlDoc, env: Mapping[str, str]) ->
                 doc.values[sub] = (vl + 1, vc + 1)
             except (KeyError, TypeError):  # merged (`<<:`) keys carry no position of their own
                 doc.keys.setdefault(sub, doc.values.get(path, (1, 1)))
-            out[key] = _convert(v, sub, doc, env)
+            out[key] = _convert(v, sub, doc, env, refs)
         return out
     if isinstance(node, CommentedSeq):
         items: list[Any] = []
@@ -136,9 +168,11 @@ def _convert(node: Any, path: YamlPath, doc: YamlDoc, env: Mapping[str, str]) ->
                 doc.values[sub] = (il + 1, ic + 1)
             except (KeyError, TypeError):
                 pass
-            items.append(_convert(v, sub, doc, env))
+            items.append(_convert(v, sub, doc, env, refs))
         return items
     value = _scalar(node)
+    if refs and isinstance(value, str) and _MARK in value:
+        value = _restore(value, refs)
     if isinstance(value, str) and "$" in value:
         return _expand(value, path, doc, env)
     return value

@@ -168,3 +168,31 @@ def test_every_example_config_loads(path: Path) -> None:
 
 def test_examples_exist() -> None:
     assert {p.name for p in EXAMPLES} >= {"config.yaml", "staging.yaml", "demo.yaml"}
+
+
+def test_variables_unquoted_in_flow_mappings_as_the_interface_example_writes_them(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "receivers:\n"
+        "  - name: team\n"
+        "    email:\n"
+        "      to: [enrollment@example.com]\n"
+        "      from: alerter@example.com\n"
+        "      smtp: {host: smtp.example.com, port: '${SMTP_PORT:-587}', starttls: true, username: alerter,"
+        " password: ${SMTP_PASSWORD}}\n"
+        "rules:\n"
+        "  - {name: all, receivers: [team]}\n"
+    )
+    (tmp_path / "c.yaml").write_text("source: {api_key: ${LEAP_KEY}, page_size: ${PAGE:-200}}\nrules: r.yaml\n")
+    config = load_config(tmp_path / "c.yaml", env={"LEAP_KEY": "k-1", "SMTP_PASSWORD": "p{w}d, x"})
+    assert (config.source.api_key.get_secret_value(), config.source.page_size) == ("k-1", 200)
+    smtp = config.ruleset.receivers["team"].email.smtp  # type: ignore[union-attr]
+    assert (smtp.port, smtp.password.get_secret_value()) == (587, "p{w}d, x")  # type: ignore[union-attr]
+
+
+def test_an_unset_variable_in_a_flow_mapping_keeps_its_position(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text((FIXTURES / "good" / "rules.yaml").read_text())
+    (tmp_path / "c.yaml").write_text("rules: r.yaml\nsource: {page_size: 10, api_key: ${UNSET_KEY}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml", env={})
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{tmp_path / 'c.yaml'}:2:34: environment variable UNSET_KEY is not set")
