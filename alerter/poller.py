@@ -172,17 +172,18 @@ class _Batch:
                     prior[ob.key] = self.obligations[ob.key]
 
     async def add(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
-        if not obligations and not events:
-            return
-        if not self.obligations and not self.events:
-            self.since = time.monotonic()
-        for ob in obligations:
-            key = ob.key
-            if key not in self.obligations:
-                self.by_meter.setdefault(ob.meter_id, []).append(ob)
-            self.obligations[key] = ob
-        self.events.extend(events)
-        if len(self.obligations) + len(self.events) >= BATCH_ROWS or time.monotonic() - self.since >= BATCH_SECONDS:
+        """Adds a group's changes (or none), then commits if the batch is full or old enough."""
+        if obligations or events:
+            if not self.obligations and not self.events:
+                self.since = time.monotonic()
+            for ob in obligations:
+                key = ob.key
+                if key not in self.obligations:
+                    self.by_meter.setdefault(ob.meter_id, []).append(ob)
+                self.obligations[key] = ob
+            self.events.extend(events)
+        rows = len(self.obligations) + len(self.events)
+        if rows and (rows >= BATCH_ROWS or time.monotonic() - self.since >= BATCH_SECONDS):
             await self.flush()
 
     async def flush(self) -> None:

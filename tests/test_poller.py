@@ -199,3 +199,26 @@ async def test_a_sweep_reads_state_only_for_meters_that_can_change(store: Counti
     # meter 1 had an open obligation, meter 9 lists an action; the four quiet meters are not read
     assert store.loaded == [[_meter(1), _meter(9)]]
     assert report.events == {"resolved": 1, "opened": 1}
+
+
+async def test_changes_wait_at_most_batch_seconds_for_quiet_pages_after_them(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
+    monkeypatch.setattr(poller, "BATCH_SECONDS", 0.05)
+    committed_when_served: list[int] = []
+
+    class Slow(ListSource):
+        """Serves a page 0.1 s after the one before, noting how many commits preceded it."""
+
+        async def _serve(self) -> AsyncIterator[FakePage]:
+            async for page in super()._serve():
+                committed_when_served.append(len(store.commits))
+                yield page
+                await asyncio.sleep(0.1)
+
+    # a change, then pages that change nothing: the change is committed while the sweep goes on
+    pages = [[record(action(), meter_id=_meter(1))], [record(meter_id=_meter(2))], [record(meter_id=_meter(3))]]
+    await Poller(store, Slow(pages), PollConfig()).run_cycle(T0)
+    assert committed_when_served == [0, 0, 1]
+    assert store.commits == [1]
