@@ -95,7 +95,7 @@ class Placement(NamedTuple):
     values: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class _Entry:
     rule: Rule
     keyed: tuple[tuple[int, Condition], ...]
@@ -110,6 +110,8 @@ class _Entry:
     """(receiver, group_by values) -> group key: a memo of `_new_key`."""
     placed: dict[Any, tuple[Placement, ...]] = field(default_factory=dict)
     """`group_raw` -> one Placement per receiver: a memo for `Router.placements`."""
+    stop: bool = True
+    """A match ends the walk (`not rule.continue_`)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class Router:
             targets=tuple(Target(rule, r) for r in rule.receivers),
             group_values=_values_function(rule.group_by),
             group_raw=_raw_values_function(rule.group_by),
+            stop=not rule.continue_,
         )
 
     def _candidates_for(self, event: Any, now: datetime) -> tuple[_Entry, ...]:
@@ -239,7 +242,7 @@ class Router:
             raw = e.group_raw(event)
             placed = e.placed.get(raw) or _placed(e, raw, event)
             out = out + placed if out else placed
-            if not e.rule.continue_:
+            if e.stop:
                 break
         fb = self._fallback
         if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
