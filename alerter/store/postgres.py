@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, ClassVar
@@ -27,7 +27,7 @@ from alerter.errors import FencedError, StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows, schema
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
-from alerter.store.sql import SqlStore, Tx
+from alerter.store.sql import META_UPSERT, SqlStore, Tx, page_rows
 
 _OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int"]
 _UPSERT_OBLIGATIONS = (
@@ -244,13 +244,26 @@ class PostgresStore(SqlStore):
     def _ids(self, values: Sequence[str]) -> Any:
         return list(values)
 
-    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None:
-        columns = list(zip(*(rows.obligation_params(o, rows.aware) for o in obligations), strict=True))
-        await tx.execute(_UPSERT_OBLIGATIONS, *columns)
-
-    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
-        columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
-        return await tx.execute(_INSERT_EVENTS, *columns)
+    async def commit_page(
+        self,
+        obligations: Sequence[Obligation],
+        events: Sequence[Event],
+        meta: Mapping[str, str] | None = None,
+    ) -> int:
+        if not obligations and not events and not meta:
+            return 0
+        obligations, events = page_rows(obligations, events)
+        new = 0
+        async with self._write(fenced=True) as tx:
+            if obligations:
+                columns = list(zip(*(rows.obligation_params(o, rows.aware) for o in obligations), strict=True))
+                await tx.execute(_UPSERT_OBLIGATIONS, *columns)
+            if events:
+                columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
+                new = await tx.execute(_INSERT_EVENTS, *columns)
+            if meta:
+                await tx.executemany(META_UPSERT, list(meta.items()))
+        return new
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         await tx.execute(_APPEND_MEMBERS, [k for k, _ in members], [e for _, e in members])

@@ -104,11 +104,14 @@ class SqlStore(ABC):
         """Bind a list of ids for `_in`."""
 
     @abstractmethod
-    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None: ...
-
-    @abstractmethod
-    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
-        """Insert, ignoring ids already present; returns how many were new."""
+    async def commit_page(
+        self,
+        obligations: Sequence[Obligation],
+        events: Sequence[Event],
+        meta: Mapping[str, str] | None = None,
+    ) -> int:
+        """Fenced, one transaction (see Store.commit_page): each store writes its rows in bulk
+        its own way (SQLite in one trip to its thread, PostgreSQL as arrays)."""
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         """Insert (group key, event id) rows in this order, ignoring those already present."""
@@ -161,25 +164,6 @@ class SqlStore(ABC):
                 sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
                 found = await tx.fetch(sql, *after, limit)
         return [rows.obligation_from_row(r) for r in found]
-
-    async def commit_page(
-        self,
-        obligations: Sequence[Obligation],
-        events: Sequence[Event],
-        meta: Mapping[str, str] | None = None,
-    ) -> int:
-        if not obligations and not events and not meta:
-            return 0
-        obligations, events = page_rows(obligations, events)
-        new = 0
-        async with self._write(fenced=True) as tx:
-            if obligations:
-                await self._upsert_obligations(tx, obligations)
-            if events:
-                new = await self._insert_events(tx, events)
-            if meta:
-                await tx.executemany(META_UPSERT, list(meta.items()))
-        return new
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
         sql = (

@@ -112,10 +112,6 @@ class _SqliteTx:
         if args:
             await self._conn.executemany(_sqlite_sql(sql), args)
 
-    async def executemany_count(self, sql: str, args: Sequence[Sequence[Any]]) -> int:
-        async with self._conn.executemany(_sqlite_sql(sql), args) as cursor:
-            return cursor.rowcount
-
 
 def sqlite_path(url: str) -> str:
     """`sqlite:///relative.db` -> `relative.db`, `sqlite:////abs.db` -> `/abs.db`, `:memory:`."""
@@ -288,11 +284,3 @@ class SqliteStore(SqlStore):
 
     def _ids(self, values: Sequence[str]) -> Any:
         return rows.dumps(list(values))
-
-    # The shared commit_page's bulk writes; this store's own commit_page writes through _commit_page.
-    async def _upsert_obligations(self, tx: Tx, obligations: Sequence[Obligation]) -> None:
-        await tx.executemany(_UPSERT_OBLIGATION, [rows.obligation_params(o, rows.iso) for o in obligations])
-
-    async def _insert_events(self, tx: Tx, events: Sequence[Event]) -> int:
-        assert isinstance(tx, _SqliteTx)
-        return await tx.executemany_count(_INSERT_EVENT, [rows.event_params(e, rows.iso) for e in events])
