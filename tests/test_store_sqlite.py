@@ -15,7 +15,7 @@ import pytest
 from alerter.errors import StoreError
 from alerter.store import open_store, schema
 from alerter.store.postgres import PostgresStore
-from alerter.store.sqlite import SqliteStore
+from alerter.store.sqlite import PAGE_SIZE, SqliteStore
 from tests.support.stores import event, obligation, opened
 
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
@@ -97,6 +97,25 @@ async def test_wal_journal_and_idempotent_migrations(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match=r"schema version 99 .* upgrade alerter"):
         await SqliteStore(f"sqlite:///{path}").open()
+
+
+async def test_a_new_file_gets_large_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    with sqlite3.connect(old) as db:  # a state file made with SQLite's default page size
+        db.execute("PRAGMA page_size = 4096")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE kept (x)")
+    db.close()
+    for path in (new, old):
+        async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+            o = obligation()
+            await store.commit_page([o], [event(o)])
+            assert list(await store.load_obligations([o.meter_id])) == [o.key]
+    for path, size in ((new, PAGE_SIZE), (old, 4096)):
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA page_size").fetchone() == (size,)
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        db.close()
 
 
 async def test_migrating_moves_pending_group_ids_to_member_rows(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ _UPSERT_OBLIGATION = (
     + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
 )
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
+PAGE_SIZE = 16384
+WAL_CHECKPOINT_BYTES = 32 << 20
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA busy_timeout = 5000",
@@ -47,8 +49,8 @@ _PRAGMAS = (
     "PRAGMA cache_size = -16384",
     # Checkpoint the WAL into the state file every ~32 MiB rather than every 4 MiB: a sweep's
     # batched commits rewrite the same index pages, and each checkpoint copies them (and
-    # syncs) once. The file is cut back to 64 MiB after a checkpoint.
-    "PRAGMA wal_autocheckpoint = 8000",
+    # syncs) once. The file is cut back to 64 MiB after a checkpoint. (The pragma counts
+    # pages: set in `open` from the file's page size.)
     "PRAGMA journal_size_limit = 67108864",
     "PRAGMA temp_store = MEMORY",
 )
@@ -148,11 +150,17 @@ class SqliteStore(SqlStore):
             self._conn.row_factory = sqlite3.Row
             self._tx = _SqliteTx(self._conn)
             if self.path != ":memory:":
+                # A new file gets 16 KiB pages (an existing one keeps its own): a sweep's commits
+                # touch index pages all over the file, and with larger pages there are fewer of
+                # them to write to the WAL and checkpoint. Set before WAL mode fixes the size.
+                await self._conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 mode = await self._tx.fetchval("PRAGMA journal_mode = WAL")
                 if str(mode).lower() != "wal":
                     raise StoreError(f"state file {self.path}: cannot use WAL journal (got {mode})")
             for pragma in _PRAGMAS:
                 await self._conn.execute(pragma)
+            page_size = int(await self._tx.fetchval("PRAGMA page_size"))
+            await self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
             await self._migrate()
         except BaseException as err:
             await self.close()
