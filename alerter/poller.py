@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 import uuid
 from collections import Counter
@@ -44,11 +45,12 @@ META_INITIALIZED = "initialized"
 META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
 RESOLVE_BATCH = 500
+_METER_ID = operator.attrgetter("meter_id")
 READ_AHEAD = 4
 """Pages fetched and decoded ahead of the diff."""
 GROUP_PAGES = 4
 """Pages diffed together, with one read of stored state (fewer only at the end of a read)."""
-BATCH_ROWS = 2000
+BATCH_ROWS = 4000
 """Obligation and event rows a sweep gathers from consecutive pages before committing them."""
 BATCH_SECONDS = 1.0
 """The longest a page's events wait in memory for the pages after it before being committed."""
@@ -222,26 +224,29 @@ class Poller:
         watermark = _parse(await self.store.get_meta(META_WATERMARK))
         report.watermark = watermark
         initial = kind == "initial"
-        seen: set[str] = set()
 
         unfiltered = kind == "incremental" and self.poll.resolution_check == "unfiltered"
         filters: dict[str, object] = {} if unfiltered else {"partner_action_required": True}
         since = watermark - self.poll.overlap if watermark and kind == "incremental" else None
         if since is not None:
             filters["last_modified_date_time"] = _iso(since)
-        # Meters with open obligations before the sweep: what a complete sweep must list again.
-        unlisted = set(await self.store.open_meter_ids()) if kind != "incremental" else set()
+        # A sweep: meters with open obligations before it are what a complete sweep must list
+        # again (`unlisted`), and with those it finds listing partner actions, the only meters
+        # whose state it reads (`tracked`).
+        sweep = kind != "incremental"
+        unlisted = set(await self.store.open_meter_ids()) if sweep else set()
+        tracked = set(unlisted) if sweep else None
+        seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
         batch = _Batch(self.store, report)
         search = read_ahead_groups(self.source.search(filters), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
-                # A sweep knows which meters had open obligations: only those, and meters
-                # listing partner actions, can produce events, so only their state is read.
-                await self._apply(group, now, initial, batch, seen, None if kind == "incremental" else unlisted)
-                if unlisted:
-                    for page in group:
-                        unlisted.difference_update(r.meter_id for r in page.records)
+                ids = await self._apply(group, now, initial, batch, tracked)
+                if sweep:
+                    unlisted.difference_update(ids)
+                else:
+                    seen.update(ids)
 
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
@@ -249,7 +254,7 @@ class Poller:
                 meters = read_ahead_groups(self.source.search_meters(recheck, since), READ_AHEAD, GROUP_PAGES)
                 async with contextlib.aclosing(meters) as groups, self._committing(batch):
                     async for group in groups:
-                        await self._apply(group, now, initial, batch, seen)
+                        await self._apply(group, now, initial, batch)
         elif report.invalid:
             log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
         elif unlisted:
@@ -291,14 +296,16 @@ class Poller:
         now: datetime,
         initial: bool,
         batch: _Batch,
-        seen: set[str],
-        open_meters: set[str] | None = None,
-    ) -> None:
-        """Diffs and commits consecutive pages together (one read of stored state for all).
+        tracked: set[str] | None = None,
+    ) -> list[str]:
+        """Diffs and commits consecutive pages together (one read of stored state for all);
+        returns the meter ids the pages list.
 
         A meter listed twice (it changed while the sweep paged) is diffed once, as its later
-        copy lists it. `open_meters`, when given, holds every meter of the pages with open
-        obligations; the others without partner actions cannot change and are not read.
+        copy lists it. `tracked`, when given (a sweep), holds every meter of the sweep that can
+        have open obligations: those open before it, and those it found listing partner actions
+        (it grows here). Only those and meters listing partner actions can change; the others,
+        most of a portfolio, are not read, diffed or kept.
         """
         report = batch.report
         records: list[Record] = []
@@ -309,19 +316,27 @@ class Poller:
             if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
                 report.watermark = page.max_updated_at
             records.extend(page.records)
-        if not records:
-            return
-        if len(pages) > 1:
-            latest = {r.meter_id: r for r in records}
-            if len(latest) < len(records):
-                records = list(latest.values())
-        wanted = [r.meter_id for r in records if open_meters is None or r.partner_actions or r.meter_id in open_meters]
-        prior = await self.store.load_obligations(wanted) if wanted else {}
-        batch.overlay(prior, wanted)
-        result = diff_records(records, prior, now, initial=initial)
-        if report.kind == "incremental":
-            seen.update(r.meter_id for r in records)  # bounded by the incremental window
-        await batch.add(result.obligations, result.events)
+        ids = list(map(_METER_ID, records))
+        if len(set(ids)) < len(ids):
+            latest = dict(zip(ids, records, strict=True))
+            records, ids = list(latest.values()), list(latest)
+        if tracked is None:
+            candidates = records
+        elif tracked.isdisjoint(ids):
+            candidates = [r for r in records if r.partner_actions]
+        else:
+            candidates = [r for r in records if r.partner_actions or r.meter_id in tracked]
+        if candidates:
+            wanted = list(map(_METER_ID, candidates))
+            prior = await self.store.load_obligations(wanted)
+            batch.overlay(prior, wanted)
+            result = diff_records(candidates, prior, now, initial=initial)
+            await batch.add(result.obligations, result.events)
+            if tracked is not None:
+                tracked.update(r.meter_id for r in candidates if r.partner_actions)
+        else:
+            await batch.add((), ())
+        return ids
 
     async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport) -> None:
         for i in range(0, len(meter_ids), RESOLVE_BATCH):

@@ -170,6 +170,26 @@ async def test_a_meter_twice_in_one_group_is_diffed_as_its_later_copy(store: Cou
     assert ob.action_description == "Sign the new form."
 
 
+async def test_a_meter_listed_again_later_in_a_sweep_without_actions_is_resolved_in_it(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its actions cleared while the sweep paged: the later copy, in another group, is diffed
+    too, whether its obligations were open before the sweep or opened by the sweep itself."""
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
+    before, during = _meter(1), _meter(2)
+    await Poller(store, ListSource([[record(action(), meter_id=before)]]), PollConfig()).run_cycle(T0)
+    pages = [
+        [record(action(), meter_id=before), record(action(), meter_id=during)],
+        [record(meter_id=_meter(3))],
+        [record(meter_id=before), record(meter_id=during)],
+    ]
+    report = await Poller(store, ListSource(pages, gate=store), PollConfig()).run_cycle(T0, force_reconcile=True)
+    assert report.events == {"opened": 1, "resolved": 2}
+    assert await _kinds(store, during) == [("opened", 1), ("resolved", 2)]
+    assert [k for k, _ in await _kinds(store, before)] == ["opened", "resolved"]
+    assert await store.open_meter_ids() == []
+
+
 async def test_a_full_batch_commits_before_the_sweep_ends(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
