@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import AliasPath, BaseModel, ConfigDict, Field
@@ -107,8 +108,12 @@ def obligation_key(meter_id: str, action: RequiredAction) -> ObligationKey:
     )
 
 
+@lru_cache(maxsize=4096)
 def key_id(key: ObligationKey) -> str:
-    """A stable short id for an obligation key (used in event ids, Slack threads, email refs)."""
+    """A stable short id for an obligation key (used in event ids, Slack threads, email refs).
+
+    Memoized: an obligation's id is wanted for its row, for each event row, and by routing.
+    """
     return hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:24]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -52,7 +52,7 @@ def iso(dt: datetime | None) -> str | None:
     hit = _ISO_MEMO.get(id(dt))
     if hit is not None and hit[0] is dt:
         return hit[1]
-    text = utc(dt).isoformat(timespec="microseconds")
+    text = (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
     if len(_ISO_MEMO) >= 256:
         _ISO_MEMO.clear()
     _ISO_MEMO[id(dt)] = (dt, text)
@@ -60,6 +60,7 @@ def iso(dt: datetime | None) -> str | None:
 
 
 _ISO_MEMO: dict[int, tuple[datetime, str]] = {}
+_ZERO = timedelta(0)
 
 
 def aware(dt: datetime | None) -> datetime | None:
