@@ -63,6 +63,12 @@ class PageLike(Protocol):
     def invalid(self) -> int: ...
     @property
     def max_updated_at(self) -> datetime | None: ...
+    @property
+    def meter_ids(self) -> Sequence[str]:
+        """The records' meter ids, in order."""
+    @property
+    def acting(self) -> Sequence[Record]:
+        """The records listing partner actions, in order."""
 
 
 class SourceLike(Protocol):
@@ -134,6 +140,46 @@ async def read_ahead_groups(pages: AsyncIterator[P], depth: int = 2, least: int 
             producer.cancel()
         with contextlib.suppress(BaseException):
             await producer
+        aclose = getattr(pages, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@dataclass(slots=True)
+class _Selected:
+    """What a diff needs of one page: the records that can change state, and the page's counts."""
+
+    records: list[Record]
+    listed: int
+    invalid: int
+    max_updated_at: datetime | None
+
+
+async def _select(pages: AsyncIterator[PageLike], tracked: set[str] | None) -> AsyncGenerator[_Selected, None]:
+    """Each page as it arrives, reduced to the records that can change state.
+
+    `tracked`, when given (a sweep), holds the meters that can have open obligations: those
+    open before the sweep, and those it finds listing partner actions (added here, in page
+    order, so a later copy of a meter that changed while the sweep paged is kept even when
+    it lists none). Only those and meters listing partner actions can change; the others,
+    most of a portfolio, are dropped here, while the page is fresh in memory, and not read,
+    diffed or kept. Without `tracked` (an incremental read) every record is kept.
+    """
+    try:
+        async for page in pages:
+            records = page.records
+            if tracked is not None:
+                ids = page.meter_ids
+                if len(set(ids)) < len(ids):  # a meter listed twice in a page: the later copy
+                    latest = dict(zip(ids, records, strict=True))
+                    records = [r for r in latest.values() if r.partner_actions or r.meter_id in tracked]
+                elif tracked.isdisjoint(ids):
+                    records = page.acting
+                else:
+                    records = [r for r in records if r.partner_actions or r.meter_id in tracked]
+                tracked.update(map(_METER_ID, records))
+            yield _Selected(list(records), len(page.records), page.invalid, page.max_updated_at)
+    finally:
         aclose = getattr(pages, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -239,10 +285,10 @@ class Poller:
         seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
         batch = _Batch(self.store, report)
-        search = read_ahead_groups(self.source.search(filters), READ_AHEAD, GROUP_PAGES)
+        search = read_ahead_groups(_select(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
-                ids = await self._apply(group, now, initial, batch, tracked)
+                ids = await self._apply(group, now, initial, batch)
                 if sweep:
                     unlisted.difference_update(ids)
                 else:
@@ -251,7 +297,8 @@ class Poller:
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                meters = read_ahead_groups(self.source.search_meters(recheck, since), READ_AHEAD, GROUP_PAGES)
+                found = _select(self.source.search_meters(recheck, since), None)
+                meters = read_ahead_groups(found, READ_AHEAD, GROUP_PAGES)
                 async with contextlib.aclosing(meters) as groups, self._committing(batch):
                     async for group in groups:
                         await self._apply(group, now, initial, batch)
@@ -290,28 +337,18 @@ class Poller:
             raise
         await batch.flush()
 
-    async def _apply(
-        self,
-        pages: Sequence[PageLike],
-        now: datetime,
-        initial: bool,
-        batch: _Batch,
-        tracked: set[str] | None = None,
-    ) -> list[str]:
+    async def _apply(self, pages: Sequence[_Selected], now: datetime, initial: bool, batch: _Batch) -> list[str]:
         """Diffs and commits consecutive pages together (one read of stored state for all);
-        returns the meter ids the pages list.
+        returns the ids of the meters diffed.
 
         A meter listed twice (it changed while the sweep paged) is diffed once, as its later
-        copy lists it. `tracked`, when given (a sweep), holds every meter of the sweep that can
-        have open obligations: those open before it, and those it found listing partner actions
-        (it grows here). Only those and meters listing partner actions can change; the others,
-        most of a portfolio, are not read, diffed or kept.
+        copy lists it.
         """
         report = batch.report
         records: list[Record] = []
         for page in pages:
             report.pages += 1
-            report.records += len(page.records)
+            report.records += page.listed
             report.invalid += page.invalid
             if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
                 report.watermark = page.max_updated_at
@@ -320,20 +357,11 @@ class Poller:
         if len(set(ids)) < len(ids):
             latest = dict(zip(ids, records, strict=True))
             records, ids = list(latest.values()), list(latest)
-        if tracked is None:
-            candidates = records
-        elif tracked.isdisjoint(ids):
-            candidates = [r for r in records if r.partner_actions]
-        else:
-            candidates = [r for r in records if r.partner_actions or r.meter_id in tracked]
-        if candidates:
-            wanted = list(map(_METER_ID, candidates))
-            prior = await self.store.load_obligations(wanted)
-            batch.overlay(prior, wanted)
-            result = diff_records(candidates, prior, now, initial=initial)
+        if records:
+            prior = await self.store.load_obligations(ids)
+            batch.overlay(prior, ids)
+            result = diff_records(records, prior, now, initial=initial)
             await batch.add(result.obligations, result.events)
-            if tracked is not None:
-                tracked.update(r.meter_id for r in candidates if r.partner_actions)
         else:
             await batch.add((), ())
         return ids

@@ -78,6 +78,14 @@ class FakePage:
     invalid: int = 0
     max_updated_at: datetime | None = None
 
+    @property
+    def meter_ids(self) -> list[str]:
+        return [r.meter_id for r in self.records]
+
+    @property
+    def acting(self) -> list[Record]:
+        return [r for r in self.records if r.partner_actions]
+
 
 class ListSource:
     """Serves fixed pages to the sweep; `fail_after` pages, then a SourceError. With `gate`,
