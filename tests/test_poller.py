@@ -178,6 +178,17 @@ async def test_a_meter_twice_in_one_group_is_diffed_as_its_later_copy(store: Cou
     assert ob.action_description == "Sign the new form."
 
 
+@pytest.mark.parametrize(("copies", "opened"), [((True, False), 0), ((False, True), 1)])
+async def test_a_meter_twice_in_one_page_of_a_sweep_is_its_later_copy(
+    store: CountingStore, copies: tuple[bool, bool], opened: int
+) -> None:
+    m = _meter(1)
+    page = [record(*((action(),) if acts else ()), meter_id=m) for acts in copies]
+    report = await Poller(store, ListSource([[*page, record(meter_id=_meter(2))]]), PollConfig()).run_cycle(T0)
+    assert (report.records, report.events.get("opened", 0)) == (3, opened)
+    assert await store.open_meter_ids() == ([m] if opened else [])
+
+
 async def test_a_meter_listed_again_later_in_a_sweep_without_actions_is_resolved_in_it(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

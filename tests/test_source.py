@@ -56,6 +56,18 @@ async def test_max_updated_at_is_the_pages_high_water_mark() -> None:
     assert page.max_updated_at is not None and page.max_updated_at > datetime.now(UTC)
 
 
+async def test_a_page_lists_its_meter_ids_and_the_records_listing_partner_actions() -> None:
+    portfolio = Portfolio(700, action_rate=0.2, seed=12)
+    async with leap(portfolio, config={"page_size": 500}) as (_, client):
+        pages = await _all(client)
+    for page in pages:
+        assert page.meter_ids == [r.meter_id for r in page.records]
+        acting = [r for r in page.records if r.partner_actions]
+        assert page.acting == acting and all(a is b for a, b in zip(page.acting, acting, strict=True))
+    acting_ids = [r.meter_id for p in pages for r in p.acting]
+    assert acting_ids == list(portfolio.with_partner_actions()) and 0 < len(acting_ids) < 700
+
+
 def _filter_cases(p: Portfolio) -> list[dict[str, Any]]:
     since = datetime.now(UTC) - timedelta(days=300)
     return [
@@ -118,6 +130,7 @@ async def test_search_meters_asks_for_at_most_1000_ids_a_request() -> None:
     assert all(r.body["last_modified_date_time"] == "2020-01-01T00:00:00.000000Z" for r in sim.requests)
     assert _ids(pages) == wanted
     assert [p.number for p in pages] == [1, 2, 3, 4, 5]
+    assert all(p.meter_ids == [r.meter_id for r in p.records] for p in pages)  # kept when renumbered
 
 
 async def test_get_enrollment() -> None:
@@ -240,6 +253,8 @@ async def test_an_invalid_record_is_skipped_and_counted(mode: str) -> None:
             pages = await _all(client)
     first = pages[0]
     assert (len(first.records), first.invalid) == (499, 1)
+    assert first.meter_ids == [r.meter_id for r in first.records] and broken not in first.meter_ids
+    assert first.acting == [r for r in first.records if r.partner_actions] and first.acting
     assert broken not in _ids(pages) and len(_ids(pages)) == 799
     assert first.max_updated_at is not None
     assert first.max_updated_at.isoformat().startswith(portfolio.meter(broken)["audit"]["updated_at"][:26])
