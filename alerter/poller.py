@@ -66,6 +66,7 @@ class PageLike(Protocol):
     @property
     def meter_ids(self) -> Sequence[str]:
         """The records' meter ids, in order."""
+
     @property
     def acting(self) -> Sequence[Record]:
         """The records listing partner actions, in order."""
@@ -178,7 +179,10 @@ async def _select(pages: AsyncIterator[PageLike], tracked: set[str] | None) -> A
                 else:
                     records = [r for r in records if r.partner_actions or r.meter_id in tracked]
                 tracked.update(map(_METER_ID, records))
-            yield _Selected(list(records), len(page.records), page.invalid, page.max_updated_at)
+            selected = _Selected(list(records), len(page.records), page.invalid, page.max_updated_at)
+            # The rest of the page is freed here, while its objects are fresh in the caches.
+            del page, records
+            yield selected
     finally:
         aclose = getattr(pages, "aclose", None)
         if aclose is not None:

@@ -176,12 +176,14 @@ class LeapClient:
                         await _discard(ahead.task)
                     ahead = None
                 page, ahead = await self._search_page(request, number, first, body)
+                next_token = page.next_page_token
                 yield page
-                if page.next_page_token is None:
+                del page  # the caller's alone now: freed when it lets go, not after the next page
+                if next_token is None:
                     return
-                if page.next_page_token == token:
+                if next_token == token:
                     raise SourceError("Leap returned the same page token twice; stopping the sweep")
-                token = page.next_page_token
+                token = next_token
         finally:
             if ahead is not None:
                 await _discard(ahead.task)
