@@ -9,7 +9,8 @@ and, for each portfolio size, runs in fresh child processes (so each peak RSS is
   render + transfer + decode that the sweep cannot beat, only hide its own work behind;
 - `sweep`: the same pages through the poller: diff and commit into an empty SQLite store;
 - fetch and sweep alternate `ROUNDS` times and each is reported by its median run (the
-  machine's speed drifts over a run; alternating exposes both to the same drift);
+  machine's speed drifts over a run; alternating exposes both to the same drift); each
+  round's own ratio is reported too;
 - `incremental` (largest size only): 1000 meters changed in the simulator, then one
   incremental cycle, with each `poll.resolution_check` strategy.
 Results go to bench/results/cycle.json.
@@ -40,7 +41,7 @@ from alerter.store.sqlite import SqliteStore
 from bench.bench_source import API_KEY, Simulator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cycle.json"
-ROUNDS = 3
+ROUNDS = 5
 
 
 class Unfiltered:
@@ -129,6 +130,7 @@ async def run_size(meters: int, incremental: bool) -> dict[str, Any]:
                 out[mode]["rss_mb"] = max(r["rss_mb"] for r in done)
                 out[mode]["runs_records_per_s"] = [round(r["records_per_s"]) for r in done]
             out["ratio_to_fetch"] = out["sweep"]["records_per_s"] / out["fetch"]["records_per_s"]
+            out["ratio_per_round"] = per_round(out)
             if incremental:
                 for check in ("meter_ids", "unfiltered"):
                     db = f"{tmp}/inc-{check}.db"
@@ -145,6 +147,12 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000)) -> dict[str, Any]:
     return results
 
 
+def per_round(size: dict[str, Any]) -> list[float]:
+    """Each round's sweep over the fetch just before it (the two closest in time)."""
+    pairs = zip(size["fetch"]["runs_records_per_s"], size["sweep"]["runs_records_per_s"], strict=True)
+    return [round(sweep / fetch, 2) for fetch, sweep in pairs]
+
+
 def summary(results: dict[str, Any]) -> str:
     lines = []
     for s in results["sizes"]:
@@ -152,8 +160,8 @@ def summary(results: dict[str, Any]) -> str:
             f"{s['meters']:>9,} meters: fetch+decode {s['fetch']['records_per_s']:,.0f} rec/s; "
             f"sweep (fetch, decode, diff, commit) {s['sweep']['records_per_s']:,.0f} rec/s "
             f"= {s['ratio_to_fetch']:.2f} of fetch (medians of {ROUNDS} alternating runs: fetch "
-            f"{s['fetch']['runs_records_per_s']}, sweep {s['sweep']['runs_records_per_s']}); "
-            f"peak RSS sweep {s['sweep']['rss_mb']:.0f} MB"
+            f"{s['fetch']['runs_records_per_s']}, sweep {s['sweep']['runs_records_per_s']}; "
+            f"per round {per_round(s)}); peak RSS sweep {s['sweep']['rss_mb']:.0f} MB"
         )
         for check in ("meter_ids", "unfiltered"):
             inc = s.get(f"incremental_{check}")
