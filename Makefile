@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check lint types unit postgres bench clean
+.PHONY: venv demo test check lint types unit bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,21 +25,17 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-postgres:
-	./scripts/postgres.sh
-
 unit: $(STAMP)
-	if [ -f scripts/postgres-env.sh ]; then . ./scripts/postgres-env.sh; fi; $(BIN)/pytest --cov --cov-report=term -q -rs
+	$(BIN)/pytest --cov --cov-report=term -q -rs
 
 check: lint types unit
 
+# The tests run beside a private PostgreSQL cluster, started and removed by the script.
 test: $(STAMP)
-	-./scripts/postgres.sh
-	$(MAKE) check
+	./scripts/with-postgres.sh $(MAKE) check
 
 bench: $(STAMP)
-	-./scripts/postgres.sh
-	$(BIN)/python -m bench.run
+	./scripts/with-postgres.sh $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

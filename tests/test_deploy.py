@@ -613,7 +613,6 @@ def dockerignored(path: str) -> bool:
         ".pytest_cache/v/cache/nodeids",
         ".mypy_cache/3.11/x.json",
         "deploy/k8s/secret.example.yaml",
-        "scripts/postgres-env.sh",
     ],
 )
 def test_dockerignore_excludes(path: str) -> None:

@@ -1,6 +1,6 @@
 """Opened stores for tests: SQLite in a temporary directory, PostgreSQL in a throwaway schema.
 
-PostgreSQL tests read ALERTER_TEST_POSTGRES_URL (`source scripts/postgres-env.sh`) and
+PostgreSQL tests read ALERTER_TEST_POSTGRES_URL (set by `scripts/with-postgres.sh`) and
 are skipped, with the reason, when it is unset or the server does not answer.
 """
 
@@ -32,7 +32,7 @@ async def postgres_url_or_skip() -> str:
     """The test server's URL, or skip the calling test saying why there is none."""
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set (source scripts/postgres-env.sh)")
+        pytest.skip(f"{POSTGRES_ENV} is not set (run the tests through scripts/with-postgres.sh)")
     if url not in _probe:
         try:
             conn = await asyncpg.connect(url, timeout=3)
