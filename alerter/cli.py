@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--action-rate", type=float, default=0.05)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--api-key", default="sim-key")
+    sim.add_argument("--churn", type=float, default=0.0, help="partner changes a second (default 0: static)")
 
     demo = sub.add_parser("demo", help="simulator + service + console receiver on loopback")
     demo.add_argument("--meters", type=int, default=3000)

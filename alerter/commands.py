@@ -50,6 +50,7 @@ def dispatch(args: argparse.Namespace) -> int:
             action_rate=args.action_rate,
             seed=args.seed,
             api_key=args.api_key,
+            churn=args.churn,
         )
         return EXIT_OK
     if command == "demo":

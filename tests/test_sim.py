@@ -463,3 +463,45 @@ async def test_alerter_sim_prints_its_url_and_stops_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _deadline(p: Portfolio, meter_id: str, code: str) -> datetime:
+    [action] = [a for a in p.meter(meter_id)["required_actions"]["partner"] if a["action_code"] == code]
+    return datetime.fromisoformat(action["enrollment_deadline_date_time"].replace("Z", "+00:00"))
+
+
+def test_partner_churn_opens_moves_and_resolves_in_turn_with_future_deadlines() -> None:
+    p = Portfolio(3000, action_rate=0.02, seed=4)
+    open_before = sum(len(p.record(i)["required_actions"]["partner"]) for i in range(p.size))
+    for _ in range(20):
+        soon, later = p.now() + timedelta(days=2), p.now() + timedelta(days=60)
+        [opened] = p.partner_churn(1)
+        assert opened.kind == "opened" and soon < _deadline(p, opened.meter_id, opened.action_code) < later
+        before = {i: p.record(i)["required_actions"]["partner"] for i in range(p.size) if p.columns.has_partner[i]}
+        [changed] = p.partner_churn(1)
+        # A change moves the deadline of an action that was open, to a time at least two days ahead.
+        index = p.index_of(changed.meter_id)
+        assert changed.kind == "changed" and index in before
+        old = {a["action_code"]: a["enrollment_deadline_date_time"] for a in before[index]}
+        new = _deadline(p, changed.meter_id, changed.action_code)
+        assert new > soon and parse_rfc3339_us(old[changed.action_code]) != parse_rfc3339_us(new.isoformat())
+        before = {i: p.record(i)["required_actions"]["partner"] for i in range(p.size) if p.columns.has_partner[i]}
+        [resolved] = p.partner_churn(1)
+        assert resolved.kind == "resolved" and p.index_of(resolved.meter_id) in before
+    assert sum(len(p.record(i)["required_actions"]["partner"]) for i in range(p.size)) == open_before
+
+
+def test_partner_churn_on_a_portfolio_where_nothing_is_open() -> None:
+    p = Portfolio(50, action_rate=0.0, seed=2)
+    opened, changed, resolved = p.partner_churn(3)  # the only open action is the one it just opened
+    assert (opened.kind, changed.kind, resolved.kind) == ("opened", "changed", "resolved")
+    assert opened.meter_id == changed.meter_id == resolved.meter_id and not p.columns.has_partner.count(1)
+    assert Portfolio(0).partner_churn(5) == []
+
+
+def test_random_churn_sets_no_deadline_in_the_past() -> None:
+    p = Portfolio(400, action_rate=0.3, seed=3)
+    for _ in range(300):
+        for change in p.random_churn(1):
+            if change.kind in ("opened", "changed"):
+                assert _deadline(p, change.meter_id, change.action_code) > p.now() + timedelta(days=2)

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from alerter.errors import ConfigError
+from alerter.sim.churn import run_churn
 from alerter.sim.faults import Fault, Faults, corrupt
 from alerter.sim.portfolio import Portfolio
 from alerter.sim.query import UUID_PATTERN, BadRequest, Searcher, parse_search
@@ -22,6 +24,7 @@ INTERNAL_ERROR = "An error happened whilst processing your request"
 _HTML = "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center></body></html>"
 _REASONS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable", 504: "Gateway Time-out"}
 _OPS = ("open", "change", "resolve", "archive", "touch")
+MAX_CHURN = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,9 @@ def _sim_clock(request: web.Request, state: _State, body: dict[str, Any]) -> Any
 
 
 def _sim_churn(request: web.Request, state: _State, body: dict[str, Any]) -> Any:
-    return {"changes": [asdict(ch) for ch in state.portfolio.random_churn(int(body.get("n", 10)))]}
+    p, n = state.portfolio, int(body.get("n", 10))
+    changes = p.partner_churn(n) if body.get("partner") else p.random_churn(n)
+    return {"changes": [asdict(ch) for ch in changes]}
 
 
 def _sim_faults(request: web.Request, state: _State, body: dict[str, Any]) -> Any:
@@ -288,23 +293,27 @@ class SimServer:
         await self.stop()
 
 
-def serve(host: str, port: int, meters: int, action_rate: float, seed: int, api_key: str) -> None:
-    """Runs the simulator until Ctrl-C or SIGTERM, after printing one line with its URL."""
-    asyncio.run(_serve(host, port, meters, action_rate, seed, api_key))
+def serve(host: str, port: int, meters: int, action_rate: float, seed: int, api_key: str, churn: float = 0.0) -> None:
+    """Runs the simulator until Ctrl-C or SIGTERM, after printing one line with its URL; with
+    `churn` > 0 it opens, reschedules and resolves about that many partner actions a second."""
+    asyncio.run(_serve(host, port, meters, action_rate, seed, api_key, churn))
 
 
-async def _serve(host: str, port: int, meters: int, action_rate: float, seed: int, api_key: str) -> None:
+async def _serve(host: str, port: int, meters: int, action_rate: float, seed: int, api_key: str, churn: float) -> None:
+    if not 0 <= churn <= MAX_CHURN:
+        raise ConfigError([f"alerter: --churn: changes a second, from 0 (static) to {MAX_CHURN:g}; not {churn:g}"])
     started = time.perf_counter()
     portfolio = Portfolio(meters, action_rate=action_rate, seed=seed)
     async with SimServer(portfolio, api_key=api_key, host=host, port=port) as server:
         needing = portfolio.columns.has_partner.count(1)
+        activity = f"{churn:g} partner changes a second" if churn else "static: no changes unless asked (/_sim/...)"
         print(
             f"Leap simulator at {server.url} ({meters} meters, {needing} need partner action;"
-            f" api key {api_key!r}; ready in {time.perf_counter() - started:.1f}s)",
+            f" api key {api_key!r}; {activity}; ready in {time.perf_counter() - started:.1f}s)",
             flush=True,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await asyncio.gather(stop.wait(), run_churn(portfolio, churn, stop))

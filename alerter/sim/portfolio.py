@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from alerter.sim import catalog as c
+from alerter.sim import churn
 from alerter.sim.render import Renderer
 
 Meter = dict[str, Any]
@@ -135,6 +136,8 @@ class Portfolio:
         self.changed = array("I")
         """The meter index of each mutation, in order: `changed[v:]` are the meters changed since version v."""
         self._churn = random.Random(seed ^ 0x5EED)
+        self._partner_churn = random.Random(seed ^ 0xAC7)
+        self._turn = 0
 
     # --- clock ---------------------------------------------------------------------------------
 
@@ -270,7 +273,11 @@ class Portfolio:
         self._commit(index, self._materialize(index))
 
     def random_churn(self, n: int) -> list[Change]:
-        """Opens, changes and resolves random partner actions (and now and then archives a meter)."""
+        """Opens, changes and resolves partner actions of random meters (and now and then archives one).
+
+        Deadlines it opens or moves to lie days to weeks ahead. Most meters have no action, so most
+        of these changes open one: `partner_churn` is the lively kind.
+        """
         rng = self._churn
         changes: list[Change] = []
         if self.size == 0:
@@ -285,12 +292,9 @@ class Portfolio:
                 changes.append(Change("resolved", meter_id, gone[0]["action_type"], gone[0]["action_code"]))
             elif partner and roll < 0.7:
                 a = partner[0]
-                deadline = c.parse_rfc3339_us(a["enrollment_deadline_date_time"]) or c.to_us(self.now())
-                self.change_action(
-                    meter_id,
-                    a["action_code"],
-                    deadline=c.fmt_ms(deadline + rng.choice((-7, -2, 7, 14)) * _DAY_US),
-                )
+                now_us = c.to_us(self.now())
+                deadline = churn.moved_deadline(a.get("enrollment_deadline_date_time"), now_us, rng)
+                self.change_action(meter_id, a["action_code"], deadline=deadline)
                 changes.append(Change("changed", meter_id, a["action_type"], a["action_code"]))
             elif roll < 0.97:
                 kind, code, _, _ = rng.choices(c.PARTNER_ACTIONS, [a[3] for a in c.PARTNER_ACTIONS])[0]
@@ -298,12 +302,53 @@ class Portfolio:
                     self.touch(meter_id)
                     changes.append(Change("touched", meter_id))
                     continue
-                self.open_action(meter_id, action_type=kind)
+                deadline = churn.future_deadline(c.to_us(self.now()), rng)
+                self.open_action(meter_id, action_type=kind, enrollment_deadline_date_time=deadline)
                 changes.append(Change("opened", meter_id, kind, code))
             else:
                 self.archive(meter_id)
                 changes.append(Change("archived", meter_id))
         return changes
+
+    def partner_churn(self, n: int) -> list[Change]:
+        """`n` changes a partner would see, in turn: open a new action (deadline days to weeks ahead),
+        move an open action's deadline, resolve an open action (see churn.py)."""
+        rng = self._partner_churn
+        changes: list[Change] = []
+        for _ in range(n if self.size else 0):
+            kind = churn.KINDS[self._turn % len(churn.KINDS)]
+            self._turn += 1
+            index = None if kind == "opened" else churn.meter_with_actions(self, rng)
+            if index is None:
+                changes.append(self._open_somewhere(rng))
+                continue
+            meter_id = self.meter_id(index)
+            a = rng.choice(self.record(index)["required_actions"]["partner"])
+            which = {k: a[k] for k in ("action_type", "program_identifier", "delivery_period")}
+            if kind == "changed":
+                deadline = churn.moved_deadline(a.get("enrollment_deadline_date_time"), c.to_us(self.now()), rng)
+                self.change_action(meter_id, a["action_code"], deadline=deadline, **which)
+            else:
+                self.resolve_action(meter_id, a["action_code"], **which)
+            changes.append(Change(kind, meter_id, a["action_type"], a["action_code"]))
+        return changes
+
+    def _open_somewhere(self, rng: random.Random) -> Change:
+        """Opens a catalog action on a random unarchived meter that does not list it yet."""
+        weights = [a[3] for a in c.PARTNER_ACTIONS]
+        for _ in range(1000):
+            index = rng.randrange(self.size)
+            kind, code, _, _ = rng.choices(c.PARTNER_ACTIONS, weights)[0]
+            partner = self.record(index)["required_actions"]["partner"]
+            if self.columns.archived[index] or any(a["action_type"] == kind for a in partner):
+                continue
+            meter_id = self.meter_id(index)
+            deadline = churn.future_deadline(c.to_us(self.now()), rng)
+            self.open_action(meter_id, action_type=kind, enrollment_deadline_date_time=deadline)
+            return Change("opened", meter_id, kind, code)
+        meter_id = self.meter_id(rng.randrange(self.size))
+        self.touch(meter_id)
+        return Change("touched", meter_id)
 
     # --- internals -------------------------------------------------------------------------------
 
