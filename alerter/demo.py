@@ -1,13 +1,16 @@
 """`alerter demo`: the simulator and the service on loopback, notifications printed to the console.
 
-The simulator's actions open, change and resolve every few seconds; the service polls every
-5 s, groups for 2 s and prints each notification. Ctrl-C stops both cleanly.
+How this works: a simulated portfolio is served on a loopback port; the demo writes a config and
+a rules file (one console receiver, short group waits) into a temporary directory, prints where
+the simulator, the service's HTTP server, the config and the state are, and runs the service on
+that config as `alerter run` does. The simulator opens, reschedules and resolves partner actions
+about once every two seconds (`Portfolio.partner_churn`), so the initial-sync digest is followed
+within a minute by new, changed and resolved actions. Ctrl-C stops both and removes the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import tempfile
 from pathlib import Path
@@ -16,6 +19,12 @@ from alerter import logs
 from alerter.config import load_config
 from alerter.runtime import Runtime
 from alerter.sim import Portfolio, SimServer
+from alerter.sim.churn import meter_with_actions, run_churn
+
+API_KEY = "demo-key"
+CHURN = 0.5
+"""Partner changes a second in the simulator."""
+POLL = "5s"
 
 RULES = """\
 receivers:
@@ -33,11 +42,12 @@ rules:
 """
 
 CONFIG = """\
+# Written by `alerter demo` for its own run; removed when the demo stops.
 source:
   base_url: {url}
-  api_key: demo-key
+  api_key: {api_key}
 poll:
-  interval: 5s
+  interval: {poll}
   overlap: 1m
   reconcile_interval: 2m
   initial_sync: digest
@@ -52,33 +62,52 @@ log:
 """
 
 
-async def _churn(portfolio: Portfolio, stop: asyncio.Event) -> None:
-    rng = random.Random(7)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(4, 9))
-        if not stop.is_set():
-            portfolio.random_churn(rng.randint(1, 4))
+def _redact(url: str) -> str:
+    from alerter.store.postgres import redact
+
+    return redact(url)
+
+
+def _banner(sim: SimServer, portfolio: Portfolio, port: int, config: Path, state_url: str) -> str:
+    needing = portfolio.columns.has_partner.count(1)
+    index = meter_with_actions(portfolio, random.Random(0))
+    reference = portfolio.record(index)["partner_reference"] if index is not None else "site-0000001"
+    service = f"http://127.0.0.1:{port}"
+    state = state_url.removeprefix("sqlite:///") if state_url.startswith("sqlite:///") else _redact(state_url)
+    return (
+        "alerter demo: the Leap simulator and the service on loopback; notifications print below.\n"
+        f"  Leap simulator at {sim.url} ({portfolio.size} meters, {needing} need partner action;"
+        f" API key {API_KEY})\n"
+        f'    change it yourself: curl -X POST {sim.url}/_sim/churn -d \'{{"n": 3, "partner": true}}\'\n'
+        f"  service: {service}/metrics  {service}/healthz  {service}/readyz\n"
+        f"  config: {config} (rules: {config.with_name('rules.yaml')})\n"
+        f"  state: {state}\n"
+        f"  try beside it: alerter history -c {config} --meter {reference}\n"
+        f"The service polls the simulator every {POLL}. First comes the initial-sync digest of the actions\n"
+        "already open; then actions open, change their deadline and resolve (about one change every\n"
+        f"{1 / CHURN:g} seconds). Press Ctrl-C to stop.\n"
+    )
 
 
 async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int:
     portfolio = Portfolio(meters, action_rate=0.02, seed=42)
-    async with SimServer(portfolio, api_key="demo-key", port=port) as sim:
+    async with SimServer(portfolio, api_key=API_KEY, port=port) as sim:
+        config_path = workdir / "config.yaml"
         (workdir / "rules.yaml").write_text(RULES)
         state_url = state or f"sqlite:///{workdir / 'alerter-demo.db'}"
-        (workdir / "config.yaml").write_text(CONFIG.format(url=sim.url, state=state_url))
-        config = load_config(workdir / "config.yaml")
+        config_path.write_text(CONFIG.format(url=sim.url, api_key=API_KEY, poll=POLL, state=state_url))
+        config = load_config(config_path)
         logs.configure("console", "warning")
-        print(
-            f"alerter demo: Leap simulator at {sim.url} with {meters} meters; the service polls every 5s.\n"
-            "The first notification is the initial-sync digest; then actions open, change and resolve.\n"
-            "Press Ctrl-C to stop.\n",
-            flush=True,
-        )
         runtime = Runtime(config)
-        churn = asyncio.create_task(_churn(portfolio, runtime.stop))
+        served = asyncio.create_task(runtime.run())
+        churn = asyncio.create_task(run_churn(portfolio, CHURN, runtime.stop))
         try:
-            return await runtime.run()
+            # The runtime binds its port inside run(); the banner waits for it (a few milliseconds).
+            while runtime.port is None and not served.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            if runtime.port is not None:
+                print(_banner(sim, portfolio, runtime.port, config_path, state_url), flush=True)
+            return await served
         finally:
             runtime.stop.set()
             await churn
@@ -86,4 +115,9 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
 
 def main(meters: int = 3000, port: int = 0, state: str | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="alerter-demo-") as tmp:
-        return asyncio.run(_main(meters, port, state, Path(tmp)))
+        try:
+            code = asyncio.run(_main(meters, port, state, Path(tmp)))
+        except KeyboardInterrupt:  # Ctrl-C before the service took over the signal
+            code = 0
+    print(f"alerter demo stopped (removed {tmp})", flush=True)
+    return code
