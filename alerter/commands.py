@@ -167,19 +167,29 @@ async def _receivers(store: Any, loaded: Any, args: argparse.Namespace) -> int:
 
 
 async def _history(store: Any, loaded: Any, args: argparse.Namespace) -> int:
-    entries = await store.history(args.meter)
-    if not entries:
-        print(f"no history for meter {args.meter}")
+    """A meter's transitions, by meter id or by the `partner_reference` notifications show."""
+    from alerter.templates import changes
+
+    by_id = await store.history(args.meter)
+    found = [(args.meter, by_id)] if by_id else []
+    if not found:
+        found = [(m, await store.history(m)) for m in await store.meters_by_reference(args.meter)]
+    if not found:
+        print(f"no history for meter {args.meter} (neither a meter id nor a partner_reference seen here)")
         return EXIT_OK
-    for entry in entries:
-        ob = entry.event.obligation
-        detail = f" ({entry.event.detail})" if entry.event.detail else ""
-        print(
-            f"{_fmt(entry.at)}  {entry.event.kind}{detail}  {ob.action_type}/{ob.action_code}  "
-            f"{ob.program_identifier} {ob.delivery_period}"
-        )
-        for outcome in entry.outcomes:
-            print(f"    {outcome}")
+    for meter_id, entries in found:
+        if meter_id != args.meter or len(found) > 1:
+            print(f"meter {meter_id} ({args.meter})")
+        for entry in entries:
+            ob = entry.event.obligation
+            detail = f" ({entry.event.detail})" if entry.event.detail else ""
+            what = "".join(f"  {c}" for c in changes(entry.event))
+            print(
+                f"{_fmt(entry.at)}  {entry.event.kind}{detail}  {ob.action_type}/{ob.action_code}  "
+                f"{ob.program_identifier} {ob.delivery_period}{what}"
+            )
+            for outcome in entry.outcomes:
+                print(f"    {outcome}")
     return EXIT_OK
 
 

@@ -178,7 +178,7 @@ class Event(BaseModel):
     """Part of an initial sync (the backlog found on an empty state)."""
 
     def fields(self) -> dict[str, Any]:
-        """The fields INTERFACE.md offers to `match`, `group_by` and templates."""
+        """The fields an event offers to `match`, `group_by` and templates."""
         o = self.obligation
         m = o.meter
         return {

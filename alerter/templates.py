@@ -50,7 +50,7 @@ class EmailContent:
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as in INTERFACE.md."""
+    """RFC 3339 in UTC with a `Z`, as in the webhook body."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -128,29 +128,85 @@ def digest_counts(events: Sequence[Event], at: datetime) -> dict[str, Any]:
     }
 
 
+def _meters(events: Sequence[Event]) -> tuple[int, str]:
+    count = len({e.obligation.meter_id for e in events})
+    return count, f"{count} meter{'' if count == 1 else 's'}"
+
+
+def _types(events: Sequence[Event]) -> str:
+    types = sorted({e.obligation.action_type for e in events})
+    return ", ".join(types) if len(types) <= 3 else f"{len(types)} action types"
+
+
 def title(n: Notification) -> str:
-    meters = len({e.obligation.meter_id for e in n.events})
-    types = sorted({e.obligation.action_type for e in n.events})
-    what = ", ".join(types) if len(types) <= 3 else f"{len(types)} action types"
-    m = f"{meters} meter{'' if meters == 1 else 's'}"
-    need = "needs" if meters == 1 else "need"
+    """What the notification holds, counted: `3 meters need IS_AUTHORIZED`, `Resolved: IS_AUTHORIZED on
+    2 meters`, and for a mixed group `3 meters need IS_AUTHORIZED (2 new, 1 changed), 1 resolved`."""
     if n.kind == "digest":
-        return f"Initial sync: {len(n.events)} open actions on {m}"
+        return f"Initial sync: {len(n.events)} open actions on {_meters(n.events)[1]}"
     if n.kind == "alert":  # the service reporting on itself
         status = "resolved" if n.group.get("status") == "resolved" else "alert"
         return f"alerter {status}: {n.group.get('message', n.group.get('alert', ''))}"
-    kinds = {e.kind for e in n.events}
-    if kinds == {"resolved"}:
-        return f"Resolved: {what} on {m}"
-    prefix = {"reminder": "Reminder: ", "changed": "Changed: "}.get(kinds.pop(), "") if len(kinds) == 1 else ""
-    return f"{prefix}{m} {need} {what}"
+    active = [e for e in n.events if e.kind != "resolved"]
+    resolved = [e for e in n.events if e.kind == "resolved"]
+    if not active:
+        return f"Resolved: {_types(resolved)} on {_meters(resolved)[1]}"
+    count, m = _meters(active)
+    head = f"{m} {'needs' if count == 1 else 'need'} {_types(active)}"
+    kinds: Counter[str] = Counter(e.kind for e in active)
+    if len(kinds) == 1:
+        head = {"reminder": "Reminder: ", "changed": "Changed: "}.get(next(iter(kinds)), "") + head
+    else:
+        head += " (" + ", ".join(f"{kinds[k]} {_VERB[k].lower()}" for k in _VERB if kinds[k]) + ")"
+    return head + (f", {_meters(resolved)[0]} resolved" if resolved else "")
+
+
+def _time(value: datetime | str | None) -> datetime | str | None:
+    """A stored time (a datetime, or its ISO text once it went through the store) as a datetime."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    return value
+
+
+def _previous(e: Event) -> dict[str, Any]:
+    """The old values of a `changed` event, times in RFC 3339 UTC like every other time sent."""
+    out: dict[str, Any] = {}
+    for k, v in (e.previous or {}).items():
+        t = _time(v) if k == "deadline" else v
+        out[k] = iso(t) if isinstance(t, datetime) else t
+    return out
+
+
+def _when(value: datetime | str | None) -> str:
+    """A deadline as people read it: `2027-03-08` at midnight UTC, else `2027-03-08 17:00 UTC`."""
+    value = _time(value)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "none"
+    at = value.astimezone(UTC) if value.tzinfo else value
+    return f"{at:%Y-%m-%d}" if (at.hour, at.minute, at.second) == (0, 0, 0) else f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def changes(e: Event) -> list[str]:
+    """What a `changed` event changed, old → new: `deadline 2027-03-01 → 2027-03-08`."""
+    previous = e.previous or {}
+    out = []
+    if "deadline" in previous:
+        out.append(f"deadline {_when(previous['deadline'])} → {_when(e.obligation.deadline)}")
+    if "action_description" in previous:
+        out.append(f"description “{previous['action_description']}” → “{e.obligation.action_description}”")
+    return out
 
 
 def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
     o = e.obligation
     fields = e.fields()
     when = f"{o.deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({relative(o.deadline, now)})" if o.deadline else "none"
-    previous = {k: iso(v) if isinstance(v, datetime) else v for k, v in (e.previous or {}).items()}
+    previous = _previous(e)
+    changed = changes(e)
     return {
         **fields,
         "id": e.id,
@@ -162,6 +218,8 @@ def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
         "detail": e.detail,
         "initial": e.initial,
         "previous": previous,
+        "changes": changed,
+        "change_text": "; ".join(changed),
         "status": o.status,
         "resolution": o.resolution,
         "deadline_text": when,
@@ -247,13 +305,13 @@ def _webhook_event(e: Event) -> dict[str, Any]:
     if o.resolution:
         event["resolution"] = o.resolution
     if e.previous:
-        event["previous"] = {k: iso(v) if isinstance(v, datetime) else v for k, v in e.previous.items()}
+        event["previous"] = _previous(e)
     return event
 
 
 def webhook_body(n: Notification, now: datetime | None = None) -> dict[str, Any]:
-    """The JSON body of INTERFACE.md. Deadline buckets of a digest are counted at `now`, by default
-    the notification's creation time, so that every retry sends the same bytes."""
+    """The webhook's JSON body (README, "What gets delivered"). Deadline buckets of a digest are counted at
+    `now`, by default the notification's creation time, so that every retry sends the same bytes."""
     data: dict[str, Any] = {"id": n.id, "rule": n.rule, "receiver": n.receiver, "group": dict(n.group)}
     if n.kind == "digest":
         data["counts"] = digest_counts(n.events, now or n.created_at)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from alerter.models import Meter, Obligation
 from alerter.routing import GroupBook
 from alerter.store.base import Failed, GroupState, RoutingWrite, Sent, Silence, Store
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
@@ -312,3 +313,14 @@ async def test_history_tells_what_became_of_each_event(store: Store) -> None:
     assert history[1].outcomes == ("silenced s9",)
     assert history[2].outcomes == ("grouped r1/ops, waiting",)
     assert await store.history("nobody") == []
+
+
+async def test_meters_are_found_by_their_partner_reference(store: Store) -> None:
+    def ob(meter: str, reference: str, code: str = "A") -> Obligation:
+        return obligation(meter, code).model_copy(update={"meter": Meter(meter_id=meter, partner_reference=reference)})
+
+    await store.commit_page([ob("m1", "site-1"), ob("m1", "site-1", "B"), ob("m2", "site-2"), ob("m3", "site-1")], [])
+    assert await store.meters_by_reference("site-1") == ["m1", "m3"]
+    assert await store.meters_by_reference("site-2") == ["m2"]
+    assert await store.meters_by_reference("site-") == []
+    assert await store.meters_by_reference("m1") == []

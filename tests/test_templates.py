@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from alerter import templates
+from alerter.models import Event
 from alerter.notifiers import slack_blocks
 from alerter.notifiers.email import EmailConfig
 from alerter.notifiers.slack import SlackConfig
@@ -166,3 +167,30 @@ def test_digest_counts() -> None:
     assert s["by_region"] == {"CAISO": 3, "PJM": 1, "(none)": 1}
     assert s["by_deadline"] == {"overdue": 1, "within 7 days": 2, "later": 1, "no deadline": 1}
     assert templates.digest_counts([], NOW)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kinds", "title"),
+    [(["opened", "opened", "opened", "resolved"], "3 meters need IS_AUTHORIZED, 1 resolved"),
+     (["opened", "changed"], "2 meters need IS_AUTHORIZED (1 new, 1 changed)"),
+     (["changed", "resolved"], "Changed: 1 meter needs IS_AUTHORIZED, 1 resolved"),
+     (["opened", "reminder", "resolved", "resolved"], "2 meters need IS_AUTHORIZED (1 new, 1 reminder), 2 resolved")],
+)  # fmt: skip
+def test_mixed_group_titles_count_what_they_hold(kinds: list[Any], title: str) -> None:
+    events = [event(i, kind) for i, kind in enumerate(kinds, 1)]
+    assert templates.title(notification("n", events)) == title
+
+
+@pytest.mark.parametrize("old", [T0 - 7 * DAY, "2026-11-21T10:00:00+00:00", "2026-11-21T10:00:00Z"])
+def test_a_change_reads_old_to_new_in_every_form_it_is_kept(old: Any) -> None:
+    changed = event(1, "changed", previous={"deadline": old, "action_description": "Old text"})
+    for e in (changed, Event.model_validate_json(changed.model_dump_json())):  # fresh, and as stored
+        assert templates.changes(e) == [
+            "deadline 2026-11-21 10:00 UTC → 2026-12-01 10:00 UTC",
+            "description “Old text” → “Customer must re-authorize”",
+        ]
+        [sent] = templates.webhook_body(notification("n", [e]))["data"]["events"]
+        assert sent["previous"] == {"deadline": "2026-11-21T10:00:00Z", "action_description": "Old text"}
+    midnight = event(2, "changed", deadline=datetime(2027, 3, 8, tzinfo=UTC), previous={"deadline": None})
+    assert templates.changes(midnight) == ["deadline none → 2027-03-08"]
+    assert templates.changes(event(3, "opened")) == []

@@ -29,9 +29,12 @@ def summary(n: Notification, now: datetime) -> str:
             lines.append(f"   {name.removeprefix('by_').replace('_', ' ')}: {templates.first_counts(d[name])}")
     shown = 10 if ctx["digest"] else 50
     for e in ctx["listed"][:shown]:
+        deadline = f"deadline {e['deadline_text']}"
+        if e["changes"]:  # what changed, old → new, in place of the deadline alone
+            deadline = "; ".join(e["changes"]) + f" ({templates.relative(e['deadline'], now)})"
         lines.append(
             f"   {e['verb']:<8} {e['label']}: {e['action_type']} {e['action_code']}"
-            f" · {e['program_identifier']} {e['delivery_period']} · deadline {e['deadline_text']}"
+            f" · {e['program_identifier']} {e['delivery_period']} · {deadline}"
         )
     if ctx["count"] > shown:
         lines.append(f"   … and {ctx['count'] - shown} more")

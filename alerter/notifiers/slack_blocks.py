@@ -57,9 +57,8 @@ def event_section(e: Mapping[str, Any], index: int) -> Block:
         f"Program {escape(e['program_identifier'])} · {escape(e['delivery_period'])}"
         f" · Deadline {escape(e['deadline_text'])}",
     ]
-    if e["previous"]:
-        was = ", ".join(f"{k}: {escape(str(v))}" for k, v in e["previous"].items())
-        lines.append(f"_Was {was}_")
+    if e["changes"]:
+        lines.append("_Changed: " + escape("; ".join(e["changes"])) + "_")
     block = section("\n".join(lines), f"ob-{e['key_id']}-{index}")
     block["accessory"] = {
         "type": "button",

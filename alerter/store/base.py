@@ -257,6 +257,9 @@ class Store(Protocol):
     # -- history --
     async def history(self, meter_id: str) -> list[HistoryEntry]: ...
 
+    async def meters_by_reference(self, partner_reference: str) -> list[str]:
+        """The ids of the meters with obligations whose `partner_reference` is this one."""
+
     # -- retention --
     async def purge(self, before: datetime) -> dict[str, int]:
         """Fenced. Forget events, notifications and delivery rows older than `before` that are

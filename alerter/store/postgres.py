@@ -100,6 +100,7 @@ class PostgresStore(SqlStore):
     """The Store on PostgreSQL; `schema` (created if missing) isolates one deployment or test."""
 
     skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"
+    partner_reference: ClassVar[str] = "meter ->> 'partner_reference'"
 
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
         super().__init__()

@@ -80,6 +80,8 @@ class SqlStore(ABC):
     url: str
     skip_locked: ClassVar[str] = ""
     """Row-locking suffix for the claim query (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+    partner_reference: ClassVar[str] = "json_extract(meter, '$.partner_reference')"
+    """SQL for an obligation's stored `meter.partner_reference` (PostgreSQL: `meter ->> ...`)."""
 
     def __init__(self) -> None:
         self._fence: int | None = None
@@ -405,6 +407,11 @@ class SqlStore(ABC):
         from alerter.store.retention import purge
 
         return await purge(self, before)
+
+    async def meters_by_reference(self, partner_reference: str) -> list[str]:
+        sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {self.partner_reference} = $1 ORDER BY meter_id"
+        async with self._read() as tx:
+            return [r["meter_id"] for r in await tx.fetch(sql, partner_reference)]
 
     async def history(self, meter_id: str) -> list[HistoryEntry]:
         async with self._read() as tx:
