@@ -9,17 +9,23 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainSerializer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_BARE = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any) -> timedelta:
-    """`30s`, `5m`, `24h`, `7d` (also `ms`, `w`; a bare number is seconds)."""
+    """`30s`, `5m`, `24h`, `7d` (also `ms`, `w`). A number without a unit is an error, but for 0:
+    `retention: 90` or `timeout: 30` could mean seconds or days, and a wrong guess goes unnoticed."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, str) and _BARE.match(value):
+        value = float(value)
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        if value == 0:
+            return timedelta()
+        raise ValueError(f"{value:g} has no unit: write {value:g}s, {value:g}m, {value:g}h or {value:g}d")
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
