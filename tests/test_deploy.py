@@ -35,11 +35,13 @@ CONFIG_FILES = sorted(CONFIGS.glob("config.*.yaml"))
 RULES_FILE = CONFIGS / "rules.yaml"
 RULES_MOUNT = "/etc/alerter/rules.yaml"
 CONFIG_MOUNT = "/etc/alerter/config.yaml"
+RULES_REF = "rules.yaml"
+"""How the configs name the rules: beside the config file, in the repository and in a container."""
 SECRET_TEMPLATE = K8S / "secret.example.yaml"
 PLACEHOLDER = "change-me"
 SECRET_KEYS = {"LEAP_API_KEY", "SLACK_BOT_TOKEN", "SMTP_PASSWORD", "CRM_WEBHOOK_SECRET", "DATABASE_URL"}
 
-# The config keys of INTERFACE.md (plus `max_retries` and `operations_receiver`).
+# The config keys README documents (those the deploy files may use).
 ALLOWED_CONFIG_KEYS: dict[str, set[str]] = {
     "": {"source", "poll", "state", "http", "rules", "log", "operations_receiver"},
     "source": {"base_url", "api_key", "page_size", "timeout", "filters", "max_retries"},
@@ -166,10 +168,11 @@ def test_deployment_replicas_and_probes() -> None:
     c = container()
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8080}
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in ("http", 8080)
+        # "This process serves": /readyz turns 503 whenever Leap is down or refuses the key, which
+        # would take every replica out of the Service and, with the PDB, block node drains.
+        assert c[probe]["httpGet"]["path"] == "/healthz", probe
     assert c["args"] == ["run", "-c", CONFIG_MOUNT]
 
 
@@ -284,7 +287,7 @@ def test_compose_services_and_healthchecks() -> None:
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert postgres["volumes"]
     assert sim["healthcheck"]["test"]
-    assert sim["command"] == ["sim", "--host", "0.0.0.0", "--port", "8099", "--meters", "5000"]
+    assert sim["command"] == ["sim", "--host", "0.0.0.0", "--port", "8099", "--meters", "5000", "--churn", "0.2"]
     # alerter's own healthcheck is the image's HEALTHCHECK (see the Dockerfile tests).
     assert alerter["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "sim" in alerter["depends_on"]
@@ -309,6 +312,7 @@ def test_compose_mounts_config_and_rules() -> None:
         mounts[target] = (DEPLOY / source).resolve()
     assert mounts[CONFIG_MOUNT] == CONFIGS / "config.compose.yaml"
     assert mounts[RULES_MOUNT] == RULES_FILE
+    assert Path(CONFIG_MOUNT).with_name(RULES_REF) == Path(RULES_MOUNT)  # what `rules: rules.yaml` names there
     assert all(path.is_file() for path in mounts.values())
 
 
@@ -332,7 +336,8 @@ def test_config_file_shape(path: Path) -> None:
     assert doc["source"]["api_key"].startswith("${LEAP_API_KEY")
     assert doc["state"]["url"] == "${DATABASE_URL}"
     assert doc["http"]["listen"] == "0.0.0.0:8080"  # the image's HEALTHCHECK and EXPOSE
-    assert doc["rules"] == RULES_MOUNT
+    assert doc["rules"] == RULES_REF  # beside the config: deploy/config/ here, /etc/alerter/ in a container
+    assert (path.parent / RULES_REF).resolve() == RULES_FILE
     assert doc["log"]["format"] == "json"
     receivers = {r["name"] for r in load_one(RULES_FILE)["receivers"]}
     assert doc.get("operations_receiver") in receivers
@@ -389,17 +394,6 @@ def _load_config_function() -> Callable[..., Any]:
     return load_config  # type: ignore[no-any-return]
 
 
-def _staged(tmp_path: Path, config: Path) -> Path:
-    """The config and rules in tmp_path, the config pointing at that copy of the rules."""
-    rules = tmp_path / "rules.yaml"
-    shutil.copyfile(RULES_FILE, rules)
-    staged = tmp_path / config.name
-    text = config.read_text(encoding="utf-8")
-    assert RULES_MOUNT in text
-    staged.write_text(text.replace(RULES_MOUNT, str(rules)), encoding="utf-8")
-    return staged
-
-
 @pytest.fixture
 def deploy_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name, value in TEST_ENV.items():
@@ -408,9 +402,9 @@ def deploy_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
-def test_config_loads_with_the_project_loader(path: Path, tmp_path: Path, deploy_env: dict[str, str]) -> None:
+def test_config_loads_with_the_project_loader(path: Path, deploy_env: dict[str, str]) -> None:
     load_config = _load_config_function()
-    config = load_config(_staged(tmp_path, path))
+    config = load_config(path)
     assert config.source.base_url == BASE_URLS[path.name]
     assert config.source.api_key.get_secret_value() == deploy_env["LEAP_API_KEY"]
     assert config.state.url == deploy_env["DATABASE_URL"]
@@ -430,10 +424,10 @@ def test_rules_load_with_the_project_loader(deploy_env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
-def test_alerter_check_accepts_the_deploy_files(path: Path, tmp_path: Path, deploy_env: dict[str, str]) -> None:
+def test_alerter_check_accepts_the_deploy_files(path: Path, deploy_env: dict[str, str]) -> None:
     """`alerter check` validates the config and the rules and renders every template."""
     proc = subprocess.run(
-        [sys.executable, "-m", "alerter", "check", "-c", str(_staged(tmp_path, path))],
+        [sys.executable, "-m", "alerter", "check", "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -444,6 +438,41 @@ def test_alerter_check_accepts_the_deploy_files(path: Path, tmp_path: Path, depl
     if proc.returncode != 0 and any(marker in proc.stderr for marker in not_written):
         pytest.skip(f"`alerter check` is not written yet: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_check_command_of_the_deploy_readme_works_as_written() -> None:
+    """The `alerter check` block of deploy/README.md, pasted into a shell at the repository root."""
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("Check the files") :].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "alerter check" in block and "..." not in block
+    bin_dir = str(Path(sys.executable).parent)  # where `alerter` is installed beside this Python
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_KEYS} | {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+async def test_the_probed_path_stays_200_while_leap_is_unreachable(tmp_path: Path) -> None:
+    """What the probes ask serves while the pipeline is unhealthy; /readyz says so, for monitoring."""
+    from tests.support.proc import Service
+    from tests.support.service import config_yaml, rules_yaml, write_config
+
+    probed = {container()[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe", "startupProbe")}
+    cfg = write_config(
+        tmp_path,
+        config_yaml("http://127.0.0.1:9", f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
+        rules_yaml("http://127.0.0.1:9/hook"),
+    )
+    svc = await Service.start(str(cfg))
+    try:
+        await svc.wait_for_log("cycle_failed", 60)
+        status, body = await svc.get("/readyz")
+        assert status == 503 and "reason" in body
+        for path in probed:
+            assert (await svc.get(path))[0] == 200, path
+    finally:
+        await svc.stop()
 
 
 # ---- Dockerfile ------------------------------------------------------------------------
