@@ -137,6 +137,18 @@ def _since(text: str) -> datetime:
         ) from None
 
 
+def _state_url(text: str) -> str:
+    from pydantic import ValidationError
+
+    from alerter.config import StateConfig
+
+    try:
+        StateConfig(url=text)
+    except ValidationError as err:
+        raise argparse.ArgumentTypeError(str(err.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+    return text
+
+
 PORT = _int_in(0, 65535)
 
 
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument("--meters", type=_int_in(1), default=3000, help="meters in the simulated portfolio")
     demo.add_argument("--port", type=PORT, default=0, help="simulator port (0: any free port)")
-    demo.add_argument("--state", default=None, help="state URL (default: a temporary SQLite file)")
+    demo.add_argument("--state", type=_state_url, default=None, help="state URL (default: a temporary SQLite file)")
 
     sil = sub.add_parser("silence", help="silence events matching a matcher", description="silences")
     sil_sub = sil.add_subparsers(dest="silence_command", required=True, parser_class=_SubParser, metavar="COMMAND")

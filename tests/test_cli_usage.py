@@ -105,6 +105,7 @@ BAD_ARGUMENTS = [
     (["sim", "--port", "70000"], "--port"),
     (["demo", "--meters", "0"], "--meters"),
     (["demo", "--port", "-1"], "--port"),
+    (["demo", "--state", "mysql://db/alerter"], "--state"),
     (["rules", "test", "-c", "c.yaml", "--before", "a.json", "--after", "b.json", "--now", "yesterday"], "--now"),
     (["dlq", "list", "-c", "c.yaml", "--since", "lastweek"], "--since"),
     (["dlq", "replay", "-c", "c.yaml", "--since", "2026-13-45"], "--since"),
