@@ -99,11 +99,9 @@ def render(n: Notification, config: Config, now: datetime) -> str:
     return summary(n, now)
 
 
-def rules_test(config_path: str, before: str, after: str, at: str | None) -> int:
+def rules_test(config_path: str, before: str, after: str, at: datetime | None) -> int:
     config = load_config(config_path)
-    now = datetime.fromisoformat(at.replace("Z", "+00:00")) if at else datetime.now(UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
+    now = at or datetime.now(UTC)
     events = snapshot_events(_snapshot(before), _snapshot(after), now)
     router = Router(config.ruleset)
     print(f"{len(events)} event(s)")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import shlex
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from alerter.config import parse_duration
 from alerter.errors import AlerterError
@@ -18,21 +22,6 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _since(value: str | None) -> datetime | None:
-    """An ISO time, or a duration ago (`24h`)."""
-    if not value:
-        return None
-    try:
-        return _now() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as err:
-        raise AlerterError(f"--since: not an ISO time or a duration: {value!r}") from err
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -124,7 +113,7 @@ async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
             print("no silences")
         for s in silences:
             status = "active" if s.starts_at <= now < s.ends_at else "expired"
-            shown = " ".join(f"{k}={v}" for k, v in s.matchers.items())
+            shown = " ".join(matcher_args(s.matchers))
             print(f"{s.id}  {status:7}  until {_fmt(s.ends_at)}  {shown}  # {s.reason}")
         return EXIT_OK
     if await store.expire_silence(args.id, now):
@@ -135,7 +124,7 @@ async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
 
 
 async def _dlq(store: Any, loaded: Any, args: argparse.Namespace) -> int:
-    since = _since(args.since)
+    since = args.since
     if args.dlq_command == "list":
         rows = await store.dead_letters(args.receiver, since)
         if not rows:
@@ -191,6 +180,25 @@ async def _history(store: Any, loaded: Any, args: argparse.Namespace) -> int:
             for outcome in entry.outcomes:
                 print(f"    {outcome}")
     return EXIT_OK
+
+
+def matcher_args(matchers: dict[str, Any]) -> list[str]:
+    """A silence's matchers as the arguments `silence add` takes (`tags=~vip`), quoted for a shell."""
+    out = []
+    for name, spec in matchers.items():
+        if isinstance(spec, dict) and len(spec) == 1 and "regex" in spec:
+            arg = f"{name}=~{spec['regex']}"
+        elif isinstance(spec, dict) and len(spec) == 1 and "not" in spec and not isinstance(spec["not"], list | dict):
+            arg = f"{name}!={spec['not']}"
+        elif isinstance(spec, str):
+            arg = f"{name}={spec}"
+        else:  # a form `silence add` does not write (e.g. made through the API): its value as JSON
+            arg = f"{name}={orjson.dumps(spec).decode()}"
+        out.append(shlex.quote(arg) if _SHELL_SPECIAL.search(arg) else arg)
+    return out
+
+
+_SHELL_SPECIAL = re.compile(r"[\s'\"`$\\;&|<>()*?\[\]{}#]")
 
 
 _STATE_COMMANDS: dict[str, Callable[[Any, Any, argparse.Namespace], Awaitable[int]]] = {

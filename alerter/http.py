@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+from alerter.errors import AlerterError
 
 
 def retry_after(value: str | None) -> float | None:
@@ -21,3 +25,12 @@ def retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def listen_error(host: str, port: int, err: OSError) -> AlerterError:
+    """`cannot listen on 127.0.0.1:8080: address already in use`."""
+    if isinstance(err, socket.gaierror) or not err.errno or err.errno < 0:
+        reason = err.strerror or str(err)
+    else:
+        reason = os.strerror(err.errno)
+    return AlerterError(f"cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}")

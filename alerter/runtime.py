@@ -93,9 +93,13 @@ class Runtime:
 
     async def run(self) -> int:
         svc = self.service
-        await svc.start()
         app = make_app(svc.health, svc.metrics, svc.clock)
-        runner, self.port = await start_server(app, svc.config.http.listen)
+        runner, self.port = await start_server(app, svc.config.http.listen)  # a busy port fails before the store opens
+        try:
+            await svc.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         self.log.info(
             "service_started",
             listen=f"{svc.config.http.listen.rpartition(':')[0]}:{self.port}",

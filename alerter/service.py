@@ -366,7 +366,10 @@ def once(config_path: str, *, deadline: float, verbose: bool = False) -> int:
     from alerter import logs
 
     config = load_config(config_path)
-    logs.configure(config.log.format, "debug" if verbose else config.log.level)
+    # a failed cycle is the one line _once prints: the service's own lines about it would repeat it
+    failed = ("cycle_failed", "self_alert:auth_refused", "self_alert:source_down", "self_alert:stale")
+    reported = () if verbose else failed
+    logs.configure(config.log.format, "debug" if verbose else config.log.level, reported=reported)
     tune_gc()
     return asyncio.run(_once(config, deadline))
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import orjson
 from aiohttp import web
 
+from alerter.http import listen_error
 from alerter.metrics import Metrics
 
 
@@ -68,12 +69,20 @@ def make_app(health: Health, metrics: Metrics, clock: Callable[[], datetime]) ->
 
 
 async def start_server(app: web.Application, listen: str) -> tuple[web.AppRunner, int]:
-    """Bind `host:port` (port 0 picks a free one); returns the runner and the bound port."""
+    """Bind `host:port` (port 0 picks a free one); returns the runner and the bound port.
+
+    A port that cannot be bound (in use, not permitted, an unknown host) raises AlerterError
+    with one line naming the address.
+    """
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise listen_error(host or "127.0.0.1", int(port), err) from None
     bound = int(port)
     for address in runner.addresses:
         bound = int(address[1])

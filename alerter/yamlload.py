@@ -36,6 +36,7 @@ YamlPath = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REF = re.compile(r"(?<!\$)\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}")
+_VALUES_SHOWN = re.compile(r' with value ".*', re.S)
 _MARK = "\ue000"
 _HOLDER = re.compile(_MARK + r"(\d+)" + _MARK + "+")
 
@@ -100,6 +101,8 @@ def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) ->
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         message = err.problem or err.context or "invalid YAML"
+        # `found duplicate key "k" with value "..." (original value: "...")`: values may be secrets
+        message = _VALUES_SHOWN.sub("", message)
         ctx = err.context_mark
         if err.problem and err.context and ctx is not None and ctx is not mark:
             message += f" ({err.context} at {ctx.line + 1}:{ctx.column + 1})"
@@ -231,13 +234,47 @@ def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = (
             problem = doc.problem(loc, f"unknown key '{loc[-1]}'" + _under(loc[:-1]), key=True)
             once = problem
         else:
-            msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            problem = doc.problem(loc, f"{dotted(loc)}: {msg}" if loc else msg)
+            msg = _SHAPES.get(e["type"], "")
+            empty = bool(msg) and e.get("input") is None  # `poll:` with nothing after: point at `poll`
+            if msg:
+                msg = f"{msg}, got {_kind(e.get('input'))}"
+            else:
+                msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            problem = doc.problem(loc, f"{dotted(loc)}: {msg}" if loc else msg, key=empty)
             once = loc  # a union reports once per member: keep the first message per node
         if once not in seen:
             seen.add(once)
             out.append(problem)
     return out
+
+
+_SHAPES = {
+    "model_type": "expected a mapping of settings",
+    "model_attributes_type": "expected a mapping of settings",
+    "dataclass_type": "expected a mapping of settings",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+}
+"""pydantic's errors about the shape of a value, said the way a YAML file shows it."""
+
+
+def _kind(value: Any) -> str:
+    """What the YAML held, never the value itself (it may be a secret)."""
+    if value is None:
+        return "an empty value (are its settings on the next lines, indented under it?)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, dt.date):
+        return "a date"
+    return type(value).__name__
 
 
 _POS = re.compile(r"^(.*?):(\d+):(\d+): ")

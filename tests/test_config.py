@@ -34,7 +34,20 @@ BAD = [
     ("bad_duration.yaml", ["bad_duration.yaml:4:13: poll.interval: not a duration: 'five minutes'"]),
     ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
     ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
-    ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: Input should be a valid dictionary"]),
+    ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: expected a mapping, got a list"]),
+    (
+        "section_not_a_mapping.yaml",
+        ["section_not_a_mapping.yaml:4:7: poll: expected a mapping of settings, got a string"],
+    ),
+    (
+        "section_not_indented.yaml",
+        [
+            "section_not_indented.yaml:4:1: poll: expected a mapping of settings, got an empty value "
+            "(are its settings on the next lines, indented under it?)",
+            "section_not_indented.yaml:5:1: unknown key 'interval'",
+        ],
+    ),
+    ("duplicate_section.yaml", ['duplicate_section.yaml:5:1: found duplicate key "source" (while constructing']),
     (
         "unset_variable.yaml",
         ["unset_variable.yaml:2:12: environment variable ALERTER_TEST_UNSET_KEY is not set"],
@@ -74,6 +87,12 @@ def test_bad_config_reports_every_problem_at_its_position(in_bad: Path, name: st
     assert len(got) == len(expected), got
     for want, have in zip(expected, got, strict=True):
         assert have.startswith(want), (want, have)
+
+
+def test_a_duplicate_key_is_reported_without_the_values_it_holds(in_bad: Path) -> None:
+    text = "\n".join(problems("duplicate_section.yaml"))
+    assert "duplicate key" in text
+    assert "secret-value" not in text  # an api_key, a password: never echoed back
 
 
 def test_every_bad_fixture_is_in_the_table() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -17,6 +18,8 @@ from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Notification
 from alerter.notifiers.base import ReceiverGone, SendResult, ThreadLookup, scrub
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 class WebhookConfig(BaseModel):
@@ -39,10 +42,15 @@ class WebhookConfig(BaseModel):
     @classmethod
     def _whsec(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
         for s in [] if value is None else value if isinstance(value, list) else [value]:
+            key = s.get_secret_value().removeprefix("whsec_")
+            # the signing library would skip characters that are not base64 and sign with another key
+            valid = _BASE64.fullmatch(key) is not None
             try:
                 Webhook(s.get_secret_value())
             except Exception:
-                raise ValueError("webhook secret must be whsec_ followed by base64") from None
+                valid = False
+            if not valid:
+                raise ValueError("webhook secret must be whsec_ followed by base64 (A-Z, a-z, 0-9, +, /)")
         return value
 
     def secrets(self) -> list[str]:

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from alerter.errors import ConfigError
+from alerter.http import listen_error
 from alerter.sim.churn import run_churn
 from alerter.sim.faults import Fault, Faults, corrupt
 from alerter.sim.portfolio import Portfolio
@@ -273,7 +274,11 @@ class SimServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:  # a busy port: one line (exit 1), and nothing left running
+            await self.stop()
+            raise listen_error(self._host, self._port, err) from None
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{port}"
         return self.url
