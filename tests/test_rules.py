@@ -247,6 +247,13 @@ BAD_FILES: list[tuple[str | list[str], list[str]]] = [
             "unsupported_regex.yaml:8:35: regex '(a+)+\\\\1': backreference '\\1' is not supported",
         ],
     ),
+    ("empty.yaml", ["empty.yaml:1:1: the rules file is empty"]),
+    ("only_comments.yaml", ["only_comments.yaml:1:1: the rules file is empty"]),
+    ("no_rules.yaml", ["no_rules.yaml:4:1: no rules defined: every event would be dropped"]),
+    (
+        "nothing_defined.yaml",
+        ["nothing_defined.yaml:1:1: no receivers defined", "nothing_defined.yaml:2:1: no rules defined"],
+    ),
 ]
 
 
