@@ -193,6 +193,8 @@ def _rule_docs(
     raw = data.get("rules", [])
     entries = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
     at_list = not isinstance(raw, str)
+    if isinstance(raw, list) and not raw:  # no rules would route nothing: every event dropped
+        problems.append(doc.problem(("rules",), "no rules files (e.g. rules: rules.yaml)", key=True))
     base = path.parent
     files: list[Path] = []
     docs: list[YamlDoc] = []

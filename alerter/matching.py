@@ -8,9 +8,10 @@ hold: `not`, `in`, `not_in`, `regex`, `exists`, `contains`, `contains_any`, `wit
 this element", a list, `in` or `contains_any` means "has any of these", `not_in` "has
 none of these", `regex` "some element matches", `exists` "is not empty". On text fields
 `contains`/`contains_any` are substring tests and `exists` means "not empty". `regex`
-uses `re.search`: anchor with `^...$` to match the whole value. Time fields (`deadline`,
-`opened_at`) take `exists`, `within` (less than that ahead of now, not past) and
-`older_than` (more than that behind now). Silences use the same language.
+searches like `re.search` (anchor with `^...$` to match the whole value), on RE2 so that
+it takes linear time (see alerter.regexes). Time fields (`deadline`, `opened_at`) take
+`exists`, `within` (less than that ahead of now, not past) and `older_than` (more than
+that behind now). Silences use the same language.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from operator import attrgetter
 from typing import Any, Literal
 
 from alerter.durations import parse_duration
+from alerter.regexes import compile_search
 
 FieldKind = Literal["text", "list", "bool", "time", "event"]
 
@@ -230,14 +232,14 @@ def _compile_op(op: str, name: str, kind: FieldKind, arg: Any, path: tuple[str |
         if not isinstance(arg, str):
             rep(path, "'regex' takes a string", False)
             return None
-        try:
-            rx = re.compile(arg)
-        except re.error as err:
-            rep(path, f"bad regex {arg!r}: {err}", False)
+        search = compile_search(arg)
+        if isinstance(search, str):
+            rep(path, search, False)
             return None
+        found = _memo(search)
         if kind == "list":
-            return lambda v, now: any(rx.search(x) for x in v)
-        return _memo(lambda v: rx.search(v) is not None)
+            return lambda v, now: any(found(x, now) for x in v)
+        return found
     if op == "exists":
         if not isinstance(arg, bool):
             rep(path, "'exists' takes true or false", False)

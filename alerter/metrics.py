@@ -54,6 +54,15 @@ class Metrics:
         )
         self.leader = Gauge("alerter_leader", "1 while this instance holds the polling lease", registry=r)
         self.ready = Gauge("alerter_ready", "1 while /readyz answers 200", registry=r)
+        self.rules_reloads = Counter(
+            "alerter_rules_reload", "Rules reloads by result (ok, rejected, unstable)", ["result"], registry=r
+        )
+        self.unrouted = Counter(
+            "alerter_events_unrouted", "Events no rule took (none matched, no fallback rule)", ["type"], registry=r
+        )
+        self.silences_skipped = Counter(
+            "alerter_silences_skipped", "Stored silences that cannot be applied (counted once each)", registry=r
+        )
 
     def watch_source(self, stats: Callable[[], Any]) -> None:
         """Export the source client's own counters (requests, retries, latency) at scrape time."""

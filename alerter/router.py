@@ -138,6 +138,11 @@ class Router:
         """Candidate tuples by mask: keys with the same mask share one tuple."""
         self._masks: list[dict[Any, int]] = [{} for _ in self._fields]
 
+    @property
+    def routes_nothing(self) -> bool:
+        """No rule and no fallback: every event would be consumed and sent nowhere."""
+        return not self._entries and self._fallback is None
+
     def _entry(self, rule: Rule) -> _Entry:
         conds = rule.matcher.conditions
         keyed = tuple((self._fields.index(c.field), c) for c in conds if c.field in self._fields)

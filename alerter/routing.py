@@ -50,6 +50,7 @@ __all__ = [
     "Router",
     "Rule",
     "RuleTable",
+    "SilenceCheck",
     "Target",
     "active_silences",
     "digest",
@@ -58,19 +59,62 @@ __all__ = [
     "notification_id",
     "parse_silence_matchers",
     "plan",
+    "silence_problem",
 ]
 
 
 def active_silences(silences: Iterable[Silence], now: datetime) -> list[tuple[str, Matcher]]:
-    """(silence id, compiled matcher) of silences in force at `now`; an invalid one is skipped."""
+    """(silence id, compiled matcher) of silences in force at `now`; an invalid one is skipped
+    (see `silence_problem`)."""
     out: list[tuple[str, Matcher]] = []
     for s in silences:
         if s.starts_at <= now < s.ends_at:
-            try:
-                out.append((s.id, compile_matcher(s.matchers)))
-            except MatcherError:
-                continue
+            matcher = _silence_matcher(s)
+            if isinstance(matcher, Matcher):
+                out.append((s.id, matcher))
     return out
+
+
+def silence_problem(silence: Silence) -> str | None:
+    """Why a stored silence cannot be applied (e.g. a regex this version refuses, saved by an
+    older one), or None. Such a silence silences nothing."""
+    matcher = _silence_matcher(silence)
+    return matcher if isinstance(matcher, str) else None
+
+
+class SilenceCheck:
+    """Sorts stored silences into those that can be applied and those that cannot, each of the
+    latter reported once (the service logs and counts it)."""
+
+    def __init__(self) -> None:
+        self.skipped: set[str] = set()
+
+    def check(self, silences: Iterable[Silence]) -> tuple[list[Silence], list[tuple[str, str]]]:
+        """(usable silences, newly found (silence id, problem) pairs)."""
+        usable: list[Silence] = []
+        found: list[tuple[str, str]] = []
+        for s in silences:
+            if s.id in self.skipped:
+                continue
+            problem = silence_problem(s)
+            if problem is None:
+                usable.append(s)
+            else:
+                self.skipped.add(s.id)
+                found.append((s.id, problem))
+        return usable, found
+
+
+def _silence_matcher(silence: Silence) -> Matcher | str:
+    if not isinstance(silence.matchers, Mapping):
+        return "its matchers are not a mapping"
+    try:
+        matcher = compile_matcher(silence.matchers)
+    except MatcherError as err:
+        return "; ".join(err.problems)
+    if not matcher.conditions:  # it would silence everything
+        return "it has no matcher"
+    return matcher
 
 
 def plan(
@@ -85,7 +129,8 @@ def plan(
     are not needed). `notified`: obligation key id -> receivers told of its opening.
 
     Every event ends in `consumed` once (an id given twice is routed once); a silenced one
-    in `silenced` instead of a group. A grouped event is appended to each of its groups
+    in `silenced` instead of a group; one that no rule takes (no rule matches and there is no
+    fallback rule) in `unrouted` too, for the service to count. A grouped event is appended to each of its groups
     (`appended`, in arrival order). `groups` holds the heads that change: new groups, and
     idle ones an event wakes up (a waiting group keeps its flush time). Events of an initial
     sync (`initial=True`) are not grouped: they become one digest notification per
@@ -100,6 +145,7 @@ def plan(
     """group key -> its placement, for the groups touched in this call."""
     consumed: dict[str, None] = {}
     silenced: list[tuple[str, str]] = []
+    unrouted: list[tuple[str, str]] = []
     initial: list[Event] = []
     for ev in events:
         ev_id = ev.id
@@ -115,6 +161,8 @@ def plan(
             initial.append(ev)
             continue
         placed = placements(ev, now)
+        if not placed and ev.kind != "reminder":  # a reminder no rule asks for is not a miss
+            unrouted.append((ev_id, ev.kind))
         if ev.kind == "resolved":
             told = notified.get(ev.obligation.key_id) or set()
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
@@ -133,6 +181,7 @@ def plan(
         appended=appended,
         notifications=digest(initial, router, now) if initial else [],
         silenced=silenced,
+        unrouted=unrouted,
     )
 
 

@@ -6,7 +6,8 @@ unknown keys, fields or operators, bad regexes and durations, references to unde
 receivers, duplicate rule or receiver names across the merged files, rules without
 receivers. `defaults` apply to the rules of their own file; a rule's `remind` replaces
 the default policy whole. The fallback rule (`fallback: true`, at most one, no `match`)
-receives only what matches no other rule.
+receives only what matches no other rule. A rules set without any rule or receiver, and
+an empty rules file, are errors: such rules would route nothing and drop every event.
 """
 
 from __future__ import annotations
@@ -165,10 +166,15 @@ class _Compiler:
         self.where: dict[str, str] = {}
         self.refs: list[tuple[YamlDoc, YamlPath, str]] = []
         self.files: list[str] = []
+        self.docs: list[YamlDoc] = []
 
     def add(self, doc: YamlDoc) -> None:
         self.files.append(doc.file)
+        self.docs.append(doc)
         self.problems.extend(doc.problems)
+        if doc.data is None and not doc.problems:
+            self.problems.append(doc.problem((), "the rules file is empty (expected receivers, defaults, rules)"))
+            return
         data = {} if doc.data is None else doc.data
         if not isinstance(data, dict):
             self.problems.append(doc.problem((), "a rules file is a mapping with receivers, defaults, rules"))
@@ -247,6 +253,19 @@ class _Compiler:
             if first != here:
                 self.problems.append(f"{here}: duplicate {what} name '{name}' (first defined at {first})")
 
+    def _not_empty(self) -> None:
+        """Rules that route nothing drop every event: a set without rules or receivers is an error
+        (so a reload that read a truncated file keeps the rules it had)."""
+        for section, missing, have in (
+            ("receivers", "no receivers defined: the rules have nowhere to send", self.receivers),
+            ("rules", "no rules defined: every event would be dropped (a rule without match takes all)", self.rules),
+        ):
+            if have or (section == "rules" and self.fallback is not None):
+                continue
+            named = [d for d in self.docs if isinstance(d.data, dict) and section in d.data]
+            doc = named[-1] if named else self.docs[-1]
+            self.problems.append(doc.problem((section,) if named else (), missing, key=True))
+
     def _group_by(self, doc: YamlDoc, value: Any, path: YamlPath) -> None:
         for i, name in enumerate(value if isinstance(value, list) else []):
             if isinstance(name, str) and name not in FIELDS:
@@ -259,6 +278,8 @@ class _Compiler:
                 known = [k.removeprefix("receiver:") for k in self.where if k.startswith("receiver:")]
                 hint = did_you_mean(ref, known, "receivers") if known else "(no receivers defined)"
                 self.problems.append(doc.problem(path, f"undefined receiver '{ref}' {hint}"))
+        if not self.problems and self.docs:
+            self._not_empty()
         if self.problems:
             raise ConfigError(sort_problems(self.problems, self.files))
         return RuleSet(

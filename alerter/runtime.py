@@ -4,13 +4,13 @@ Jobs (APScheduler AsyncIOScheduler, `max_instances=1, coalesce=True`): poll ever
 `poll.interval`; routing and group flushes every second; reminders every minute;
 delivery every second; gauges and self-alerts every 15 s; a rules-file watch every 5 s.
 SIGTERM/SIGINT finish the step in flight and exit 0 within a grace period; SIGHUP
-(or a changed rules file) reloads rules, keeping the old ones if the new file is invalid.
+(or a changed rules file, once it reads the same on two watch ticks) reloads rules, all or
+nothing: the old ones stay if the new files are invalid or change while being read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -23,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from alerter import logs
 from alerter.config import Config, load_config
 from alerter.errors import AlerterError, SourceError
+from alerter.reloading import file_digests, rule_files
 from alerter.service import Service, tune_gc
 from alerter.web import make_app, start_server
 
@@ -43,16 +44,8 @@ class Runtime:
         self.stop = asyncio.Event()
         self.port: int | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._mtimes = self._rule_mtimes()
-
-    def _rule_mtimes(self) -> dict[Path, float]:
-        cfg = self.service.config
-        paths = [*(cfg.rule_paths or ()), *([cfg.path] if cfg.path else [])]
-        out: dict[Path, float] = {}
-        for p in paths:
-            with contextlib.suppress(OSError):
-                out[p] = p.stat().st_mtime
-        return out
+        self._settling: dict[Path, str | None] | None = None
+        """The rules files as the last watch tick saw them, when they differed from what was read."""
 
     def _job(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
         async def wrapped() -> None:
@@ -86,9 +79,14 @@ class Runtime:
         await self.service.refresh_gauges()
 
     async def _watch_rules(self) -> None:
-        now = self._rule_mtimes()
-        if now != self._mtimes:
-            self._mtimes = now
+        """Reload once changed files read the same on two ticks: a file being written is left alone."""
+        seen = file_digests(rule_files(self.service.config))
+        if seen == self.service.rules_digests:
+            self._settling = None
+        elif seen != self._settling:
+            self._settling = seen
+        else:
+            self._settling = None
             self.service.reload()
 
     async def run(self) -> int:

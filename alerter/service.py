@@ -21,20 +21,21 @@ import structlog
 
 from alerter.config import Config, load_config
 from alerter.delivery import Deliverer, DeliveryStats
-from alerter.errors import ConfigError, FencedError, SourceError
+from alerter.errors import FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Event, ObligationKey
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
+from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import reminders_due
 from alerter.router import Router
-from alerter.routing import flush, idle_before, plan
+from alerter.routing import SilenceCheck, flush, idle_before, plan
 from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite
+from alerter.store.base import RoutingWrite, Silence
 from alerter.web import Health
 
 ROUTE_BATCH = 10_000
@@ -104,11 +105,15 @@ class Service:
         self.metrics.watch_source(lambda: self.client.stats)
         self.ruleset = config.ruleset
         self.router = Router(self.ruleset)
+        self.health.rules_loaded = not self.router.routes_nothing
         self.notifiers = build_notifiers(self.ruleset, stream)
         self.deliverer = Deliverer(self.store, self.notifiers, self.owner)
         self.alerts = SelfAlerts(self, config.operations_receiver)
         self.leader = False
         self._step = asyncio.Lock()
+        self._silences = SilenceCheck()
+        self.rules_digests = file_digests(rule_files(config))
+        """The rules files as the service last read them (the watcher reloads when they differ)."""
         self._reminded: set[str] = set()
         """Reminder event ids known to be in the store, so each is serialized and offered once."""
 
@@ -145,27 +150,41 @@ class Service:
         self.health.leader = False
         self.metrics.leader.set(0)
 
-    def reload(self) -> bool:
-        """Reload config and rules from the same file; an invalid file keeps the old rules."""
-        path = self.config.path
-        if path is None:
-            return False
-        try:
-            fresh = load_config(path)
-        except ConfigError as err:
-            self.log.error("rules_reload_rejected", problems=err.problems)
-            return False
+    def reload(self) -> ReloadResult:
+        """Reload config and rules from the same files, all or nothing (see alerter.reloading):
+        `rejected` or `unstable` keep the old rules. Notifications already queued keep their
+        receivers; one for a receiver the new rules no longer define becomes a dead letter."""
+        got = reread(self.config)
+        if got.result != "unstable":
+            self.rules_digests = got.digests
+        if got.config is None:
+            return self._reloaded(got.result, got.problems)
+        fresh = got.config
         old = self.notifiers
         self.config = fresh
         self.ruleset = fresh.ruleset
         self.router = Router(self.ruleset)
+        self.health.rules_loaded = True  # the loader refuses rules that route nothing
         self.notifiers = build_notifiers(self.ruleset, self.stream)
         self.deliverer.notifiers = self.notifiers
         self.alerts.receiver = fresh.operations_receiver
         for notifier in old.values():
             asyncio.get_running_loop().create_task(notifier.close())
-        self.log.info("rules_reloaded", rules=len(self.ruleset.rules), receivers=len(self.notifiers))
-        return True
+        removed = sorted(set(old) - set(self.notifiers))
+        self.log.info(
+            "rules_reloaded", rules=len(self.ruleset.rules), receivers=len(self.notifiers), removed_receivers=removed
+        )
+        return self._reloaded("ok", [])
+
+    def _reloaded(self, result: ReloadResult, problems: list[str]) -> ReloadResult:
+        now = self.clock()
+        self.metrics.rules_reloads.labels(result).inc()
+        self.health.last_reload = {"result": result, "at": now.isoformat(), "problems": problems}
+        if result == "rejected":
+            self.log.error("rules_reload_rejected", problems=problems)
+        elif result == "unstable":
+            self.log.warning("rules_reload_deferred", reason=problems[0])
+        return result
 
     # -- the steps --
     async def run_cycle(
@@ -288,6 +307,8 @@ class Service:
             after = batch[-1].key
 
     async def _route(self, now: datetime, *, flush_all: bool = False) -> None:
+        if self.router.routes_nothing:  # built without rules (not ready): events stay pending
+            return
         mode = self.config.poll.initial_sync
         while True:
             events = await self.store.pending_events(ROUTE_BATCH)
@@ -305,10 +326,11 @@ class Service:
             groups = await self.store.group_heads()
             resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
             notified = await self.store.notified_receivers(resolved) if resolved else {}
-            silences = await self.store.list_silences(now)
+            silences = self._applicable(await self.store.list_silences(now))
             write = plan(events, self.router, groups, notified, silences, now)
             await self.store.commit_routing(write)
             self._count_notifications(write)
+            self._count_unrouted(write)
             if len(events) < ROUTE_BATCH:
                 break
         # idle groups come along so that flush can delete them (a later event opens a new group)
@@ -321,6 +343,19 @@ class Service:
         write = result.write()
         await self.store.commit_routing(write)
         self._count_notifications(write)
+
+    def _applicable(self, silences: list[Silence]) -> list[Silence]:
+        usable, skipped = self._silences.check(silences)
+        for silence_id, problem in skipped:  # e.g. a regex saved by an older version: logged once
+            self.log.error("silence_skipped", silence_id=silence_id, problem=problem)
+            self.metrics.silences_skipped.inc()
+        return usable
+
+    def _count_unrouted(self, write: RoutingWrite) -> None:
+        for _, kind in write.unrouted:
+            self.metrics.unrouted.labels(kind).inc()
+        if write.unrouted:
+            self.log.info("events_unrouted", count=len(write.unrouted), reason="no rule matches, no fallback rule")
 
     def _count_notifications(self, write: RoutingWrite) -> None:
         for n in write.notifications:

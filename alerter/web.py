@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -23,6 +24,8 @@ class Health:
     last_error: str | None = None
     auth_refused: bool = False
     leader: bool = False
+    last_reload: dict[str, Any] | None = None
+    """The last rules reload: `result` (ok, rejected, unstable), `at`, and `problems` when rejected."""
 
     def readiness(self, now: datetime) -> tuple[bool, str]:
         if not self.rules_loaded:
@@ -51,6 +54,7 @@ def make_app(health: Health, metrics: Metrics, clock: Callable[[], datetime]) ->
             "reason": reason,
             "leader": health.leader,
             "last_success_at": health.last_success_at.isoformat() if health.last_success_at else None,
+            "rules_reload": health.last_reload,
         }
         return web.Response(status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json")
 

@@ -148,7 +148,7 @@ async def test_run_health_ready_metrics_sighup_sigterm(tmp_path: Path) -> None:
             assert len(hook.delivered()) == 2
             # an edited rules file is picked up without a signal
             (tmp_path / "rules.yaml").write_text(rules_yaml(hook.url(), group_wait="1s"))
-            await svc.wait_for_log("rules_reloaded", timeout=15, count=2)
+            await svc.wait_for_log("rules_reloaded", timeout=30, count=2)  # two watch ticks
         finally:
             code = await svc.stop(signal.SIGTERM)
         assert code == 0

@@ -68,6 +68,7 @@ BAD = [
         ],
     ),
     ("not_a_mapping.yaml", ["not_a_mapping.yaml:1:1: a config file is a mapping"]),
+    ("no_rules_files.yaml", ["no_rules_files.yaml:1:1: no rules files (e.g. rules: rules.yaml)"]),
     (
         "many_problems.yaml",
         [

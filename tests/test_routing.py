@@ -8,7 +8,7 @@ import pytest
 
 from alerter.matching import compile_matcher
 from alerter.models import Event
-from alerter.routing import GroupBook, Router, digest, flush, idle_before, notification_id, plan
+from alerter.routing import GroupBook, Router, SilenceCheck, digest, flush, idle_before, notification_id, plan
 from alerter.rules import RuleSet, compile_rules
 from alerter.store.base import GroupState, RoutingWrite, Silence
 from alerter.yamlload import parse_yaml
@@ -248,6 +248,33 @@ def test_silenced_events_are_recorded_not_grouped() -> None:
     assert list(write.silenced) == [(quiet.id, "s1")]
     assert {event_id for _, event_id in write.appended} == {loud.id}
     assert list(write.consumed) == [quiet.id, loud.id]
+
+
+def test_a_stored_silence_that_cannot_apply_is_reported_once_and_silences_nothing() -> None:
+    check = SilenceCheck()
+    hour = timedelta(hours=1)
+    silences = [
+        _silence("old-regex", {"meter_id": {"regex": "^(?=M-1)"}}, -hour, hour),
+        _silence("empty", {}, -hour, hour),  # would silence everything
+        _silence("ok", {"meter_id": "M-9"}, -hour, hour),
+    ]
+    usable, found = check.check(silences)
+    assert [s.id for s in usable] == ["ok"]
+    assert [(sid, problem.split(":")[0]) for sid, problem in found] == [
+        ("old-regex", "regex '^(?=M-1)'"),
+        ("empty", "it has no matcher"),
+    ]
+    assert check.check(silences) == (usable, [])  # each reported once
+    assert plan([make_event(meter_id="M-1")], Router(GROUPED), {}, {}, silences, NOW).silenced == []
+
+
+def test_an_event_no_rule_takes_is_named_as_unrouted() -> None:
+    rs = ruleset("  - {name: x, match: {action_type: HAS_AMI}, receivers: [a]}\n")
+    miss, hit = make_event(meter_id="M-1"), make_event(meter_id="M-2", action_type="HAS_AMI")
+    reminder = make_event("reminder", meter_id="M-3", detail="every:1")
+    write = plan([miss, hit, reminder], Router(rs), {}, {}, [], NOW)
+    assert list(write.consumed) == [miss.id, hit.id, reminder.id]
+    assert list(write.unrouted) == [(miss.id, "opened")]
 
 
 def test_a_silence_ends_at_ends_at() -> None:

@@ -25,6 +25,7 @@ rules:
   - {name: auth, match: {action_type: IS_AUTHORIZED, transmission_region: [CAISO]}, receivers: [a], continue: true}
   - {name: opened, match: {event: [opened, changed]}, receivers: [b], group_by: [meter_id]}
   - {name: docs, match: {action_type: {in: [DOCS, FIELDS]}}, receivers: [a, c], group_wait: 0s}
+  - {name: rx, match: {action_type: {regex: "^(F|NEW)"}, meter_id: {regex: "[13579]$"}}, receivers: [b], continue: true}
   - {name: regions, match: {transmission_region: {not: PJM}}, receivers: [c], group_by: []}
   - {name: fb, fallback: true, receivers: [a]}
 """,

@@ -158,6 +158,8 @@ BAD_MATCHERS: list[tuple[dict[str, Any], str]] = [
     ({"meter_id": None}, "'meter_id' needs a value"),
     ({"meter_id": {"regex": "("}}, "bad regex '('"),
     ({"meter_id": {"regex": 5}}, "'regex' takes a string"),
+    ({"meter_id": {"regex": "(?<=M-)1"}}, "regex '(?<=M-)1': lookbehind '(?<=...)' is not supported"),
+    ({"tags": {"regex": "(v)\\1"}}, "regex '(v)\\\\1': backreference '\\1' is not supported"),
     ({"meter_id": {"in": "x"}}, "'in' takes a list"),
     ({"meter_id": {"exists": "yes"}}, "'exists' takes true or false"),
     ({"meter_id": {"within": "2d"}}, "'within' does not apply to text field 'meter_id'"),
@@ -238,6 +240,20 @@ BAD_FILES: list[tuple[str | list[str], list[str]]] = [
     ),
     ("unset_variable.yaml", ["unset_variable.yaml:4:12: environment variable ALERTER_TEST_UNSET_URL is not set"]),
     ("not_a_mapping.yaml", ["not_a_mapping.yaml:1:1: a rules file is a mapping with receivers, defaults, rules"]),
+    (
+        "unsupported_regex.yaml",
+        [
+            "unsupported_regex.yaml:7:34: regex '^(?!TEST-)': negative lookahead '(?!...)' is not supported",
+            "unsupported_regex.yaml:8:35: regex '(a+)+\\\\1': backreference '\\1' is not supported",
+        ],
+    ),
+    ("empty.yaml", ["empty.yaml:1:1: the rules file is empty"]),
+    ("only_comments.yaml", ["only_comments.yaml:1:1: the rules file is empty"]),
+    ("no_rules.yaml", ["no_rules.yaml:4:1: no rules defined: every event would be dropped"]),
+    (
+        "nothing_defined.yaml",
+        ["nothing_defined.yaml:1:1: no receivers defined", "nothing_defined.yaml:2:1: no rules defined"],
+    ),
 ]
 
 
@@ -353,6 +369,7 @@ def test_parse_silence_matchers(args: list[str], expected: dict[str, Any]) -> No
         (["nonsense"], "'nonsense': expected field=value"),
         (["metre_id=M-1"], "'metre_id=M-1': unknown field 'metre_id' (did you mean 'meter_id'?)"),
         (["meter_id=~("], "'meter_id=~(': bad regex"),
+        (["action_description=~(?=x)"], "'action_description=~(?=x)': regex '(?=x)': lookahead"),
         (["meter_id=a", "meter_id=b"], "'meter_id=b': field 'meter_id' given twice"),
         ([], "a silence needs at least one matcher"),
     ],

@@ -103,6 +103,8 @@ class RoutingWrite:
     """New notifications; a ledger row (status pending, due now) is created for each."""
     silenced: Sequence[tuple[str, str]] = ()
     """(event id, silence id) pairs."""
+    unrouted: Sequence[tuple[str, str]] = ()
+    """(event id, event kind) of consumed events that no rule took: counted, nothing to write."""
 
 
 class Sent(NamedTuple):
