@@ -88,11 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True)
+
+    sub.add_parser("hash-password", help="read a console password on stdin, print its hash for http.auth")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "hash-password":
+        from alerter.console.auth import hash_password_command
+
+        return hash_password_command()
     try:
         from alerter import commands
 

@@ -94,7 +94,7 @@ class Runtime:
     async def run(self) -> int:
         svc = self.service
         await svc.start()
-        app = make_app(svc.health, svc.metrics, svc.clock)
+        app = make_app(svc.health, svc.metrics, svc.clock, console=svc)
         runner, self.port = await start_server(app, svc.config.http.listen)
         self.log.info(
             "service_started",
