@@ -65,7 +65,6 @@ class Console:
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("alerter.console", "templates"),
             autoescape=True,
-            undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
         )
