@@ -91,9 +91,15 @@ async def test_filters_select_what_they_name(store: Store) -> None:
     await store.commit_page([], [e])
     await outbox(store, notification("n1", [e], receiver="crm"))
     assert await ids(receiver="crm") == ["m004"]
-    counts = await cs.open_counts(NOW)
-    assert sum(c["count"] for c in counts) == 5
-    assert {c["bucket"] for c in counts} == {"overdue", "24h", "7d", "later", "none"}
+    summary = await cs.open_summary(NOW)
+    assert summary["bucket"] == {"24h": 1, "7d": 1, "later": 1, "none": 1, "overdue": 1}
+    assert summary["transmission_region"] == {"CAISO": 3, "NYISO": 2}
+    assert summary["action_type"] == {"IS_AUTHORIZED": 4, "ENROLL": 1}
+    assert summary["program_identifier"] == {"CCA": 5}
+    assert await cs.filter_values() == {
+        "action_type": ["ENROLL", "IS_AUTHORIZED"],
+        "transmission_region": ["CAISO", "NYISO"],
+    }
 
 
 async def test_meter_by_reference_has_its_timeline_and_who_replayed(store: Store) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,11 +23,7 @@ DELIVERY_STATUSES = ("pending", "sent", "dead")
 async def overview(console: Console) -> dict[str, Any]:
     """What `/` shows: open obligations by bucket, type, region and program, and service status."""
     now = console.now()
-    counts = await console.store.open_counts(now)
-    by: dict[str, Counter[str]] = defaultdict(Counter)
-    for c in counts:
-        for dim in ("bucket", "action_type", "transmission_region", "program_identifier"):
-            by[dim][c[dim]] += c["count"]
+    summary = await console.store.open_summary(now)
     meta = await console.store.meta(META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK)
     delivery = await console.store.store.delivery_counts()
     disabled = await console.store.store.disabled_receivers()
@@ -37,11 +32,11 @@ async def overview(console: Console) -> dict[str, Any]:
     health = svc.health
     ready, reason = health.readiness(now)
     return {
-        "open": sum(c["count"] for c in counts),
-        "by_deadline": {b: by["bucket"].get(b, 0) for b in core.BUCKETS},
-        "by_action_type": dict(by["action_type"].most_common()),
-        "by_region": dict(by["transmission_region"].most_common()),
-        "by_program": dict(by["program_identifier"].most_common()),
+        "open": sum(summary["action_type"].values()),
+        "by_deadline": {b: summary["bucket"].get(b, 0) for b in core.BUCKETS},
+        "by_action_type": summary["action_type"],
+        "by_region": summary["transmission_region"],
+        "by_program": summary["program_identifier"],
         "status": {
             "ready": ready,
             "reason": reason,

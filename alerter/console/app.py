@@ -52,7 +52,9 @@ class ServiceView(Protocol):
     ruleset: RuleSet
     health: Any
     leader: bool
-    clock: Callable[[], datetime]
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
 
 
 class Console:

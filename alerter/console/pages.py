@@ -32,17 +32,7 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def filter_options() -> dict[str, list[str]]:
         """Values to offer in the filters (refreshed every 30 s; the listing itself is always fresh)."""
         if time.monotonic() - options["at"] > OPTIONS_TTL:
-            counts = await console.store.open_counts(console.now())
-            data: dict[str, set[str]] = {
-                "action_type": set(),
-                "transmission_region": set(),
-                "program_identifier": set(),
-            }
-            for c in counts:
-                for k in data:
-                    if c[k]:
-                        data[k].add(c[k])
-            options.update(at=time.monotonic(), data={k: sorted(v) for k, v in data.items()})
+            options.update(at=time.monotonic(), data=await console.store.filter_values())
         result: dict[str, list[str]] = options["data"]
         return result
 

@@ -127,27 +127,37 @@ class ConsoleStore:
                 out += [rows.obligation_from_row(r) for r in await tx.fetch(sql, *args, limit - len(out))]
         return out
 
-    async def open_counts(self, now: datetime) -> list[dict[str, Any]]:
-        """Open obligations counted by deadline bucket, action type, region and program."""
+    async def filter_values(self) -> dict[str, list[str]]:
+        """Action types and regions among open obligations (each read from its own index)."""
+        region = core.expr(self.dialect, "meter_region")
+        async with self.store._read() as tx:
+            types = await tx.fetch("SELECT DISTINCT action_type AS v FROM obligations WHERE status = 'open' ORDER BY 1")
+            regions = await tx.fetch(f"SELECT DISTINCT {region} AS v FROM obligations WHERE status = 'open' ORDER BY 1")
+        return {
+            "action_type": [r["v"] for r in types if r["v"]],
+            "transmission_region": [r["v"] for r in regions if r["v"]],
+        }
+
+    async def open_summary(self, now: datetime) -> dict[str, dict[str, int]]:
+        """Open obligations counted by deadline bucket, action type, region and program; each count
+        is its own grouped query, over an index where there is one."""
         s = Sql(self.ts)
         bucket = core.bucket_case(now, s)
         region = core.expr(self.dialect, "meter_region")
-        sql = (
-            f"SELECT {bucket} AS bucket, action_type, {region} AS region, program_identifier, COUNT(*) AS n "
-            f"FROM obligations WHERE status = 'open' GROUP BY 1, 2, 3, 4"
-        )
+        out: dict[str, dict[str, int]] = {}
         async with self.store._read() as tx:
-            found = await tx.fetch(sql, *s.args)
-        return [
-            {
-                "bucket": r["bucket"],
-                "action_type": r["action_type"],
-                "transmission_region": r["region"] or "",
-                "program_identifier": r["program_identifier"],
-                "count": int(r["n"]),
-            }
-            for r in found
-        ]
+            for name, column, args in (
+                ("bucket", bucket, s.args),
+                ("action_type", "action_type", []),
+                ("transmission_region", region, []),
+                ("program_identifier", "program_identifier", []),
+            ):
+                found = await tx.fetch(
+                    f"SELECT {column} AS v, COUNT(*) AS n FROM obligations WHERE status = 'open' GROUP BY 1", *args
+                )
+                counts = {str(r["v"] or ""): int(r["n"]) for r in found}
+                out[name] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return out
 
     # -- a meter --
     async def meter(self, ident: str) -> MeterView | None:
