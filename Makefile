@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check lint types unit bench clean
+.PHONY: venv demo test check lint types unit bench clean screenshots
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ check: lint types unit
 
 # The tests run beside a private PostgreSQL cluster, started and removed by the script.
 test: $(STAMP)
+	./scripts/ensure-chromium.sh
 	./scripts/with-postgres.sh $(MAKE) check
+
+# The console's screenshots in docs/screenshots, taken by the browser tests against demo-like data.
+screenshots: $(STAMP)
+	./scripts/ensure-chromium.sh
+	ALERTER_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_console_browser.py -k screenshots
 
 bench: $(STAMP)
 	./scripts/with-postgres.sh $(BIN)/python -m bench.run

@@ -235,11 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True, help="the meter id or its partner_reference")
+
+    hp_help = "read a console password on stdin, print its hash for http.auth"
+    sub.add_parser("hash-password", help=hp_help, description=hp_help)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "hash-password":
+        from alerter.console.auth import hash_password_command
+
+        return hash_password_command()
     try:
         from alerter import commands
 

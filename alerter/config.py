@@ -27,6 +27,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from alerter.durations import Duration, format_duration, parse_duration
@@ -91,11 +92,43 @@ class StateConfig(BaseModel):
         return v
 
 
+class ConsoleUser(BaseModel):
+    """A console login: a plain `password` or a `password_hash` from `alerter hash-password`."""
+
+    model_config = STRICT
+
+    username: str = Field(min_length=1, pattern=r"^[^\s:]+$")
+    password: SecretStr | None = None
+    password_hash: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ConsoleUser:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError("a user needs exactly one of password, password_hash")
+        if self.password_hash is not None and not self.password_hash.get_secret_value().startswith("$argon2"):
+            raise ValueError("password_hash: expected an argon2 hash as printed by `alerter hash-password`")
+        return self
+
+
+class AuthConfig(BaseModel):
+    """Who may use the console and the JSON API (`http.auth`)."""
+
+    model_config = STRICT
+
+    users: list[ConsoleUser] = Field(default_factory=list)
+    api_tokens: list[Annotated[SecretStr, Field(min_length=16)]] = Field(default_factory=list)
+    """Bearer tokens for `/api/v1/` (at least 16 characters each)."""
+    trusted_user_header: str | None = None
+    """A header set by an SSO proxy in front (e.g. X-Forwarded-User): its value is the user."""
+
+
 class HttpConfig(BaseModel):
     model_config = STRICT
 
     listen: str = "127.0.0.1:8080"
     """HOST:PORT (port 0 picks a free port)."""
+    auth: AuthConfig | None = None
+    """Console and API access; without it they are read-only and served on a loopback listen only."""
 
     @field_validator("listen")
     @classmethod

@@ -91,7 +91,7 @@ class Runtime:
 
     async def run(self) -> int:
         svc = self.service
-        app = make_app(svc.health, svc.metrics, svc.clock)
+        app = make_app(svc.health, svc.metrics, svc.clock, console=svc)
         runner, self.port = await start_server(app, svc.config.http.listen)  # a busy port fails before the store opens
         try:
             await svc.start()

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from alerter.http import listen_error
 from alerter.metrics import Metrics
+
+if TYPE_CHECKING:
+    from alerter.console.app import ServiceView
 
 
 @dataclass
@@ -41,7 +44,11 @@ class Health:
         return True, "ok"
 
 
-def make_app(health: Health, metrics: Metrics, clock: Callable[[], datetime]) -> web.Application:
+def make_app(
+    health: Health, metrics: Metrics, clock: Callable[[], datetime], console: ServiceView | None = None
+) -> web.Application:
+    """The ops endpoints, and with `console` (the running service) the web console and `/api/v1/`."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -69,6 +76,10 @@ def make_app(health: Health, metrics: Metrics, clock: Callable[[], datetime]) ->
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    if console is not None:
+        from alerter.console.app import mount
+
+        mount(app, console)
     return app
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("bench_source", "bench_cycle", "bench_routing", "bench_delivery", "bench_latency")
+BENCHES = ("bench_source", "bench_cycle", "bench_routing", "bench_delivery", "bench_latency", "bench_console")
 
 
 def _load(name: str) -> Any:
@@ -98,6 +98,16 @@ def summary() -> str:
             "p99 ≤ 3 s",
             latency["p99_s"] <= 3,
         )
+    console = _load("console")
+    if console:
+        for backend, b in console["backends"].items():
+            worst = max(r["median_ms"] for r in b["requests"].values())
+            add(
+                f"console /obligations and /api/v1/obligations, {console['obligations']:,} open, any page ({backend})",
+                f"median ≤ {worst:.0f} ms",
+                "≤ 300 ms",
+                worst <= console["target_ms"],
+            )
     lines = ["| measure | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"

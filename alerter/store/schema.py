@@ -23,6 +23,9 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "pending_ids": "json_each(g.pending) AS j",
         "pending_id": "j.value",
         "pending_ord": "j.key",
+        # a meter attribute kept in the obligation's JSON, as an expression (console filters)
+        "meter_ref": "json_extract(meter, '$.partner_reference')",
+        "meter_region": "json_extract(meter, '$.transmission_region')",
     },
     "postgres": {
         # Byte-order collation: keyset pagination and indexes behave like Python's sort.
@@ -34,6 +37,8 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "pending_ids": "json_array_elements_text(g.pending) WITH ORDINALITY AS j(id, ord)",
         "pending_id": "j.id",
         "pending_ord": "j.ord",
+        "meter_ref": "(meter->>'partner_reference')",
+        "meter_region": "(meter->>'transmission_region')",
     },
 }
 
@@ -180,7 +185,37 @@ UPDATE groups SET pending = '[]'
 """
 """Group membership as rows, appended per event (`groups.pending` stays, always `[]`)."""
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+_CONSOLE = """
+CREATE TABLE console_audit (
+    seq {seq},
+    at {ts} NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX console_audit_target ON console_audit (target, seq);
+
+CREATE TABLE console_sessions (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+
+CREATE INDEX obligations_by_deadline ON obligations
+    (status, deadline, meter_id, program_identifier, delivery_period, action_type, action_code);
+CREATE INDEX obligations_by_reference ON obligations (({meter_ref}));
+CREATE INDEX obligations_by_region ON obligations (status, ({meter_region}), deadline);
+CREATE INDEX obligations_by_type ON obligations (status, action_type, deadline);
+CREATE INDEX deliveries_by_update ON deliveries (status, updated_at, notification_id);
+CREATE INDEX notification_events_by_notification ON notification_events (notification_id)
+"""
+"""The web console: who did what (audit), browser sessions, and indexes for its filters and pages."""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _CONSOLE)
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
