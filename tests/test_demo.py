@@ -151,4 +151,6 @@ async def test_sim_churn_changes_partner_actions_and_zero_stays_static() -> None
 
 async def test_sim_rejects_a_negative_churn() -> None:
     result = await alerter("sim", "--port", "0", "--churn", "-1")
-    assert result.code == 2 and result.stderr.startswith("alerter: argument --churn:") and "Traceback" not in result.stderr
+    assert (
+        result.code == 2 and result.stderr.startswith("alerter: argument --churn:") and "Traceback" not in result.stderr
+    )
