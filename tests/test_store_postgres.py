@@ -100,7 +100,7 @@ async def test_replicas_starting_together_migrate_once() -> None:
         try:
             conn = await asyncpg.connect(url, server_settings={"search_path": schema})
             try:
-                assert await conn.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+                assert await conn.fetch("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
                 await conn.execute("INSERT INTO schema_version VALUES (7)")
             finally:
                 await conn.close()
