@@ -53,7 +53,39 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("alerter_leader", "1 while this instance holds the polling lease", registry=r)
+        self.receiver_healthy = Gauge(
+            "alerter_receiver_healthy",
+            "0 while a receiver's last delivery attempts (3 or more in a row) failed on this instance",
+            ["receiver"],
+            registry=r,
+        )
+        self.receiver_failures = Gauge(
+            "alerter_receiver_consecutive_failures",
+            "Delivery attempts to a receiver that failed in a row on this instance",
+            ["receiver"],
+            registry=r,
+        )
+        self.receiver_undelivered = Gauge(
+            "alerter_receiver_undelivered", "Deliveries pending or waiting for a retry, by receiver", ["receiver"],
+            registry=r,
+        )  # fmt: skip
+        self.receiver_oldest_undelivered = Gauge(
+            "alerter_receiver_oldest_undelivered_seconds",
+            "Age of a receiver's oldest undelivered notification (0 when none)",
+            ["receiver"],
+            registry=r,
+        )
         self.ready = Gauge("alerter_ready", "1 while /readyz answers 200", registry=r)
+
+    def receiver_health(self, receiver: str, healthy: bool, failures: int) -> None:
+        self.receiver_healthy.labels(receiver).set(1 if healthy else 0)
+        self.receiver_failures.labels(receiver).set(failures)
+
+    def clear_receivers(self) -> None:
+        """Forget every receiver's gauges (before setting those of the receivers configured now)."""
+        for gauge in (self.receiver_healthy, self.receiver_failures, self.receiver_undelivered,
+                      self.receiver_oldest_undelivered):  # fmt: skip
+            gauge.clear()
 
     def watch_source(self, stats: Callable[[], Any]) -> None:
         """Export the source client's own counters (requests, retries, latency) at scrape time."""

@@ -91,7 +91,6 @@ async def test_gone_disables_the_receiver(store: Store) -> None:
             store,
             {"crm": n},
             "w1",
-            concurrency=1,
             policies={"webhook": RetryPolicy(10, 3600, 20, 43200, in_flight=1)},
         ).run_once(T0)
         await n.close()
@@ -186,7 +185,7 @@ async def test_worker_killed_between_send_and_commit_resends_same_ids(store: Sto
         )
         claimed = await store.claim_deliveries(T0, "worker-a", 10, lease_seconds=60)
         for d in claimed:  # worker A: the send succeeds, then the process is killed
-            await notifiers[d.receiver].send(d.notification, functools.partial(store.get_thread, d.receiver))
+            await notifiers[d.receiver].send(d.notification, functools.partial(store.get_thread, d.receiver), T0)
         worker_b = Deliverer(store, notifiers, "worker-b", lease_seconds=60)
         assert (await worker_b.run_once(T0 + timedelta(seconds=30))).claimed == 0  # lease still held
         stats = await worker_b.run_once(T0 + timedelta(seconds=61))
