@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -190,6 +190,18 @@ class Deliverer:
         notifier = self.notifiers.get(receiver)
         in_flight = self.policy(notifier.channel).in_flight if notifier else 1
         return max(1, min(self.batch, 4 * in_flight))
+
+    def failing(self, receivers: Iterable[str]) -> dict[str, str]:
+        """Of `receivers`, those whose last attempts on this instance failed -> what is wrong."""
+        out = {}
+        for name in receivers:
+            h = self.health.get(name)
+            if h is not None and not h.healthy and h.failing_since is not None:
+                out[name] = (
+                    f"receiver {name}: {h.consecutive_failures} delivery attempts in a row failed since "
+                    f"{h.failing_since:%Y-%m-%d %H:%M}Z; last error: {h.last_error}"
+                )
+        return out
 
     async def heartbeat(self, now: datetime) -> None:
         await self.store.heartbeat(self.owner, now)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -81,11 +82,27 @@ class Metrics:
         self.receiver_healthy.labels(receiver).set(1 if healthy else 0)
         self.receiver_failures.labels(receiver).set(failures)
 
-    def clear_receivers(self) -> None:
-        """Forget every receiver's gauges (before setting those of the receivers configured now)."""
-        for gauge in (self.receiver_healthy, self.receiver_failures, self.receiver_undelivered,
-                      self.receiver_oldest_undelivered):  # fmt: skip
+    def set_receivers(
+        self,
+        now: datetime,
+        configured: Iterable[str],
+        health: Mapping[str, tuple[bool, int]],
+        undelivered: Mapping[str, int],
+        oldest: Mapping[str, datetime],
+    ) -> None:
+        """Every receiver's delivery gauges, replacing those of receivers no longer configured.
+        health: receiver -> (healthy, consecutive failures); oldest: its oldest undelivered notification."""
+        gauges = (self.receiver_healthy, self.receiver_failures, self.receiver_undelivered,
+                  self.receiver_oldest_undelivered)  # fmt: skip
+        for gauge in gauges:
             gauge.clear()
+        configured = set(configured)
+        for name in sorted(configured | set(oldest) | set(undelivered)):
+            if name in configured:
+                self.receiver_health(name, *health.get(name, (True, 0)))
+            self.receiver_undelivered.labels(name).set(undelivered.get(name, 0))
+            age = (now - oldest[name]).total_seconds() if name in oldest else 0.0
+            self.receiver_oldest_undelivered.labels(name).set(max(0.0, age))
 
     def watch_source(self, stats: Callable[[], Any]) -> None:
         """Export the source client's own counters (requests, retries, latency) at scrape time."""

@@ -384,34 +384,11 @@ class Service:
         dead = sum(c for (_, status), c in by_status.items() if status == "dead")
         m.dead_letters.set(dead)
         m.undelivered.set(sum(c for (_, status), c in by_status.items() if status == "pending"))
-        self._receiver_gauges(now, by_status, await self.store.oldest_undelivered())
-        self.alerts.receivers_failing(now, self._failing(now))
+        health = {name: (h.healthy, h.consecutive_failures) for name, h in self.deliverer.health.items()}
+        pending = {receiver: c for (receiver, status), c in by_status.items() if status == "pending"}
+        m.set_receivers(now, self.notifiers, health, pending, await self.store.oldest_undelivered())
+        self.alerts.receivers_failing(now, self.deliverer.failing(self.notifiers))
         await self.alerts.ledger_state(now, dead, await self.store.disabled_receivers())
-
-    def _receiver_gauges(
-        self, now: datetime, by_status: dict[tuple[str, str], int], oldest: dict[str, datetime]
-    ) -> None:
-        """Per receiver: healthy, consecutive failures, undelivered rows and the oldest one's age."""
-        m = self.metrics
-        m.clear_receivers()
-        for name in sorted({*self.notifiers, *oldest}):
-            health = self.deliverer.health.get(name)
-            if name in self.notifiers:
-                m.receiver_health(name, health is None or health.healthy, health.consecutive_failures if health else 0)
-            m.receiver_undelivered.labels(name).set(by_status.get((name, "pending"), 0))
-            age = (now - oldest[name]).total_seconds() if name in oldest else 0.0
-            m.receiver_oldest_undelivered.labels(name).set(max(0.0, age))
-
-    def _failing(self, now: datetime) -> dict[str, str]:
-        """receiver -> why it counts as failing (consecutive failed attempts on this instance)."""
-        out = {}
-        for name, h in self.deliverer.health.items():
-            if name in self.notifiers and not h.healthy and h.failing_since is not None:
-                out[name] = (
-                    f"receiver {name}: {h.consecutive_failures} delivery attempts in a row failed since "
-                    f"{h.failing_since:%Y-%m-%d %H:%M}Z; last error: {h.last_error}"
-                )
-        return out
 
 
 def run(config_path: str, *, verbose: bool = False) -> int:
