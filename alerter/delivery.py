@@ -1,32 +1,37 @@
 """The outbox worker: claim due ledger rows, send, classify the outcome, back off, dead-letter.
 
-How this works: `run_once(now)` leases up to `batch` due rows (a lease, not a lock: a worker
-that dies mid-send loses its lease and another worker resends with the same idempotency
-key). Each row is sent under a global semaphore and a small per-receiver one, so a slow or
-paced receiver holds only a few slots. Success records new thread roots, then marks the
-row sent. Outcomes are written by group commit (`_Outcomes`): the first goes at once, and
-those that arrive while a write is in flight go together in the next transaction, so a
-busy batch costs a few transactions instead of one per row. A retryable failure schedules
-the next attempt with exponential backoff and full jitter (never sooner than the
-receiver's Retry-After); past the channel's attempt or time budget the row becomes a dead
-letter. A permanent failure is a dead letter at once; a 410 also disables the receiver. A
-`Deferred` send (a busy Slack channel) is rescheduled without counting against the
-attempt budget.
+How this works: `run_once(now, receiver)` leases up to a few times the receiver's in-flight
+bound of its due rows (a lease, not a lock: a worker that dies mid-send loses its lease
+when it expires or when its instance stops heartbeating, and another worker resends with
+the same idempotency key). Each row is sent under its receiver's own semaphore, so a slow
+or paced receiver holds only its own slots; `alerter run` gives every receiver its own
+worker task (alerter/workers.py). A send gets the messages an earlier attempt already
+sent (`Steps`, saved on the row after each one), so a multi-message notification resumes
+where it failed. Success records new thread roots, then marks the row sent. Outcomes are
+written by group commit (`_Outcomes`): the first goes at once, and those that arrive while
+a write is in flight go together in the next transaction, so a busy batch costs a few
+transactions instead of one per row. A retryable failure schedules the next attempt with
+exponential backoff and full jitter (never sooner than the receiver's Retry-After); past
+the channel's attempt or time budget the row becomes a dead letter. A permanent failure is
+a dead letter at once; a 410 also disables the receiver. A `Deferred` send (a busy Slack
+channel) is rescheduled without counting against the attempt budget. Each receiver's
+consecutive failures are kept (`health`) for metrics and the "receiver failing" self-alert.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from alerter.errors import DeliveryError
-from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, scrub
+from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, Steps, scrub
 from alerter.store.base import Delivery, Failed, Sent, Store
 
 log = structlog.get_logger("alerter.delivery")
@@ -55,6 +60,10 @@ DEFAULT_POLICIES: Mapping[str, RetryPolicy] = {
     "console": RetryPolicy(base=1, cap=10, max_attempts=3, budget=600, in_flight=1),
 }
 MAX_ERROR = 500
+INSTANCE_TIMEOUT = 30.0
+"""Seconds without a heartbeat after which an instance's leased rows go to others."""
+FAILING_AFTER = 3
+"""Consecutive failed attempts after which a receiver counts as failing."""
 
 
 @dataclass
@@ -125,6 +134,29 @@ class _Outcomes:
             raise self._error
 
 
+@dataclass
+class ReceiverHealth:
+    """One receiver's recent outcomes on this instance (a deferral is neither)."""
+
+    consecutive_failures: int = 0
+    failing_since: datetime | None = None
+    """When the current run of failures began."""
+    last_error: str | None = None
+    last_success_at: datetime | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.consecutive_failures < FAILING_AFTER
+
+    def succeeded(self, now: datetime) -> None:
+        self.consecutive_failures, self.failing_since, self.last_success_at = 0, None, now
+
+    def failed(self, now: datetime, error: str) -> None:
+        self.consecutive_failures += 1
+        self.failing_since = self.failing_since or now
+        self.last_error = error
+
+
 class Deliverer:
     def __init__(
         self,
@@ -133,9 +165,9 @@ class Deliverer:
         owner: str,
         policies: Mapping[str, RetryPolicy] | None = None,
         *,
-        concurrency: int = 64,
         batch: int = 200,
         lease_seconds: float = 300.0,
+        instance_timeout: float = INSTANCE_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -144,17 +176,54 @@ class Deliverer:
         self.policies = {**DEFAULT_POLICIES, **(policies or {})}
         self.batch = batch
         self.lease_seconds = lease_seconds
-        self._slots = asyncio.Semaphore(concurrency)
+        self.instance_timeout = instance_timeout
+        """Rows leased by another instance whose last heartbeat is older than this are claimable."""
+        self.health: dict[str, ReceiverHealth] = {}
         self._per_receiver: dict[str, asyncio.Semaphore] = {}
         self._rng = rng or random.Random()
 
     def policy(self, channel: str) -> RetryPolicy:
         return self.policies.get(channel, DEFAULT_POLICIES["webhook"])
 
-    async def run_once(self, now: datetime) -> DeliveryStats:
-        """Claim the rows due at `now`, send them concurrently, record every outcome."""
+    def claim_limit(self, receiver: str) -> int:
+        """Rows one pass claims for `receiver`: a few rounds of its in-flight bound."""
+        notifier = self.notifiers.get(receiver)
+        in_flight = self.policy(notifier.channel).in_flight if notifier else 1
+        return max(1, min(self.batch, 4 * in_flight))
+
+    def failing(self, receivers: Iterable[str]) -> dict[str, str]:
+        """Of `receivers`, those whose last attempts on this instance failed -> what is wrong."""
+        out = {}
+        for name in receivers:
+            h = self.health.get(name)
+            if h is not None and not h.healthy and h.failing_since is not None:
+                out[name] = (
+                    f"receiver {name}: {h.consecutive_failures} delivery attempts in a row failed since "
+                    f"{h.failing_since:%Y-%m-%d %H:%M}Z; last error: {h.last_error}"
+                )
+        return out
+
+    async def heartbeat(self, now: datetime) -> None:
+        await self.store.heartbeat(self.owner, now)
+
+    async def run_once(self, now: datetime, receiver: str | None = None) -> DeliveryStats:
+        """Claim the rows due at `now` (of `receiver`, or of every receiver), send them
+        concurrently, record every outcome."""
+        limit = self.batch if receiver is None else self.claim_limit(receiver)
+        return await self._run(now, limit, receiver=receiver)
+
+    async def run_orphans(self, now: datetime) -> DeliveryStats:
+        """Dead-letter the due rows of receivers the rules no longer name."""
+        return await self._run(now, self.batch, other_than=list(self.notifiers))
+
+    async def _run(
+        self, now: datetime, limit: int, *, receiver: str | None = None, other_than: list[str] | None = None
+    ) -> DeliveryStats:
         stats = DeliveryStats()
-        rows = await self.store.claim_deliveries(now, self.owner, self.batch, self.lease_seconds)
+        stale = now - timedelta(seconds=self.instance_timeout)
+        rows = await self.store.claim_deliveries(
+            now, self.owner, limit, self.lease_seconds, receiver=receiver, other_than=other_than, stale_before=stale
+        )
         stats.claimed = len(rows)
         if rows:
             outcomes = _Outcomes(self.store)
@@ -167,15 +236,41 @@ class Deliverer:
     async def drain(
         self, deadline_s: float, clock: Callable[[], datetime] = utcnow, poll_interval: float = 0.5
     ) -> DeliveryStats:
-        """Run until nothing is pending or `deadline_s` (measured on `clock`) has passed."""
+        """Deliver until nothing is pending or `deadline_s` (measured on `clock`) has passed,
+        every receiver on its own, so a failing one does not hold the others back."""
         total = DeliveryStats()
         start = clock()
+        beat = asyncio.ensure_future(self._beat(clock))
+        try:
+            total.add(await self.run_orphans(start))
+
+            async def one(receiver: str) -> None:
+                while True:
+                    stats = await self.run_once(clock(), receiver)
+                    total.add(stats)
+                    if (clock() - start).total_seconds() >= deadline_s:
+                        return
+                    if not stats.claimed:
+                        if not await self.store.undelivered_count(receiver):
+                            return
+                        await asyncio.sleep(poll_interval)
+
+            await asyncio.gather(*(one(r) for r in list(self.notifiers)))
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        total.undelivered = await self.store.undelivered_count()
+        return total
+
+    async def _beat(self, clock: Callable[[], datetime]) -> None:
+        """Heartbeat while draining, so other replicas leave this instance's rows alone."""
         while True:
-            total.add(await self.run_once(clock()))
-            total.undelivered = await self.store.undelivered_count()
-            if total.undelivered == 0 or (clock() - start).total_seconds() >= deadline_s:
-                return total
-            await asyncio.sleep(poll_interval)
+            await asyncio.sleep(self.instance_timeout / 3)
+            try:
+                await self.heartbeat(clock())
+            except Exception as err:  # a missed beat only lets others take over sooner
+                log.warning("heartbeat_failed", error=str(err))
 
     async def _deliver(self, d: Delivery, now: datetime, stats: DeliveryStats, outcomes: _Outcomes) -> None:
         n = d.notification
@@ -195,9 +290,15 @@ class Deliverer:
             return
         policy = self.policy(notifier.channel)
         gate = self._per_receiver.setdefault(d.receiver, asyncio.Semaphore(policy.in_flight))
-        async with gate, self._slots:
+
+        async def save(done: dict[str, str]) -> None:
+            await self.store.set_delivery_steps(n.id, d.receiver, done)
+
+        async with gate:
             try:
-                result = await notifier.send(n, lambda kid: self.store.get_thread(d.receiver, kid))
+                result = await notifier.send(
+                    n, lambda kid: self.store.get_thread(d.receiver, kid), now, Steps(d.steps, save)
+                )
             except DeliveryError as e:
                 await self._failed(d, notifier.channel, e, now, stats, outcomes)
                 return
@@ -209,6 +310,7 @@ class Deliverer:
             await self.store.set_thread(d.receiver, key_id, external_id)
         outcomes.sent(Sent(n.id, d.receiver, now, result.external_id))
         stats.sent[d.receiver] += 1
+        self.health.setdefault(d.receiver, ReceiverHealth()).succeeded(now)
         log.info(
             "notification_sent",
             receiver=d.receiver,
@@ -216,6 +318,7 @@ class Deliverer:
             notification_id=n.id,
             attempt=d.attempts + 1,
             events=len(n.events),
+            **({"resumed_after_steps": len(d.steps)} if d.steps else {}),
         )
 
     def next_attempt(self, d: Delivery, channel: str, err: DeliveryError, now: datetime) -> datetime | None:
@@ -243,6 +346,8 @@ class Deliverer:
         if at is None and err.retryable:
             message = f"gave up after {d.attempts + 1} attempts: {message}"[:MAX_ERROR]
         outcomes.failed(Failed(n.id, d.receiver, message, at))
+        if not isinstance(err, Deferred):
+            self.health.setdefault(d.receiver, ReceiverHealth()).failed(now, message)
         if isinstance(err, ReceiverGone):
             await self.store.set_receiver_disabled(d.receiver, message, now)
             stats.disabled.add(d.receiver)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,28 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge("alerter_leader", "1 while this instance holds the polling lease", registry=r)
+        self.receiver_healthy = Gauge(
+            "alerter_receiver_healthy",
+            "0 while a receiver's last delivery attempts (3 or more in a row) failed on this instance",
+            ["receiver"],
+            registry=r,
+        )
+        self.receiver_failures = Gauge(
+            "alerter_receiver_consecutive_failures",
+            "Delivery attempts to a receiver that failed in a row on this instance",
+            ["receiver"],
+            registry=r,
+        )
+        self.receiver_undelivered = Gauge(
+            "alerter_receiver_undelivered", "Deliveries pending or waiting for a retry, by receiver", ["receiver"],
+            registry=r,
+        )  # fmt: skip
+        self.receiver_oldest_undelivered = Gauge(
+            "alerter_receiver_oldest_undelivered_seconds",
+            "Age of a receiver's oldest undelivered notification (0 when none)",
+            ["receiver"],
+            registry=r,
+        )
         self.ready = Gauge("alerter_ready", "1 while /readyz answers 200", registry=r)
         self.rules_reloads = Counter(
             "alerter_rules_reload", "Rules reloads by result (ok, rejected, unstable)", ["result"], registry=r
@@ -63,6 +86,32 @@ class Metrics:
         self.silences_skipped = Counter(
             "alerter_silences_skipped", "Stored silences that cannot be applied (counted once each)", registry=r
         )
+
+    def receiver_health(self, receiver: str, healthy: bool, failures: int) -> None:
+        self.receiver_healthy.labels(receiver).set(1 if healthy else 0)
+        self.receiver_failures.labels(receiver).set(failures)
+
+    def set_receivers(
+        self,
+        now: datetime,
+        configured: Iterable[str],
+        health: Mapping[str, tuple[bool, int]],
+        undelivered: Mapping[str, int],
+        oldest: Mapping[str, datetime],
+    ) -> None:
+        """Every receiver's delivery gauges, replacing those of receivers no longer configured.
+        health: receiver -> (healthy, consecutive failures); oldest: its oldest undelivered notification."""
+        gauges = (self.receiver_healthy, self.receiver_failures, self.receiver_undelivered,
+                  self.receiver_oldest_undelivered)  # fmt: skip
+        for gauge in gauges:
+            gauge.clear()
+        configured = set(configured)
+        for name in sorted(configured | set(oldest) | set(undelivered)):
+            if name in configured:
+                self.receiver_health(name, *health.get(name, (True, 0)))
+            self.receiver_undelivered.labels(name).set(undelivered.get(name, 0))
+            age = (now - oldest[name]).total_seconds() if name in oldest else 0.0
+            self.receiver_oldest_undelivered.labels(name).set(max(0.0, age))
 
     def watch_source(self, stats: Callable[[], Any]) -> None:
         """Export the source client's own counters (requests, retries, latency) at scrape time."""

@@ -1,11 +1,13 @@
 """`alerter run`: the scheduler, the ops HTTP server and signal handling around a Service.
 
 Jobs (APScheduler AsyncIOScheduler, `max_instances=1, coalesce=True`): poll every
-`poll.interval`; routing and group flushes every second; reminders every minute;
-delivery every second; gauges and self-alerts every 15 s; a rules-file watch every 5 s.
-SIGTERM/SIGINT finish the step in flight and exit 0 within a grace period; SIGHUP
-(or a changed rules file, once it reads the same on two watch ticks) reloads rules, all or
-nothing: the old ones stay if the new files are invalid or change while being read.
+`poll.interval`; routing and group flushes every second; reminders every minute; gauges
+and self-alerts every 15 s; a rules-file watch every 5 s. Delivery is not a job: each
+receiver has its own worker task (alerter/workers.py), which routing wakes when it writes
+a notification, so no receiver's pacing or outage delays a poll or another receiver.
+SIGTERM/SIGINT finish the step and the sends in flight and exit 0 within a grace period;
+SIGHUP (or a changed rules file, once it reads the same on two watch ticks) reloads rules, all
+or nothing: the old ones stay if the new files are invalid or change while being read.
 """
 
 from __future__ import annotations
@@ -70,10 +72,9 @@ class Runtime:
 
     async def _poll(self) -> None:
         try:
-            await self.service.run_cycle()
+            await self.service.run_cycle()  # what it routes wakes the receivers' workers: it goes out now
         finally:
             await self.service.alerts.flush()
-        await self.service.deliver_step()  # what the cycle produced goes out now, not on the next tick
 
     async def _gauges(self) -> None:
         await self.service.refresh_gauges()
@@ -117,7 +118,6 @@ class Runtime:
             ("poll", self._poll, interval),
             ("route", svc.route_step, timedelta(seconds=1)),
             ("remind", svc.remind_step, timedelta(minutes=1)),
-            ("deliver", svc.deliver_step, timedelta(seconds=1)),
             ("gauges", self._gauges, timedelta(seconds=15)),
             ("rules_watch", self._watch_rules, timedelta(seconds=5)),
             ("retention", svc.purge_step, timedelta(hours=6)),
@@ -132,13 +132,16 @@ class Runtime:
                 **opts,
             )
         scheduler.start()
+        svc.start_delivery()
         try:
             await self.stop.wait()
             self.log.info("shutdown_started", inflight=len(self._inflight))
         finally:
             scheduler.shutdown(wait=False)
+            delivery = asyncio.ensure_future(svc.stop_delivery(GRACE_SECONDS))
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
+            await delivery
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await runner.cleanup()

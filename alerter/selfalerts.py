@@ -3,7 +3,9 @@ and once when it clears, through the same durable outbox as every other notifica
 
 Conditions: Leap refused the API key; the source unreachable for 3 poll intervals; no
 successful cycle for 3 poll intervals; records failing validation; dead letters waiting;
-a webhook receiver disabled by a 410.
+a webhook receiver disabled by a 410; a receiver failing (its last 3 or more delivery
+attempts failed). An alert about the operations receiver itself is only logged: it cannot
+be told through itself, and queueing it there would feed its own failures.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class SelfAlerts:
                 self._clear(key, now)
         await self.flush()
 
+    def receivers_failing(self, now: datetime, failing: dict[str, str]) -> None:
+        """failing: receiver -> what is wrong; a receiver no longer listed has recovered."""
+        for name, message in failing.items():
+            self._raise(f"receiver_failing:{name}", now, message)
+        for key in [k for k in self.active if k.startswith("receiver_failing:")]:
+            if key.split(":", 1)[1] not in failing:
+                self._clear(key, now)
+
     # -- outputs --
     def _raise(self, name: str, now: datetime, message: str) -> None:
         if name in self.active:
@@ -85,7 +95,8 @@ class SelfAlerts:
         self._queue(name, started, "resolved", f"{name} cleared at {now:%Y-%m-%d %H:%M}Z")
 
     def _queue(self, name: str, started: datetime, status: str, message: str) -> None:
-        if not self.receiver:
+        kind, _, subject = name.partition(":")
+        if not self.receiver or (kind.startswith("receiver_") and subject == self.receiver):
             return
         raw = f"{name}\x1f{started.isoformat()}\x1f{status}"
         self._pending.append(
@@ -109,3 +120,5 @@ class SelfAlerts:
             await self.service.store.commit_routing(RoutingWrite(consumed=(), notifications=notes))
         except Exception as err:  # never let reporting a problem become the problem
             self.log.error("self_alert_not_queued", error=str(err))
+            return
+        self.service.wake_delivery([n.receiver for n in notes])

@@ -13,14 +13,14 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
 import structlog
 
 from alerter.config import Config, load_config
-from alerter.delivery import Deliverer, DeliveryStats
+from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
 from alerter.errors import FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Event, ObligationKey
@@ -37,6 +37,7 @@ from alerter.source import LeapClient
 from alerter.store import open_store
 from alerter.store.base import RoutingWrite, Silence
 from alerter.web import Health
+from alerter.workers import DeliveryWorkers
 
 ROUTE_BATCH = 10_000
 """Pending events routed per step; an initial-sync backlog up to this size is one digest."""
@@ -91,6 +92,7 @@ class Service:
         clock: Clock = utcnow,
         owner: str | None = None,
         stream: TextIO | None = None,
+        instance_timeout: float = INSTANCE_TIMEOUT,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -107,7 +109,8 @@ class Service:
         self.router = Router(self.ruleset)
         self.health.rules_loaded = not self.router.routes_nothing
         self.notifiers = build_notifiers(self.ruleset, stream)
-        self.deliverer = Deliverer(self.store, self.notifiers, self.owner)
+        self.deliverer = Deliverer(self.store, self.notifiers, self.owner, instance_timeout=instance_timeout)
+        self.workers: DeliveryWorkers | None = None
         self.alerts = SelfAlerts(self, config.operations_receiver)
         self.leader = False
         self._step = asyncio.Lock()
@@ -120,11 +123,19 @@ class Service:
     # -- lifecycle --
     async def start(self) -> None:
         await self.store.open()
+        released = await self.store.start_instance(self.owner, self.clock())
+        if released:
+            self.log.info("delivery_leases_released", count=released, reason="left by a process that died")
         await self.elect()
 
     async def close(self) -> None:
+        await self.stop_delivery(0)
         if self.leader:
             await self.store.release_leadership()
+        try:
+            await self.store.stop_instance(self.owner)
+        except Exception as err:  # unreachable store: the leases lapse with the heartbeat instead
+            self.log.warning("delivery_leases_not_released", error=str(err))
         await self.client.close()
         for notifier in self.notifiers.values():
             await notifier.close()
@@ -244,13 +255,29 @@ class Service:
             self.log.info("retention_purged", **removed)
         return removed
 
+    def start_delivery(self) -> None:
+        """One worker per receiver, in the background (`alerter run`); polling only wakes them."""
+        if self.workers is None:
+            self.workers = DeliveryWorkers(self.deliverer, lambda: self.clock(), self._count_deliveries)
+            self.workers.start()
+
+    async def stop_delivery(self, grace: float) -> None:
+        workers, self.workers = self.workers, None
+        if workers is not None:
+            await workers.stop(grace)
+
+    def wake_delivery(self, receivers: Iterable[str] | None = None) -> None:
+        if self.workers is not None:
+            self.workers.wake(receivers)
+
     async def deliver_step(self, now: datetime | None = None) -> DeliveryStats:
+        """One pass over every receiver's due rows (the workers do this continuously)."""
         stats = await self.deliverer.run_once(now or self.clock())
         self._count_deliveries(stats)
         return stats
 
     async def drain(self, deadline: float) -> DeliveryStats:
-        stats = await self.deliverer.drain(deadline, self.clock)
+        stats = await self.deliverer.drain(deadline, lambda: self.clock())
         self._count_deliveries(stats)
         return stats
 
@@ -360,6 +387,8 @@ class Service:
     def _count_notifications(self, write: RoutingWrite) -> None:
         for n in write.notifications:
             self.metrics.notifications.labels(n.receiver).inc()
+        if write.notifications:
+            self.wake_delivery({n.receiver for n in write.notifications})
 
     def _count_deliveries(self, stats: DeliveryStats) -> None:
         m = self.metrics
@@ -370,6 +399,9 @@ class Service:
             m.retries.labels(receiver).inc(count)
         for receiver, count in stats.dead.items():
             m.deliveries.labels(receiver, "dead").inc(count)
+        for receiver in {*stats.sent, *stats.failed, *stats.dead}:
+            if (health := self.deliverer.health.get(receiver)) is not None:
+                m.receiver_health(receiver, health.healthy, health.consecutive_failures)
 
     async def refresh_gauges(self) -> None:
         """Open obligations by action type and deadline bucket, ledger backlog, dead letters."""
@@ -387,6 +419,10 @@ class Service:
         dead = sum(c for (_, status), c in by_status.items() if status == "dead")
         m.dead_letters.set(dead)
         m.undelivered.set(sum(c for (_, status), c in by_status.items() if status == "pending"))
+        health = {name: (h.healthy, h.consecutive_failures) for name, h in self.deliverer.health.items()}
+        pending = {receiver: c for (receiver, status), c in by_status.items() if status == "pending"}
+        m.set_receivers(now, self.notifiers, health, pending, await self.store.oldest_undelivered())
+        self.alerts.receivers_failing(now, self.deliverer.failing(self.notifiers))
         await self.alerts.ledger_state(now, dead, await self.store.disabled_receivers())
 
 

@@ -115,7 +115,7 @@ async def bench_webhooks(count: int, concurrency: int, batch: int) -> dict[str, 
         cfg = WebhookConfig.model_validate({"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET})
         notifier = WebhookNotifier("crm", cfg)
         policy = RetryPolicy(base=10, cap=3600, max_attempts=20, budget=43200, in_flight=concurrency)
-        worker = Deliverer(store, {"crm": notifier}, "bench", {"webhook": policy}, concurrency=concurrency, batch=batch)
+        worker = Deliverer(store, {"crm": notifier}, "bench", {"webhook": policy}, batch=batch)
         started = time.perf_counter()
         sent = 0
         while (stats := await worker.run_once(NOW)).claimed:
@@ -169,7 +169,7 @@ async def bench_slack(window: float, channels: int) -> dict[str, Any]:
         notifier = SlackNotifier(f"slack-{c}", cfg)
         notifiers.append(notifier)
         tasks += [
-            asyncio.ensure_future(notifier.send(make_notification(i, f"s{c}"), no_threads)) for i in range(backlog)
+            asyncio.ensure_future(notifier.send(make_notification(i, f"s{c}"), no_threads, NOW)) for i in range(backlog)
         ]
     started = time.monotonic()
     await asyncio.sleep(window)

@@ -1,5 +1,7 @@
 """Kills and hand-overs: `alerter run` killed with SIGKILL loses nothing and duplicates nothing;
-two replicas on one PostgreSQL share the work and hand the polling lease over when the leader dies.
+two replicas on one PostgreSQL share the work and hand the polling lease over when the leader dies;
+what a killed instance was sending goes out again at once (SQLite) or once its heartbeat lapses
+(PostgreSQL), under the same webhook-id.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from alerter.service import Service as InProcess
 from alerter.sim import Portfolio, SimServer
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.proc import Service
-from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, rules_yaml, state_url, write_config
+from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, state_url, write_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -121,3 +124,59 @@ async def test_two_replicas_on_postgres_hand_over(tmp_path: Path) -> None:
                 await s.stop()
     assert opened_codes(hook) == first | later
     assert all(len(ids) == 1 for ids in delivered_events(hook).values())
+
+
+async def test_killed_mid_send_on_sqlite_the_restart_resends_at_once_under_the_same_id(tmp_path: Path) -> None:
+    p = Portfolio(30, action_rate=0.0, seed=8)
+    meter = unarchived(p)[0]
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        hook.script.append("timeout")  # the first request hangs: the process is killed while sending it
+        hook.stall = 120
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
+            rules_yaml(hook.url()),
+        )
+        svc = await Service.start(str(cfg))
+        p.open_action(meter, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        await wait_until(lambda: len(hook.received) == 1)
+        in_flight = hook.received[0].headers["webhook-id"]
+        assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
+        svc = await Service.start(str(cfg))
+        try:
+            # at once, not after the 300 s lease: the new instance is the only one on the file
+            await wait_until(lambda: [r.headers["webhook-id"] for r in hook.delivered()] == [in_flight], timeout=30)
+            released = await svc.wait_for_log("delivery_leases_released")
+        finally:
+            assert await svc.stop() == 0
+    assert released["count"] == 1
+    assert opened_codes(hook) == {(meter, "AUTH_0001")}
+
+
+async def test_a_replica_killed_holding_rows_hands_them_over_when_its_heartbeat_lapses(tmp_path: Path) -> None:
+    p = Portfolio(30, action_rate=0.0, seed=8)
+    meter = unarchived(p)[0]
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        state_url("postgres", tmp_path) as url,
+    ):
+        hook.script.append("timeout")
+        hook.stall = 120
+        cfg = write_config(
+            tmp_path, config_yaml(sim.url, url, log_format="json", interval="1s"), rules_yaml(hook.url())
+        )
+        a = await Service.start(str(cfg))
+        p.open_action(meter, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        await wait_until(lambda: len(hook.received) == 1)  # a holds the row (a 300 s lease) and is sending
+        in_flight = hook.received[0].headers["webhook-id"]
+        assert await a.stop(signal.SIGKILL) == -signal.SIGKILL
+        # another replica, with a short heartbeat timeout (30 s in production)
+        b = InProcess(load(cfg), instance_timeout=2)
+        await b.start()
+        try:
+            stats = await b.drain(60)  # well before the lease would have expired
+        finally:
+            await b.close()
+    assert stats.undelivered == 0 and stats.sent == {"crm": 1}
+    assert [r.headers["webhook-id"] for r in hook.delivered()] == [in_flight]

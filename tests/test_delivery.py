@@ -15,10 +15,11 @@ from alerter.errors import DeliveryError, StoreError
 from alerter.models import Notification
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
 from alerter.notifiers.email import EmailConfig, EmailNotifier
+from alerter.notifiers.slack import SlackConfig, SlackNotifier
 from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
 from alerter.store import open_store
 from alerter.store.base import Delivery, Failed, RoutingWrite, Sent, Store
-from tests.support.channels import WebhookCollector, smtp_server, webhook_collector
+from tests.support.channels import WebhookCollector, fake_slack, smtp_server, webhook_collector
 from tests.support.notifications import T0, event, notification
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
@@ -91,7 +92,6 @@ async def test_gone_disables_the_receiver(store: Store) -> None:
             store,
             {"crm": n},
             "w1",
-            concurrency=1,
             policies={"webhook": RetryPolicy(10, 3600, 20, 43200, in_flight=1)},
         ).run_once(T0)
         await n.close()
@@ -186,7 +186,7 @@ async def test_worker_killed_between_send_and_commit_resends_same_ids(store: Sto
         )
         claimed = await store.claim_deliveries(T0, "worker-a", 10, lease_seconds=60)
         for d in claimed:  # worker A: the send succeeds, then the process is killed
-            await notifiers[d.receiver].send(d.notification, functools.partial(store.get_thread, d.receiver))
+            await notifiers[d.receiver].send(d.notification, functools.partial(store.get_thread, d.receiver), T0)
         worker_b = Deliverer(store, notifiers, "worker-b", lease_seconds=60)
         assert (await worker_b.run_once(T0 + timedelta(seconds=30))).claimed == 0  # lease still held
         stats = await worker_b.run_once(T0 + timedelta(seconds=61))
@@ -195,6 +195,29 @@ async def test_worker_killed_between_send_and_commit_resends_same_ids(store: Sto
     assert stats.sent == {"crm": 1, "mail": 1}
     assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n1"]
     assert [m["Message-ID"] for m in smtp.messages] == ["<n2@alerter>", "<n2@alerter>"]
+
+
+async def test_a_slack_notification_of_several_messages_resumes_where_it_failed(store: Store) -> None:
+    """Two obligations opened in two messages resolve together: a tick of each original and a
+    reply in each thread. The second reply fails; the retry (another worker) posts only it."""
+    async with fake_slack() as slack:
+        cfg = {"token": slack.token, "channel": "#ops", "api_url": slack.api_url, "min_interval": "10ms"}
+        notifiers: dict[str, Notifier] = {"ops": SlackNotifier("ops", SlackConfig.model_validate(cfg))}
+        await enqueue(store, *(notification(f"open{i}", [event(i)], receiver="ops") for i in (1, 2)))
+        assert (await Deliverer(store, notifiers, "w1").run_once(T0)).sent == {"ops": 2}
+        roots = [f"{channel}:{ts}" for channel, ts in slack.messages]
+        await enqueue(store, notification("res", [event(1, "resolved"), event(2, "resolved")], receiver="ops"))
+        slack.fail("500", after=1)  # the first reply goes out, the second fails
+        assert (await Deliverer(store, notifiers, "w1").run_once(T0)).failed == {"ops": 1}
+        [row] = await store.claim_deliveries(T0 + timedelta(hours=1), "peek", 1, 0)
+        assert set(row.steps) == {f"update:{roots[0]}", f"reply:{roots[0]}", f"update:{roots[1]}"}
+        stats = await Deliverer(store, notifiers, "w2").run_once(T0 + timedelta(hours=1))
+        await notifiers["ops"].close()
+    assert stats.sent == {"ops": 1}
+    replies = [c.args["thread_ts"] for c in slack.posted() if "thread_ts" in c.args]
+    assert sorted(replies) == sorted(r.partition(":")[2] for r in roots)  # each reply exactly once
+    assert sorted(c.args["ts"] for c in slack.updates()) == sorted(replies)  # each original ticked once
+    assert [c.method for c in slack.calls].count("chat.postMessage!500") == 1
 
 
 async def test_drain_retries_until_delivered(store: Store) -> None:

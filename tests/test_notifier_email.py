@@ -11,7 +11,7 @@ from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
 from alerter.notifiers.email import EmailConfig, EmailNotifier, message_id
 from tests.support.channels import SmtpServer, smtp_server
-from tests.support.notifications import event, notification
+from tests.support.notifications import T0, event, notification
 
 PASSWORD = "smtp-pa55word"
 
@@ -34,8 +34,8 @@ async def test_sends_text_and_html_with_stable_message_id() -> None:
     async with smtp_server(auth=("alerter", PASSWORD)) as server:
         notifier = make(server, username="alerter", password=PASSWORD)
         n = notification("n-123", [event(1), event(2), event(3, partner_reference="<b>Acme</b>")])
-        result = await notifier.send(n, no_threads)
-        await notifier.send(n, no_threads)  # a resend after a crash
+        result = await notifier.send(n, no_threads, T0)
+        await notifier.send(n, no_threads, T0)  # a resend after a crash
     first, again = server.messages
     assert first["Message-ID"] == again["Message-ID"] == "<n-123@alerter>" == result.external_id
     assert first["Subject"] == "[alerter] 3 meters need IS_AUTHORIZED"
@@ -57,7 +57,7 @@ async def test_follow_ups_reply_to_the_first_mail() -> None:
         async def threads(key_id: str) -> str | None:
             return roots.get(key_id)
 
-        await notifier.send(notification("n-3", [event(1, "resolved"), event(2, "resolved")]), threads)
+        await notifier.send(notification("n-3", [event(1, "resolved"), event(2, "resolved")]), threads, T0)
     [msg] = server.messages
     assert msg["In-Reply-To"] == "<n-1@alerter>"
     assert msg["References"] == "<n-1@alerter> <n-2@alerter>"
@@ -68,7 +68,7 @@ async def test_smtp_reply_classes(reply: str, retryable: bool) -> None:
     async with smtp_server() as server:
         server.script.append(reply)
         with pytest.raises(DeliveryError) as err:
-            await make(server).send(notification("n", [event(1)]), no_threads)
+            await make(server).send(notification("n", [event(1)]), no_threads, T0)
     assert err.value.retryable is retryable
     assert reply.split()[0] in str(err.value)
 
@@ -76,7 +76,9 @@ async def test_smtp_reply_classes(reply: str, retryable: bool) -> None:
 async def test_wrong_password_is_permanent_and_not_echoed() -> None:
     async with smtp_server(auth=("alerter", "right")) as server:
         with pytest.raises(DeliveryError) as err:
-            await make(server, username="alerter", password=PASSWORD).send(notification("n", [event(1)]), no_threads)
+            await make(server, username="alerter", password=PASSWORD).send(
+                notification("n", [event(1)]), no_threads, T0
+            )
     assert not err.value.retryable
     assert PASSWORD not in str(err.value) and "authentication" in str(err.value)
 
@@ -85,14 +87,14 @@ async def test_connection_refused_is_retryable() -> None:
     async with smtp_server() as server:
         notifier = make(server)
     with pytest.raises(DeliveryError) as err:
-        await notifier.send(notification("n", [event(1)]), no_threads)
+        await notifier.send(notification("n", [event(1)]), no_threads, T0)
     assert err.value.retryable
 
 
 async def test_starttls_with_a_private_ca(tmp_path: Path) -> None:
     async with smtp_server(auth=("alerter", PASSWORD), starttls_dir=tmp_path) as server:
         notifier = make(server, starttls=True, cert_bundle=server.cert_file, username="alerter", password=PASSWORD)
-        await notifier.send(notification("n", [event(1)]), no_threads)
+        await notifier.send(notification("n", [event(1)]), no_threads, T0)
     assert len(server.messages) == 1
 
 
@@ -103,7 +105,7 @@ async def test_custom_templates_and_digest() -> None:
         )
         notifier = EmailNotifier("team", cfg)
         digest = notification("d", [event(i, initial=True) for i in range(4)], kind="digest")
-        await notifier.send(digest, no_threads)
+        await notifier.send(digest, no_threads, T0)
     [msg] = server.messages
     assert msg["Subject"] == "4 things for r"
     body = msg.get_body("plain")

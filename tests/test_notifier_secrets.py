@@ -108,7 +108,7 @@ async def test_no_secret_in_errors_logs_or_ledger(case: Case) -> None:
         notifier = await case.setup(exits)
         # 1. the exception a direct send raises
         with pytest.raises(DeliveryError) as err:
-            await notifier.send(notification("direct", [event(1)]), lambda k: _none())
+            await notifier.send(notification("direct", [event(1)]), lambda k: _none(), T0)
         assert not leaks(str(err.value)) and not leaks(repr(err.value))
         # 2. the delivery worker's log lines and ledger row
         notifier = await case.setup(exits)

@@ -13,7 +13,7 @@ from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Deferred
 from alerter.notifiers.slack import SlackConfig, SlackNotifier
 from tests.support.channels import FakeSlack, fake_slack
-from tests.support.notifications import event, notification
+from tests.support.notifications import T0, event, notification
 
 
 def make(slack: FakeSlack, channel: str = "#leap-actions", **over: object) -> SlackNotifier:
@@ -36,7 +36,7 @@ async def test_post_names_each_meter_and_records_thread_roots() -> None:
     async with fake_slack() as slack:
         notifier = make(slack)
         n = notification("n1", [event(1), event(2, partner_reference="")])
-        result = await notifier.send(n, Threads())
+        result = await notifier.send(n, Threads(), T0)
         await notifier.close()
     [call] = slack.posted()
     assert "ACME-0001" in call.args["text"] and "meter-0002" in call.args["text"]
@@ -50,10 +50,10 @@ async def test_resolution_updates_original_and_replies_in_thread() -> None:
         notifier = make(slack)
         threads = Threads()
         opened = notification("n1", [event(1), event(2)])
-        first = await notifier.send(opened, threads)
+        first = await notifier.send(opened, threads, T0)
         threads.roots.update(first.threads)
         resolved = notification("n2", [event(1, "resolved")])
-        result = await notifier.send(resolved, threads)
+        result = await notifier.send(resolved, threads, T0)
         await notifier.close()
     channel, ts = str(first.external_id).split(":")
     [update] = slack.updates()
@@ -70,10 +70,10 @@ async def test_reminder_replies_in_thread_or_starts_one() -> None:
     async with fake_slack() as slack:
         notifier = make(slack)
         threads = Threads()
-        first = await notifier.send(notification("n1", [event(1)]), threads)
+        first = await notifier.send(notification("n1", [event(1)]), threads, T0)
         threads.roots.update(first.threads)
-        await notifier.send(notification("n2", [event(1, "reminder", detail="before:2d")]), threads)
-        loose = await notifier.send(notification("n3", [event(7, "reminder")]), threads)
+        await notifier.send(notification("n2", [event(1, "reminder", detail="before:2d")]), threads, T0)
+        loose = await notifier.send(notification("n3", [event(7, "reminder")]), threads, T0)
         await notifier.close()
     posts = slack.posted()
     assert posts[1].args["thread_ts"] == str(first.external_id).split(":")[1]
@@ -87,7 +87,7 @@ async def test_rate_limit_with_retry_after_loses_nothing() -> None:
         slack.fail("ratelimited", times=2, retry_after=0.3)
         notes = [notification(f"n{i}", [event(i)]) for i in range(3)]
         started = time.monotonic()
-        await asyncio.gather(*(notifier.send(n, Threads()) for n in notes))
+        await asyncio.gather(*(notifier.send(n, Threads(), T0) for n in notes))
         elapsed = time.monotonic() - started
         await notifier.close()
     assert len(slack.posted()) == 3
@@ -99,7 +99,7 @@ async def test_long_retry_after_hands_back_to_delivery() -> None:
         notifier = make(slack, max_wait="1s")
         slack.fail("ratelimited", retry_after=30)
         with pytest.raises(Deferred) as err:
-            await notifier.send(notification("n1", [event(1)]), Threads())
+            await notifier.send(notification("n1", [event(1)]), Threads(), T0)
         await notifier.close()
     assert err.value.retryable and err.value.retry_after == 30
 
@@ -114,7 +114,7 @@ async def test_error_classes(fault: str, retryable: bool) -> None:
         notifier = make(slack)
         slack.fail(fault)
         with pytest.raises(DeliveryError) as err:
-            await notifier.send(notification("n1", [event(1)]), Threads())
+            await notifier.send(notification("n1", [event(1)]), Threads(), T0)
         await notifier.close()
     assert err.value.retryable is retryable
     assert slack.token not in str(err.value)
@@ -126,7 +126,7 @@ async def test_connection_refused_is_retryable() -> None:
     cfg = SlackConfig.model_validate({"token": "xoxb-x", "channel": "#c", "api_url": url})
     notifier = SlackNotifier("s", cfg)
     with pytest.raises(DeliveryError) as err:
-        await notifier.send(notification("n1", [event(1)]), Threads())
+        await notifier.send(notification("n1", [event(1)]), Threads(), T0)
     await notifier.close()
     assert err.value.retryable
 
@@ -137,9 +137,9 @@ async def test_pacing_is_per_channel_and_a_hot_channel_does_not_stall_others() -
         twin = make(slack, "#hot", min_interval="200ms")  # shares the #hot limiter
         started = time.monotonic()
         await asyncio.gather(
-            *(hot.send(notification(f"h{i}", [event(i)]), Threads()) for i in range(3)),
-            *(twin.send(notification(f"t{i}", [event(i)]), Threads()) for i in range(2)),
-            cold.send(notification("c0", [event(9)]), Threads()),
+            *(hot.send(notification(f"h{i}", [event(i)]), Threads(), T0) for i in range(3)),
+            *(twin.send(notification(f"t{i}", [event(i)]), Threads(), T0) for i in range(2)),
+            cold.send(notification("c0", [event(9)]), Threads(), T0),
         )
         for n in (hot, cold, twin):
             await n.close()
@@ -153,7 +153,7 @@ async def test_pacing_is_per_channel_and_a_hot_channel_does_not_stall_others() -
 async def test_custom_template_renders_text_and_blocks() -> None:
     async with fake_slack() as slack:
         notifier = make(slack, template="{{ count }} for {{ notification.rule }}: {{ meters | join(' ') }}")
-        await notifier.send(notification("n1", [event(1), event(2)]), Threads())
+        await notifier.send(notification("n1", [event(1), event(2)]), Threads(), T0)
         await notifier.close()
     [call] = slack.posted()
     assert call.args["text"] == "2 for rule-1: ACME-0001 ACME-0002"

@@ -13,7 +13,7 @@ from alerter.notifiers import build_notifier
 from alerter.notifiers.base import ReceiverGone
 from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier, sign
 from tests.support.channels import WebhookCollector, webhook_collector
-from tests.support.notifications import event, notification
+from tests.support.notifications import T0, event, notification
 
 OLD = "whsec_" + base64.b64encode(b"old-secret-0123456789abcdef").decode()
 NEW = "whsec_" + base64.b64encode(b"new-secret-0123456789abcdef").decode()
@@ -34,7 +34,7 @@ async def test_body_and_headers_follow_the_interface() -> None:
     async with webhook_collector([NEW]) as hook:
         notifier = make(hook)
         n = notification("n-1", [event(1)])
-        result = await notifier.send(n, no_threads)
+        result = await notifier.send(n, no_threads, T0)
         await notifier.close()
     [got] = hook.received
     assert got.verified and result.external_id == "n-1"
@@ -54,7 +54,7 @@ async def test_body_and_headers_follow_the_interface() -> None:
 async def test_rotation_signs_with_both_secrets(collector_secret: str) -> None:
     async with webhook_collector([collector_secret]) as hook:
         notifier = make(hook, secret=[OLD, NEW])
-        await notifier.send(notification("n-1", [event(1)]), no_threads)
+        await notifier.send(notification("n-1", [event(1)]), no_threads, T0)
         await notifier.close()
     [got] = hook.received
     assert got.verified and len(got.headers["webhook-signature"].split(" ")) == 2
@@ -63,7 +63,7 @@ async def test_rotation_signs_with_both_secrets(collector_secret: str) -> None:
 async def test_wrong_secret_does_not_verify() -> None:
     async with webhook_collector([OLD]) as hook:
         notifier = make(hook)
-        await notifier.send(notification("n-1", [event(1)]), no_threads)
+        await notifier.send(notification("n-1", [event(1)]), no_threads, T0)
         await notifier.close()
     assert not hook.received[0].verified
 
@@ -83,9 +83,9 @@ async def test_retry_carries_the_same_webhook_id_and_body() -> None:
         notifier = make(hook)
         n = notification("n-7", [event(1), event(2)])
         with pytest.raises(DeliveryError) as err:
-            await notifier.send(n, no_threads)
+            await notifier.send(n, no_threads, T0)
         assert err.value.retryable
-        await notifier.send(n, no_threads)
+        await notifier.send(n, no_threads, T0)
         await notifier.close()
     first, second = hook.received
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == "n-7"
@@ -104,7 +104,7 @@ async def test_status_classes(answer: int | str, retryable: bool, retry_after: f
         hook.stall = 1.0
         notifier = make(hook, timeout="200ms")
         with pytest.raises(DeliveryError) as err:
-            await notifier.send(notification("n", [event(1)]), no_threads)
+            await notifier.send(notification("n", [event(1)]), no_threads, T0)
         await notifier.close()
     assert err.value.retryable is retryable and err.value.retry_after == retry_after
     assert not isinstance(err.value, ReceiverGone)
@@ -117,7 +117,7 @@ async def test_gone_disables_the_receiver() -> None:
         hook.script.append(410)
         notifier = make(hook)
         with pytest.raises(ReceiverGone) as err:
-            await notifier.send(notification("n", [event(1)]), no_threads)
+            await notifier.send(notification("n", [event(1)]), no_threads, T0)
         await notifier.close()
     assert not err.value.retryable and err.value.disable_receiver
 
@@ -126,7 +126,7 @@ async def test_connection_refused_is_retryable() -> None:
     async with webhook_collector([NEW]) as hook:
         notifier = make(hook)
     with pytest.raises(DeliveryError) as err:
-        await notifier.send(notification("n", [event(1)]), no_threads)
+        await notifier.send(notification("n", [event(1)]), no_threads, T0)
     await notifier.close()
     assert err.value.retryable
 
@@ -134,7 +134,9 @@ async def test_connection_refused_is_retryable() -> None:
 async def test_digest_body() -> None:
     async with webhook_collector([NEW]) as hook:
         notifier = make(hook)
-        await notifier.send(notification("d", [event(i, initial=True) for i in range(3)], kind="digest"), no_threads)
+        await notifier.send(
+            notification("d", [event(i, initial=True) for i in range(3)], kind="digest"), no_threads, T0
+        )
         await notifier.close()
     body = hook.received[0].body
     assert body["type"] == "alerter.digest"

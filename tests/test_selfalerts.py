@@ -75,3 +75,17 @@ def test_without_an_operations_receiver_only_logs() -> None:
     alerts.cycle_failed(NOW, SourceError("refused", auth=True))
     assert alerts._pending == []
     assert "auth_refused" in alerts.active
+
+
+def test_a_failing_receiver_fires_once_and_clears_and_the_operations_receiver_is_only_logged() -> None:
+    alerts = SelfAlerts(fake_service(), "ops")
+    for minute in range(3):
+        alerts.receivers_failing(
+            NOW + timedelta(minutes=minute), {"crm": "receiver crm: 5 attempts failed", "ops": "HTTP 500"}
+        )
+    assert {"receiver_failing:crm", "receiver_failing:ops"} <= set(alerts.active)
+    assert [(n.group["alert"], n.group["status"]) for n in alerts._pending] == [("receiver_failing", "firing")]
+    alerts.receivers_failing(NOW + timedelta(minutes=5), {})
+    assert [n.group["status"] for n in alerts._pending] == ["firing", "resolved"]
+    assert all("crm" in n.group["message"] for n in alerts._pending)
+    assert not alerts.active

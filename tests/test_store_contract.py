@@ -264,6 +264,74 @@ async def test_disabled_receivers_are_not_claimed(store: Store) -> None:
     ]
 
 
+async def test_claims_of_one_receiver_or_of_the_others(store: Store) -> None:
+    o = obligation()
+    await outbox(
+        store, *[notification(f"{r}{i}", [event(o)], receiver=r) for r in ("ops", "hook", "gone") for i in (1, 2)]
+    )
+    assert [d.notification.id for d in await store.claim_deliveries(T0, "w", 10, 60, receiver="hook")] == [
+        "hook1",
+        "hook2",
+    ]
+    assert await store.claim_deliveries(T0, "w", 10, 60, receiver="hook") == []
+    others = await store.claim_deliveries(T0, "w", 10, 60, other_than=["ops", "hook"])
+    assert [d.notification.id for d in others] == ["gone1", "gone2"]
+    assert (await store.undelivered_count("ops"), await store.undelivered_count()) == (2, 6)
+    await store.mark_sent("ops1", "ops", T0, None)
+    late = notification("hook3", [event(o)], receiver="hook", at=T0 + timedelta(hours=1))
+    await outbox(store, late)
+    assert await store.oldest_undelivered() == {"ops": T0, "hook": T0, "gone": T0}
+    await store.record_outcomes(sent=[Sent("hook1", "hook", T0), Sent("hook2", "hook", T0)])
+    assert (await store.oldest_undelivered())["hook"] == T0 + timedelta(hours=1)
+
+
+async def test_rows_of_an_instance_whose_heartbeat_lapsed_are_claimed_again(store: Store) -> None:
+    o = obligation()
+    await outbox(store, *[notification(f"n{i}", [event(o)]) for i in range(3)])
+    assert await store.start_instance("a", T0) == 0
+    await store.start_instance("b", T0)
+    assert len(await store.claim_deliveries(T0, "a", 2, 300)) == 2  # leased until T0 + 300 s
+
+    def stale(now: datetime) -> datetime:
+        return now - timedelta(seconds=30)
+
+    later = T0 + timedelta(seconds=20)
+    await store.heartbeat("a", later)
+    at = T0 + timedelta(seconds=45)  # a was seen 25 s ago: its rows stay with it
+    assert [d.notification.id for d in await store.claim_deliveries(at, "b", 10, 300, stale_before=stale(at))] == ["n2"]
+    at = T0 + timedelta(seconds=51)  # 31 s without a heartbeat: a is dead, long before its lease ends
+    reclaimed = await store.claim_deliveries(at, "b", 10, 300, stale_before=stale(at))
+    assert [d.notification.id for d in reclaimed] == ["n0", "n1"]
+    # an instance never takes its own rows back early, and a live holder keeps them
+    await store.heartbeat("b", at)
+    assert await store.claim_deliveries(at + timedelta(seconds=40), "b", 10, 300, stale_before=at) == []
+    assert await store.claim_deliveries(at, "c", 10, 300, stale_before=stale(at)) == []
+
+
+async def test_a_graceful_stop_releases_its_leases_at_once(store: Store) -> None:
+    o = obligation()
+    await outbox(store, *[notification(f"n{i}", [event(o)]) for i in range(2)])
+    await store.start_instance("a", T0)
+    await store.start_instance("b", T0)
+    await store.claim_deliveries(T0, "a", 1, 300)
+    [other] = await store.claim_deliveries(T0, "b", 1, 300)
+    assert await store.stop_instance("a") == 1
+    [again] = await store.claim_deliveries(T0, "c", 10, 300)
+    assert again.notification.id != other.notification.id  # b's lease stays
+
+
+async def test_steps_of_a_notification_survive_with_its_row(store: Store) -> None:
+    o = obligation()
+    await outbox(store, notification("n1", [event(o)]))
+    [first] = await store.claim_deliveries(T0, "w", 10, 30)
+    assert first.steps == {}
+    await store.set_delivery_steps("n1", "ops", {"update:C1:1.0": "C1:1.0"})
+    await store.set_delivery_steps("n1", "ops", {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"})
+    await store.mark_failed("n1", "ops", "HTTP 500", T0)
+    [retry] = await store.claim_deliveries(T0, "w", 10, 30)
+    assert retry.steps == {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"}
+
+
 async def test_threads_keep_the_first(store: Store) -> None:
     assert await store.get_thread("slack", "k1") is None
     await store.set_thread("slack", "k1", "C1:1.0")

@@ -200,3 +200,17 @@ async def test_a_page_commits_whole_or_not_at_all(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="naive"):  # rows are built before the transaction starts
             await store.commit_page([obligation("m3", deadline=datetime(2026, 1, 1))], [])
         assert await store.commit_page([obligation("m3")], []) == 0
+
+
+async def test_the_instance_starting_on_a_file_releases_every_lease(tmp_path: Path) -> None:
+    """One alerter per file: whatever holds a lease when an instance starts died mid-send."""
+    from tests.support.stores import T0, notification, outbox
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    async with opened(SqliteStore(url)) as store:
+        await outbox(store, *[notification(f"n{i}", [event(obligation())]) for i in range(3)])
+        await store.start_instance("killed", T0)
+        assert len(await store.claim_deliveries(T0, "killed", 2, 300)) == 2
+    async with opened(SqliteStore(url)) as store:
+        assert await store.start_instance("next", T0) == 2
+        assert [d.notification.id for d in await store.claim_deliveries(T0, "next", 10, 300)] == ["n0", "n1", "n2"]

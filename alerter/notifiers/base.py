@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from alerter.errors import DeliveryError
@@ -22,14 +23,44 @@ class SendResult:
     """New thread roots: obligation key id -> external id, for later updates and replies."""
 
 
+class Steps:
+    """The messages of one notification already sent to one receiver (step name -> external
+    id), for a channel that sends a notification as several messages (Slack: a post per
+    thread, an update of each original). Each step is saved (by delivery: durably, on the
+    ledger row) as soon as it succeeds, so a retry after a partial failure sends only the rest."""
+
+    def __init__(
+        self, done: Mapping[str, str] | None = None, save: Callable[[dict[str, str]], Awaitable[None]] | None = None
+    ) -> None:
+        self._done = dict(done or {})
+        self._save = save
+
+    def get(self, step: str) -> str | None:
+        return self._done.get(step)
+
+    async def done(self, step: str, external_id: str) -> None:
+        self._done[step] = external_id
+        if self._save is not None:
+            await self._save(dict(self._done))
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+
 class Notifier(Protocol):
-    """Raises DeliveryError(retryable=...) on failure; never puts a secret in a message."""
+    """Raises DeliveryError(retryable=...) on failure; never puts a secret in a message.
+
+    `now` is the moment of sending (what messages say about time); `steps` carries what an
+    earlier attempt of the same notification already sent, where a channel sends several messages.
+    """
 
     receiver: str
     channel: str
     """`slack`, `email`, `webhook` or `console`: picks the retry policy and pacing."""
 
-    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult: ...
+    async def send(
+        self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
+    ) -> SendResult: ...
 
     async def close(self) -> None: ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal, TextIO
 
 from pydantic import BaseModel
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from alerter import templates
 from alerter.config import STRICT
 from alerter.models import Notification
-from alerter.notifiers.base import SendResult, ThreadLookup
+from alerter.notifiers.base import SendResult, Steps, ThreadLookup
 
 
 class ConsoleConfig(BaseModel):
@@ -49,9 +49,11 @@ class ConsoleNotifier:
         self.config = config or ConsoleConfig()
         self._stream = stream
 
-    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
+    async def send(
+        self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
+    ) -> SendResult:
         stream = self._stream or (sys.stderr if self.config.stream == "stderr" else sys.stdout)
-        stream.write(summary(notification, datetime.now(UTC)))
+        stream.write(summary(notification, now))
         stream.flush()
         return SendResult(external_id=notification.id)
 

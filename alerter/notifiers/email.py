@@ -18,7 +18,7 @@ from alerter import templates
 from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
 from alerter.models import Notification
-from alerter.notifiers.base import SendResult, ThreadLookup, scrub
+from alerter.notifiers.base import SendResult, Steps, ThreadLookup, scrub
 
 
 class SmtpConfig(BaseModel):
@@ -73,9 +73,9 @@ class EmailNotifier:
     async def close(self) -> None:
         return None
 
-    async def build(self, n: Notification, threads: ThreadLookup) -> EmailMessage:
+    async def build(self, n: Notification, threads: ThreadLookup, now: datetime) -> EmailMessage:
         cfg = self.config
-        content = templates.render_email(n, cfg, datetime.now(UTC))
+        content = templates.render_email(n, cfg, now)
         msg = EmailMessage()
         msg["Subject"] = content.subject
         msg["From"] = cfg.from_
@@ -95,8 +95,10 @@ class EmailNotifier:
         msg.add_alternative(content.html, subtype="html")
         return msg
 
-    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
-        msg = await self.build(notification, threads)
+    async def send(
+        self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
+    ) -> SendResult:
+        msg = await self.build(notification, threads, now)
         smtp = self.config.smtp
         secrets = [smtp.password.get_secret_value()] if smtp.password else []
         context = ssl.create_default_context(cafile=smtp.cert_bundle) if smtp.cert_bundle else None

@@ -3,7 +3,9 @@
 How this works: a message about new obligations becomes their thread root (`channel:ts`).
 A notification of only reminders or only resolutions answers in each obligation's thread,
 and a resolution first ticks the obligation in the original message (conversations.history
-then chat.update; skipped with a log line if the bot cannot read the channel). Every post
+then chat.update; skipped with a log line if the bot cannot read the channel). Slack has no
+idempotency key, so each message of a notification is a step recorded on its ledger row
+as soon as Slack accepts it: a retry after a partial failure posts only what is missing. Every post
 and update waits its turn on a per-channel limiter (about one message a second) shared by
 all notifiers of the same token and channel; a 429 blocks that channel only.
 """
@@ -30,7 +32,7 @@ from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Event, Notification
 from alerter.notifiers import slack_blocks
-from alerter.notifiers.base import Deferred, SendResult, ThreadLookup, scrub
+from alerter.notifiers.base import Deferred, SendResult, Steps, ThreadLookup, scrub
 
 log = structlog.get_logger("alerter.notifiers.slack")
 
@@ -183,8 +185,10 @@ class SlackNotifier:
                 ) from None
         raise Deferred(f"slack {method}: still rate limited", pacer.expected_wait())
 
-    async def _post(self, n: Notification, events: tuple[Event, ...], thread_ts: str | None = None) -> str:
-        msg = templates.render_slack(n.model_copy(update={"events": events}), self.config, datetime.now(UTC))
+    async def _post(
+        self, n: Notification, events: tuple[Event, ...], now: datetime, thread_ts: str | None = None
+    ) -> str:
+        msg = templates.render_slack(n.model_copy(update={"events": events}), self.config, now)
         args: dict[str, Any] = {
             "channel": self.config.channel,
             "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),
@@ -195,7 +199,18 @@ class SlackNotifier:
         data = await self._call("chat.postMessage", paced=True, **args)
         return f"{data.get('channel', self.config.channel)}:{data.get('ts', '')}"
 
-    async def _tick_original(self, root: str, events: list[Event]) -> None:
+    async def _post_step(
+        self, steps: Steps, step: str, n: Notification, events: tuple[Event, ...], now: datetime, root: str = ""
+    ) -> str:
+        """Post one message of the notification unless an earlier attempt already did."""
+        done = steps.get(step)
+        if done is not None:
+            return done
+        ext = await self._post(n, events, now, thread_ts=root.partition(":")[2] or None)
+        await steps.done(step, ext)
+        return ext
+
+    async def _tick_original(self, root: str, events: list[Event], now: datetime) -> None:
         channel, _, ts = root.partition(":")
         resolved = {e.obligation.key_id: e.obligation.meter.partner_reference or e.obligation.meter_id for e in events}
         try:
@@ -211,16 +226,21 @@ class SlackNotifier:
         if original is None:
             log.warning("slack_update_skipped", receiver=self.receiver, reason="original message not found")
             return
-        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        when = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
         blocks = slack_blocks.mark_resolved(original.get("blocks", []), resolved, when)
         await self._call(
             "chat.update", paced=True, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
         )
 
-    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
+    async def send(
+        self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
+    ) -> SendResult:
+        """Every message is a step (`post`, `update:<root>`, `reply:<root>`) recorded in `steps`
+        as soon as Slack accepts it; a retry skips the steps already done."""
+        steps = steps if steps is not None else Steps()
         kinds = {e.kind for e in notification.events}
         if notification.kind == "digest" or len(kinds) != 1 or not kinds <= {"resolved", "reminder"}:
-            ext = await self._post(notification, notification.events)
+            ext = await self._post_step(steps, "post", notification, notification.events, now)
             return SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
         by_root: dict[str, list[Event]] = {}
         loose: list[Event] = []
@@ -229,13 +249,14 @@ class SlackNotifier:
             by_root.setdefault(root, []).append(e) if root else loose.append(e)
         first: str | None = None
         for root, events in by_root.items():
-            if kinds == {"resolved"}:
-                await self._tick_original(root, events)
-            ext = await self._post(notification, tuple(events), thread_ts=root.partition(":")[2])
+            if kinds == {"resolved"} and steps.get(f"update:{root}") is None:
+                await self._tick_original(root, events, now)
+                await steps.done(f"update:{root}", root)
+            ext = await self._post_step(steps, f"reply:{root}", notification, tuple(events), now, root)
             first = first or ext
         new_roots: Mapping[str, str] = {}
         if loose:
-            ext = await self._post(notification, tuple(loose))
+            ext = await self._post_step(steps, "post", notification, tuple(loose), now)
             first = first or ext
             if kinds == {"reminder"}:
                 new_roots = {e.obligation.key_id: ext for e in loose}

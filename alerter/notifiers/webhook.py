@@ -17,7 +17,7 @@ from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Notification
-from alerter.notifiers.base import ReceiverGone, SendResult, ThreadLookup, scrub
+from alerter.notifiers.base import ReceiverGone, SendResult, Steps, ThreadLookup, scrub
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -96,10 +96,12 @@ class WebhookNotifier:
             retry_after=after,
         )
 
-    async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
+    async def send(
+        self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
+    ) -> SendResult:
         cfg = self.config
         body = orjson.dumps(templates.webhook_body(notification)).decode()
-        ts = int(time.time())
+        ts = int(time.time())  # the signature's freshness stamp: receivers check it against their own clock
         headers = {k: v for k, v in cfg.headers.items() if k.lower() not in _SIGNED}
         headers |= {
             "content-type": "application/json",

@@ -3,7 +3,11 @@
 How this works: the cycle writes obligation changes and the events they produce in one
 transaction (`commit_page`); routing consumes events and writes groups, notifications
 and ledger rows in one transaction (`commit_routing`, `commit_flush`); delivery claims
-ledger rows with a lease and records each attempt. Every write that belongs to the
+ledger rows with a lease and records each attempt. A lease ends when its row's outcome is
+recorded, when it expires, or when its holder is known dead: every instance heartbeats
+(`heartbeat`), and a row leased by an instance not seen for a while can be claimed by
+another (`claim_deliveries(stale_before=...)`); SQLite, one instance per file, releases
+every lease when the instance starts (`start_instance`). Every write that belongs to the
 poller (obligations, events, meta, routing) checks the fencing token set by
 `set_fence`, so a deposed leader cannot write (FencedError). Ledger writes are not
 fenced: every replica delivers.
@@ -61,6 +65,8 @@ class Delivery:
     last_error: str | None = None
     sent_at: datetime | None = None
     external_id: str | None = None
+    steps: Mapping[str, str] = field(default_factory=dict)
+    """The messages of this notification already sent (step name -> external id): a retry sends only the rest."""
 
 
 @dataclass(frozen=True)
@@ -211,9 +217,37 @@ class Store(Protocol):
 
     async def expire_silence(self, silence_id: str, now: datetime) -> bool: ...
 
+    # -- instances (every process that delivers) --
+    async def start_instance(self, owner: str, now: datetime) -> int:
+        """Register `owner` as alive at `now`. SQLite (one instance per file): also release every
+        lease left by a process that died (nobody else can hold one). Returns leases released."""
+
+    async def heartbeat(self, owner: str, now: datetime) -> None:
+        """`owner` is alive at `now` (and forget instances not seen for a day)."""
+
+    async def stop_instance(self, owner: str) -> int:
+        """Graceful exit: release the leases `owner` still holds (their rows are due again at
+        once) and forget the instance. Returns leases released."""
+
     # -- delivery ledger (not fenced: every replica delivers) --
-    async def claim_deliveries(self, now: datetime, owner: str, limit: int, lease_seconds: float) -> list[Delivery]:
-        """Due pending rows of enabled receivers, leased to `owner` (SKIP LOCKED on PostgreSQL)."""
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        receiver: str | None = None,
+        other_than: Sequence[str] | None = None,
+        stale_before: datetime | None = None,
+    ) -> list[Delivery]:
+        """Due pending rows of enabled receivers, leased to `owner` (SKIP LOCKED on PostgreSQL):
+        of `receiver` only, or of receivers not in `other_than`, or of all. A row whose lease
+        has not expired is claimable only when `stale_before` is given and its holder (another
+        instance) was last seen before it."""
+
+    async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
+        """Record the messages of a notification sent so far (all of them, step -> external id)."""
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         """`record_outcomes` of one sent row."""
@@ -238,8 +272,11 @@ class Store(Protocol):
     ) -> int:
         """Dead rows back to pending, due now, attempts reset. Returns the count."""
 
-    async def undelivered_count(self) -> int:
-        """Pending rows (including those waiting for a retry)."""
+    async def undelivered_count(self, receiver: str | None = None) -> int:
+        """Pending rows (including those waiting for a retry), of one receiver or of all."""
+
+    async def oldest_undelivered(self) -> dict[str, datetime]:
+        """receiver -> creation time of its oldest pending notification, for metrics."""
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         """(receiver, status) -> rows, for metrics and self-alerts."""

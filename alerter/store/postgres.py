@@ -7,7 +7,9 @@ fenced write reads `leader.token FOR SHARE` in its own transaction and raises
 FencedError when it is not ours, so a deposed leader whose lock connection died cannot
 write after a successor took over (and the successor's increment waits for any fenced
 write in flight). Deliveries are claimed with `FOR UPDATE SKIP LOCKED` plus a lease, so
-every replica delivers and no row goes to two of them. Lock keys derive from the
+every replica delivers and no row goes to two of them; a replica killed while holding rows
+stops heartbeating (`instances.last_seen`), and the others claim its rows once its last
+heartbeat is older than their timeout, long before the lease would expire. Lock keys derive from the
 database and schema, so stores in different schemas never contend.
 """
 

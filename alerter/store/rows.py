@@ -29,7 +29,7 @@ OBLIGATION_COLUMNS = (
 EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
 DELIVERY_COLUMNS = (
     "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
-    "d.sent_at, d.external_id, n.payload"
+    "d.sent_at, d.external_id, d.steps, n.payload"
 )
 
 
@@ -169,6 +169,7 @@ def delivery_from_row(r: Row) -> Delivery:
         last_error=r["last_error"],
         sent_at=read_ts(r["sent_at"]),
         external_id=r["external_id"],
+        steps=orjson.loads(r["steps"]) if r["steps"] else {},
     )
 
 

@@ -185,6 +185,20 @@ UPDATE groups SET pending = '[]'
 """
 """Group membership as rows, appended per event (`groups.pending` stays, always `[]`)."""
 
+_V3 = """
+ALTER TABLE deliveries ADD COLUMN steps {json};
+CREATE INDEX deliveries_receiver_due ON deliveries (receiver, next_attempt_at) WHERE status = 'pending';
+
+CREATE TABLE instances (
+    owner TEXT PRIMARY KEY,
+    started_at {ts} NOT NULL,
+    last_seen {ts} NOT NULL
+)
+"""
+"""Delivery isolation and recovery: the messages a notification already posted (`steps`), a
+per-receiver due index (one worker per receiver), and the instances' heartbeats."""
+
+
 _CONSOLE = """
 CREATE TABLE console_audit (
     seq {seq},
@@ -215,7 +229,8 @@ CREATE INDEX notification_events_by_notification ON notification_events (notific
 """
 """The web console: who did what (audit), browser sessions, and indexes for its filters and pages."""
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _CONSOLE)
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _CONSOLE)
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"

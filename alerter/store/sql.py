@@ -52,6 +52,9 @@ _SILENCE_UPSERT = (
     "created_by = excluded.created_by, created_at = excluded.created_at"
 )
 _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
+FORGET_INSTANCES = timedelta(days=1)
+"""An instance not seen for this long is forgotten (its leases expired long before)."""
 
 
 def page_rows(obligations: Sequence[Obligation], events: Sequence[Event]) -> tuple[list[Obligation], list[Event]]:
@@ -292,17 +295,63 @@ class SqlStore(ABC):
         async with self._write() as tx:
             return await tx.execute(sql, silence_id, self._ts(now)) > 0
 
+    # -- instances --
+    async def start_instance(self, owner: str, now: datetime) -> int:
+        await self.heartbeat(owner, now)
+        return 0
+
+    async def heartbeat(self, owner: str, now: datetime) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO instances (owner, started_at, last_seen) VALUES ($1, $2, $2) "
+                "ON CONFLICT (owner) DO UPDATE SET last_seen = excluded.last_seen",
+                owner,
+                self._ts(now),
+            )
+            await tx.execute("DELETE FROM instances WHERE last_seen < $1", self._ts(now - FORGET_INSTANCES))
+
+    async def stop_instance(self, owner: str) -> int:
+        async with self._write() as tx:
+            released = await tx.execute(RELEASE_LEASES + " AND lease_owner = $1", owner)
+            await tx.execute("DELETE FROM instances WHERE owner = $1", owner)
+        return released
+
     # -- delivery ledger --
-    async def claim_deliveries(self, now: datetime, owner: str, limit: int, lease_seconds: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        receiver: str | None = None,
+        other_than: Sequence[str] | None = None,
+        stale_before: datetime | None = None,
+    ) -> list[Delivery]:
+        at = self._ts(now)
+        args: list[Any] = [at, limit]
+        free = "d.lease_until IS NULL OR d.lease_until <= $1"
+        if stale_before is not None:
+            args += [owner, self._ts(stale_before)]
+            free += (
+                f" OR (d.lease_owner <> ${len(args) - 1} AND EXISTS (SELECT 1 FROM instances i "
+                f"WHERE i.owner = d.lease_owner AND i.last_seen < ${len(args)}))"
+            )
+        which = ""
+        if receiver is not None:
+            args.append(receiver)
+            which = f"AND d.receiver = ${len(args)} "
+        elif other_than is not None:
+            args.append(self._ids(other_than))
+            which = f"AND NOT d.receiver {self._in(len(args))} "
         sql = (
-            f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 "
-            "AND (d.lease_until IS NULL OR d.lease_until <= $1) "
+            f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 {which}AND ({free}) "
             "AND NOT EXISTS (SELECT 1 FROM receivers_state r WHERE r.name = d.receiver) "
             f"ORDER BY d.next_attempt_at, d.notification_id LIMIT $2 {self.skip_locked}"
         )
         until = self._ts(now + timedelta(seconds=lease_seconds))
         async with self._write() as tx:
-            found = await tx.fetch(sql, self._ts(now), limit)
+            found = await tx.fetch(sql, *args)
             if found:
                 await tx.executemany(
                     "UPDATE deliveries SET lease_owner = $1, lease_until = $2 "
@@ -310,6 +359,11 @@ class SqlStore(ABC):
                     [(owner, until, r["notification_id"], r["receiver"]) for r in found],
                 )
         return [rows.delivery_from_row(r) for r in found]
+
+    async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
+        sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
+        async with self._write() as tx:
+            await tx.execute(sql, notification_id, receiver, rows.dumps(dict(steps)))
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
@@ -363,9 +417,21 @@ class SqlStore(ABC):
         async with self._write() as tx:
             return await tx.execute(sql, *args)
 
-    async def undelivered_count(self) -> int:
+    async def undelivered_count(self, receiver: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
         async with self._read() as tx:
-            return int(await tx.fetchval("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"))
+            if receiver is None:
+                return int(await tx.fetchval(sql))
+            return int(await tx.fetchval(f"{sql} AND receiver = $1", receiver))
+
+    async def oldest_undelivered(self) -> dict[str, datetime]:
+        sql = (
+            "SELECT d.receiver, MIN(n.created_at) AS oldest FROM deliveries d "
+            "JOIN notifications n ON n.id = d.notification_id WHERE d.status = 'pending' GROUP BY d.receiver"
+        )
+        async with self._read() as tx:
+            found = await tx.fetch(sql)
+        return {r["receiver"]: ts for r in found if (ts := rows.read_ts(r["oldest"])) is not None}
 
     async def delivery_counts(self) -> dict[tuple[str, str], int]:
         sql = "SELECT receiver, status, COUNT(*) AS n FROM deliveries GROUP BY receiver, status"

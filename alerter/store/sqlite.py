@@ -9,7 +9,8 @@ a committed transaction is in the WAL before COMMIT returns, so it survives the 
 being killed; only an OS crash or power loss can drop the last few commits, which the
 design tolerates (the watermark advances after the cycle commits and event ids are
 deterministic, so a rolled-back cycle is redone with the same ids and idempotency keys).
-This instance is always the leader (token 1).
+This instance is always the leader (token 1), and the only one delivering: when it starts,
+it releases every delivery lease a killed predecessor left (`start_instance`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from alerter.errors import StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows, schema
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
-from alerter.store.sql import META_UPSERT, SqlStore, Tx, page_rows
+from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx, page_rows
 
 _UPSERT_OBLIGATION = (
     f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) VALUES "
@@ -205,6 +206,16 @@ class SqliteStore(SqlStore):
             fd, self._lock_fd = self._lock_fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    # -- instances: one per file, so whatever a lease was held by is dead --
+    async def start_instance(self, owner: str, now: datetime) -> int:
+        """Release every lease at once: the file lock says no other process delivers from this
+        file, so a leased row was left by one that died mid-send (its resend keeps its ids)."""
+        async with self._write() as tx:
+            released = await tx.execute(RELEASE_LEASES + " AND lease_owner IS NOT NULL")
+            await tx.execute("DELETE FROM instances")
+        await self.heartbeat(owner, now)
+        return released
 
     # -- leadership: one process per file, so always the leader --
     async def try_acquire_leadership(self, owner: str) -> int | None:

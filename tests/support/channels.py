@@ -66,9 +66,12 @@ class FakeSlack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
 
-    def fail(self, fault: str, method: str = "chat.postMessage", times: int = 1, retry_after: float = 1) -> None:
-        """fault: `ratelimited` (429 + Retry-After), `500`, or any Slack error code (`invalid_auth`, ...)."""
-        self.faults.extend([(method, fault, retry_after)] * times)
+    def fail(
+        self, fault: str, method: str = "chat.postMessage", times: int = 1, retry_after: float = 1, after: int = 0
+    ) -> None:
+        """fault: `ratelimited` (429 + Retry-After), `500`, or any Slack error code (`invalid_auth`, ...);
+        `after`: let that many calls of `method` succeed first."""
+        self.faults.extend([(method, "ok", 0)] * after + [(method, fault, retry_after)] * times)
 
     def posted(self, channel: str | None = None) -> list[SlackCall]:
         return [
@@ -88,7 +91,9 @@ class FakeSlack:
         method = request.match_info["method"]
         args = await request.json() if request.can_read_body else {}
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if self.faults and self.faults[0][0] == method:
+        if self.faults and self.faults[0][0] == method and self.faults[0][1] == "ok":
+            self.faults.popleft()
+        elif self.faults and self.faults[0][0] == method:
             _, fault, retry_after = self.faults.popleft()
             self.calls.append(SlackCall(f"{method}!{fault}", args, time.monotonic(), token))
             if fault == "ratelimited":
