@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("-c", "--config", required=True)
     ren.add_argument("name")
 
+    from alerter.leapwebhooks import add_parser as add_leap_webhooks
+
+    add_leap_webhooks(sub, _Parser)
+
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True)
     return p

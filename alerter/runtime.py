@@ -95,6 +95,7 @@ class Runtime:
         svc = self.service
         await svc.start()
         app = make_app(svc.health, svc.metrics, svc.clock)
+        push = await svc.push.start(app) if svc.push is not None else None  # Leap's webhooks in
         runner, self.port = await start_server(app, svc.config.http.listen)
         self.log.info(
             "service_started",
@@ -137,6 +138,8 @@ class Runtime:
             scheduler.shutdown(wait=False)
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
+            if push is not None:
+                await push.stop(GRACE_SECONDS)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await runner.cleanup()
