@@ -12,8 +12,9 @@ import random
 import tempfile
 from pathlib import Path
 
-from alerter import logs
+from alerter import leapwebhooks, logs
 from alerter.config import load_config
+from alerter.errors import AlerterError
 from alerter.runtime import Runtime
 from alerter.sim import Portfolio, SimServer
 
@@ -36,6 +37,7 @@ CONFIG = """\
 source:
   base_url: {url}
   api_key: demo-key
+  webhooks: {{secrets: [demo-webhook-secret]}}
 poll:
   interval: 5s
   overlap: 1m
@@ -61,6 +63,19 @@ async def _churn(portfolio: Portfolio, stop: asyncio.Event) -> None:
             portfolio.random_churn(rng.randint(1, 4))
 
 
+async def _subscribe(runtime: Runtime) -> None:
+    """Once the service listens, subscribe its endpoint to the simulator's webhooks."""
+    while runtime.port is None and not runtime.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stop.wait(), 0.05)
+    if runtime.port is not None:
+        url = f"http://127.0.0.1:{runtime.port}/leap/webhooks"
+        try:
+            await leapwebhooks.register(runtime.service.config.source, url)
+        except AlerterError as err:
+            print(f"alerter demo: webhooks not registered ({err}); polling alone", flush=True)
+
+
 async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int:
     portfolio = Portfolio(meters, action_rate=0.02, seed=42)
     async with SimServer(portfolio, api_key="demo-key", port=port) as sim:
@@ -77,11 +92,13 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
         )
         runtime = Runtime(config)
         churn = asyncio.create_task(_churn(portfolio, runtime.stop))
+        push = asyncio.create_task(_subscribe(runtime))  # the simulator pushes each change to the service
         try:
             return await runtime.run()
         finally:
             runtime.stop.set()
             await churn
+            await push
 
 
 def main(meters: int = 3000, port: int = 0, state: str | None = None) -> int:

@@ -108,6 +108,28 @@ def _request_body(url: str, wh: WebhooksConfig, existing: dict[str, Any] | None)
     return {"event_types": types, "headers": [*others, header], "receiver_url": url}
 
 
+async def _register(leap: WebhooksClient, hooks: list[dict[str, Any]], url: str, wh: WebhooksConfig) -> list[str]:
+    same = [h for h in hooks if h.get("receiver_url") == url]
+    if not same:
+        created = await leap.call("POST", PATH, _request_body(url, wh, None))
+        return [f"registered {created.get('webhook_id')} for {url}"]
+    done = []
+    for h in same:
+        wid = h.get("webhook_id")
+        await leap.call("PUT", f"{PATH}/{wid}", _request_body(url, wh, h), what=f"webhook {wid}")
+        done.append(f"updated {wid} for {url}")
+    return done
+
+
+async def register(source: SourceConfig, url: str) -> list[str]:
+    """Subscribes `url` (or updates its subscription); returns what was done, one line each."""
+    if source.webhooks is None:
+        raise AlerterError("source.webhooks is not configured")
+    async with aiohttp.ClientSession() as session:
+        leap = WebhooksClient(source, session)
+        return await _register(leap, await leap.list(), url, source.webhooks)
+
+
 async def _run(args: argparse.Namespace, source: SourceConfig, wh: WebhooksConfig) -> int:
     command, url = args.leap_webhooks_command, args.url
     async with aiohttp.ClientSession() as session:
@@ -123,15 +145,8 @@ async def _run(args: argparse.Namespace, source: SourceConfig, wh: WebhooksConfi
                 print(f"{h.get('webhook_id')}  {h.get('receiver_url')}  {types}  headers: {names or '-'}{mark}")
             return EXIT_OK
         if command == "register":
-            same = [h for h in hooks if h.get("receiver_url") == url]
-            if not same:
-                created = await leap.call("POST", PATH, _request_body(url, wh, None))
-                print(f"registered {created.get('webhook_id')} for {url}")
-                return EXIT_OK
-            for h in same:
-                wid = h.get("webhook_id")
-                await leap.call("PUT", f"{PATH}/{wid}", _request_body(url, wh, h), what=f"webhook {wid}")
-                print(f"updated {wid} for {url}")
+            for line in await _register(leap, hooks, url, wh):
+                print(line)
             return EXIT_OK
         chosen = [h for h in hooks if h.get("receiver_url") == url] if url else [h for h in hooks if _ours(h, wh)]
         if not chosen:
