@@ -7,7 +7,8 @@ initial sync is done. It takes the due inbox rows, coalesces them per meter (10,
 re-read from Leap and diffed, committed (transactional outbox) and routed exactly as a poll
 would, so a stale, reordered or duplicated push cannot open or resolve anything Leap does not
 show. Then delivery runs at once (`group_wait: 0s` reaches a receiver within a second). A re-read
-that fails leaves the rows in the inbox, due again after a backoff (1 s doubling to 5 min); a
+that fails leaves the rows in the inbox and holds the worker for a backoff (1 s doubling to 5
+min), so the rows received meanwhile are re-read together when it ends; a
 row still failing after a day is given up (the polls reconcile it). Polling goes on: after each
 poll, the changes it found for meters no event named within `poll.interval + poll.overlap` are
 counted as `alerter_push_missed_total`, the measure of whether push can be trusted.
@@ -37,6 +38,8 @@ BATCH = 10_000
 """Inbox events taken per step."""
 DEBOUNCE = 0.01
 """Seconds a woken worker waits for the events arriving with the first one."""
+COALESCE_MAX = 0.25
+"""The longest a woken worker waits for more events before it re-reads."""
 IDLE = 1.0
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
@@ -63,6 +66,9 @@ class PushWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._purged_at: datetime | None = None
+        self._failures = 0
+        self._hold_until: datetime | None = None
+        """After a failed re-read, no step before this (rows received meanwhile wait and go together)."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -92,13 +98,20 @@ class PushWorker:
             if self._stopping:
                 return
             if self._wake.is_set():
-                self._wake.clear()
-                await asyncio.sleep(DEBOUNCE)
+                await self._gather()
             try:
                 while await self.step() >= BATCH and not self._stopping:
                     pass
             except Exception:
                 log.exception("push_step_crashed")
+
+    async def _gather(self) -> None:
+        """After a wake, waits while events keep arriving (DEBOUNCE apart), at most COALESCE_MAX:
+        one event goes on at once, a flood is taken in batches that share their re-reads."""
+        end = time.monotonic() + COALESCE_MAX
+        while self._wake.is_set() and time.monotonic() < end:
+            self._wake.clear()
+            await asyncio.sleep(DEBOUNCE)
 
     # -- one step --
     async def step(self, now: datetime | None = None) -> int:
@@ -110,6 +123,8 @@ class PushWorker:
         self.metrics.inbox_lag.set((now - oldest).total_seconds() if oldest else 0)
         if not pending or not svc.leader or await svc.store.get_meta(META_INITIALIZED) != "1":
             return 0
+        if self._hold_until is not None and now < self._hold_until:
+            return 0  # Leap failed the last re-read: what arrives meanwhile waits, and goes in one step
         rows = await self.inbox.due(now, BATCH)
         if not rows:
             await self._purge(now)
@@ -123,6 +138,7 @@ class PushWorker:
             return len(rows)
         if report is None:
             return 0
+        self._failures, self._hold_until = 0, None
         await self.inbox.done([r.event_id for r in rows], svc.clock())
         self.metrics.rereads.inc(len(meters))
         self.metrics.processed.labels("done").inc(len(rows))
@@ -144,9 +160,10 @@ class PushWorker:
             await self.inbox.done(expired, now, error=f"given up: {err}")
             self.metrics.processed.labels("given_up").inc(len(expired))
         again = [r.event_id for r in rows if now - r.received_at < GIVE_UP]
-        attempts = max(r.attempts for r in rows)
-        delay = min(RETRY_BASE * 2**attempts, RETRY_MAX)
-        await self.inbox.retry(again, now + timedelta(seconds=delay), str(err))
+        delay = min(RETRY_BASE * 2 ** max(self._failures, *(r.attempts for r in rows)), RETRY_MAX)
+        self._failures += 1
+        self._hold_until = now + timedelta(seconds=delay)
+        await self.inbox.retry(again, self._hold_until, str(err))
         self.metrics.processed.labels("retry").inc(len(again))
         log.warning("push_reread_failed", events=len(rows), retry_in=delay, error=str(err))
 
