@@ -134,7 +134,7 @@ class PushWorker:
         try:
             report = await svc.targeted_cycle(meters, now)
         except SourceError as err:
-            await self._retry(rows, now, err)
+            await self._retry(rows, max(now, svc.clock()), err)  # the backoff counts from the failure
             return len(rows)
         if report is None:
             return 0
