@@ -233,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(ren)
     ren.add_argument("name", help="the receiver's name in the rules")
 
+    from alerter.leapwebhooks import add_parser as add_leap_webhooks
+
+    add_leap_webhooks(sub, _Parser)
+
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True, help="the meter id or its partner_reference")
 

@@ -54,6 +54,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from alerter import checking
 
         return checking.rules_test(args.config, args.before, args.after, args.now)
+    if command == "leap-webhooks":
+        from alerter import leapwebhooks
+
+        return leapwebhooks.main(args)
     if command in ("run", "once"):
         from alerter import service
 

@@ -48,6 +48,53 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+class WebhooksConfig(BaseModel):
+    """Leap's webhooks in: where they are received and the secret header that authenticates them."""
+
+    model_config = STRICT
+
+    path: str = "/leap/webhooks"
+    header: str = "x-api-key"
+    """The header Leap sends each secret in (the subscription's `headers`); matched case-insensitively."""
+    secrets: Annotated[list[SecretStr], Field(min_length=1)]
+    """Every value accepted (several while rotating); the first is the one `leap-webhooks register` sets."""
+    listen: str | None = None
+    """HOST:PORT of a listener of its own; by default the endpoint is served on `http.listen`."""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or " " in v:
+            raise ValueError(f"expected an absolute URL path such as /leap/webhooks, got {v!r}")
+        return v
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError(f"expected an HTTP header name, got {v!r}")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(not s.get_secret_value().strip() for s in v):
+            raise ValueError("a webhook secret is empty (is its ${VAR} set?)")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
+
+
 class SourceConfig(BaseModel):
     model_config = STRICT
 
@@ -59,6 +106,8 @@ class SourceConfig(BaseModel):
     timeout: Duration = timedelta(seconds=30)
     filters: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = Field(5, ge=0, le=20)
+    webhooks: WebhooksConfig | None = None
+    """Leap's webhooks in (push); polling goes on as reconciliation."""
 
 
 class PollConfig(BaseModel):

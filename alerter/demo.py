@@ -11,12 +11,14 @@ within a minute by new, changed and resolved actions. Ctrl-C stops both and remo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
 from pathlib import Path
 
-from alerter import logs
+from alerter import leapwebhooks, logs
 from alerter.config import load_config
+from alerter.errors import AlerterError
 from alerter.runtime import Runtime
 from alerter.sim import Portfolio, SimServer
 from alerter.sim.churn import meter_with_actions, run_churn
@@ -46,6 +48,7 @@ CONFIG = """\
 source:
   base_url: {url}
   api_key: {api_key}
+  webhooks: {{secrets: [demo-webhook-secret]}}
 poll:
   interval: {poll}
   overlap: 1m
@@ -89,6 +92,19 @@ def _banner(sim: SimServer, portfolio: Portfolio, port: int, config: Path, state
     )
 
 
+async def _subscribe(runtime: Runtime) -> None:
+    """Once the service listens, subscribe its endpoint to the simulator's webhooks."""
+    while runtime.port is None and not runtime.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stop.wait(), 0.05)
+    if runtime.port is not None:
+        url = f"http://127.0.0.1:{runtime.port}/leap/webhooks"
+        try:
+            await leapwebhooks.register(runtime.service.config.source, url)
+        except AlerterError as err:
+            print(f"alerter demo: webhooks not registered ({err}); polling alone", flush=True)
+
+
 async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int:
     portfolio = Portfolio(meters, action_rate=0.02, seed=42)
     async with SimServer(portfolio, api_key=API_KEY, port=port) as sim:
@@ -101,6 +117,7 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
         runtime = Runtime(config)
         served = asyncio.create_task(runtime.run())
         churn = asyncio.create_task(run_churn(portfolio, CHURN, runtime.stop))
+        push = asyncio.create_task(_subscribe(runtime))  # the simulator pushes each change to the service
         try:
             # The runtime binds its port inside run(); the banner waits for it (a few milliseconds).
             while runtime.port is None and not served.done():  # noqa: ASYNC110
@@ -111,6 +128,7 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
         finally:
             runtime.stop.set()
             await churn
+            await push
 
 
 def main(meters: int = 3000, port: int = 0, state: str | None = None) -> int:

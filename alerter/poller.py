@@ -39,7 +39,7 @@ from alerter.models import Event, Obligation, ObligationKey, Record
 from alerter.store.base import Store
 
 P = TypeVar("P")
-CycleKind = Literal["initial", "incremental", "reconcile"]
+CycleKind = Literal["initial", "incremental", "reconcile", "push"]
 META_WATERMARK = "watermark"
 META_INITIALIZED = "initialized"
 META_LAST_RECONCILE = "last_reconcile_at"
@@ -89,6 +89,8 @@ class CycleReport:
     events: Counter[str] = field(default_factory=Counter)
     watermark: datetime | None = None
     duration: float = 0.0
+    changed: Counter[str] = field(default_factory=Counter)
+    """Events per meter, of the changes found (not those of an initial sync)."""
 
 
 async def read_ahead(pages: AsyncIterator[P], depth: int = 2) -> AsyncGenerator[P, None]:
@@ -245,6 +247,7 @@ class _Batch:
         self.obligations, self.by_meter, self.events = {}, {}, []
         await self.store.commit_page(obligations, events)
         self.report.events.update(e.kind for e in events)
+        self.report.changed.update(e.obligation.meter_id for e in events if not e.initial)
 
 
 class Poller:
@@ -330,6 +333,26 @@ class Poller:
         )
         return report
 
+    async def run_meters(self, meter_ids: Sequence[str], now: datetime) -> CycleReport:
+        """A targeted cycle (a push named these meters): re-read them by `meter_ids` and commit what
+        changed exactly as a poll would. Leap's answer is the truth, whatever the push said: a
+        meter the complete re-read lists without an action resolves it, one it no longer lists at
+        all has its open obligations resolved (`reconcile`) unless a record failed validation.
+        The watermark and the cycle's meta are left alone, so the polls still read every change.
+        """
+        started = time.perf_counter()
+        report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind="push")
+        unlisted = set(meter_ids)
+        batch = _Batch(self.store, report)
+        found = read_ahead_groups(_select(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
+        async with contextlib.aclosing(found) as groups, self._committing(batch):
+            async for group in groups:
+                unlisted.difference_update(await self._apply(group, now, False, batch))
+        if unlisted and not report.invalid:
+            await self._resolve_unlisted(sorted(unlisted), now, False, report)
+        report.duration = time.perf_counter() - started
+        return report
+
     @contextlib.asynccontextmanager
     async def _committing(self, batch: _Batch) -> AsyncIterator[None]:
         """Commits the batch after a read; after a failed read too, keeping what its pages found."""
@@ -380,3 +403,4 @@ class Poller:
             if events:
                 await self.store.commit_page(obligations, events)
                 report.events.update(e.kind for e in events)
+                report.changed.update(e.obligation.meter_id for e in events if not e.initial)

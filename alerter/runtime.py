@@ -93,9 +93,12 @@ class Runtime:
     async def run(self) -> int:
         svc = self.service
         app = make_app(svc.health, svc.metrics, svc.clock, console=svc)
+        if svc.push is not None:
+            svc.push.mount(app)  # Leap's webhooks in
         runner, self.port = await start_server(app, svc.config.http.listen)  # a busy port fails before the store opens
         try:
             await svc.start()
+            push = await svc.push.start() if svc.push is not None else None
         except BaseException:
             await runner.cleanup()
             raise
@@ -142,6 +145,8 @@ class Runtime:
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
             await delivery
+            if push is not None:
+                await push.stop(GRACE_SECONDS)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await runner.cleanup()

@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -27,6 +27,7 @@ from alerter.models import Event, ObligationKey
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
+from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import reminders_due
 from alerter.router import Router
@@ -112,6 +113,7 @@ class Service:
         self.deliverer = Deliverer(self.store, self.notifiers, self.owner, instance_timeout=instance_timeout)
         self.workers: DeliveryWorkers | None = None
         self.alerts = SelfAlerts(self, config.operations_receiver)
+        self.push = PushWorker(self) if config.source.webhooks is not None else None
         self.leader = False
         self._step = asyncio.Lock()
         self._silences = SilenceCheck()
@@ -216,8 +218,26 @@ class Service:
                 self._depose("fenced")
                 return None
             self._cycle_succeeded(now, report)
+            if self.push is not None:
+                await self.push.after_poll(report, now)
             await self._remind(now)
             await self._route(now, flush_all=flush_all)
+            return report
+
+    async def targeted_cycle(self, meter_ids: Sequence[str], now: datetime | None = None) -> CycleReport | None:
+        """Re-read these meters (a push named them), then route at once. None when not the leader."""
+        async with self._step:
+            if not self.leader:
+                return None
+            now = now or self.clock()
+            try:
+                report = await self.poller.run_meters(meter_ids, now)
+                for kind, count in report.events.items():
+                    self.metrics.events.labels(kind).inc(count)
+                await self._route(now)
+            except FencedError:
+                self._depose("fenced")
+                return None
             return report
 
     async def route_step(self, now: datetime | None = None) -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("bench_source", "bench_cycle", "bench_routing", "bench_delivery", "bench_latency", "bench_console")
+BENCHES = (
+    "bench_source",
+    "bench_cycle",
+    "bench_routing",
+    "bench_delivery",
+    "bench_latency",
+    "bench_console",
+    "bench_push",
+)
 
 
 def _load(name: str) -> Any:
@@ -108,6 +116,26 @@ def summary() -> str:
                 "≤ 300 ms",
                 worst <= console["target_ms"],
             )
+    push = _load("push")
+    if push:
+        add(
+            f"change → webhook with push, {push['changes']:,} changes, poll 5 min",
+            f"p50 {push['p50_s']:.2f} s, p99 {push['p99_s']:.2f} s",
+            "p50 ≤ 0.5 s, p99 ≤ 2 s",
+            push["p50_s"] <= 0.5 and push["p99_s"] <= 2,
+        )
+        add(
+            "push endpoint, durable SQLite inbox",
+            f"{push['accepted_per_s']:,.0f} ev/s (answer p99 {push['answer_p99_ms']:.0f} ms)",
+            "≥ 2,000 ev/s, p99 ≤ 100 ms",
+            push["accepted_per_s"] >= 2000 and push["answer_p99_ms"] <= 100,
+        )
+        add(
+            f"burst of {push['burst']:,} events for {push['burst_meters']:,} meters, held while Leap fails",
+            f"{push['burst_meter_rereads']:,} meter re-reads",
+            "≤ 1,000",
+            push["burst_meter_rereads"] <= 1000,
+        )
     lines = ["| measure | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"

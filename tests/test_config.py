@@ -79,6 +79,19 @@ BAD = [
             "broken_rules.yaml:6:17: undefined receiver 'opz'",
         ],
     ),
+    (
+        "bad_webhooks.yaml",
+        [
+            "bad_webhooks.yaml:4:11: source.webhooks.path: expected an absolute URL path such as /leap/webhooks",
+            "bad_webhooks.yaml:5:13: source.webhooks.header: expected an HTTP header name, got 'x api key'",
+            "bad_webhooks.yaml:6:14: source.webhooks.secrets: List should have at least 1 item",
+            "bad_webhooks.yaml:7:13: source.webhooks.listen: expected HOST:PORT, got 'localhost'",
+        ],
+    ),
+    (
+        "empty_webhook_secret.yaml",
+        ["empty_webhook_secret.yaml:4:14: source.webhooks.secrets: a webhook secret is empty"],
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from alerter.http import listen_error
 from alerter.sim.churn import run_churn
 from alerter.sim.faults import Fault, Faults, corrupt
 from alerter.sim.portfolio import Portfolio
+from alerter.sim.push import Pusher, install
 from alerter.sim.query import UUID_PATTERN, BadRequest, Searcher, parse_search
 
 INTERNAL_ERROR = "An error happened whilst processing your request"
@@ -84,11 +85,11 @@ def _fault_response(fault: Fault) -> web.Response | None:
 @web.middleware
 async def _leap_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Faults, then Bearer auth, then the handler; every answer is logged in `requests`."""
-    if not request.path.startswith("/v2/"):
+    if not request.path.startswith(("/v2/", "/v1.1/")):
         return await handler(request)
     state = request.app[STATE]
     body: Any = None
-    if request.method == "POST":
+    if request.method in ("POST", "PUT"):
         raw = await request.read()
         try:
             body = orjson.loads(raw) if raw else None
@@ -231,6 +232,7 @@ def build_app(
     api_key: str,
     faults: Faults | None = None,
     requests: deque[RequestLog] | None = None,
+    pusher: Pusher | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_leap_api], client_max_size=16 * 1024 * 1024)
     app[STATE] = _State(
@@ -247,6 +249,7 @@ def build_app(
     app.router.add_route("*", "/_sim/clock", _control(_sim_clock))
     app.router.add_post("/_sim/churn", _control(_sim_churn))
     app.router.add_route("*", "/_sim/faults", _control(_sim_faults))
+    install(app, pusher or Pusher(portfolio))  # Leap's webhooks: subscriptions and pushes
     return app
 
 
@@ -265,7 +268,10 @@ class SimServer:
         self.api_key = api_key
         self.faults = Faults()
         self.requests: deque[RequestLog] = deque(maxlen=2000)
-        self.app = build_app(self.portfolio, api_key=api_key, faults=self.faults, requests=self.requests)
+        self.push = Pusher(self.portfolio)
+        self.app = build_app(
+            self.portfolio, api_key=api_key, faults=self.faults, requests=self.requests, pusher=self.push
+        )
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self.url = ""

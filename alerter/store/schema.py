@@ -230,7 +230,25 @@ CREATE INDEX notification_events_by_notification ON notification_events (notific
 """The web console: who did what (audit), browser sessions, and indexes for its filters and pages."""
 
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _CONSOLE)
+_WEBHOOK_INBOX = """
+CREATE TABLE webhook_inbox (
+    event_id TEXT PRIMARY KEY,
+    meter_id {key} NOT NULL,
+    event_type TEXT NOT NULL,
+    received_at {ts} NOT NULL,
+    payload {json} NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at {ts} NOT NULL,
+    last_error TEXT,
+    processed_at {ts}
+);
+CREATE INDEX webhook_inbox_due ON webhook_inbox (next_attempt_at) WHERE processed_at IS NULL;
+CREATE INDEX webhook_inbox_meter ON webhook_inbox (meter_id, received_at)
+"""
+"""Leap's webhook events, stored before they are acknowledged, keyed by `webhook_event_id`."""
+
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _CONSOLE, _WEBHOOK_INBOX)
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
