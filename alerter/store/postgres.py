@@ -56,7 +56,13 @@ _ACQUIRE = (
     "ON CONFLICT (id) DO UPDATE SET token = leader.token + 1, owner = excluded.owner, "
     "acquired_at = excluded.acquired_at RETURNING token"
 )
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection whose backend was terminated mid-operation
+    OSError,
+    asyncio.TimeoutError,
+)
 _KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 
 
