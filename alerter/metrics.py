@@ -29,6 +29,9 @@ class Metrics:
         self.invalid_records = Counter(
             "alerter_source_invalid_records", "Records skipped because they failed validation", registry=r
         )
+        self.failed_meters = Counter(
+            "alerter_meters_failed", "Meters skipped because their processing (state, diff, commit) failed", registry=r
+        )
         self.events = Counter("alerter_events", "Obligation events by type", ["type"], registry=r)
         self.notifications = Counter(
             "alerter_notifications", "Notifications created by receiver", ["receiver"], registry=r

@@ -8,13 +8,41 @@ strings so that a new program or region Leap adds never rejects a record.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasPath, BaseModel, ConfigDict, Field
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic_core import core_schema as cs
 
 _RECORD = ConfigDict(frozen=True, extra="ignore")
+
+
+def _utc(value: datetime) -> datetime:
+    """Leap's time as an aware UTC instant: one without an offset is read as UTC (a date as its
+    midnight UTC), one with an offset is converted; an instant that has no UTC form is invalid."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date-time out of range once converted to UTC") from None
+
+
+def _leap_time_schema(source: Any, handler: GetCoreSchemaHandler) -> cs.CoreSchema:
+    # Leap writes UTC (`...Z`): such a value is taken by the first schema, in Rust alone; only
+    # a value without an offset, a date or another offset reaches `_utc`.
+    return cs.union_schema(
+        [cs.datetime_schema(tz_constraint=0), cs.no_info_after_validator_function(_utc, cs.datetime_schema())],
+        mode="left_to_right",
+        custom_error_type="leap_time",
+        custom_error_message="Input should be an RFC 3339 date-time or a date, in range once read as UTC",
+    )
+
+
+LeapTime = Annotated[datetime, GetPydanticSchema(_leap_time_schema)]
+"""A date-time of Leap's, aware and in UTC once validated: without an offset it is read as UTC,
+a date as midnight UTC, another offset is converted to UTC."""
 
 
 class RequiredAction(BaseModel):
@@ -24,7 +52,7 @@ class RequiredAction(BaseModel):
 
     program_identifier: str
     delivery_period: str
-    enrollment_deadline_date_time: datetime | None = None
+    enrollment_deadline_date_time: LeapTime | None = None
     action_type: str
     action_description: str = ""
     action_code: str
@@ -51,7 +79,7 @@ class Record(BaseModel):
     customer_group: str = ""
     global_enrollment_status: str = ""
     is_archived: bool = False
-    updated_at: datetime | None = Field(default=None, validation_alias=AliasPath("audit", "updated_at"))
+    updated_at: LeapTime | None = Field(default=None, validation_alias=AliasPath("audit", "updated_at"))
     """`audit.updated_at`: the watermark is the highest seen."""
     partner_actions: tuple[RequiredAction, ...] = Field(
         default=(), validation_alias=AliasPath("required_actions", "partner")

@@ -10,8 +10,12 @@ How this works (DESIGN.md decision 2):
   the filtered query hides meters whose actions just cleared.
 - `reconcile` (every `poll.reconcile_interval`): a full filtered sweep; open obligations
   of meters the complete sweep no longer lists are resolved (`reconcile`). A sweep with a
-  failed page raises before anything is resolved; a sweep with invalid records resolves
-  nothing by absence.
+  failed page raises before anything is resolved. An invalid record whose `meter_id` is
+  readable lists its meter (its obligations stay open, the others' resolutions go on); one
+  without a readable id leaves the sweep incomplete: it resolves nothing by absence.
+A meter whose processing fails (its stored state unreadable, its diff or its commit failing)
+is set apart, counted and logged (`meter_failed`), and the rest of its page and cycle goes on
+(see `isolation`).
 A page's obligations and the events they produce are committed in one transaction, together
 with the few pages before it (`_Batch`: at most `BATCH_ROWS` rows or `BATCH_SECONDS` old, and
 always at the end of a read); the watermark (the highest `audit.updated_at` seen) advances
@@ -20,7 +24,6 @@ only after the whole cycle is committed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import operator
 import time
@@ -29,16 +32,18 @@ from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import structlog
 
 from alerter.config import PollConfig
-from alerter.diff import diff_records, resolve
+from alerter.diff import resolve
+from alerter.isolation import Faults, commit_apart, diff_apart, load_apart
 from alerter.models import Event, Obligation, ObligationKey, Record
+from alerter.readahead import read_ahead as read_ahead
+from alerter.readahead import read_ahead_groups
 from alerter.store.base import Store
 
-P = TypeVar("P")
 CycleKind = Literal["initial", "incremental", "reconcile", "push"]
 META_WATERMARK = "watermark"
 META_INITIALIZED = "initialized"
@@ -54,6 +59,8 @@ BATCH_ROWS = 4000
 """Obligation and event rows a sweep gathers from consecutive pages before committing them."""
 BATCH_SECONDS = 1.0
 """The longest a page's events wait in memory for the pages after it before being committed."""
+NAMED = 20
+"""Skipped meters a cycle report names (the log names every one)."""
 
 
 class PageLike(Protocol):
@@ -71,6 +78,10 @@ class PageLike(Protocol):
     def acting(self) -> Sequence[Record]:
         """The records listing partner actions, in order."""
 
+    @property
+    def invalid_ids(self) -> Sequence[str]:
+        """The readable meter ids of the invalid records."""
+
 
 class SourceLike(Protocol):
     def search(self, filters: dict[str, object]) -> AsyncIterator[PageLike]: ...
@@ -86,66 +97,25 @@ class CycleReport:
     pages: int = 0
     records: int = 0
     invalid: int = 0
+    """Records that failed validation, skipped."""
+    unidentified: int = 0
+    """Of those, the records without a readable meter id."""
+    failed: int = 0
+    """Meters whose processing failed (stored state unreadable, diff or commit), skipped."""
+    skipped_meters: list[str] = field(default_factory=list)
+    """The first `NAMED` meters skipped (invalid or failed), to name them."""
+    incomplete: bool = False
+    """A sweep that resolved nothing by absence, as a record without a readable id was skipped."""
     events: Counter[str] = field(default_factory=Counter)
     watermark: datetime | None = None
     duration: float = 0.0
     changed: Counter[str] = field(default_factory=Counter)
     """Events per meter, of the changes found (not those of an initial sync)."""
 
-
-async def read_ahead(pages: AsyncIterator[P], depth: int = 2) -> AsyncGenerator[P, None]:
-    """Fetch up to `depth` pages ahead while the caller diffs and commits the current one.
-
-    A page's next-page token is in its body, so page n+1 can only be requested once page n
-    is decoded. A producer task requests it right then, not when the caller is done with the
-    page before, so the server renders while this process diffs and commits. An error of the
-    source is raised to the caller after the pages before it.
-    """
-    async with contextlib.aclosing(read_ahead_groups(pages, depth)) as groups:
-        async for group in groups:
-            for page in group:
-                yield page
-
-
-async def read_ahead_groups(pages: AsyncIterator[P], depth: int = 2, least: int = 1) -> AsyncGenerator[list[P], None]:
-    """`read_ahead` in groups: at least `least` pages (fewer only at the end), and any more
-    already fetched, in order. The caller does its per-page round trips once per group; the
-    wait costs nothing, as the pages are requested and decoded meanwhile."""
-    queue: asyncio.Queue[tuple[P] | BaseException | None] = asyncio.Queue(maxsize=max(1, depth - 1))
-
-    async def produce() -> None:
-        try:
-            async for page in pages:
-                await queue.put((page,))
-        except Exception as err:
-            await queue.put(err)
-        else:
-            await queue.put(None)
-
-    producer = asyncio.ensure_future(produce())
-    try:
-        while True:
-            items = [await queue.get()]
-            while isinstance(items[-1], tuple) and len(items) < least:
-                items.append(await queue.get())
-            while isinstance(items[-1], tuple) and not queue.empty():
-                items.append(queue.get_nowait())
-            group = [item[0] for item in items if isinstance(item, tuple)]
-            if group:
-                yield group
-            last = items[-1]
-            if last is None:
-                break
-            if isinstance(last, BaseException):
-                raise last
-    finally:
-        if not producer.done():
-            producer.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
-        aclose = getattr(pages, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    def skipped(self, meter_ids: Sequence[str]) -> None:
+        room = NAMED - len(self.skipped_meters)
+        if room > 0:
+            self.skipped_meters.extend(m for m in meter_ids[:room] if m not in self.skipped_meters)
 
 
 @dataclass(slots=True)
@@ -156,6 +126,7 @@ class _Selected:
     listed: int
     invalid: int
     max_updated_at: datetime | None
+    invalid_ids: Sequence[str]
 
 
 async def _select(pages: AsyncIterator[PageLike], tracked: set[str] | None) -> AsyncGenerator[_Selected, None]:
@@ -181,7 +152,7 @@ async def _select(pages: AsyncIterator[PageLike], tracked: set[str] | None) -> A
                 else:
                     records = [r for r in records if r.partner_actions or r.meter_id in tracked]
                 tracked.update(map(_METER_ID, records))
-            selected = _Selected(list(records), len(page.records), page.invalid, page.max_updated_at)
+            selected = _Selected(list(records), len(page.records), page.invalid, page.max_updated_at, page.invalid_ids)
             # The rest of the page is freed here, while its objects are fresh in the caches.
             del page, records
             yield selected
@@ -210,9 +181,10 @@ class _Batch:
     it again and produces the same events under the same ids.
     """
 
-    def __init__(self, store: Store, report: CycleReport) -> None:
+    def __init__(self, store: Store, report: CycleReport, log: structlog.typing.FilteringBoundLogger) -> None:
         self.store = store
         self.report = report
+        self.log = log
         self.obligations: dict[ObligationKey, Obligation] = {}
         self.by_meter: dict[str, list[Obligation]] = {}
         self.events: list[Event] = []
@@ -245,9 +217,27 @@ class _Batch:
             return
         obligations, events = list(self.obligations.values()), self.events
         self.obligations, self.by_meter, self.events = {}, {}, []
-        await self.store.commit_page(obligations, events)
+        await self.commit(obligations, events)
+
+    async def commit(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
+        """Commits in one transaction; a meter the store will not take is set apart."""
+        failed = await commit_apart(self.store, obligations, events, self.probe)
+        if failed:
+            self.failed(failed, "commit")
+            events = [e for e in events if e.obligation.meter_id not in failed]
         self.report.events.update(e.kind for e in events)
         self.report.changed.update(e.obligation.meter_id for e in events if not e.initial)
+
+    async def probe(self) -> None:
+        """An empty, fenced write: raises when the store (rather than one meter's data) is at fault."""
+        await self.store.set_meta({})
+
+    def failed(self, faults: Faults, stage: str) -> None:
+        """Counts and names meters set apart; their changes wait for a later read of them."""
+        self.report.failed += len(faults)
+        self.report.skipped(list(faults))
+        for meter_id, err in faults.items():
+            self.log.error("meter_failed", meter_id=meter_id, stage=stage, error=_describe(err), exc_info=err)
 
 
 class Poller:
@@ -291,7 +281,7 @@ class Poller:
         tracked = set(unlisted) if sweep else None
         seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
-        batch = _Batch(self.store, report)
+        batch = _Batch(self.store, report, log)
         search = read_ahead_groups(_select(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
@@ -309,10 +299,15 @@ class Poller:
                 async with contextlib.aclosing(meters) as groups, self._committing(batch):
                     async for group in groups:
                         await self._apply(group, now, initial, batch)
-        elif report.invalid:
-            log.warning("reconcile_skipped", reason="records failed validation", invalid=report.invalid)
+        elif report.unidentified:
+            report.incomplete = True
+            log.warning(
+                "reconcile_skipped",
+                reason="records without a readable meter_id failed validation",
+                unidentified=report.unidentified,
+            )
         elif unlisted:
-            await self._resolve_unlisted(sorted(unlisted), now, initial, report)
+            await self._resolve_unlisted(sorted(unlisted), now, initial, batch)
 
         meta = {META_LAST_CYCLE: _iso(now)}
         if report.watermark is not None:
@@ -327,6 +322,8 @@ class Poller:
             pages=report.pages,
             records=report.records,
             invalid=report.invalid,
+            unidentified=report.unidentified,
+            failed=report.failed,
             events=dict(report.events),
             watermark=meta.get(META_WATERMARK),
             seconds=round(report.duration, 3),
@@ -337,19 +334,20 @@ class Poller:
         """A targeted cycle (a push named these meters): re-read them by `meter_ids` and commit what
         changed exactly as a poll would. Leap's answer is the truth, whatever the push said: a
         meter the complete re-read lists without an action resolves it, one it no longer lists at
-        all has its open obligations resolved (`reconcile`) unless a record failed validation.
+        all has its open obligations resolved (`reconcile`) unless a record without a readable
+        meter id failed validation.
         The watermark and the cycle's meta are left alone, so the polls still read every change.
         """
         started = time.perf_counter()
         report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind="push")
         unlisted = set(meter_ids)
-        batch = _Batch(self.store, report)
+        batch = _Batch(self.store, report, self.log.bind(cycle_id=report.cycle_id, cycle="push"))
         found = read_ahead_groups(_select(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(found) as groups, self._committing(batch):
             async for group in groups:
                 unlisted.difference_update(await self._apply(group, now, False, batch))
-        if unlisted and not report.invalid:
-            await self._resolve_unlisted(sorted(unlisted), now, False, report)
+        if unlisted and not report.unidentified:  # an invalid record with a readable id still lists its meter
+            await self._resolve_unlisted(sorted(unlisted), now, False, batch)
         report.duration = time.perf_counter() - started
         return report
 
@@ -366,17 +364,22 @@ class Poller:
 
     async def _apply(self, pages: Sequence[_Selected], now: datetime, initial: bool, batch: _Batch) -> list[str]:
         """Diffs and commits consecutive pages together (one read of stored state for all);
-        returns the ids of the meters diffed.
+        returns the ids of the meters they list (those diffed and those whose record was invalid).
 
         A meter listed twice (it changed while the sweep paged) is diffed once, as its later
-        copy lists it.
+        copy lists it. A meter whose stored state cannot be read or whose diff fails is set apart.
         """
         report = batch.report
         records: list[Record] = []
+        invalid_ids: list[str] = []
         for page in pages:
             report.pages += 1
             report.records += page.listed
             report.invalid += page.invalid
+            if page.invalid:
+                report.unidentified += page.invalid - len(page.invalid_ids)
+                report.skipped(page.invalid_ids)
+                invalid_ids.extend(page.invalid_ids)
             if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
                 report.watermark = page.max_updated_at
             records.extend(page.records)
@@ -385,22 +388,31 @@ class Poller:
             latest = dict(zip(ids, records, strict=True))
             records, ids = list(latest.values()), list(latest)
         if records:
-            prior = await self.store.load_obligations(ids)
+            prior, failed = await load_apart(self.store, ids, batch.probe)
+            if failed:
+                batch.failed(failed, "load")
+                records = [r for r in records if r.meter_id not in failed]
             batch.overlay(prior, ids)
-            result = diff_records(records, prior, now, initial=initial)
+            result, failed = diff_apart(records, prior, now, initial)
+            if failed:
+                batch.failed(failed, "diff")
             await batch.add(result.obligations, result.events)
         else:
             await batch.add((), ())
-        return ids
+        return ids + invalid_ids if invalid_ids else ids
 
-    async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, report: CycleReport) -> None:
+    async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, batch: _Batch) -> None:
         for i in range(0, len(meter_ids), RESOLVE_BATCH):
-            prior = await self.store.load_obligations(meter_ids[i : i + RESOLVE_BATCH])
+            prior, failed = await load_apart(self.store, meter_ids[i : i + RESOLVE_BATCH], batch.probe)
+            if failed:
+                batch.failed(failed, "load")
             events: list[Event] = [
                 resolve(ob, "reconcile", now, initial) for ob in prior.values() if ob.status == "open"
             ]
             obligations: list[Obligation] = [e.obligation for e in events]
             if events:
-                await self.store.commit_page(obligations, events)
-                report.events.update(e.kind for e in events)
-                report.changed.update(e.obligation.meter_id for e in events if not e.initial)
+                await batch.commit(obligations, events)
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:500]

@@ -2,10 +2,17 @@
 and once when it clears, through the same durable outbox as every other notification.
 
 Conditions: Leap refused the API key; the source unreachable for 3 poll intervals; no
-successful cycle for 3 poll intervals; records failing validation; dead letters waiting;
-a webhook receiver disabled by a 410; a receiver failing (its last 3 or more delivery
+successful cycle for 3 poll intervals; records skipped (`invalid_records`: failing validation,
+or a meter whose processing failed); a sweep left incomplete by a record without a readable
+meter id (`sweep_incomplete`: resolutions by absence held back); dead letters waiting; a
+webhook receiver disabled by a 410; a receiver failing (its last 3 or more delivery
 attempts failed). An alert about the operations receiver itself is only logged: it cannot
 be told through itself, and queueing it there would feed its own failures.
+
+Skipped records start `invalid_records` in any cycle; it stays raised while they keep coming
+(the count of records skipped meanwhile is kept, and logged with each cycle that adds to it)
+and clears with the first full sweep (initial or reconcile) that skips none, since only a
+sweep reads every record again. `sweep_incomplete` clears with the next complete sweep.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class SelfAlerts:
         self.active: dict[str, datetime] = {}
         """condition -> when it started."""
         self.first_failure: datetime | None = None
+        self.skipped = 0
+        """Records skipped since `invalid_records` was raised."""
         self._pending: list[Notification] = []
 
     # -- inputs from the service --
@@ -40,13 +49,45 @@ class SelfAlerts:
         self.first_failure = None
         for name in ("auth_refused", "source_down", "stale"):
             self._clear(name, now)
-        if report.invalid:
+        self._skipped_records(now, report)
+        if report.kind == "incremental":
+            return
+        if report.incomplete:
             self._raise(
-                f"invalid_records:{now.date().isoformat()}",
+                "sweep_incomplete",
                 now,
-                f"{report.invalid} record(s) from Leap failed validation and were skipped "
-                f"(cycle {report.cycle_id}); see the `record_invalid` log lines.",
+                f"the {report.kind} sweep (cycle {report.cycle_id}) resolved nothing by absence: "
+                f"{report.unidentified} record(s) without a readable meter_id failed validation.",
             )
+        else:
+            self._clear("sweep_incomplete", now)
+
+    def _skipped_records(self, now: datetime, report: CycleReport) -> None:
+        count = report.invalid + report.failed
+        if not count:
+            if report.kind != "incremental" and "invalid_records" in self.active:
+                self._clear(
+                    "invalid_records",
+                    now,
+                    f"invalid_records cleared at {now:%Y-%m-%d %H:%M}Z: a full sweep skipped no record "
+                    f"({self.skipped} skipped while it lasted).",
+                )
+            return
+        if "invalid_records" in self.active:
+            self.skipped += count
+            self.log.warning("self_alert_ongoing", alert="invalid_records", skipped=count, since_raised=self.skipped)
+            return
+        self.skipped = count
+        named = report.skipped_meters
+        more = count - report.unidentified - len(named)
+        meters = f"; meters {', '.join(named)}{f' (+{more} more)' if more > 0 else ''}" if named else ""
+        self._raise(
+            "invalid_records",
+            now,
+            f"{count} record(s) from Leap skipped in the {report.kind} cycle {report.cycle_id}: "
+            f"{report.invalid} failed validation ({report.unidentified} without a readable meter_id), "
+            f"{report.failed} could not be processed{meters}. See the `record_invalid` and `meter_failed` log lines.",
+        )
 
     def cycle_failed(self, now: datetime, err: SourceError) -> None:
         self.first_failure = self.first_failure or now
@@ -87,12 +128,12 @@ class SelfAlerts:
         self.log.warning("self_alert", alert=name, message=message)
         self._queue(name, now, "firing", message)
 
-    def _clear(self, name: str, now: datetime) -> None:
+    def _clear(self, name: str, now: datetime, message: str | None = None) -> None:
         started = self.active.pop(name, None)
         if started is None:
             return
         self.log.info("self_alert_resolved", alert=name)
-        self._queue(name, started, "resolved", f"{name} cleared at {now:%Y-%m-%d %H:%M}Z")
+        self._queue(name, started, "resolved", message or f"{name} cleared at {now:%Y-%m-%d %H:%M}Z")
 
     def _queue(self, name: str, started: datetime, status: str, message: str) -> None:
         kind, _, subject = name.partition(":")

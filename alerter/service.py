@@ -312,6 +312,7 @@ class Service:
         m.pages.inc(report.pages)
         m.records.inc(report.records)
         m.invalid_records.inc(report.invalid)
+        m.failed_meters.inc(report.failed)
         m.last_success.set(now.timestamp())
         for kind, count in report.events.items():
             m.events.labels(kind).inc(count)

@@ -5,7 +5,10 @@ timeouts, 429 (honouring Retry-After, capped) and 500/502/503/504 with exponenti
 jitter until `max_retries` is spent, then raises SourceError naming the last status or condition.
 401/403 raise SourceError(auth=True); 400 raises with Leap's title and details. A page is decoded
 in one pass (`validate_json` of the whole page); only when that fails is it decoded record by
-record, so one invalid record is logged, counted and skipped while the rest of the page goes on.
+record, so each invalid record is logged (with its `meter_id` when readable), counted and skipped
+while the rest of the page goes on. Date-times are normalised to UTC by the record types
+themselves (`models.LeapTime`), so the fast path makes no extra pass. A page only a lenient JSON
+parser reads (a lone surrogate in one record) is decoded record by record too.
 A sweep asks for page n+1 before decoding page n, from the token read out of page n's raw bytes;
 the decoded token must agree, or that request is cancelled and the page asked for again.
 No message or log line carries the API key.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import random
 import re
 import time
@@ -33,7 +37,7 @@ from yarl import URL
 from alerter.config import SourceConfig
 from alerter.errors import SourceError
 from alerter.http import retry_after as parse_retry_after
-from alerter.models import Record
+from alerter.models import LeapTime, Record
 
 SEARCH_PATH = "/v2/meters/enrollments/search"
 ENROLLMENT_PATH = "/v2/meters/{meter_id}/enrollments"
@@ -58,7 +62,7 @@ _SEND_TURNS = 3
 """Turns of the event loop given to a request ahead to be written before the page is decoded."""
 _NEXT_KEY = b'"next_page_token"'
 _NEXT_TOKEN = re.compile(rb'"next_page_token"\s*:\s*("(?:[^"\\]|\\.)*")')
-_TIME = TypeAdapter(datetime)
+_TIME = TypeAdapter(LeapTime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,13 @@ class Page:
 
     Gathered while decoding, in the pass that finds `max_updated_at`: a page's freshly decoded
     objects are still in the CPU caches then, and a sweep needs little else of most pages."""
+    invalid_ids: list[str] = field(default_factory=list)
+    """The readable meter ids of the invalid records: those meters are listed, though unread."""
+
+    @property
+    def unidentified(self) -> int:
+        """Invalid records without a readable meter id: which meters they are is unknown."""
+        return self.invalid - len(self.invalid_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,49 +429,86 @@ def decode_page(raw: bytes, number: int) -> Page:
         ids.append(record.meter_id)
         if record.partner_actions:
             acting.append(record)
-        updated = record.updated_at
-        if updated is not None:
-            updated = _aware(updated)
-            if latest is None or updated > latest:
-                latest = updated
+        updated = record.updated_at  # aware UTC (LeapTime)
+        if updated is not None and (latest is None or updated > latest):
+            latest = updated
     return Page(number, records, 0, whole.next_page_token or None, latest, ids, acting)
 
 
 def _decode_each(raw: bytes, number: int) -> Page:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise SourceError(f"Leap returned a page that is not JSON (page {number})") from None
+    data, lenient = _loads(raw, number)
     meters = data.get("meters") if isinstance(data, dict) else None
     if not isinstance(meters, list):
         raise SourceError(f"Leap returned a page without a `meters` list (page {number})")
     token = data.get("next_page_token")
     records: list[Record] = []
-    invalid = 0
+    invalid_ids: list[str] = []
     latest: datetime | None = None
-    for item in meters:
+    for index, item in enumerate(meters):
         updated = _updated_at(item)
         if updated is not None and (latest is None or updated > latest):
             latest = updated
         try:
-            records.append(Record.model_validate(item))
+            record = Record.model_validate(item)
+            if lenient:
+                _check_encodable(record)
+            records.append(record)
+            continue
         except ValidationError as err:
-            invalid += 1
-            meter_id = item.get("meter_id") if isinstance(item, dict) else None
-            log.warning(
-                "record_invalid",
-                meter_id=meter_id if isinstance(meter_id, str) else None,
-                page=number,
-                error=_summary(err),
-            )
+            error = _summary(err)
+        except ValueError as err:
+            error = str(err)
+        meter_id = _readable_id(item)
+        if meter_id is not None:
+            invalid_ids.append(meter_id)
+        log.warning("record_invalid", meter_id=meter_id, page=number, index=index, error=error)
+    invalid = len(meters) - len(records)
     ids = [r.meter_id for r in records]
     acting = [r for r in records if r.partner_actions]
-    return Page(number, records, invalid, token if isinstance(token, str) and token else None, latest, ids, acting)
+    token = token if isinstance(token, str) and token else None
+    return Page(number, records, invalid, token, latest, ids, acting, invalid_ids)
+
+
+def _loads(raw: bytes, number: int) -> tuple[Any, bool]:
+    """The page as Python objects, and whether only the lenient parser could read it.
+
+    orjson refuses a lone surrogate escape (`"\\ud800"`) anywhere in the page; the standard
+    parser reads it, and `_check_encodable` then fails the records that hold one, alone.
+    """
+    try:
+        return orjson.loads(raw), False
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw), True
+    except (ValueError, RecursionError):
+        raise SourceError(f"Leap returned a page that is not JSON (page {number})") from None
+
+
+def _check_encodable(record: Record) -> None:
+    """A record read by the lenient parser must hold only text that can be stored."""
+    try:
+        record.model_dump_json()
+    except ValueError:
+        raise ValueError("<record>: holds text that is not valid Unicode (a lone surrogate)") from None
+
+
+def _readable_id(item: Any) -> str | None:
+    """An invalid record's `meter_id`, when it is a non-empty string of valid Unicode."""
+    meter_id = item.get("meter_id") if isinstance(item, dict) else None
+    if not isinstance(meter_id, str) or not meter_id:
+        return None
+    try:
+        meter_id.encode()
+    except UnicodeEncodeError:
+        return None
+    return meter_id
 
 
 def _updated_at(item: Any) -> datetime | None:
     try:
-        return _aware(_TIME.validate_python(item["audit"]["updated_at"]))
+        updated: datetime = _TIME.validate_python(item["audit"]["updated_at"])
+        return updated
     except (KeyError, TypeError, ValidationError):
         return None
 

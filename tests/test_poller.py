@@ -5,19 +5,22 @@ two pages of one batch, a full batch, a failed read, and which meters a sweep re
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from alerter import poller
 from alerter.config import PollConfig
 from alerter.errors import SourceError
 from alerter.models import Record
-from alerter.poller import Poller, read_ahead, read_ahead_groups
+from alerter.poller import Poller
+from alerter.readahead import read_ahead, read_ahead_groups
 from alerter.store.sqlite import SqliteStore
 from tests.test_diff import T0, action, record
 
@@ -77,6 +80,7 @@ class FakePage:
     records: list[Record]
     invalid: int = 0
     max_updated_at: datetime | None = None
+    invalid_ids: list[str] = field(default_factory=list)
 
     @property
     def meter_ids(self) -> list[str]:
@@ -261,3 +265,21 @@ async def test_changes_wait_at_most_batch_seconds_for_quiet_pages_after_them(
     await Poller(store, Slow(pages), PollConfig()).run_cycle(T0)
     assert committed_when_served == [0, 0, 1]
     assert store.commits == [1]
+
+
+async def test_a_meter_whose_stored_state_cannot_be_read_is_set_apart(store: CountingStore, tmp_path: Path) -> None:
+    meters = [_meter(i) for i in range(1, 6)]
+    await Poller(store, ListSource([[record(action(), meter_id=m) for m in meters]]), PollConfig()).run_cycle(T0)
+    bad = meters[2]
+    with sqlite3.connect(tmp_path / "state.db") as conn:  # a row no model reads (edited by hand, say)
+        conn.execute("UPDATE obligations SET meter = '{}' WHERE meter_id = ?", (bad,))
+    changed = [record(action(action_description="Sign the new form."), meter_id=m) for m in meters]
+    with capture_logs() as logs:
+        report = await Poller(store, ListSource([changed]), PollConfig()).run_cycle(
+            T0 + timedelta(hours=2), force_reconcile=True
+        )
+    assert (report.failed, report.skipped_meters, report.incomplete) == (1, [bad], False)
+    assert report.events == {"changed": 4}  # the others' changes, committed; nothing resolved
+    (entry,) = [e for e in logs if e["event"] == "meter_failed"]
+    assert (entry["meter_id"], entry["stage"]) == (bad, "load") and "ValidationError" in entry["error"]
+    assert await store.get_meta(poller.META_LAST_CYCLE) is not None  # the cycle completed

@@ -12,6 +12,7 @@ from alerter.models import Notification
 from alerter.notifiers.console import summary
 from alerter.notifiers.email import EmailConfig
 from alerter.notifiers.slack import SlackConfig
+from alerter.poller import CycleReport
 from alerter.selfalerts import SelfAlerts
 from alerter.web import Health
 
@@ -55,7 +56,7 @@ def test_conditions_fire_once_and_clear_once() -> None:
     for minute in range(3):
         alerts.cycle_failed(NOW + timedelta(minutes=minute), refused)
     assert [n.group["status"] for n in alerts._pending] == ["firing"]
-    alerts.cycle_ok(NOW + timedelta(minutes=10), SimpleNamespace(invalid=0, cycle_id="c"))  # type: ignore[arg-type]
+    alerts.cycle_ok(NOW + timedelta(minutes=10), CycleReport("c", "incremental"))
     assert [n.group["status"] for n in alerts._pending] == ["firing", "resolved"]
     assert len({n.id for n in alerts._pending}) == 2
 
@@ -89,3 +90,42 @@ def test_a_failing_receiver_fires_once_and_clears_and_the_operations_receiver_is
     assert [n.group["status"] for n in alerts._pending] == ["firing", "resolved"]
     assert all("crm" in n.group["message"] for n in alerts._pending)
     assert not alerts.active
+
+
+def _statuses(alerts: SelfAlerts, alert: str) -> list[str]:
+    return [n.group["status"] for n in alerts._pending if n.group["alert"] == alert]
+
+
+def test_skipped_records_stay_raised_while_they_come_and_clear_with_a_clean_sweep() -> None:
+    alerts = SelfAlerts(fake_service(), "ops")
+    bad = CycleReport("c1", "incremental", invalid=2, skipped_meters=["m-1", "m-2"])
+    alerts.cycle_ok(NOW, bad)
+    (firing,) = alerts._pending
+    assert firing.group["status"] == "firing"
+    assert "2 record(s)" in firing.group["message"] and "m-1, m-2" in firing.group["message"]
+    # more come: still raised, counted, not sent again; a quiet incremental cycle proves nothing
+    alerts.cycle_ok(NOW + timedelta(minutes=5), CycleReport("c2", "incremental", failed=1, skipped_meters=["m-3"]))
+    alerts.cycle_ok(NOW + timedelta(minutes=10), CycleReport("c3", "incremental"))
+    alerts.cycle_ok(NOW + timedelta(minutes=15), CycleReport("c4", "reconcile", invalid=1, skipped_meters=["m-1"]))
+    assert _statuses(alerts, "invalid_records") == ["firing"]
+    assert alerts.skipped == 4
+    # a full sweep that skips nothing clears it, saying how many were skipped meanwhile
+    alerts.cycle_ok(NOW + timedelta(hours=1), CycleReport("c5", "reconcile"))
+    assert _statuses(alerts, "invalid_records") == ["firing", "resolved"]
+    assert "4 skipped" in alerts._pending[-1].group["message"]
+    # and when invalid records come back, it fires anew (a new notification id)
+    alerts.cycle_ok(NOW + timedelta(hours=2), CycleReport("c6", "incremental", invalid=1, unidentified=1))
+    assert _statuses(alerts, "invalid_records") == ["firing", "resolved", "firing"]
+    assert len({n.id for n in alerts._pending}) == 3
+
+
+def test_a_sweep_left_incomplete_raises_until_a_complete_one() -> None:
+    alerts = SelfAlerts(fake_service(), "ops")
+    alerts.cycle_ok(NOW, CycleReport("c1", "reconcile", invalid=1, unidentified=1, incomplete=True))
+    assert _statuses(alerts, "sweep_incomplete") == ["firing"]
+    assert "resolved nothing by absence" in alerts._pending[-1].group["message"]
+    alerts.cycle_ok(NOW + timedelta(minutes=5), CycleReport("c2", "incremental"))  # not a sweep: no news
+    alerts.cycle_ok(NOW + timedelta(days=1), CycleReport("c3", "reconcile", invalid=1, unidentified=1, incomplete=True))
+    assert _statuses(alerts, "sweep_incomplete") == ["firing"]
+    alerts.cycle_ok(NOW + timedelta(days=2), CycleReport("c4", "reconcile"))
+    assert _statuses(alerts, "sweep_incomplete") == ["firing", "resolved"]

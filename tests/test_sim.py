@@ -18,6 +18,7 @@ import pytest
 
 from alerter.sim import Portfolio, SimServer
 from alerter.sim.catalog import END_OF_TIME, parse_rfc3339_us
+from alerter.sim.faults import INVALID_MODES
 from alerter.sim.query import Searcher, parse_search, select
 from tests.support.leap import API_KEY, check_request, check_response, matches
 
@@ -145,19 +146,46 @@ async def test_injected_errors_have_leaps_shapes(sim: SimServer, http: aiohttp.C
     assert (await post(http, sim, {}))[0] == 200
 
 
-@pytest.mark.parametrize("mode", ["missing_meter_id", "bad_action_type"])
+@pytest.mark.parametrize("mode", sorted(INVALID_MODES))
 async def test_an_injected_invalid_record_breaks_the_definition(
     sim: SimServer, http: aiohttp.ClientSession, mode: str
 ) -> None:
     sim.faults.add("invalid_record", invalid=mode, record=2)
-    status, raw, _ = await post(http, sim, {"page_size": 10})
+    status, raw, _ = await post(http, sim, {"page_size": 10, "partner_action_required": True})
     assert status == 200
     with pytest.raises(AssertionError):
         check_response("POST", SEARCH, 200, raw)
     meters = orjson.loads(raw)["meters"]
     assert len(meters) == 10
     broken = meters[2]
-    assert "meter_id" not in broken if mode == "missing_meter_id" else broken["meter_id"]
+    if mode in ("missing_meter_id", "not_an_object"):
+        assert not isinstance(broken, dict) or "meter_id" not in broken
+        return
+    assert broken["meter_id"] and broken["meter_id"] == sim.portfolio.meter(broken["meter_id"])["meter_id"]
+    times = [a["enrollment_deadline_date_time"] for a in broken["required_actions"]["partner"]]
+    if mode == "naive_deadline":
+        assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?", t) for t in times)
+    elif mode == "date_deadline":
+        assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d", t) for t in times)
+    elif mode == "naive_updated_at":
+        assert not broken["audit"]["updated_at"].endswith("Z")
+
+
+async def test_an_invalid_record_fault_breaks_several_records_or_one_meter_wherever_served(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.faults.add("invalid_record", invalid="missing_meter_id", record=3, count=2)
+    meters = orjson.loads((await post(http, sim, {"page_size": 10}))[1])["meters"]
+    assert ["meter_id" in m for m in meters] == [True] * 3 + [False] * 2 + [True] * 5
+    target = meters[7]["meter_id"]
+    sim.faults.add("invalid_record", times=3, invalid="not_an_object", meter_id=target)
+    meters = orjson.loads((await post(http, sim, {"page_size": 10}))[1])["meters"]
+    assert [i for i, m in enumerate(meters) if not isinstance(m, dict)] == [7]
+    other = meters[0]["meter_id"]
+    async with http.get(f"{sim.url}/v2/meters/{other}/enrollments", headers=AUTH) as r:
+        assert (await r.json())["meter_id"] == other  # another meter is served whole
+    async with http.get(f"{sim.url}/v2/meters/{target}/enrollments", headers=AUTH) as r:
+        assert await r.json() == "this is not a meter"
 
 
 # --- request validation ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from alerter.errors import SourceError
 from alerter.sim import Portfolio
-from alerter.source import LeapClient, decode_page, search_body
+from alerter.source import LeapClient, _decode_each, decode_page, search_body
 from tests.support.leap import API_KEY, FAST, check_request, leap, matches, source_config
 
 SEARCH = "/v2/meters/enrollments/search"
@@ -305,6 +305,13 @@ def test_unknown_enums_and_fields_are_accepted() -> None:
         ("2024-07-29T00:00:00.000Z", datetime(2024, 7, 29, tzinfo=UTC)),
         ("9000-12-31T23:59:59.999999999Z", datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
         ("2000-01-23T04:56:07.000+00:00", datetime(2000, 1, 23, 4, 56, 7, tzinfo=UTC)),
+        # not RFC 3339, but met in the wild: no offset is UTC, a date is its midnight UTC
+        ("2027-03-01T00:00:00", datetime(2027, 3, 1, tzinfo=UTC)),
+        ("2027-03-01T08:30:00.250", datetime(2027, 3, 1, 8, 30, 0, 250000, tzinfo=UTC)),
+        ("2027-03-01", datetime(2027, 3, 1, tzinfo=UTC)),
+        # another offset is converted to UTC
+        ("2027-03-01T02:00:00+02:00", datetime(2027, 3, 1, tzinfo=UTC)),
+        ("2027-02-28T19:00:00-05:00", datetime(2027, 3, 1, tzinfo=UTC)),
     ],
 )
 def test_leaps_timestamps_parse(text: str, expected: datetime) -> None:
@@ -318,9 +325,55 @@ def test_leaps_timestamps_parse(text: str, expected: datetime) -> None:
             "action_code": "AUTH_0001",
         }
     ]
-    (record,) = decode_page(_page(required_actions={"partner": partner}, audit={"updated_at": text}), 1).records
-    assert record.partner_actions[0].enrollment_deadline_date_time == expected
-    assert record.updated_at == expected
+    raw = _page(required_actions={"partner": partner}, audit={"updated_at": text})
+    page = decode_page(raw, 1)
+    (record,) = page.records
+    deadline = record.partner_actions[0].enrollment_deadline_date_time
+    assert deadline == expected and deadline is not None and deadline.utcoffset() == timedelta(0)
+    assert record.updated_at == expected and page.max_updated_at == expected
+    # the record-by-record path reads the same instants
+    assert _decode_each(raw, 1).records == page.records
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00", "2027-13-01", "soon"])
+def test_a_time_with_no_utc_form_makes_its_record_invalid(text: str) -> None:
+    meter = Portfolio(5, action_rate=1.0, seed=12).record(2)
+    action = {**meter["required_actions"]["partner"][0], "enrollment_deadline_date_time": text}
+    broken = {**meter, "required_actions": {"partner": [action], "leap": []}}
+    fine = Portfolio(5, action_rate=1.0, seed=12).record(3)
+    with capture_logs() as logs:
+        page = decode_page(orjson.dumps({"meters": [broken, fine]}), 1)
+    assert [r.meter_id for r in page.records] == [fine["meter_id"]]
+    assert (page.invalid, page.invalid_ids, page.unidentified) == (1, [meter["meter_id"]], 0)
+    (entry,) = [e for e in logs if e["event"] == "record_invalid"]
+    assert entry["meter_id"] == meter["meter_id"] and "enrollment_deadline_date_time" in entry["error"]
+
+
+def test_garbage_records_are_each_counted_and_those_with_an_id_named() -> None:
+    fine = Portfolio(5, action_rate=1.0, seed=12).record(3)
+    named = {"meter_id": "33333333-3333-3333-3333-333333333333", "is_archived": "perhaps"}
+    with capture_logs() as logs:
+        page = decode_page(orjson.dumps({"meters": ["garbage", fine, None, named, {"meter_id": 7}]}), 1)
+    assert [r.meter_id for r in page.records] == [fine["meter_id"]]
+    assert (page.invalid, page.invalid_ids, page.unidentified) == (4, [named["meter_id"]], 3)
+    entries = [(e["meter_id"], e["index"]) for e in logs if e["event"] == "record_invalid"]
+    assert entries == [(None, 0), (None, 2), (named["meter_id"], 3), (None, 4)]
+
+
+def test_a_lone_surrogate_fails_its_record_alone() -> None:
+    """A lone surrogate escape (`\\ud800`) makes orjson and pydantic refuse the whole page: it is
+    read leniently, the record holding it (text no store can keep) is skipped, the others go on."""
+    fine = Portfolio(5, action_rate=1.0, seed=12).record(3)
+    raw = orjson.dumps(
+        {"meters": [fine, {"meter_id": "44444444-4444-4444-4444-444444444444", "partner_reference": "x"}]}
+    )
+    raw = raw.replace(b'"partner_reference":"x"', b'"partner_reference":"x\\ud800"')
+    with capture_logs() as logs:
+        page = decode_page(raw, 1)
+    assert [r.meter_id for r in page.records] == [fine["meter_id"]]
+    assert page.invalid_ids == ["44444444-4444-4444-4444-444444444444"]
+    (entry,) = [e for e in logs if e["event"] == "record_invalid"]
+    assert "not valid Unicode" in entry["error"]
 
 
 def test_missing_optional_keys_read_as_empty() -> None:

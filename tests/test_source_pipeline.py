@@ -17,7 +17,7 @@ from aiohttp import web
 from alerter import source
 from alerter.config import SourceConfig
 from alerter.errors import SourceError
-from alerter.poller import read_ahead
+from alerter.readahead import read_ahead
 from alerter.source import LeapClient, Page, peek_next_token
 from tests.support.leap import FAST
 

@@ -7,7 +7,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -134,9 +134,9 @@ async def _search(request: web.Request) -> web.Response:
     if fault is None:
         return web.Response(body=state.searcher.page_json(search), content_type="application/json")
     meters, token = state.searcher.page(search)
-    if meters:
-        at = min(fault.record, len(meters) - 1)
-        meters = [*meters[:at], corrupt(meters[at], fault.invalid), *meters[at + 1 :]]
+    if meters and fault.meter_id is None and fault.record >= len(meters):
+        fault = replace(fault, record=len(meters) - 1, count=1)  # a short page: its last record
+    meters = [corrupt(m, fault.invalid) if fault.breaks(i, m) else m for i, m in enumerate(meters)]
     page: dict[str, Any] = {"meters": meters}
     if token is not None:
         page["next_page_token"] = token
@@ -152,7 +152,7 @@ async def _get(request: web.Request) -> web.Response:
     if index is None:
         return _error(404, "Meter not found", {"meter_id": meter_id})
     fault = request.get(INVALID)
-    if fault is None:
+    if fault is None or fault.meter_id not in (None, meter_id):
         return web.Response(body=state.portfolio.json(index).encode(), content_type="application/json")
     return _json(corrupt(state.portfolio.record(index), fault.invalid))
 

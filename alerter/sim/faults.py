@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = frozenset({"429", "500", "502", "503", "504", "401", "403", "slow", "invalid_record", "disconnect"})
-INVALID_MODES = frozenset({"missing_meter_id", "bad_action_type"})
+INVALID_MODES = frozenset(
+    {"missing_meter_id", "bad_action_type", "not_an_object", "naive_deadline", "date_deadline", "naive_updated_at"}
+)
 
 
 @dataclass
@@ -16,8 +19,19 @@ class Fault:
 
     kinds: `429` (with Retry-After), `500` (a bare JSON string body, as Leap documents), `502`,
     `503`, `504` (HTML bodies, as a load balancer sends), `401`, `403`, `slow` (answer normally after
-    `delay` seconds), `invalid_record` (one record of the page breaks the definition: `invalid` is
-    `missing_meter_id` or `bad_action_type`), `disconnect` (close the connection without answering).
+    `delay` seconds), `invalid_record` (records of the page break the definition, see below),
+    `disconnect` (close the connection without answering).
+
+    `invalid_record` breaks `count` records from the page's `record`-th on, or, with `meter_id`,
+    that meter's record wherever it is served (search pages and `GET`); `invalid` says how:
+    - `missing_meter_id`: the record has no `meter_id`;
+    - `not_an_object`: the record is a JSON string instead of an object (no meter id either);
+    - `bad_action_type`: a partner action's `action_type` is a number (one is added when the
+      meter lists none); the `meter_id` stays readable;
+    - `naive_deadline`: every partner deadline loses its UTC offset (`2027-03-01T08:00:00.000`);
+    - `date_deadline`: every partner deadline is a date (`2027-03-01`);
+    - `naive_updated_at`: `audit.updated_at` loses its UTC offset.
+    The last three break only the letter of the definition: alerter reads them as UTC.
     """
 
     kind: str
@@ -26,7 +40,17 @@ class Fault:
     delay: float = 1.0
     invalid: str = "missing_meter_id"
     record: int = 0
-    """For `invalid_record`: which record of the page to break."""
+    """For `invalid_record`: the first record of the page to break."""
+    count: int = 1
+    """For `invalid_record`: how many consecutive records to break."""
+    meter_id: str | None = None
+    """For `invalid_record`: break this meter's record (wherever served) instead."""
+
+    def breaks(self, index: int, meter: Any) -> bool:
+        """Whether the `index`-th record of a page (the meter's JSON object) is to be broken."""
+        if self.meter_id is not None:
+            return isinstance(meter, dict) and meter.get("meter_id") == self.meter_id
+        return self.record <= index < self.record + self.count
 
 
 class Faults:
@@ -44,15 +68,17 @@ class Faults:
         delay: float = 1.0,
         invalid: str = "missing_meter_id",
         record: int = 0,
+        count: int = 1,
+        meter_id: str | None = None,
     ) -> Fault:
         kind = str(kind)
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(sorted(KINDS))}")
         if invalid not in INVALID_MODES:
             raise ValueError(f"unknown invalid mode {invalid!r}; one of {', '.join(sorted(INVALID_MODES))}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        fault = Fault(kind, times, retry_after, delay, invalid, record)
+        if times < 1 or count < 1:
+            raise ValueError("times and count must be at least 1")
+        fault = Fault(kind, times, retry_after, delay, invalid, record, count, meter_id)
         self._queue.append(fault)
         return fault
 
@@ -72,13 +98,23 @@ class Faults:
         return [asdict(f) for f in self._queue]
 
 
-def corrupt(meter: dict[str, Any], mode: str) -> dict[str, Any]:
+def corrupt(meter: dict[str, Any], mode: str) -> Any:
     """A copy of a meter that fails the definition in the given way."""
     broken = dict(meter)
     if mode == "missing_meter_id":
         broken.pop("meter_id", None)
         return broken
+    if mode == "not_an_object":
+        return "this is not a meter"
+    if mode == "naive_updated_at":
+        broken["audit"] = {**meter["audit"], "updated_at": _naive(meter["audit"]["updated_at"])}
+        return broken
     actions = meter["required_actions"]
+    if mode in ("naive_deadline", "date_deadline"):
+        shorten = _naive if mode == "naive_deadline" else _date
+        partner = [_with_deadline(a, shorten) for a in actions["partner"]]
+        broken["required_actions"] = {**actions, "partner": partner}
+        return broken
     partner = [dict(a) for a in actions["partner"]] or [
         {
             "program_identifier": "CCA",
@@ -91,3 +127,19 @@ def corrupt(meter: dict[str, Any], mode: str) -> dict[str, Any]:
     partner[0]["action_type"] = 42
     broken["required_actions"] = {**actions, "partner": partner}
     return broken
+
+
+def _with_deadline(action: dict[str, Any], shorten: Callable[[str], str]) -> dict[str, Any]:
+    deadline = action.get("enrollment_deadline_date_time")
+    return {**action, "enrollment_deadline_date_time": shorten(deadline)} if isinstance(deadline, str) else action
+
+
+def _naive(text: str) -> str:
+    """An RFC 3339 time without its offset (`Z` or `±hh:mm`)."""
+    if text.endswith(("Z", "z")):
+        return text[:-1]
+    return text[:-6] if len(text) > 19 and text[-6] in "+-" and text[-3] == ":" else text
+
+
+def _date(text: str) -> str:
+    return text[:10]
