@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -58,6 +59,7 @@ state:
   url: {state}
 http:
   listen: 127.0.0.1:0
+  auth: {{users: [{{username: demo, password: "{password}"}}]}}
 rules: rules.yaml
 log:
   format: console
@@ -71,7 +73,7 @@ def _redact(url: str) -> str:
     return redact(url)
 
 
-def _banner(sim: SimServer, portfolio: Portfolio, port: int, config: Path, state_url: str) -> str:
+def _banner(sim: SimServer, portfolio: Portfolio, port: int, config: Path, state_url: str, password: str) -> str:
     needing = portfolio.columns.has_partner.count(1)
     index = meter_with_actions(portfolio, random.Random(0))
     reference = portfolio.record(index)["partner_reference"] if index is not None else "site-0000001"
@@ -82,6 +84,7 @@ def _banner(sim: SimServer, portfolio: Portfolio, port: int, config: Path, state
         f"  Leap simulator at {sim.url} ({portfolio.size} meters, {needing} need partner action;"
         f" API key {API_KEY})\n"
         f'    change it yourself: curl -X POST {sim.url}/_sim/churn -d \'{{"n": 3, "partner": true}}\'\n'
+        f"  console: {service}/  (log in as demo, password {password})\n"
         f"  service: {service}/metrics  {service}/healthz  {service}/readyz\n"
         f"  config: {config} (rules: {config.with_name('rules.yaml')})\n"
         f"  state: {state}\n"
@@ -111,7 +114,10 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
         config_path = workdir / "config.yaml"
         (workdir / "rules.yaml").write_text(RULES)
         state_url = state or f"sqlite:///{workdir / 'alerter-demo.db'}"
-        config_path.write_text(CONFIG.format(url=sim.url, api_key=API_KEY, poll=POLL, state=state_url))
+        password = secrets.token_urlsafe(9)  # a fresh console login for each run
+        config_path.write_text(
+            CONFIG.format(url=sim.url, api_key=API_KEY, poll=POLL, state=state_url, password=password)
+        )
         config = load_config(config_path)
         logs.configure("console", "warning")
         runtime = Runtime(config)
@@ -123,7 +129,7 @@ async def _main(meters: int, port: int, state: str | None, workdir: Path) -> int
             while runtime.port is None and not served.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             if runtime.port is not None:
-                print(_banner(sim, portfolio, runtime.port, config_path, state_url), flush=True)
+                print(_banner(sim, portfolio, runtime.port, config_path, state_url, password), flush=True)
             return await served
         finally:
             runtime.stop.set()

@@ -88,6 +88,18 @@ async def test_demo_shows_digest_new_changed_and_resolved_then_stops(tmp_path: P
                 assert r.status == 200 and "alerter_cycles_total" in await r.text()
             async with http.get(f"{service}/healthz") as r:
                 assert r.status == 200
+        # The console, with the login the banner printed.
+        console_line = next(line for line in out.lines if line.startswith("  console: "))
+        password = re.search(r"password (\S+)\)", console_line)[1]  # type: ignore[index]
+        assert out.banner("  console: ") == f"{service}/"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # cookies of an IP host
+            async with http.get(f"{service}/obligations", allow_redirects=False) as r:
+                assert r.status in (302, 303, 401)  # no credential: the login, not the page
+            async with http.get(f"{service}/login") as r:
+                csrf = re.search(r'name="csrf" value="([^"]+)"', await r.text())[1]  # type: ignore[index]
+            form = {"username": "demo", "password": password, "csrf": csrf, "next": "/obligations"}
+            async with http.post(f"{service}/login", data=form) as r:
+                assert r.status == 200 and str(r.url).endswith("/obligations"), r.status
         # ... and `alerter history` beside it, by the partner reference the notification showed.
         history = await alerter("history", "-c", str(config), "--meter", moved["ref"])
         assert history.code == 0, history.stderr
