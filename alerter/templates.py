@@ -24,8 +24,7 @@ from alerter.models import Event, Meter, Notification, Obligation, event_id
 from alerter.notifiers import slack_blocks
 
 if TYPE_CHECKING:
-    from alerter.notifiers.email import EmailConfig
-    from alerter.notifiers.slack import SlackConfig
+    from alerter.receivers import EmailConfig, SlackConfig
 
 PORTAL_URL = "https://app.leap.energy"
 LIST_LIMIT = 200
@@ -326,8 +325,7 @@ def check_templates(receivers: Iterable[tuple[str, Any]], now: datetime | None =
     Each item is (receiver name, config): a SlackConfig/EmailConfig/..., or a receiver object
     with optional `.slack`, `.email`, `.webhook`, `.console` attributes.
     """
-    from alerter.notifiers.email import EmailConfig
-    from alerter.notifiers.slack import SlackConfig
+    from alerter.receivers import EmailConfig, SlackConfig
 
     at = now or datetime.now(UTC)
     samples = sample_notifications(at)
@@ -345,7 +343,7 @@ def check_templates(receivers: Iterable[tuple[str, Any]], now: datetime | None =
 
 
 def _check_one(name: str, cfg: SlackConfig | EmailConfig, samples: list[Notification], now: datetime) -> list[str]:
-    from alerter.notifiers.slack import SlackConfig
+    from alerter.receivers import SlackConfig
 
     channel = "slack" if isinstance(cfg, SlackConfig) else "email"
     problems = []

@@ -14,8 +14,9 @@ from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
 from alerter.errors import DeliveryError, StoreError
 from alerter.models import Notification
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
-from alerter.notifiers.email import EmailConfig, EmailNotifier
-from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
+from alerter.notifiers.email import EmailNotifier
+from alerter.notifiers.webhook import WebhookNotifier
+from alerter.receivers import EmailConfig, WebhookConfig
 from alerter.store import open_store
 from alerter.store.base import Delivery, Failed, RoutingWrite, Sent, Store
 from tests.support.channels import WebhookCollector, smtp_server, webhook_collector

@@ -10,8 +10,7 @@ from alerter import templates
 from alerter.errors import SourceError
 from alerter.models import Notification
 from alerter.notifiers.console import summary
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
+from alerter.receivers import EmailConfig, SlackConfig
 from alerter.selfalerts import SelfAlerts
 from alerter.web import Health
 

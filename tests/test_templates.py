@@ -11,8 +11,7 @@ import pytest
 from alerter import templates
 from alerter.models import Event
 from alerter.notifiers import slack_blocks
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
+from alerter.receivers import EmailConfig, SlackConfig
 from tests.support.notifications import T0, event, notification
 
 DAY = timedelta(days=1)

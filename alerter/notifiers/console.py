@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Literal, TextIO
-
-from pydantic import BaseModel
+from typing import TextIO
 
 from alerter import templates
-from alerter.config import STRICT
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, ThreadLookup
-
-
-class ConsoleConfig(BaseModel):
-    model_config = STRICT
-
-    stream: Literal["stdout", "stderr"] = "stdout"
+from alerter.receivers import ConsoleConfig
 
 
 def summary(n: Notification, now: datetime) -> str:
