@@ -13,11 +13,11 @@ from email.utils import format_datetime
 
 import aiosmtplib
 
-from alerter import templates
 from alerter.errors import DeliveryError
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, ThreadLookup, scrub
 from alerter.receivers import EmailConfig
+from alerter.render.email import render_email
 
 
 def message_id(notification_id: str) -> str:
@@ -37,7 +37,7 @@ class EmailNotifier:
 
     async def build(self, n: Notification, threads: ThreadLookup) -> EmailMessage:
         cfg = self.config
-        content = templates.render_email(n, cfg, datetime.now(UTC))
+        content = render_email(n, cfg, datetime.now(UTC))
         msg = EmailMessage()
         msg["Subject"] = content.subject
         msg["From"] = cfg.from_

@@ -23,13 +23,13 @@ from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from alerter import templates
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Event, Notification
 from alerter.notifiers import slack_blocks
 from alerter.notifiers.base import Deferred, SendResult, ThreadLookup, scrub
 from alerter.receivers import SlackConfig
+from alerter.render.slack import render_slack
 
 log = structlog.get_logger("alerter.notifiers.slack")
 
@@ -162,7 +162,7 @@ class SlackNotifier:
         raise Deferred(f"slack {method}: still rate limited", pacer.expected_wait())
 
     async def _post(self, n: Notification, events: tuple[Event, ...], thread_ts: str | None = None) -> str:
-        msg = templates.render_slack(n.model_copy(update={"events": events}), self.config, datetime.now(UTC))
+        msg = render_slack(n.model_copy(update={"events": events}), self.config, datetime.now(UTC))
         args: dict[str, Any] = {
             "channel": self.config.channel,
             "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),

@@ -10,12 +10,12 @@ import aiohttp
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from alerter import templates
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Notification
 from alerter.notifiers.base import ReceiverGone, SendResult, ThreadLookup, scrub
 from alerter.receivers import WebhookConfig
+from alerter.render.webhook import webhook_body
 
 _SIGNED = ("content-type", "webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -57,7 +57,7 @@ class WebhookNotifier:
 
     async def send(self, notification: Notification, threads: ThreadLookup) -> SendResult:
         cfg = self.config
-        body = orjson.dumps(templates.webhook_body(notification)).decode()
+        body = orjson.dumps(webhook_body(notification)).decode()
         ts = int(time.time())
         headers = {k: v for k, v in cfg.headers.items() if k.lower() not in _SIGNED}
         headers |= {
