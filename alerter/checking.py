@@ -20,8 +20,9 @@ from alerter.render.samples import check_templates, sample_notifications
 from alerter.render.slack import render_slack
 from alerter.render.webhook import webhook_body
 from alerter.router import Router
-from alerter.routing import GroupBook, flush, plan
+from alerter.routing import flush, plan
 from alerter.rules import check_warnings
+from alerter.store.memory import GroupBook
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from alerter.models import Event, Obligation, ObligationKey
+from alerter.models import Event, GroupState, Obligation, ObligationKey, RoutingWrite, Silence
 from alerter.store import rows
-from alerter.store.base import Delivery, Failed, GroupState, HistoryEntry, RoutingWrite, Sent, Silence
+from alerter.store.base import Delivery, Failed, HistoryEntry, Sent
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
