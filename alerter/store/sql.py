@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from alerter.models import Event, GroupState, Obligation, ObligationKey, RoutingWrite, Silence
-from alerter.store import rows
+from alerter.store import retention, rows
 from alerter.store.base import Delivery, Failed, HistoryEntry, Sent
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
@@ -404,9 +404,8 @@ class SqlStore(ABC):
 
     # -- history --
     async def purge(self, before: datetime) -> dict[str, int]:
-        from alerter.store.retention import purge
-
-        return await purge(self, before)
+        async with self._write(fenced=True) as tx:
+            return await retention.purge(tx, self._ts(before))
 
     async def meters_by_reference(self, partner_reference: str) -> list[str]:
         sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {self.partner_reference} = $1 ORDER BY meter_id"
