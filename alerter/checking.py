@@ -10,15 +10,19 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from alerter import templates
 from alerter.config import Config, load_config
 from alerter.diff import diff_records, resolve
 from alerter.errors import ConfigError
 from alerter.models import Event, Notification, ObligationKey, Record
-from alerter.notifiers.console import summary
+from alerter.render.console import summary
+from alerter.render.email import render_email
+from alerter.render.samples import check_templates, sample_notifications
+from alerter.render.slack import render_slack
+from alerter.render.webhook import webhook_body
 from alerter.router import Router
-from alerter.routing import GroupBook, flush, plan
+from alerter.routing import flush, plan
 from alerter.rules import check_warnings
+from alerter.store.memory import GroupBook
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -30,7 +34,7 @@ def check(config_path: str) -> int:
     problems: list[str] = []
     for name, receiver in rs.receivers.items():
         where = rs.where.get(f"receiver:{name}", str(config.path))
-        problems += [f"{where}: {p}" for p in templates.check_templates([(name, receiver)])]
+        problems += [f"{where}: {p}" for p in check_templates([(name, receiver)])]
     if config.operations_receiver and config.operations_receiver not in rs.receivers:
         problems.append(
             f"{config.path}:1:1: operations_receiver '{config.operations_receiver}' is not a receiver "
@@ -46,7 +50,7 @@ def check(config_path: str) -> int:
         return EXIT_USAGE
     print(
         f"{config.path}: ok ({len(rs.rules)} rule(s), {len(rs.receivers)} receiver(s), "
-        f"templates rendered for {len(templates.sample_notifications(datetime.now(UTC)))} samples)"
+        f"templates rendered for {len(sample_notifications(datetime.now(UTC)))} samples)"
     )
     return EXIT_OK
 
@@ -89,13 +93,13 @@ def render(n: Notification, config: Config, now: datetime) -> str:
     receiver = config.ruleset.receivers.get(n.receiver)
     channel = receiver.channel if receiver else "console"
     if receiver is not None and receiver.slack is not None:
-        msg = templates.render_slack(n, receiver.slack, now)
+        msg = render_slack(n, receiver.slack, now)
         return f"text: {msg.text}\nblocks: {orjson.dumps(msg.blocks).decode()}"
     if receiver is not None and receiver.email is not None:
-        mail = templates.render_email(n, receiver.email, now)
+        mail = render_email(n, receiver.email, now)
         return f"Subject: {mail.subject}\n\n{mail.text}"
     if channel == "webhook":
-        return orjson.dumps(templates.webhook_body(n, now), option=orjson.OPT_INDENT_2).decode()
+        return orjson.dumps(webhook_body(n, now), option=orjson.OPT_INDENT_2).decode()
     return summary(n, now)
 
 

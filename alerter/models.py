@@ -1,4 +1,5 @@
-"""Frozen domain models shared by every stage: records from Leap, obligations, events, notifications.
+"""Frozen domain models shared by every stage: records from Leap, obligations, events, notifications,
+and what grouping decides (group heads, silences, one routing step's write); the store persists them.
 
 Records mirror the JSON names of Leap's Enrollments v2 definition and keep only the
 fields the product uses; unknown fields are ignored and enum-like fields are plain
@@ -8,6 +9,8 @@ strings so that a new program or region Leap adds never rejects a record.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -247,3 +250,65 @@ class Notification(BaseModel):
     group: dict[str, str] = Field(default_factory=dict)
     events: tuple[Event, ...]
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """A group of events waiting to be flushed to one receiver under one rule.
+
+    The store keeps a group's head (this, without `pending`) and its members (event ids,
+    in arrival order) apart: routing appends members, a flush removes the ones it sent.
+    `load_groups` and `due_groups` fill `pending`; `group_heads` and the groups of a
+    RoutingWrite leave it empty and tell through `waiting` whether the group has members.
+    """
+
+    key: str
+    """rule + receiver + group_by values, stable."""
+    rule: str
+    receiver: str
+    values: dict[str, str]
+    flush_at: datetime
+    """When the pending events are due (first event + group_wait, or last flush + group_interval)."""
+    last_flush_at: datetime | None = None
+    pending: tuple[str, ...] = ()
+    """Event ids waiting in this group, in arrival order (when loaded with its members)."""
+    waiting: bool = False
+    """The group has members (always true when `pending` is not empty)."""
+
+    def __post_init__(self) -> None:
+        if self.pending and not self.waiting:
+            object.__setattr__(self, "waiting", True)
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    matchers: dict[str, Any]
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RoutingWrite:
+    """Everything one routing step decided, written in one transaction."""
+
+    consumed: Sequence[str]
+    """Event ids that are now routed (no longer pending)."""
+    groups: Sequence[GroupState] = ()
+    """Group heads created or updated (rule, receiver, values, flush_at, last_flush_at). Their
+    `pending` and `waiting` are not written: members change only through `appended` and `flushed`."""
+    appended: Sequence[tuple[str, str]] = ()
+    """(group key, event id) members added, in arrival order; one already in its group is ignored."""
+    flushed: Sequence[tuple[str, str]] = ()
+    """(group key, event id) members a flush sent: removed from their group."""
+    deleted_groups: Sequence[str] = ()
+    """Groups removed with their members."""
+    notifications: Sequence[Notification] = ()
+    """New notifications; a ledger row (status pending, due now) is created for each."""
+    silenced: Sequence[tuple[str, str]] = ()
+    """(event id, silence id) pairs."""
+    unrouted: Sequence[tuple[str, str]] = ()
+    """(event id, event kind) of consumed events that no rule took: counted, nothing to write."""

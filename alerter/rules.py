@@ -23,10 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from alerter.durations import Duration
 from alerter.errors import ConfigError
 from alerter.matching import FIELDS, Matcher, compile_matcher, did_you_mean
-from alerter.notifiers.console import ConsoleConfig
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
-from alerter.notifiers.webhook import WebhookConfig
+from alerter.receivers import ConsoleConfig, EmailConfig, SlackConfig, WebhookConfig
 from alerter.reminders import RemindPolicy
 from alerter.router import (
     DEFAULT_GROUP_BY,

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from alerter.errors import SourceError
-from alerter.models import Notification
-from alerter.store.base import RoutingWrite
+from alerter.models import Notification, RoutingWrite
 
 if TYPE_CHECKING:
     from alerter.poller import CycleReport

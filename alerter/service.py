@@ -23,7 +23,7 @@ from alerter.config import Config, load_config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
 from alerter.errors import FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
-from alerter.models import Event, ObligationKey
+from alerter.models import Event, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
@@ -36,7 +36,6 @@ from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite, Silence
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 

@@ -1,52 +1,39 @@
-"""Message rendering: sandboxed Jinja2 templates over one context, for Slack, email and webhooks.
+"""What every channel renders from (pure): the sandboxed Jinja2 environment, template
+compile/validate, the one per-notification context, titles and deadline wording.
 
 Every channel renders from the same context (`context(n, now)`): the notification, its
 events as flat dicts (the fields rules match on plus `label`, `verb`, `deadline_text`,
 `portal_url`, ...), a `title`, and for an initial-sync digest the counts by action type,
-region and deadline bucket. Per-receiver templates see exactly this context.
+region and deadline bucket. Per-receiver templates see exactly this context. Each
+channel's payload is built beside it in `alerter.render` (Slack blocks, email parts, the
+webhook body, the console summary).
 """
 
 from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
-from alerter.models import Event, Meter, Notification, Obligation, event_id
-from alerter.notifiers import slack_blocks
-
-if TYPE_CHECKING:
-    from alerter.notifiers.email import EmailConfig
-    from alerter.notifiers.slack import SlackConfig
+from alerter.models import Event, Notification
 
 PORTAL_URL = "https://app.leap.energy"
 LIST_LIMIT = 200
 """Email lists at most this many events; the rest is counted ("... and N more")."""
-SUBJECT_LIMIT = 200
 
 _VERB = {"opened": "New", "changed": "Changed", "reminder": "Reminder", "resolved": "Resolved"}
-_BUCKETS = ("overdue", "within 7 days", "within 30 days", "later", "no deadline")
-
-
-@dataclass(frozen=True)
-class SlackMessage:
-    text: str
-    blocks: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class EmailContent:
-    subject: str
-    text: str
-    html: str
+DIGEST_DEADLINE_BUCKETS = ("overdue", "within 7 days", "within 30 days", "later", "no deadline")
+"""How an initial-sync digest counts its backlog by deadline, in words a reader scans once.
+Not the Prometheus labels of `alerter.metrics.deadline_bucket` (`1d`, `2d`, `7d`, ... which
+follow the reminder thresholds for alerting on a gauge): the digest's wording is part of
+what Slack, email and webhook receivers get, so the two schemes stay apart."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -74,7 +61,8 @@ def relative(deadline: datetime | None, now: datetime) -> str:
     return f"in {_span(seconds)}" if seconds >= 0 else f"overdue by {_span(-seconds)}"
 
 
-def deadline_bucket(deadline: datetime | None, at: datetime) -> str:
+def digest_deadline_bucket(deadline: datetime | None, at: datetime) -> str:
+    """Which DIGEST_DEADLINE_BUCKETS entry a deadline falls in, seen from `at`."""
     if deadline is None:
         return "no deadline"
     days = (deadline - at).total_seconds() / 86400
@@ -98,6 +86,11 @@ _TEXT_ENV = _make_env(autoescape=False)
 _HTML_ENV = _make_env(autoescape=True)
 
 
+def builtin(name: str, html: bool = False) -> Template:
+    """One of the built-in templates shipped in `alerter/templates/` (e.g. `email_html.j2`)."""
+    return (_HTML_ENV if html else _TEXT_ENV).get_template(name)
+
+
 @functools.lru_cache(maxsize=256)
 def compile_template(source: str, html: bool = False) -> Template:
     """Compile a per-receiver template; raises TemplateSyntaxError (used by config validation too)."""
@@ -118,13 +111,13 @@ def digest_counts(events: Sequence[Event], at: datetime) -> dict[str, Any]:
     """Counts for an initial-sync digest: by action type, region and deadline bucket."""
     types = Counter(e.obligation.action_type for e in events)
     regions = Counter(e.obligation.meter.transmission_region or "(none)" for e in events)
-    buckets = Counter(deadline_bucket(e.obligation.deadline, at) for e in events)
+    buckets = Counter(digest_deadline_bucket(e.obligation.deadline, at) for e in events)
     return {
         "total": len(events),
         "meters": len({e.obligation.meter_id for e in events}),
         "by_action_type": dict(types.most_common()),
         "by_region": dict(regions.most_common()),
-        "by_deadline": {b: buckets[b] for b in _BUCKETS if buckets[b]},
+        "by_deadline": {b: buckets[b] for b in DIGEST_DEADLINE_BUCKETS if buckets[b]},
     }
 
 
@@ -170,7 +163,7 @@ def _time(value: datetime | str | None) -> datetime | str | None:
     return value
 
 
-def _previous(e: Event) -> dict[str, Any]:
+def previous_values(e: Event) -> dict[str, Any]:
     """The old values of a `changed` event, times in RFC 3339 UTC like every other time sent."""
     out: dict[str, Any] = {}
     for k, v in (e.previous or {}).items():
@@ -205,7 +198,7 @@ def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
     o = e.obligation
     fields = e.fields()
     when = f"{o.deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({relative(o.deadline, now)})" if o.deadline else "none"
-    previous = _previous(e)
+    previous = previous_values(e)
     changed = changes(e)
     return {
         **fields,
@@ -254,174 +247,6 @@ def context(n: Notification, now: datetime, portal_url: str = PORTAL_URL) -> dic
     }
 
 
-def render_slack(n: Notification, cfg: SlackConfig | None, now: datetime) -> SlackMessage:
-    ctx = context(n, now, cfg.portal_url if cfg else PORTAL_URL)
-    if cfg is not None and cfg.template:
-        text = compile_template(cfg.template).render(ctx).strip()
-        return SlackMessage(text, slack_blocks.text_blocks(ctx["title"], text))
-    text = _TEXT_ENV.get_template("slack_text.j2").render(ctx).strip()
-    blocks = slack_blocks.digest_blocks(ctx) if n.kind == "digest" else slack_blocks.event_blocks(ctx)
-    return SlackMessage(text, blocks)
-
-
-def render_email(n: Notification, cfg: EmailConfig | None, now: datetime) -> EmailContent:
-    ctx = context(n, now, cfg.portal_url if cfg else PORTAL_URL)
-
-    def pick(custom: str | None, builtin: str, html: bool) -> str:
-        if custom:
-            return compile_template(custom, html).render(ctx)
-        return (_HTML_ENV if html else _TEXT_ENV).get_template(builtin).render(ctx)
-
-    subject = " ".join(pick(cfg.subject_template if cfg else None, "email_subject.j2", False).split())
-    return EmailContent(
-        subject=slack_blocks.cut(subject, SUBJECT_LIMIT),
-        text=pick(cfg.text_template if cfg else None, "email_text.j2", False),
-        html=pick(cfg.html_template if cfg else None, "email_html.j2", True),
-    )
-
-
-def _webhook_event(e: Event) -> dict[str, Any]:
-    o = e.obligation
-    event: dict[str, Any] = {
-        "type": f"action.{e.kind}",
-        "id": e.id,
-        "occurred_at": iso(e.occurred_at),
-        "obligation_id": o.key_id,
-        "meter": o.meter.model_dump(mode="json"),
-        "action": {
-            "action_type": o.action_type,
-            "action_code": o.action_code,
-            "action_description": o.action_description,
-            "program_identifier": o.program_identifier,
-            "delivery_period": o.delivery_period,
-            "enrollment_deadline_date_time": iso(o.deadline),
-        },
-        "status": o.status,
-        "opened_at": iso(o.opened_at),
-        "initial": e.initial,
-    }
-    if e.detail:
-        event["detail"] = e.detail
-    if o.resolution:
-        event["resolution"] = o.resolution
-    if e.previous:
-        event["previous"] = _previous(e)
-    return event
-
-
-def webhook_body(n: Notification, now: datetime | None = None) -> dict[str, Any]:
-    """The webhook's JSON body (README, "What gets delivered"). Deadline buckets of a digest are counted at
-    `now`, by default the notification's creation time, so that every retry sends the same bytes."""
-    data: dict[str, Any] = {"id": n.id, "rule": n.rule, "receiver": n.receiver, "group": dict(n.group)}
-    if n.kind == "digest":
-        data["counts"] = digest_counts(n.events, now or n.created_at)
-    data["events"] = [_webhook_event(e) for e in n.events]
-    kind = {"digest": "alerter.digest", "alert": "alerter.alert"}.get(n.kind, "alerter.notification")
-    return {"type": kind, "timestamp": iso(n.created_at), "data": data}
-
-
-def check_templates(receivers: Iterable[tuple[str, Any]], now: datetime | None = None) -> list[str]:
-    """Render every receiver's templates against the sample notifications; one line per problem.
-
-    Each item is (receiver name, config): a SlackConfig/EmailConfig/..., or a receiver object
-    with optional `.slack`, `.email`, `.webhook`, `.console` attributes.
-    """
-    from alerter.notifiers.email import EmailConfig
-    from alerter.notifiers.slack import SlackConfig
-
-    at = now or datetime.now(UTC)
-    samples = sample_notifications(at)
-    problems: list[str] = []
-    for name, rc in receivers:
-        configs = (
-            [rc]
-            if isinstance(rc, SlackConfig | EmailConfig)
-            else [getattr(rc, "slack", None), getattr(rc, "email", None)]
-        )
-        for cfg in configs:
-            if isinstance(cfg, SlackConfig | EmailConfig):
-                problems += _check_one(name, cfg, samples, at)
-    return list(dict.fromkeys(problems))
-
-
-def _check_one(name: str, cfg: SlackConfig | EmailConfig, samples: list[Notification], now: datetime) -> list[str]:
-    from alerter.notifiers.slack import SlackConfig
-
-    channel = "slack" if isinstance(cfg, SlackConfig) else "email"
-    problems = []
-    for n in samples:
-        try:
-            if isinstance(cfg, SlackConfig):
-                msg = render_slack(n, cfg, now)
-                for p in slack_blocks.limit_problems(msg.text, msg.blocks):
-                    problems.append(f"receiver {name}: slack message for sample {n.id!r}: {p}")
-            else:
-                render_email(n, cfg, now)
-        except TemplateSyntaxError as e:
-            problems.append(f"receiver {name}: {channel} template syntax error on line {e.lineno}: {e.message}")
-        except TemplateError as e:
-            problems.append(f"receiver {name}: {channel} template: {e.message}")
-        except Exception as e:  # a template may raise anything a sandboxed expression can
-            problems.append(f"receiver {name}: {channel} template: {type(e).__name__}: {e}")
-    return problems
-
-
-def _sample_event(i: int, kind: str, now: datetime, **kw: Any) -> Event:
-    day = timedelta(days=1)
-    types = ("IS_AUTHORIZED", "MISSING_FIELDS", "SIGN_DOCUMENTS")
-    meter = Meter(
-        meter_id=f"sample-meter-{i:04d}",
-        partner_reference="Acme <North> & Co #1" if i == 0 else f"ACME-{i:04d}",
-        transmission_region=("CAISO", "NYISO", "ERCOT")[i % 3],
-        tags=("vip",) if i % 5 == 0 else (),
-    )
-    o = Obligation(
-        meter_id=meter.meter_id,
-        program_identifier="CAISO_DRAM",
-        delivery_period="2026-12",
-        action_type=kw.pop("action_type", types[i % 3]),
-        action_code=f"CODE_{i % 7}",
-        action_description="Customer authorization expired; ask the customer to re-authorize.",
-        deadline=(None, now + 3 * day, now - 2 * day, now + 20 * day, now + 90 * day)[i % 5],
-        meter=meter,
-        status="resolved" if kind == "resolved" else "open",
-        resolution="cleared" if kind == "resolved" else None,
-        opened_at=now - 5 * day,
-        first_seen=now - 5 * day,
-        last_seen=now,
-        resolved_at=now if kind == "resolved" else None,
-    )
-    return Event(id=event_id(o.key, kind, 1), kind=kind, occurred_at=now, obligation=o, **kw)  # type: ignore[arg-type]
-
-
-def sample_notifications(now: datetime) -> list[Notification]:
-    """Sample notifications with every event kind, a large group (folding) and a digest."""
-
-    def note(name: str, events: list[Event], kind: str = "notification") -> Notification:
-        group = {"action_type": events[0].obligation.action_type}
-        return Notification(
-            id=f"sample-{name}",
-            kind=kind,
-            rule="sample-rule",
-            receiver="sample",
-            group=group,
-            events=tuple(events),
-            created_at=now,
-        )
-
-    changed = {"action_description": "Old description", "deadline": now + timedelta(days=10)}
-    return [
-        note("opened", [_sample_event(i, "opened", now, action_type="IS_AUTHORIZED") for i in range(3)]),
-        note("changed", [_sample_event(3, "changed", now, previous=changed)]),
-        note("reminder", [_sample_event(4, "reminder", now, detail="before:2d")]),
-        note("resolved", [_sample_event(i, "resolved", now, detail="cleared") for i in range(2)]),
-        note("large", [_sample_event(i, "opened", now) for i in range(120)]),
-        note("digest", [_sample_event(i, "opened", now, initial=True) for i in range(40)], kind="digest"),
-    ]
-
-
-def first_counts(counts: dict[str, int], limit: int = 6) -> str:
-    """`IS_AUTHORIZED 3, MISSING_FIELDS 1, … (+2)` for one-line summaries."""
-    items = list(counts.items())
-    text = ", ".join(f"{k} {v}" for k, v in items[:limit])
-    return text + (f", … (+{len(items) - limit})" if len(items) > limit else "")
+def cut(text: str, limit: int) -> str:
+    """At most `limit` characters, an ellipsis marking a cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -31,12 +31,12 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from alerter.delivery import Deliverer, RetryPolicy
-from alerter.models import Event, Meter, Notification, Obligation, event_id
+from alerter.models import Event, Meter, Notification, Obligation, RoutingWrite, event_id
 from alerter.notifiers.base import Notifier
-from alerter.notifiers.slack import SlackConfig, SlackNotifier
-from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
+from alerter.notifiers.slack import SlackNotifier
+from alerter.notifiers.webhook import WebhookNotifier
+from alerter.receivers import SlackConfig, WebhookConfig
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite
 
 RESULTS = Path(__file__).resolve().parent / "results" / "delivery.json"
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789").decode()

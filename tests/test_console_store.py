@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from alerter.console.core import ObligationQuery, parse_obligation_query
-from alerter.models import Meter, Obligation
-from alerter.store.base import RoutingWrite, Silence, Store
+from alerter.models import Meter, Obligation, RoutingWrite, Silence
+from alerter.store.base import Store
 from alerter.store.console import ConsoleStore
 from tests.support.stores import BACKENDS, T0, event, notification, obligation, outbox, store_for
 

@@ -12,13 +12,14 @@ import pytest
 
 from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
 from alerter.errors import DeliveryError, StoreError
-from alerter.models import Notification
+from alerter.models import Notification, RoutingWrite
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
-from alerter.notifiers.email import EmailConfig, EmailNotifier
-from alerter.notifiers.slack import SlackConfig, SlackNotifier
-from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
+from alerter.notifiers.email import EmailNotifier
+from alerter.notifiers.slack import SlackNotifier
+from alerter.notifiers.webhook import WebhookNotifier
+from alerter.receivers import EmailConfig, SlackConfig, WebhookConfig
 from alerter.store import open_store
-from alerter.store.base import Delivery, Failed, RoutingWrite, Sent, Store
+from alerter.store.base import Delivery, Failed, Sent, Store
 from tests.support.channels import WebhookCollector, fake_slack, smtp_server, webhook_collector
 from tests.support.notifications import T0, event, notification
 

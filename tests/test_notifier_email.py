@@ -9,7 +9,8 @@ import pytest
 
 from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
-from alerter.notifiers.email import EmailConfig, EmailNotifier, message_id
+from alerter.notifiers.email import EmailNotifier, message_id
+from alerter.receivers import EmailConfig
 from tests.support.channels import SmtpServer, smtp_server
 from tests.support.notifications import T0, event, notification
 

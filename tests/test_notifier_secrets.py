@@ -16,13 +16,11 @@ import structlog
 
 from alerter.delivery import Deliverer
 from alerter.errors import DeliveryError
+from alerter.models import RoutingWrite
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
-from alerter.notifiers.webhook import WebhookConfig
+from alerter.receivers import EmailConfig, SlackConfig, WebhookConfig
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite
 from tests.support.channels import fake_slack, smtp_server, webhook_collector
 from tests.support.notifications import T0, event, notification
 

@@ -11,7 +11,8 @@ import pytest
 from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Deferred
-from alerter.notifiers.slack import SlackConfig, SlackNotifier
+from alerter.notifiers.slack import SlackNotifier
+from alerter.receivers import SlackConfig
 from tests.support.channels import FakeSlack, fake_slack
 from tests.support.notifications import T0, event, notification
 

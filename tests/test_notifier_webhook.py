@@ -11,7 +11,8 @@ import pytest
 from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import ReceiverGone
-from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier, sign
+from alerter.notifiers.webhook import WebhookNotifier, sign
+from alerter.receivers import WebhookConfig
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.notifications import T0, event, notification
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 
 from alerter.matching import compile_matcher
-from alerter.models import Event
-from alerter.routing import GroupBook, Router, SilenceCheck, digest, flush, idle_before, notification_id, plan
+from alerter.models import Event, GroupState, RoutingWrite, Silence
+from alerter.routing import Router, SilenceCheck, digest, flush, idle_before, notification_id, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.store.base import GroupState, RoutingWrite, Silence
+from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event
 

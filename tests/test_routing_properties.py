@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from alerter.models import Event
 from alerter.reminders import RemindPolicy, reminders_due
-from alerter.routing import GroupBook, Router, flush, idle_before, plan
+from alerter.routing import Router, flush, idle_before, plan
 from alerter.rules import RuleSet, compile_rules
+from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event
 

@@ -21,10 +21,10 @@ import orjson
 import pytest
 
 from alerter.config import Config
+from alerter.models import Silence
 from alerter.reloading import reread
 from alerter.sim import Portfolio, SimServer
 from alerter.store import open_store
-from alerter.store.base import Silence
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.proc import Service, alerter
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config

@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from alerter import templates
 from alerter.errors import SourceError
 from alerter.models import Notification
-from alerter.notifiers.console import summary
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
 from alerter.poller import CycleReport
+from alerter.receivers import EmailConfig, SlackConfig
+from alerter.render.console import summary
+from alerter.render.email import render_email
+from alerter.render.slack import render_slack
+from alerter.render.webhook import webhook_body
 from alerter.selfalerts import SelfAlerts
 from alerter.web import Health
 
@@ -29,15 +30,15 @@ ALERT = Notification(
 
 
 def test_alert_renders_on_every_channel() -> None:
-    slack = templates.render_slack(ALERT, SlackConfig(token="xoxb-1", channel="#ops"), NOW)
+    slack = render_slack(ALERT, SlackConfig(token="xoxb-1", channel="#ops"), NOW)
     assert "Leap refused the API key" in slack.text
-    mail = templates.render_email(
+    mail = render_email(
         ALERT,
         EmailConfig.model_validate({"to": ["a@example.com"], "from": "b@example.com", "smtp": {"host": "h"}}),
         NOW,
     )
     assert "Leap refused the API key" in mail.subject
-    body = templates.webhook_body(ALERT)
+    body = webhook_body(ALERT)
     assert (body["type"], body["data"]["group"]["alert"]) == ("alerter.alert", "auth_refused")
     assert "Leap refused the API key" in summary(ALERT, NOW)
 

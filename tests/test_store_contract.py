@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from alerter.models import Meter, Obligation
-from alerter.routing import GroupBook
-from alerter.store.base import Failed, GroupState, RoutingWrite, Sent, Silence, Store
+from alerter.models import GroupState, Meter, Obligation, RoutingWrite, Silence
+from alerter.store.base import Failed, Sent, Store
+from alerter.store.memory import GroupBook
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
 
 

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from alerter.errors import FencedError, StoreError
+from alerter.models import RoutingWrite
 from alerter.store import schema
-from alerter.store.base import RoutingWrite
 from alerter.store.postgres import PostgresStore
 from alerter.store.schema import MIGRATIONS
 from tests.support.stores import T0, event, notification, obligation, opened, outbox, postgres_schema

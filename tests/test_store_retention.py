@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alerter.store.base import RoutingWrite
+from alerter.models import RoutingWrite
 from tests.support.stores import BACKENDS, T0, event, notification, obligation, outbox, store_for
 
 DAY = timedelta(days=1)

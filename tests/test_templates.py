@@ -11,8 +11,11 @@ import pytest
 from alerter import templates
 from alerter.models import Event
 from alerter.notifiers import slack_blocks
-from alerter.notifiers.email import EmailConfig
-from alerter.notifiers.slack import SlackConfig
+from alerter.receivers import EmailConfig, SlackConfig
+from alerter.render.email import render_email
+from alerter.render.samples import check_templates, sample_notifications
+from alerter.render.slack import render_slack
+from alerter.render.webhook import webhook_body
 from tests.support.notifications import T0, event, notification
 
 DAY = timedelta(days=1)
@@ -37,7 +40,7 @@ def test_relative_deadline(offset: timedelta | None, text: str) -> None:
 
 def test_slack_message_names_meters_and_links_to_the_portal() -> None:
     n = notification("n", [event(1), event(2, partner_reference=""), event(3, deadline=T0 - 2 * DAY)])
-    msg = templates.render_slack(n, slack_cfg(portal_url="https://portal.example/"), T0)
+    msg = render_slack(n, slack_cfg(portal_url="https://portal.example/"), T0)
     assert msg.text.startswith("3 meters need IS_AUTHORIZED: ACME-0001, meter-0002, ACME-0003")
     header, ctx, *sections = msg.blocks
     assert header["text"]["text"] == "3 meters need IS_AUTHORIZED" and ctx["type"] == "context"
@@ -49,7 +52,7 @@ def test_slack_message_names_meters_and_links_to_the_portal() -> None:
 def test_slack_folds_beyond_fifty_blocks_and_caps_section_text() -> None:
     long = event(0).obligation.model_copy(update={"action_description": "x" * 5000})
     events = [event(0).model_copy(update={"obligation": long}), *[event(i) for i in range(1, 120)]]
-    msg = templates.render_slack(notification("n", events), None, T0)
+    msg = render_slack(notification("n", events), None, T0)
     assert len(msg.blocks) == 50 and slack_blocks.limit_problems(msg.text, msg.blocks) == []
     assert msg.blocks[-1]["elements"][0]["text"].startswith("+73 more: ACME-0047")
     assert len(msg.blocks[2]["text"]["text"]) == 3000
@@ -57,13 +60,13 @@ def test_slack_folds_beyond_fifty_blocks_and_caps_section_text() -> None:
 
 
 def test_slack_escapes_control_characters() -> None:
-    msg = templates.render_slack(notification("n", [event(1, partner_reference="<!channel> & co")]), None, T0)
+    msg = render_slack(notification("n", [event(1, partner_reference="<!channel> & co")]), None, T0)
     assert "&lt;!channel&gt; &amp; co" in msg.blocks[2]["text"]["text"]
 
 
 def test_resolved_marking_is_idempotent_and_falls_back_to_a_note() -> None:
     n = notification("n", [event(1), event(2)])
-    blocks = templates.render_slack(n, None, T0).blocks
+    blocks = render_slack(n, None, T0).blocks
     kid = event(1).obligation.key_id
     once = slack_blocks.mark_resolved(blocks, {kid: "ACME-0001"}, "now")
     assert once[2]["text"]["text"].startswith(":white_check_mark: ~")
@@ -74,7 +77,7 @@ def test_resolved_marking_is_idempotent_and_falls_back_to_a_note() -> None:
 
 def test_email_subject_text_and_escaped_html() -> None:
     n = notification("n", [event(1), event(2, partner_reference="<script>x</script>"), event(3)])
-    mail = templates.render_email(n, None, T0)
+    mail = render_email(n, None, T0)
     assert mail.subject == "[alerter] 3 meters need IS_AUTHORIZED"
     assert "ACME-0001" in mail.text and "<script>x</script>" in mail.text
     assert "&lt;script&gt;" in mail.html and "<script>" not in mail.html
@@ -97,15 +100,15 @@ def test_digest_counts_by_type_region_and_deadline() -> None:
     assert counts["by_action_type"] == {"IS_AUTHORIZED": 4, "MISSING_FIELDS": 1}
     assert counts["by_region"] == {"CAISO": 3, "NYISO": 2}
     assert counts["by_deadline"] == {"overdue": 1, "within 7 days": 3, "within 30 days": 1}
-    msg = templates.render_slack(n, None, T0)
+    msg = render_slack(n, None, T0)
     assert msg.text.startswith("Initial sync: 5 open actions on 5 meters. By action type: IS_AUTHORIZED 4")
-    mail = templates.render_email(n, None, T0)
+    mail = render_email(n, None, T0)
     assert "By deadline:" in mail.text and "overdue: 1" in mail.text
 
 
 def test_webhook_body_is_exactly_the_interface() -> None:
     changed = event(1, "changed", previous={"deadline": T0}, detail="")
-    body = templates.webhook_body(notification("n-1", [changed]))
+    body = webhook_body(notification("n-1", [changed]))
     assert set(body) == {"type", "timestamp", "data"}
     assert body["type"] == "alerter.notification" and body["timestamp"] == "2026-11-28T10:00:00Z"
     assert list(body["data"]) == ["id", "rule", "receiver", "group", "events"]
@@ -114,22 +117,19 @@ def test_webhook_body_is_exactly_the_interface() -> None:
     assert set(ev["action"]) == {"action_type", "action_code", "action_description", "program_identifier",
                                  "delivery_period", "enrollment_deadline_date_time"}  # fmt: skip
     assert ev["meter"]["partner_reference"] == "ACME-0001" and ev["previous"] == {"deadline": "2026-11-28T10:00:00Z"}
-    digest = templates.webhook_body(notification("d", [event(1, initial=True)], kind="digest"))
+    digest = webhook_body(notification("d", [event(1, initial=True)], kind="digest"))
     assert digest["type"] == "alerter.digest" and digest["data"]["counts"]["total"] == 1
 
 
 def test_samples_cover_every_kind_and_render_cleanly() -> None:
-    samples = templates.sample_notifications(T0)
+    samples = sample_notifications(T0)
     assert {e.kind for n in samples for e in n.events} == {"opened", "changed", "reminder", "resolved"}
     assert any(n.kind == "digest" for n in samples)
-    assert (
-        templates.check_templates([("ops", slack_cfg()), ("mail", SimpleNamespace(email=email_cfg(), slack=None))])
-        == []
-    )
+    assert check_templates([("ops", slack_cfg()), ("mail", SimpleNamespace(email=email_cfg(), slack=None))]) == []
 
 
 def test_check_templates_reports_each_problem() -> None:
-    problems = templates.check_templates(
+    problems = check_templates(
         [
             ("a", slack_cfg(template="{{ nope }}")),
             ("b", email_cfg(subject_template="{{ notification.missing }}")),
@@ -189,7 +189,7 @@ def test_a_change_reads_old_to_new_in_every_form_it_is_kept(old: Any) -> None:
             "deadline 2026-11-21 10:00 UTC → 2026-12-01 10:00 UTC",
             "description “Old text” → “Customer must re-authorize”",
         ]
-        [sent] = templates.webhook_body(notification("n", [e]))["data"]["events"]
+        [sent] = webhook_body(notification("n", [e]))["data"]["events"]
         assert sent["previous"] == {"deadline": "2026-11-21T10:00:00Z", "action_description": "Old text"}
     midnight = event(2, "changed", deadline=datetime(2027, 3, 8, tzinfo=UTC), previous={"deadline": None})
     assert templates.changes(midnight) == ["deadline none → 2027-03-08"]

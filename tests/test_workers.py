@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from alerter.delivery import Deliverer, DeliveryStats, RetryPolicy
-from alerter.models import Notification
+from alerter.models import Notification, RoutingWrite
 from alerter.notifiers.base import Notifier
-from alerter.notifiers.webhook import WebhookConfig, WebhookNotifier
+from alerter.notifiers.webhook import WebhookNotifier
+from alerter.receivers import WebhookConfig
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite, Store
+from alerter.store.base import Store
 from alerter.workers import DeliveryWorkers
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.notifications import event, notification

@@ -11,8 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from alerter.durations import parse_duration
 from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
-from alerter.models import Obligation
-from alerter.store.base import Silence
+from alerter.models import Obligation, Silence
 
 PREVIEW_LIMIT = 200
 

@@ -16,7 +16,8 @@ from alerter.config import Config
 from alerter.diff import resolve
 from alerter.models import Event, EventKind, Obligation, Record, event_id
 from alerter.router import Router
-from alerter.routing import GroupBook, flush, plan
+from alerter.routing import flush, plan
+from alerter.store.memory import GroupBook
 
 KINDS: tuple[EventKind, ...] = ("opened", "changed", "reminder", "resolved")
 

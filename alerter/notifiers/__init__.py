@@ -1,4 +1,4 @@
-"""One notifier per channel behind one small protocol; each config model sits beside its notifier."""
+"""One notifier per channel behind one small protocol; their config models are in alerter.receivers."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from alerter.notifiers.base import Notifier
-    from alerter.notifiers.console import ConsoleConfig
-    from alerter.notifiers.email import EmailConfig
-    from alerter.notifiers.slack import SlackConfig
-    from alerter.notifiers.webhook import WebhookConfig
+    from alerter.receivers import ConsoleConfig, EmailConfig, SlackConfig, WebhookConfig
 
 
 def build_notifier(

@@ -4,41 +4,12 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Literal, TextIO
+from typing import TextIO
 
-from pydantic import BaseModel
-
-from alerter import templates
-from alerter.config import STRICT
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, Steps, ThreadLookup
-
-
-class ConsoleConfig(BaseModel):
-    model_config = STRICT
-
-    stream: Literal["stdout", "stderr"] = "stdout"
-
-
-def summary(n: Notification, now: datetime) -> str:
-    ctx = templates.context(n, now)
-    lines = [f"── {ctx['title']}  [{n.receiver} ← {n.rule}]  {n.id}"]
-    if ctx["digest"]:
-        d = ctx["digest"]
-        for name in ("by_action_type", "by_region", "by_deadline"):
-            lines.append(f"   {name.removeprefix('by_').replace('_', ' ')}: {templates.first_counts(d[name])}")
-    shown = 10 if ctx["digest"] else 50
-    for e in ctx["listed"][:shown]:
-        deadline = f"deadline {e['deadline_text']}"
-        if e["changes"]:  # what changed, old → new, in place of the deadline alone
-            deadline = "; ".join(e["changes"]) + f" ({templates.relative(e['deadline'], now)})"
-        lines.append(
-            f"   {e['verb']:<8} {e['label']}: {e['action_type']} {e['action_code']}"
-            f" · {e['program_identifier']} {e['delivery_period']} · {deadline}"
-        )
-    if ctx["count"] > shown:
-        lines.append(f"   … and {ctx['count'] - shown} more")
-    return "\n".join(lines) + "\n"
+from alerter.receivers import ConsoleConfig
+from alerter.render.console import summary
 
 
 class ConsoleNotifier:

@@ -7,55 +7,17 @@ carry `In-Reply-To`/`References` to that Message-ID, so mail clients group them.
 from __future__ import annotations
 
 import ssl
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 import aiosmtplib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from alerter import templates
-from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, Steps, ThreadLookup, scrub
-
-
-class SmtpConfig(BaseModel):
-    model_config = STRICT
-
-    host: str
-    port: int = Field(587, ge=1, le=65535)
-    starttls: bool = False
-    tls: bool = False
-    """Implicit TLS (usually port 465)."""
-    username: str | None = None
-    password: SecretStr | None = None
-    timeout: Duration = timedelta(seconds=30)
-    cert_bundle: str | None = None
-    """A CA bundle to verify the server with (a private CA); the system store otherwise."""
-
-
-class EmailConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    to: list[str] = Field(min_length=1)
-    from_: str = Field(alias="from")
-    smtp: SmtpConfig
-    subject_template: str | None = None
-    text_template: str | None = None
-    html_template: str | None = None
-    portal_url: str = templates.PORTAL_URL
-
-    @field_validator("subject_template", "text_template")
-    @classmethod
-    def _text_template_compiles(cls, value: str | None) -> str | None:
-        return templates.validate_template(value)
-
-    @field_validator("html_template")
-    @classmethod
-    def _html_template_compiles(cls, value: str | None) -> str | None:
-        return templates.validate_template(value, html=True)
+from alerter.receivers import EmailConfig
+from alerter.render.email import render_email
 
 
 def message_id(notification_id: str) -> str:
@@ -75,7 +37,7 @@ class EmailNotifier:
 
     async def build(self, n: Notification, threads: ThreadLookup, now: datetime) -> EmailMessage:
         cfg = self.config
-        content = templates.render_email(n, cfg, now)
+        content = render_email(n, cfg, now)
         msg = EmailMessage()
         msg["Subject"] = content.subject
         msg["From"] = cfg.from_

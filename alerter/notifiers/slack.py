@@ -16,23 +16,22 @@ import asyncio
 import hashlib
 import weakref
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import structlog
 from aiolimiter import AsyncLimiter
-from pydantic import BaseModel, SecretStr, field_validator
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from alerter import templates
-from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Event, Notification
 from alerter.notifiers import slack_blocks
 from alerter.notifiers.base import Deferred, SendResult, Steps, ThreadLookup, scrub
+from alerter.receivers import SlackConfig
+from alerter.render.slack import render_slack
 
 log = structlog.get_logger("alerter.notifiers.slack")
 
@@ -52,27 +51,6 @@ PERMANENT = frozenset(
     }
 )
 RETRYABLE = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"})
-
-
-class SlackConfig(BaseModel):
-    model_config = STRICT
-
-    token: SecretStr
-    channel: str
-    api_url: str = "https://slack.com/api/"
-    template: str | None = None
-    """Optional Jinja2 template for the message text (Block Kit is built from it)."""
-    portal_url: str = templates.PORTAL_URL
-    """Base URL of the Leap Partner Portal; each meter links to `{portal_url}/meters/{meter_id}`."""
-    min_interval: Duration = timedelta(seconds=1)
-    """Pacing: at most one message per this interval in the channel."""
-    max_wait: Duration = timedelta(seconds=10)
-    """The longest a send waits (for its turn, or a Retry-After) before handing back to delivery."""
-
-    @field_validator("template")
-    @classmethod
-    def _template_compiles(cls, value: str | None) -> str | None:
-        return templates.validate_template(value)
 
 
 class Pacer:
@@ -188,7 +166,7 @@ class SlackNotifier:
     async def _post(
         self, n: Notification, events: tuple[Event, ...], now: datetime, thread_ts: str | None = None
     ) -> str:
-        msg = templates.render_slack(n.model_copy(update={"events": events}), self.config, now)
+        msg = render_slack(n.model_copy(update={"events": events}), self.config, now)
         args: dict[str, Any] = {
             "channel": self.config.channel,
             "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),

@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from alerter import templates
-from alerter.config import STRICT, Duration
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Notification
 from alerter.notifiers.base import ReceiverGone, SendResult, Steps, ThreadLookup, scrub
-
-_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-
-
-class WebhookConfig(BaseModel):
-    model_config = STRICT
-
-    url: str
-    secret: SecretStr | list[SecretStr] | None = None
-    """`whsec_<base64>`; a list while a secret rotates (one signature per secret)."""
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration = timedelta(seconds=15)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("webhook url must start with http:// or https://")
-        return value
-
-    @field_validator("secret")
-    @classmethod
-    def _whsec(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
-        for s in [] if value is None else value if isinstance(value, list) else [value]:
-            key = s.get_secret_value().removeprefix("whsec_")
-            # the signing library would skip characters that are not base64 and sign with another key
-            valid = _BASE64.fullmatch(key) is not None
-            try:
-                Webhook(s.get_secret_value())
-            except Exception:
-                valid = False
-            if not valid:
-                raise ValueError("webhook secret must be whsec_ followed by base64 (A-Z, a-z, 0-9, +, /)")
-        return value
-
-    def secrets(self) -> list[str]:
-        s = self.secret
-        return [x.get_secret_value() for x in ([] if s is None else s if isinstance(s, list) else [s])]
-
+from alerter.receivers import WebhookConfig
+from alerter.render.webhook import webhook_body
 
 _SIGNED = ("content-type", "webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -100,7 +59,7 @@ class WebhookNotifier:
         self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
     ) -> SendResult:
         cfg = self.config
-        body = orjson.dumps(templates.webhook_body(notification)).decode()
+        body = orjson.dumps(webhook_body(notification)).decode()
         ts = int(time.time())  # the signature's freshness stamp: receivers check it against their own clock
         headers = {k: v for k, v in cfg.headers.items() if k.lower() not in _SIGNED}
         headers |= {

@@ -5,7 +5,8 @@ port for tests and the demo; `serve()` backs `alerter sim`.
 """
 
 from alerter.sim.app import RequestLog, SimServer, build_app, serve
+from alerter.sim.churn import Change
 from alerter.sim.faults import Fault, Faults
-from alerter.sim.portfolio import Change, Portfolio
+from alerter.sim.portfolio import Portfolio
 
 __all__ = ["Change", "Fault", "Faults", "Portfolio", "RequestLog", "SimServer", "build_app", "serve"]

@@ -14,16 +14,37 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 from alerter.sim import catalog as c
-
-if TYPE_CHECKING:
-    from alerter.sim.portfolio import Change, Portfolio
+from alerter.sim.columns import Columns
 
 DAY_US = 86_400_000_000
 KINDS = ("opened", "changed", "resolved")
 """The order `partner_churn` makes its changes in."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One mutation `random_churn` made (or any mutation, for the demo's log)."""
+
+    kind: str  # opened | changed | resolved | archived | touched
+    meter_id: str
+    action_type: str = ""
+    action_code: str = ""
+
+
+class Churnable(Protocol):
+    """What churn needs of `alerter.sim.portfolio.Portfolio`."""
+
+    @property
+    def columns(self) -> Columns: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def partner_churn(self, n: int) -> list[Change]: ...
 
 
 def future_deadline(now_us: int, rng: random.Random, low: int = 3, high: int = 42) -> str:
@@ -43,7 +64,7 @@ def moved_deadline(old: str | None, now_us: int, rng: random.Random) -> str:
     return new if new != old else c.fmt_ms((c.parse_rfc3339_us(new) or now_us) + DAY_US)
 
 
-def meter_with_actions(portfolio: Portfolio, rng: random.Random) -> int | None:
+def meter_with_actions(portfolio: Churnable, rng: random.Random) -> int | None:
     """A random meter that lists partner actions and is not archived, or None if there is none."""
     cols = portfolio.columns
     has, archived = cols.has_partner, cols.archived
@@ -60,7 +81,7 @@ def meter_with_actions(portfolio: Portfolio, rng: random.Random) -> int | None:
 
 
 async def run_churn(
-    portfolio: Portfolio,
+    portfolio: Churnable,
     rate: float,
     stop: asyncio.Event,
     on_changes: Callable[[list[Change]], None] | None = None,

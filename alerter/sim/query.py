@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 
 from alerter.sim import catalog as c
-from alerter.sim.portfolio import Columns, Portfolio
+from alerter.sim.columns import Columns
+from alerter.sim.portfolio import Portfolio
 
 DEFAULT_PAGE_SIZE = 500
 MAX_PAGE_SIZE = 500

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import orjson
 
 from alerter.sim import catalog as c
 from alerter.sim import records as r
-
-if TYPE_CHECKING:
-    from alerter.sim.portfolio import Columns
+from alerter.sim.columns import Columns
 
 _M64 = (1 << 64) - 1
 _M32 = (1 << 32) - 1

@@ -18,39 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
-from alerter.models import Event, Notification, Obligation, ObligationKey
+from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
 
 DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
-
-
-@dataclass(frozen=True, slots=True)
-class GroupState:
-    """A group of events waiting to be flushed to one receiver under one rule.
-
-    The store keeps a group's head (this, without `pending`) and its members (event ids,
-    in arrival order) apart: routing appends members, a flush removes the ones it sent.
-    `load_groups` and `due_groups` fill `pending`; `group_heads` and the groups of a
-    RoutingWrite leave it empty and tell through `waiting` whether the group has members.
-    """
-
-    key: str
-    """rule + receiver + group_by values, stable."""
-    rule: str
-    receiver: str
-    values: dict[str, str]
-    flush_at: datetime
-    """When the pending events are due (first event + group_wait, or last flush + group_interval)."""
-    last_flush_at: datetime | None = None
-    pending: tuple[str, ...] = ()
-    """Event ids waiting in this group, in arrival order (when loaded with its members)."""
-    waiting: bool = False
-    """The group has members (always true when `pending` is not empty)."""
-
-    def __post_init__(self) -> None:
-        if self.pending and not self.waiting:
-            object.__setattr__(self, "waiting", True)
 
 
 @dataclass(frozen=True)
@@ -70,17 +42,6 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Silence:
-    id: str
-    matchers: dict[str, Any]
-    starts_at: datetime
-    ends_at: datetime
-    reason: str
-    created_by: str = ""
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class HistoryEntry:
     """One line of `alerter history`: a transition and what became of it."""
 
@@ -88,29 +49,6 @@ class HistoryEntry:
     event: Event
     outcomes: tuple[str, ...] = field(default=())
     """e.g. `grouped rule/receiver`, `notified receiver (sent)`, `silenced <id>`."""
-
-
-@dataclass(frozen=True)
-class RoutingWrite:
-    """Everything one routing step decided, written in one transaction."""
-
-    consumed: Sequence[str]
-    """Event ids that are now routed (no longer pending)."""
-    groups: Sequence[GroupState] = ()
-    """Group heads created or updated (rule, receiver, values, flush_at, last_flush_at). Their
-    `pending` and `waiting` are not written: members change only through `appended` and `flushed`."""
-    appended: Sequence[tuple[str, str]] = ()
-    """(group key, event id) members added, in arrival order; one already in its group is ignored."""
-    flushed: Sequence[tuple[str, str]] = ()
-    """(group key, event id) members a flush sent: removed from their group."""
-    deleted_groups: Sequence[str] = ()
-    """Groups removed with their members."""
-    notifications: Sequence[Notification] = ()
-    """New notifications; a ledger row (status pending, due now) is created for each."""
-    silenced: Sequence[tuple[str, str]] = ()
-    """(event id, silence id) pairs."""
-    unrouted: Sequence[tuple[str, str]] = ()
-    """(event id, event kind) of consumed events that no rule took: counted, nothing to write."""
 
 
 class Sent(NamedTuple):

@@ -19,9 +19,9 @@ import orjson
 
 from alerter.console import core
 from alerter.console.core import ObligationQuery, Sql
-from alerter.models import Obligation
+from alerter.models import Obligation, Silence
 from alerter.store import rows
-from alerter.store.base import Silence, Store
+from alerter.store.base import Store
 from alerter.store.rows import OBLIGATION_COLUMNS
 from alerter.store.schema import Dialect
 from alerter.store.sql import SqlStore

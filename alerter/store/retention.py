@@ -11,11 +11,14 @@ silences, and the thread and "told" records of the forgotten obligations.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from alerter.store.sql import SqlStore
+
+class Executes(Protocol):
+    """A connection inside a write transaction (the SQL store's `Tx`)."""
+
+    async def execute(self, sql: str, *args: Any) -> int: ...
+
 
 _OLD_RESOLVED = "SELECT key_id FROM obligations WHERE status = 'resolved' AND resolved_at < $1"
 _OLD_EVENTS = (
@@ -31,25 +34,23 @@ _OLD_NOTIFICATIONS = (
 )
 
 
-async def purge(store: SqlStore, before: datetime) -> dict[str, int]:
-    """Forget what is older than `before` (see the module note); returns rows removed per kind.
-    Fenced: only the leader purges."""
-    at = store._ts(before)
-    async with store._write(fenced=True) as tx:
-        await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {_OLD_EVENTS})", at)
-        events = await tx.execute(f"DELETE FROM events WHERE {_OLD_EVENTS}", at)
-        deliveries = await tx.execute(
-            "DELETE FROM deliveries WHERE notification_id IN "
-            f"(SELECT id FROM notifications WHERE {_OLD_NOTIFICATIONS})",
-            at,
-        )
-        notifications = await tx.execute(f"DELETE FROM notifications WHERE {_OLD_NOTIFICATIONS}", at)
-        await tx.execute(
-            "DELETE FROM notification_events WHERE NOT EXISTS "
-            "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
-        )
-        await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
-        await tx.execute(f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED})", at)
-        silences = await tx.execute("DELETE FROM silences WHERE ends_at < $1", at)
-        await tx.execute("DELETE FROM silenced WHERE NOT EXISTS (SELECT 1 FROM silences s WHERE s.id = silence_id)")
+async def purge(tx: Executes, at: Any) -> dict[str, int]:
+    """Forget what is older than `at` (a cutoff as the store writes times; see the module note)
+    inside the caller's write transaction, fenced (only the leader purges); returns rows
+    removed per kind."""
+    await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {_OLD_EVENTS})", at)
+    events = await tx.execute(f"DELETE FROM events WHERE {_OLD_EVENTS}", at)
+    deliveries = await tx.execute(
+        f"DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM notifications WHERE {_OLD_NOTIFICATIONS})",
+        at,
+    )
+    notifications = await tx.execute(f"DELETE FROM notifications WHERE {_OLD_NOTIFICATIONS}", at)
+    await tx.execute(
+        "DELETE FROM notification_events WHERE NOT EXISTS "
+        "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
+    )
+    await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
+    await tx.execute(f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED})", at)
+    silences = await tx.execute("DELETE FROM silences WHERE ends_at < $1", at)
+    await tx.execute("DELETE FROM silenced WHERE NOT EXISTS (SELECT 1 FROM silences s WHERE s.id = silence_id)")
     return {"events": events, "notifications": notifications, "deliveries": deliveries, "silences": silences}

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from alerter.models import Event, Notification, Obligation
-from alerter.store.base import Delivery, GroupState, Silence
+from alerter.models import Event, GroupState, Notification, Obligation, Silence
+from alerter.store.base import Delivery
 
 TsParam = Callable[[datetime | None], Any]
 """How a backend binds a datetime: ISO text on SQLite, the aware datetime on PostgreSQL."""

@@ -15,9 +15,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from alerter.models import Event, Obligation, ObligationKey
-from alerter.store import rows
-from alerter.store.base import Delivery, Failed, GroupState, HistoryEntry, RoutingWrite, Sent, Silence
+from alerter.models import Event, GroupState, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.store import retention, rows
+from alerter.store.base import Delivery, Failed, HistoryEntry, Sent
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
@@ -470,9 +470,8 @@ class SqlStore(ABC):
 
     # -- history --
     async def purge(self, before: datetime) -> dict[str, int]:
-        from alerter.store.retention import purge
-
-        return await purge(self, before)
+        async with self._write(fenced=True) as tx:
+            return await retention.purge(tx, self._ts(before))
 
     async def meters_by_reference(self, partner_reference: str) -> list[str]:
         sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {self.partner_reference} = $1 ORDER BY meter_id"

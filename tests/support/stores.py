@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from alerter.models import Event, EventKind, Meter, Notification, Obligation, event_id
-from alerter.store.base import RoutingWrite, Store
+from alerter.models import Event, EventKind, Meter, Notification, Obligation, RoutingWrite, event_id
+from alerter.store.base import Store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import SqliteStore
 

@@ -1,0 +1,128 @@
+"""Receiver config models, one per channel (pure: no IO; the channel modules depend on these).
+
+A rules file's `receivers[]` entries validate into these: loading and checking rules needs
+no SMTP, HTTP or Slack client. Template options are compiled here, so a syntax error is a
+config problem with its line and column.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from alerter import templates
+from alerter.durations import Duration
+
+STRICT = ConfigDict(extra="forbid", frozen=True)
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+class SlackConfig(BaseModel):
+    model_config = STRICT
+
+    token: SecretStr
+    channel: str
+    api_url: str = "https://slack.com/api/"
+    template: str | None = None
+    """Optional Jinja2 template for the message text (Block Kit is built from it)."""
+    portal_url: str = templates.PORTAL_URL
+    """Base URL of the Leap Partner Portal; each meter links to `{portal_url}/meters/{meter_id}`."""
+    min_interval: Duration = timedelta(seconds=1)
+    """Pacing: at most one message per this interval in the channel."""
+    max_wait: Duration = timedelta(seconds=10)
+    """The longest a send waits (for its turn, or a Retry-After) before handing back to delivery."""
+
+    @field_validator("template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        return templates.validate_template(value)
+
+
+class SmtpConfig(BaseModel):
+    model_config = STRICT
+
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False
+    """Implicit TLS (usually port 465)."""
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=30)
+    cert_bundle: str | None = None
+    """A CA bundle to verify the server with (a private CA); the system store otherwise."""
+
+
+class EmailConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    to: list[str] = Field(min_length=1)
+    from_: str = Field(alias="from")
+    smtp: SmtpConfig
+    subject_template: str | None = None
+    text_template: str | None = None
+    html_template: str | None = None
+    portal_url: str = templates.PORTAL_URL
+
+    @field_validator("subject_template", "text_template")
+    @classmethod
+    def _text_template_compiles(cls, value: str | None) -> str | None:
+        return templates.validate_template(value)
+
+    @field_validator("html_template")
+    @classmethod
+    def _html_template_compiles(cls, value: str | None) -> str | None:
+        return templates.validate_template(value, html=True)
+
+
+class WebhookConfig(BaseModel):
+    model_config = STRICT
+
+    url: str
+    secret: SecretStr | list[SecretStr] | None = None
+    """`whsec_<base64>`; a list while a secret rotates (one signature per secret)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=15)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("webhook url must start with http:// or https://")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | list[SecretStr] | None) -> SecretStr | list[SecretStr] | None:
+        for s in [] if value is None else value if isinstance(value, list) else [value]:
+            if not whsec_key_valid(s.get_secret_value()):
+                raise ValueError("webhook secret must be whsec_ followed by base64 (A-Z, a-z, 0-9, +, /)")
+        return value
+
+    def secrets(self) -> list[str]:
+        s = self.secret
+        return [x.get_secret_value() for x in ([] if s is None else s if isinstance(s, list) else [s])]
+
+
+def whsec_key_valid(secret: str) -> bool:
+    """A Standard Webhooks secret the signing library accepts and signs with the key it names."""
+    key = secret.removeprefix("whsec_")
+    # the signing library would skip characters that are not base64 and sign with another key
+    if _BASE64.fullmatch(key) is None:
+        return False
+    try:  # the library's own decoding (standardwebhooks.Webhook): padded, and a key may not be empty
+        return bool(base64.b64decode(key + "=="))
+    except (binascii.Error, ValueError):
+        return False
+
+
+class ConsoleConfig(BaseModel):
+    model_config = STRICT
+
+    stream: Literal["stdout", "stderr"] = "stdout"
