@@ -32,7 +32,7 @@ import structlog
 
 from alerter.errors import DeliveryError
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, Steps, scrub
-from alerter.store.base import Delivery, Failed, Sent, Store
+from alerter.store.base import Delivery, Failed, LedgerStore, Sent
 
 log = structlog.get_logger("alerter.delivery")
 
@@ -95,7 +95,7 @@ class _Outcomes:
     """One run's outcomes, written by group commit: while one `record_outcomes` transaction
     is in flight, the outcomes that arrive wait and go together in the next one."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: LedgerStore) -> None:
         self._store = store
         self._sent: list[Sent] = []
         self._failed: list[Failed] = []
@@ -160,7 +160,7 @@ class ReceiverHealth:
 class Deliverer:
     def __init__(
         self,
-        store: Store,
+        store: LedgerStore,
         notifiers: Mapping[str, Notifier],
         owner: str,
         policies: Mapping[str, RetryPolicy] | None = None,

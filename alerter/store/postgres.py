@@ -28,6 +28,7 @@ import asyncpg
 from alerter.errors import FencedError, StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows, schema
+from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 from alerter.store.sql import META_UPSERT, SqlStore, Tx, page_rows
 
@@ -104,7 +105,7 @@ class _PgTx:
             await self._conn.executemany(sql, args)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(SqlStore, Store):
     """The Store on PostgreSQL; `schema` (created if missing) isolates one deployment or test."""
 
     skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"

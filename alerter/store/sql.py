@@ -17,7 +17,20 @@ from typing import Any, ClassVar, Protocol
 
 from alerter.models import Event, Obligation, ObligationKey
 from alerter.store import rows
-from alerter.store.base import Delivery, Failed, GroupState, HistoryEntry, RoutingWrite, Sent, Silence
+from alerter.store.base import (
+    Delivery,
+    Failed,
+    GroupState,
+    HistoryEntry,
+    LedgerStore,
+    ObligationStore,
+    RetentionStore,
+    RoutingStore,
+    RoutingWrite,
+    Sent,
+    Silence,
+    SilenceStore,
+)
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
@@ -77,7 +90,7 @@ class Tx(Protocol):
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
 
-class SqlStore(ABC):
+class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, RetentionStore, ABC):
     """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
 
     url: str

@@ -31,6 +31,7 @@ import aiosqlite
 from alerter.errors import StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows, schema
+from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx, page_rows
 
@@ -126,7 +127,7 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(SqlStore, Store):
     """The Store on one SQLite file (or `:memory:`).
 
     `shared=True` skips the single-instance lock: for short CLI commands (silences, dead
