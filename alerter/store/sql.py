@@ -2,8 +2,10 @@
 
 How this works: queries are written once with PostgreSQL-style `$n` parameters (SQLite
 runs them as `?n`). A backend provides `_read()` / `_write(fenced)` transactions, how a
-datetime and a list of ids are bound, and the bulk writes of `commit_page`, where the
-fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL).
+datetime and a list of ids are bound, how migrations are locked against other instances
+(`_lock_migrations`), and the bulk writes of a `commit_page` (`_write_page`), where the
+fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL). Migrating and
+what a page commits (one row per key or id, nothing for an empty page) are written here once.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
+from alerter.errors import StoreError
 from alerter.models import Event, Obligation, ObligationKey
-from alerter.store import rows
+from alerter.store import rows, schema
 from alerter.store.base import (
     Delivery,
     Failed,
@@ -94,6 +97,8 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
     """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
 
     url: str
+    dialect: ClassVar[schema.Dialect]
+    """Which rendering of the schema's migrations this backend applies."""
     skip_locked: ClassVar[str] = ""
     """Row-locking suffix for the claim query (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
     partner_reference: ClassVar[str] = "json_extract(meter, '$.partner_reference')"
@@ -122,14 +127,38 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         """Bind a list of ids for `_in`."""
 
     @abstractmethod
+    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
+        """Fenced, one transaction: a page's rows (at most one per key or id) in bulk, each store
+        its own way (SQLite in one trip to its thread, PostgreSQL as arrays). Returns how many
+        events were new."""
+
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Inside the migrating transaction, before the version is read: keep other instances
+        from migrating at the same time. SQLite: nothing (its write transaction locks the file)."""
+
+    async def _migrate(self) -> None:
+        """Apply the schema steps not yet applied, in one transaction."""
+        async with self._write() as tx:
+            await self._lock_migrations(tx)
+            await tx.execute(schema.CREATE_VERSION_TABLE)
+            found = int(await tx.fetchval(schema.CURRENT_VERSION))
+            if found > len(schema.MIGRATIONS):
+                raise StoreError(schema.too_new(found))
+            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
+                for statement in schema.statements(step, self.dialect):
+                    await tx.execute(statement)
+                await tx.execute(schema.RECORD_VERSION, step)
+
     async def commit_page(
         self,
         obligations: Sequence[Obligation],
         events: Sequence[Event],
         meta: Mapping[str, str] | None = None,
     ) -> int:
-        """Fenced, one transaction (see Store.commit_page): each store writes its rows in bulk
-        its own way (SQLite in one trip to its thread, PostgreSQL as arrays)."""
+        if not obligations and not events and not meta:
+            return 0
+        unique, new = page_rows(obligations, events)
+        return await self._write_page(unique, new, list(meta.items()) if meta else [])
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         """Insert (group key, event id) rows in this order, ignoring those already present."""
