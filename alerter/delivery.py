@@ -276,7 +276,7 @@ class Deliverer:
         n = d.notification
         notifier = self.notifiers.get(d.receiver)
         if notifier is None:
-            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None))
+            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None, now))
             stats.dead[d.receiver] += 1
             log.error(
                 "delivery_failed",
@@ -345,7 +345,7 @@ class Deliverer:
         at = self.next_attempt(d, channel, err, now)
         if at is None and err.retryable:
             message = f"gave up after {d.attempts + 1} attempts: {message}"[:MAX_ERROR]
-        outcomes.failed(Failed(n.id, d.receiver, message, at))
+        outcomes.failed(Failed(n.id, d.receiver, message, at, now))
         if not isinstance(err, Deferred):
             self.health.setdefault(d.receiver, ReceiverHealth()).failed(now, message)
         if isinstance(err, ReceiverGone):

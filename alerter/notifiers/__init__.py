@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from alerter.notifiers.email import EmailConfig
     from alerter.notifiers.slack import SlackConfig
     from alerter.notifiers.webhook import WebhookConfig
+    from alerter.pacing import Pacers
 
 
 def build_notifier(
@@ -20,15 +21,17 @@ def build_notifier(
     webhook: WebhookConfig | None = None,
     console: ConsoleConfig | None = None,
     stream: TextIO | None = None,
+    pacers: Pacers | None = None,
 ) -> Notifier:
-    """The notifier for a receiver with exactly one channel configured."""
+    """The notifier for a receiver with exactly one channel configured; Slack's take their
+    turns from `pacers` (shared by the service's notifiers)."""
     given = [c for c in (slack, email, webhook, console) if c is not None]
     if len(given) != 1:
         raise ValueError(f"receiver {name}: configure exactly one of slack, email, webhook, console")
     if slack is not None:
         from alerter.notifiers.slack import SlackNotifier
 
-        return SlackNotifier(name, slack)
+        return SlackNotifier(name, slack, pacers)
     if email is not None:
         from alerter.notifiers.email import EmailNotifier
 

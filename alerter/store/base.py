@@ -133,6 +133,7 @@ class Failed(NamedTuple):
     receiver: str
     error: str
     next_attempt_at: datetime | None
+    failed_at: datetime
 
 
 class ObligationStore(Protocol):
@@ -251,8 +252,9 @@ class LedgerStore(Protocol):
         receiver: str,
         error: str,
         next_attempt_at: datetime | None,
+        failed_at: datetime,
     ) -> None:
-        """Record a failed attempt; `next_attempt_at=None` makes the row a dead letter."""
+        """Record a failed attempt (at `failed_at`); `next_attempt_at=None` makes the row a dead letter."""
 
     async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
         """Several attempts' outcomes in one transaction, each with the semantics of

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from alerter.errors import StoreError
@@ -411,22 +411,21 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
 
     async def mark_failed(
-        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None
+        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None, failed_at: datetime
     ) -> None:
-        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at)])
+        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at, failed_at)])
 
     async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
         if not sent and not failed:
             return
         ts = self._ts
-        now = ts(datetime.now(UTC))
         async with self._write() as tx:
             if sent:
                 await tx.executemany(_MARK_SENT, [(s[0], s[1], ts(s[2]), s[3]) for s in sent])
             if failed:
                 await tx.executemany(
                     _MARK_FAILED,
-                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), now) for f in failed],
+                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), ts(f[4])) for f in failed],
                 )
 
     def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:
