@@ -8,7 +8,6 @@ and the scenario tests. `alerter run` schedules one APScheduler job per concern
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import socket
 import sys
@@ -39,6 +38,7 @@ from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
 from alerter.store.base import RoutingWrite, Silence
+from alerter.tuning import tune_gc
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
@@ -48,23 +48,6 @@ REMIND_BATCH = 1000
 REMINDED_CACHE = 500_000
 
 Clock = Callable[[], datetime]
-
-
-GC_THRESHOLD = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """For a long-running process, once its modules and config are loaded.
-
-    A sweep decodes and frees millions of small objects that never form reference cycles;
-    with the default thresholds the cycle collector runs every 700 allocations and
-    repeatedly walks everything loaded at start. Freezing what exists at start moves it out
-    of the collector's way, and a higher first threshold makes collections rarer; cycles
-    are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
 
 
 def utcnow() -> datetime:

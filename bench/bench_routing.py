@@ -29,7 +29,7 @@ from typing import Any
 from alerter.models import Event, EventKind, Meter, Obligation, event_id
 from alerter.routing import GroupBook, Router, flush, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.service import tune_gc
+from alerter.tuning import tune_gc
 from alerter.yamlload import parse_yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"
