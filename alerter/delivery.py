@@ -32,7 +32,7 @@ import structlog
 
 from alerter.errors import DeliveryError
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, Steps, scrub
-from alerter.store.base import Delivery, Failed, Sent, Store
+from alerter.store.base import Delivery, Failed, LedgerStore, Sent
 
 log = structlog.get_logger("alerter.delivery")
 
@@ -95,7 +95,7 @@ class _Outcomes:
     """One run's outcomes, written by group commit: while one `record_outcomes` transaction
     is in flight, the outcomes that arrive wait and go together in the next one."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: LedgerStore) -> None:
         self._store = store
         self._sent: list[Sent] = []
         self._failed: list[Failed] = []
@@ -160,7 +160,7 @@ class ReceiverHealth:
 class Deliverer:
     def __init__(
         self,
-        store: Store,
+        store: LedgerStore,
         notifiers: Mapping[str, Notifier],
         owner: str,
         policies: Mapping[str, RetryPolicy] | None = None,
@@ -276,7 +276,7 @@ class Deliverer:
         n = d.notification
         notifier = self.notifiers.get(d.receiver)
         if notifier is None:
-            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None))
+            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None, now))
             stats.dead[d.receiver] += 1
             log.error(
                 "delivery_failed",
@@ -345,7 +345,7 @@ class Deliverer:
         at = self.next_attempt(d, channel, err, now)
         if at is None and err.retryable:
             message = f"gave up after {d.attempts + 1} attempts: {message}"[:MAX_ERROR]
-        outcomes.failed(Failed(n.id, d.receiver, message, at))
+        outcomes.failed(Failed(n.id, d.receiver, message, at, now))
         if not isinstance(err, Deferred):
             self.health.setdefault(d.receiver, ReceiverHealth()).failed(now, message)
         if isinstance(err, ReceiverGone):

@@ -10,8 +10,8 @@ from email.utils import parsedate_to_datetime
 from alerter.errors import AlerterError
 
 
-def retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After in seconds (delta-seconds, or an HTTP date counted from `now`); None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -24,7 +24,7 @@ def retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - now).total_seconds())
 
 
 def listen_error(host: str, port: int, err: OSError) -> AlerterError:

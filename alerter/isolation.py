@@ -21,7 +21,7 @@ from datetime import datetime
 from alerter.diff import DiffResult, diff_records
 from alerter.errors import FencedError
 from alerter.models import Event, Obligation, ObligationKey, Record
-from alerter.store.base import Store
+from alerter.store.base import ObligationStore
 
 Faults = dict[str, Exception]
 """meter_id -> the error its processing raised when tried alone."""
@@ -63,7 +63,7 @@ def _halves(items: list[str]) -> list[list[str]]:
 
 
 async def load_apart(
-    store: Store, meter_ids: Sequence[str], probe: Callable[[], Awaitable[object]]
+    store: ObligationStore, meter_ids: Sequence[str], probe: Callable[[], Awaitable[object]]
 ) -> tuple[dict[ObligationKey, Obligation], Faults]:
     """The stored obligations of these meters, but for the meters whose rows cannot be read."""
     try:
@@ -82,7 +82,7 @@ async def load_apart(
 
 
 async def commit_apart(
-    store: Store,
+    store: ObligationStore,
     obligations: Sequence[Obligation],
     events: Sequence[Event],
     probe: Callable[[], Awaitable[object]],

@@ -42,7 +42,7 @@ from alerter.isolation import Faults, commit_apart, diff_apart, load_apart
 from alerter.models import Event, Obligation, ObligationKey, Record
 from alerter.readahead import read_ahead as read_ahead
 from alerter.readahead import read_ahead_groups
-from alerter.store.base import Store
+from alerter.store.base import ObligationStore
 
 CycleKind = Literal["initial", "incremental", "reconcile", "push"]
 META_WATERMARK = "watermark"
@@ -181,7 +181,7 @@ class _Batch:
     it again and produces the same events under the same ids.
     """
 
-    def __init__(self, store: Store, report: CycleReport, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, store: ObligationStore, report: CycleReport, log: structlog.typing.FilteringBoundLogger) -> None:
         self.store = store
         self.report = report
         self.log = log
@@ -243,7 +243,7 @@ class _Batch:
 class Poller:
     """Runs one cycle at a time against a source and a store; `now` comes from the caller."""
 
-    def __init__(self, store: Store, source: SourceLike, poll: PollConfig) -> None:
+    def __init__(self, store: ObligationStore, source: SourceLike, poll: PollConfig) -> None:
         self.store = store
         self.source = source
         self.poll = poll

@@ -26,7 +26,8 @@ from alerter import logs
 from alerter.config import Config, load_config
 from alerter.errors import AlerterError, SourceError
 from alerter.reloading import file_digests, rule_files
-from alerter.service import Service, tune_gc
+from alerter.service import Service
+from alerter.tuning import tune_gc
 from alerter.web import make_app, start_server
 
 GRACE_SECONDS = 20.0

@@ -8,10 +8,10 @@ and the scenario tests. `alerter run` schedules one APScheduler job per concern
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Event, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
+from alerter.pacing import Pacers
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
@@ -36,6 +37,7 @@ from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
+from alerter.tuning import tune_gc
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
@@ -47,28 +49,13 @@ REMINDED_CACHE = 500_000
 Clock = Callable[[], datetime]
 
 
-GC_THRESHOLD = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """For a long-running process, once its modules and config are loaded.
-
-    A sweep decodes and frees millions of small objects that never form reference cycles;
-    with the default thresholds the cycle collector runs every 700 allocations and
-    repeatedly walks everything loaded at start. Freezing what exists at start moves it out
-    of the collector's way, and a higher first threshold makes collections rarer; cycles
-    are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def build_notifiers(ruleset: RuleSet, stream: TextIO | None = None) -> dict[str, Notifier]:
+def build_notifiers(
+    ruleset: RuleSet, stream: TextIO | None = None, pacers: Pacers | None = None
+) -> dict[str, Notifier]:
     return {
         name: build_notifier(
             name,
@@ -77,6 +64,7 @@ def build_notifiers(ruleset: RuleSet, stream: TextIO | None = None) -> dict[str,
             webhook=r.webhook,
             console=r.console,
             stream=stream,
+            pacers=pacers,
         )
         for name, r in ruleset.receivers.items()
     }
@@ -102,13 +90,14 @@ class Service:
         self.metrics = Metrics()
         self.health = Health(interval=config.poll.interval)
         self.store = open_store(config.state.url)
-        self.client = LeapClient(config.source)
+        self.client = LeapClient(config.source, clock=clock)
         self.poller = Poller(self.store, self.client, config.poll)
         self.metrics.watch_source(lambda: self.client.stats)
         self.ruleset = config.ruleset
         self.router = Router(self.ruleset)
         self.health.rules_loaded = not self.router.routes_nothing
-        self.notifiers = build_notifiers(self.ruleset, stream)
+        self.pacers = Pacers(time.monotonic, asyncio.sleep)  # Slack's per-channel turns, kept across reloads
+        self.notifiers = build_notifiers(self.ruleset, stream, self.pacers)
         self.deliverer = Deliverer(self.store, self.notifiers, self.owner, instance_timeout=instance_timeout)
         self.workers: DeliveryWorkers | None = None
         self.alerts = SelfAlerts(self, config.operations_receiver)
@@ -177,7 +166,7 @@ class Service:
         self.ruleset = fresh.ruleset
         self.router = Router(self.ruleset)
         self.health.rules_loaded = True  # the loader refuses rules that route nothing
-        self.notifiers = build_notifiers(self.ruleset, self.stream)
+        self.notifiers = build_notifiers(self.ruleset, self.stream, self.pacers)
         self.deliverer.notifiers = self.notifiers
         self.alerts.receiver = fresh.operations_receiver
         for notifier in old.values():

@@ -17,12 +17,11 @@ No message or log line carries the API key.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -135,7 +134,9 @@ class LeapClient:
         backoff_max: float = 30.0,
         retry_after_max: float = 120.0,
         rng: random.Random | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock`: the time a Retry-After date is counted from (the wall clock when not given)."""
         self.config = config
         self.stats = ClientStats()
         self._session = session
@@ -147,6 +148,7 @@ class LeapClient:
         self._backoff_max = backoff_max
         self._retry_after_max = retry_after_max
         self._rng = rng or random.Random()
+        self._clock = clock or _utcnow
 
     async def __aenter__(self) -> LeapClient:
         return self
@@ -289,15 +291,9 @@ class LeapClient:
 
     def _decode(self, raw: bytes, number: int) -> Page:
         started = time.perf_counter()
-        # A page allocates thousands of small acyclic objects; pausing the cyclic collector
-        # while they are built avoids several collections per page (about 1.5x faster).
-        collecting = gc.isenabled()
-        gc.disable()
         try:
             page = decode_page(raw, number)
         finally:
-            if collecting:
-                gc.enable()
             self.stats.decode_seconds += time.perf_counter() - started
         self.stats.pages += 1
         self.stats.records += len(page.records)
@@ -334,7 +330,7 @@ class LeapClient:
                 ) as resp:
                     status = resp.status
                     raw = await resp.read()
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
                 if status in (200, 404):
                     return status, raw
                 condition = f"{status} {_reason(status, raw)}"
@@ -511,6 +507,10 @@ def _updated_at(item: Any) -> datetime | None:
         return updated
     except (KeyError, TypeError, ValidationError):
         return None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _aware(dt: datetime) -> datetime:

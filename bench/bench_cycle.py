@@ -35,9 +35,9 @@ import aiohttp
 
 from alerter.config import PollConfig, SourceConfig
 from alerter.poller import Poller, read_ahead
-from alerter.service import tune_gc
 from alerter.source import LeapClient, Page
 from alerter.store.sqlite import SqliteStore
+from alerter.tuning import tune_gc
 from bench.bench_source import API_KEY, Simulator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cycle.json"

@@ -29,8 +29,8 @@ from typing import Any
 from alerter.models import Event, EventKind, Meter, Obligation, event_id
 from alerter.routing import Router, flush, plan
 from alerter.rules import RuleSet, compile_rules
-from alerter.service import tune_gc
 from alerter.store.memory import GroupBook
+from alerter.tuning import tune_gc
 from alerter.yamlload import parse_yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"

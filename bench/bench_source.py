@@ -28,8 +28,8 @@ from pydantic import TypeAdapter
 
 from alerter.config import SourceConfig
 from alerter.models import Record
-from alerter.service import tune_gc
 from alerter.source import LeapClient, SearchResponse
+from alerter.tuning import tune_gc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "source.json"
 API_KEY = "bench-key"

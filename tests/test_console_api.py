@@ -30,7 +30,7 @@ async def seed(store: Store, n: int = 12) -> None:
     events = [event(o) for o in rows]
     await store.commit_page(rows, events)
     await outbox(store, notification("n-dead", [events[3]], receiver="crm"))
-    await store.mark_failed("n-dead", "crm", "HTTP 500 from the CRM", None)
+    await store.mark_failed("n-dead", "crm", "HTTP 500 from the CRM", None, T0)
 
 
 async def get(s: aiohttp.ClientSession, path: str, status: int = 200, **kw: Any) -> Any:

@@ -109,7 +109,7 @@ async def test_meter_by_reference_has_its_timeline_and_who_replayed(store: Store
     await outbox(store, notification("n-open", [opened], receiver="crm"))
     await store.add_silence(Silence("s1", {"meter_id": "m007"}, NOW, NOW + timedelta(days=1), "maintenance", "bob"))
     await store.commit_routing(RoutingWrite(consumed=[opened.id, reminder.id], silenced=[(reminder.id, "s1")]))
-    await store.mark_failed("n-open", "crm", "HTTP 500", None)
+    await store.mark_failed("n-open", "crm", "HTTP 500", None, NOW)
     cs = ConsoleStore(store)
     assert await cs.replay(["n-open", "unknown"], "alice", NOW + timedelta(hours=2)) == ["n-open"]
     assert await cs.replay(["n-open"], "alice", NOW) == []  # no longer dead
@@ -146,7 +146,7 @@ async def test_dead_letters_receivers_and_sessions(store: Store) -> None:
     ea, eb = event(a), event(b)
     await store.commit_page([a, b], [ea, eb])
     await outbox(store, notification("na", [ea], receiver="crm"), notification("nb", [eb], receiver="ops"))
-    await store.mark_failed("na", "crm", "HTTP 410", None)
+    await store.mark_failed("na", "crm", "HTTP 410", None, NOW)
     await store.mark_sent("nb", "ops", NOW, None)
     assert [d["notification_id"] for d in await cs.dead_matching(None, None)] == ["na"]
     assert await cs.dead_matching(None, "ops") == []

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
-
 import pytest
 
 from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Deferred
 from alerter.notifiers.slack import SlackNotifier
+from alerter.pacing import Pacers
 from alerter.receivers import SlackConfig
 from tests.support.channels import FakeSlack, fake_slack
+from tests.support.clock import FakeClock, on_fake_time
 from tests.support.notifications import T0, event, notification
 
 
-def make(slack: FakeSlack, channel: str = "#leap-actions", **over: object) -> SlackNotifier:
+def make(
+    slack: FakeSlack, channel: str = "#leap-actions", pacers: Pacers | None = None, **over: object
+) -> SlackNotifier:
     args = {"token": slack.token, "channel": channel, "api_url": slack.api_url, "min_interval": "50ms"}
     cfg = SlackConfig.model_validate(args | over)
-    notifier = build_notifier("ops-slack", slack=cfg)
+    notifier = build_notifier("ops-slack", slack=cfg, pacers=pacers)
     assert isinstance(notifier, SlackNotifier)
     return notifier
 
@@ -83,16 +83,21 @@ async def test_reminder_replies_in_thread_or_starts_one() -> None:
 
 
 async def test_rate_limit_with_retry_after_loses_nothing() -> None:
+    clock = FakeClock()
+    pacers = Pacers(clock, clock.sleep)
     async with fake_slack() as slack:
-        notifier = make(slack, min_interval="50ms")
+        slack.clock = clock
+        notifier = make(slack, min_interval="50ms", pacers=pacers)
         slack.fail("ratelimited", times=2, retry_after=0.3)
-        notes = [notification(f"n{i}", [event(i)]) for i in range(3)]
-        started = time.monotonic()
-        await asyncio.gather(*(notifier.send(n, Threads(), T0) for n in notes))
-        elapsed = time.monotonic() - started
+        start = clock()
+        await on_fake_time(
+            clock, pacers, *(notifier.send(notification(f"n{i}", [event(i)]), Threads(), T0) for i in range(3))
+        )
         await notifier.close()
-    assert len(slack.posted()) == 3
-    assert elapsed >= 0.55  # two Retry-After waits of 0.3 s, no overlap with other sends
+    refused = [c.at - start for c in slack.calls if c.method == "chat.postMessage!ratelimited"]
+    posted = [c.at - start for c in slack.posted()]
+    # each 429 blocks the channel for its Retry-After, and the sends waiting meanwhile keep their pace
+    assert refused == pytest.approx([0, 0.3]) and posted == pytest.approx([0.6, 0.65, 0.7])
 
 
 async def test_long_retry_after_hands_back_to_delivery() -> None:
@@ -133,22 +138,24 @@ async def test_connection_refused_is_retryable() -> None:
 
 
 async def test_pacing_is_per_channel_and_a_hot_channel_does_not_stall_others() -> None:
+    clock = FakeClock()
+    pacers = Pacers(clock, clock.sleep)
     async with fake_slack() as slack:
-        hot, cold = make(slack, "#hot", min_interval="200ms"), make(slack, "#cold", min_interval="200ms")
-        twin = make(slack, "#hot", min_interval="200ms")  # shares the #hot limiter
-        started = time.monotonic()
-        await asyncio.gather(
+        slack.clock = clock
+        hot, cold = (make(slack, c, min_interval="200ms", pacers=pacers) for c in ("#hot", "#cold"))
+        twin = make(slack, "#hot", min_interval="200ms", pacers=pacers)  # shares the #hot pacer
+        start = clock()
+        await on_fake_time(
+            clock,
+            pacers,
             *(hot.send(notification(f"h{i}", [event(i)]), Threads(), T0) for i in range(3)),
             *(twin.send(notification(f"t{i}", [event(i)]), Threads(), T0) for i in range(2)),
             cold.send(notification("c0", [event(9)]), Threads(), T0),
         )
         for n in (hot, cold, twin):
             await n.close()
-    hot_times = sorted(c.at for c in slack.posted("#hot"))
-    gaps = [b - a for a, b in itertools.pairwise(hot_times)]
-    assert len(hot_times) == 5 and min(gaps) >= 0.18
-    [cold_call] = slack.posted("#cold")
-    assert cold_call.at - started < 0.5
+    assert [c.at - start for c in slack.posted("#hot")] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+    assert [c.at - start for c in slack.posted("#cold")] == [0]
 
 
 async def test_custom_template_renders_text_and_blocks() -> None:

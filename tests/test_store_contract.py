@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -198,12 +198,12 @@ async def test_failures_dead_letters_and_replay(store: Store) -> None:
     await outbox(store, notification("n1", [event(o)]), notification("n2", [event(o)], receiver="hook"))
     await store.claim_deliveries(T0, "w", 10, 3600)
     retry_at = T0 + timedelta(minutes=1)
-    await store.mark_failed("n1", "ops", "HTTP 503", retry_at)
+    await store.mark_failed("n1", "ops", "HTTP 503", retry_at, T0)
     assert await store.claim_deliveries(T0 + timedelta(seconds=59), "w", 10, 30) == []
     [retry] = await store.claim_deliveries(retry_at, "w", 10, 30)
     assert (retry.attempts, retry.last_error, retry.next_attempt_at) == (1, "HTTP 503", retry_at)
-    await store.mark_failed("n1", "ops", "HTTP 400", None)
-    await store.mark_failed("n2", "hook", "HTTP 410", None)
+    await store.mark_failed("n1", "ops", "HTTP 400", None, retry_at)
+    await store.mark_failed("n2", "hook", "HTTP 410", None, retry_at)
     assert await store.undelivered_count() == 0
     dead = await store.dead_letters()
     assert {(d.notification.id, d.status, d.next_attempt_at) for d in dead} == {
@@ -211,11 +211,11 @@ async def test_failures_dead_letters_and_replay(store: Store) -> None:
         ("n2", "dead", None),
     }
     assert [d.attempts for d in await store.dead_letters("ops")] == [2]
-    assert await store.dead_letters(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert await store.dead_letters(since=retry_at + timedelta(seconds=1)) == []
     assert await store.delivery_counts() == {("ops", "dead"): 1, ("hook", "dead"): 1}
     replay_at = T0 + timedelta(hours=1)
     assert await store.replay_dead_letters(replay_at, receiver="ops") == 1
-    assert await store.replay_dead_letters(replay_at, since=datetime.now(UTC) - timedelta(hours=1)) == 1
+    assert await store.replay_dead_letters(replay_at, since=retry_at) == 1
     assert await store.undelivered_count() == 2
     claimed = await store.claim_deliveries(replay_at, "w", 10, 30)
     assert {(d.notification.id, d.attempts, d.status) for d in claimed} == {
@@ -223,7 +223,7 @@ async def test_failures_dead_letters_and_replay(store: Store) -> None:
         ("n2", 0, "pending"),
     }
     await store.mark_sent("n1", "ops", replay_at, None)
-    await store.mark_failed("n1", "ops", "late failure", None)  # a sent row stays sent
+    await store.mark_failed("n1", "ops", "late failure", None, replay_at)  # a sent row stays sent
     assert (await store.delivery_counts())[("ops", "sent")] == 1
 
 
@@ -236,10 +236,10 @@ async def test_outcomes_of_a_batch_are_recorded_together_row_by_row(store: Store
     await store.record_outcomes(
         sent=[Sent("n0", "ops", T0, "ext-0"), Sent("n1", "ops", T0)],
         failed=[
-            Failed("n2", "ops", "HTTP 503", retry_at),
-            Failed("n3", "ops", "HTTP 400", None),
-            Failed("n4", "ops", "late failure", None),  # a sent row stays sent
-            Failed("missing", "ops", "HTTP 500", None),  # no such row: nothing happens
+            Failed("n2", "ops", "HTTP 503", retry_at, T0),
+            Failed("n3", "ops", "HTTP 400", None, T0),
+            Failed("n4", "ops", "late failure", None, T0),  # a sent row stays sent
+            Failed("missing", "ops", "HTTP 500", None, T0),  # no such row: nothing happens
         ],
     )
     await store.record_outcomes()
@@ -327,7 +327,7 @@ async def test_steps_of_a_notification_survive_with_its_row(store: Store) -> Non
     assert first.steps == {}
     await store.set_delivery_steps("n1", "ops", {"update:C1:1.0": "C1:1.0"})
     await store.set_delivery_steps("n1", "ops", {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"})
-    await store.mark_failed("n1", "ops", "HTTP 500", T0)
+    await store.mark_failed("n1", "ops", "HTTP 500", T0, T0)
     [retry] = await store.claim_deliveries(T0, "w", 10, 30)
     assert retry.steps == {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"}
 

@@ -39,7 +39,7 @@ async def test_purge_forgets_only_what_is_done_with(tmp_path: Path, backend: str
         )
         for nid in ("n-gone", "n-open"):
             await store.mark_sent(nid, "ops", T0, None)
-        await store.mark_failed("n-dead", "ops", "410 Gone", None)
+        await store.mark_failed("n-dead", "ops", "410 Gone", None, T0)
 
         removed = await store.purge(T0 + 90 * DAY)
 

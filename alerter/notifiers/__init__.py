@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from alerter.notifiers.base import Notifier
+    from alerter.pacing import Pacers
     from alerter.receivers import ConsoleConfig, EmailConfig, SlackConfig, WebhookConfig
 
 
@@ -17,15 +18,17 @@ def build_notifier(
     webhook: WebhookConfig | None = None,
     console: ConsoleConfig | None = None,
     stream: TextIO | None = None,
+    pacers: Pacers | None = None,
 ) -> Notifier:
-    """The notifier for a receiver with exactly one channel configured."""
+    """The notifier for a receiver with exactly one channel configured; Slack's take their
+    turns from `pacers` (shared by the service's notifiers)."""
     given = [c for c in (slack, email, webhook, console) if c is not None]
     if len(given) != 1:
         raise ValueError(f"receiver {name}: configure exactly one of slack, email, webhook, console")
     if slack is not None:
         from alerter.notifiers.slack import SlackNotifier
 
-        return SlackNotifier(name, slack)
+        return SlackNotifier(name, slack, pacers)
     if email is not None:
         from alerter.notifiers.email import EmailNotifier
 

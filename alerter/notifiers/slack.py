@@ -6,22 +6,21 @@ and a resolution first ticks the obligation in the original message (conversatio
 then chat.update; skipped with a log line if the bot cannot read the channel). Slack has no
 idempotency key, so each message of a notification is a step recorded on its ledger row
 as soon as Slack accepts it: a retry after a partial failure posts only what is missing. Every post
-and update waits its turn on a per-channel limiter (about one message a second) shared by
-all notifiers of the same token and channel; a 429 blocks that channel only.
+and update waits its turn on a per-channel pacer (about one message a second, see pacing.py)
+shared by all notifiers of the same service, token and channel; a 429 blocks that channel only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import weakref
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import structlog
-from aiolimiter import AsyncLimiter
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -30,6 +29,7 @@ from alerter.http import retry_after
 from alerter.models import Event, Notification
 from alerter.notifiers import slack_blocks
 from alerter.notifiers.base import Deferred, SendResult, Steps, ThreadLookup, scrub
+from alerter.pacing import Pacers
 from alerter.receivers import SlackConfig
 from alerter.render.slack import render_slack
 
@@ -53,57 +53,19 @@ PERMANENT = frozenset(
 RETRYABLE = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"})
 
 
-class Pacer:
-    """One channel's turn-taking: an aiolimiter bucket plus a Retry-After block."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.limiter = AsyncLimiter(1, interval)
-        self.blocked_until = 0.0
-        self.queued = 0
-
-    def expected_wait(self) -> float:
-        loop = asyncio.get_running_loop()
-        return max(0.0, self.blocked_until - loop.time()) + self.queued * self.interval
-
-    def block(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.blocked_until = max(self.blocked_until, loop.time() + seconds)
-
-    async def turn(self) -> None:
-        self.queued += 1
-        try:
-            loop = asyncio.get_running_loop()
-            while True:  # a 429 seen while waiting for the limiter blocks this turn too
-                while (wait := self.blocked_until - loop.time()) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(wait)
-                await self.limiter.acquire()
-                if self.blocked_until <= loop.time():
-                    return
-        finally:
-            self.queued -= 1
-
-
-_PACERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], Pacer]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def pacer_for(token: str, api_url: str, channel: str, interval: float) -> Pacer:
-    """Shared by every notifier of the same workspace token and channel (in this event loop)."""
-    pacers = _PACERS.setdefault(asyncio.get_running_loop(), {})
-    key = (hashlib.sha256(token.encode()).hexdigest()[:16], api_url, channel)
-    if key not in pacers:
-        pacers[key] = Pacer(interval)
-    return pacers[key]
+def pacer_key(token: str, api_url: str, channel: str) -> tuple[str, str, str]:
+    """Notifiers of the same workspace token and channel share one pacer."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16], api_url, channel
 
 
 class SlackNotifier:
     channel = "slack"
 
-    def __init__(self, receiver: str, config: SlackConfig) -> None:
+    def __init__(self, receiver: str, config: SlackConfig, pacers: Pacers | None = None) -> None:
+        """`pacers`: shared by the notifiers of one service (its own, on the event loop's clock, when not given)."""
         self.receiver = receiver
         self.config = config
+        self.pacers = pacers if pacers is not None else Pacers(time.monotonic, asyncio.sleep)
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncWebClient | None = None
 
@@ -126,9 +88,10 @@ class SlackNotifier:
     def _error(self, message: str) -> str:
         return scrub(message, [self.config.token.get_secret_value()])
 
-    async def _call(self, method: str, paced: bool, **args: Any) -> dict[str, Any]:
+    async def _call(self, method: str, paced: bool, now: datetime, **args: Any) -> dict[str, Any]:
         cfg = self.config
-        pacer = pacer_for(cfg.token.get_secret_value(), cfg.api_url, cfg.channel, cfg.min_interval.total_seconds())
+        key = pacer_key(cfg.token.get_secret_value(), cfg.api_url, cfg.channel)
+        pacer = self.pacers.get(key, cfg.min_interval.total_seconds())
         max_wait = cfg.max_wait.total_seconds()
         for attempt in range(4):
             if paced:
@@ -143,7 +106,7 @@ class SlackNotifier:
                 data = e.response.data if isinstance(e.response.data, dict) else {}
                 code = str(data.get("error", "")) or f"HTTP {status}"
                 if status == 429 or code == "ratelimited":
-                    retry_after = _retry_after(e.response.headers)
+                    retry_after = _retry_after(e.response.headers, now)
                     pacer.block(retry_after)
                     if retry_after <= max_wait and attempt < 3:
                         log.info("slack_rate_limited", receiver=self.receiver, retry_after=retry_after)
@@ -174,7 +137,7 @@ class SlackNotifier:
         }
         if thread_ts:
             args["thread_ts"] = thread_ts
-        data = await self._call("chat.postMessage", paced=True, **args)
+        data = await self._call("chat.postMessage", paced=True, now=now, **args)
         return f"{data.get('channel', self.config.channel)}:{data.get('ts', '')}"
 
     async def _post_step(
@@ -193,7 +156,7 @@ class SlackNotifier:
         resolved = {e.obligation.key_id: e.obligation.meter.partner_reference or e.obligation.meter_id for e in events}
         try:
             history = await self._call(
-                "conversations.history", paced=False, channel=channel, latest=ts, inclusive=True, limit=1
+                "conversations.history", paced=False, now=now, channel=channel, latest=ts, inclusive=True, limit=1
             )
         except DeliveryError as e:
             if e.retryable:
@@ -207,7 +170,7 @@ class SlackNotifier:
         when = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
         blocks = slack_blocks.mark_resolved(original.get("blocks", []), resolved, when)
         await self._call(
-            "chat.update", paced=True, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
+            "chat.update", paced=True, now=now, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
         )
 
     async def send(
@@ -241,7 +204,7 @@ class SlackNotifier:
         return SendResult(first, dict(new_roots))
 
 
-def _retry_after(headers: Mapping[str, Any]) -> float:
+def _retry_after(headers: Mapping[str, Any], now: datetime) -> float:
     value = headers.get("Retry-After", headers.get("retry-after"))
-    seconds = retry_after(str(value) if value is not None else None)
+    seconds = retry_after(str(value) if value is not None else None, now)
     return 1.0 if seconds is None else seconds

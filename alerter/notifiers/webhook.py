@@ -80,7 +80,7 @@ class WebhookNotifier:
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout.total_seconds()),
             ) as resp:
                 status = resp.status
-                after = retry_after(resp.headers.get("Retry-After"))
+                after = retry_after(resp.headers.get("Retry-After"), now)
         except TimeoutError:
             raise self._error(f"no answer within {cfg.timeout.total_seconds():g}s", True) from None
         except (aiohttp.ClientError, OSError) as e:

@@ -11,6 +11,10 @@ every lease when the instance starts (`start_instance`). Every write that belong
 poller (obligations, events, meta, routing) checks the fencing token set by
 `set_fence`, so a deposed leader cannot write (FencedError). Ledger writes are not
 fenced: every replica delivers.
+
+`Store` is the union of small protocols, one per concern (`ObligationStore`, `RoutingStore`,
+`SilenceStore`, `LedgerStore`, `LeadershipStore`, `RetentionStore`): the poller takes the
+obligations, the deliverer the ledger, and only the composition root holds the whole.
 """
 
 from __future__ import annotations
@@ -67,33 +71,12 @@ class Failed(NamedTuple):
     receiver: str
     error: str
     next_attempt_at: datetime | None
+    failed_at: datetime
 
 
-class Store(Protocol):
-    """Implemented by SqliteStore (embedded default) and PostgresStore."""
+class ObligationStore(Protocol):
+    """Obligations and the events they produce, cycle meta (watermark, ...) and history: what the poller writes."""
 
-    url: str
-
-    async def open(self) -> None:
-        """Connect, apply migrations, and (SQLite) take the single-instance lock."""
-
-    async def close(self) -> None: ...
-
-    # -- leadership (PostgreSQL: advisory lock + fencing token; SQLite: always leader) --
-    async def try_acquire_leadership(self, owner: str) -> int | None:
-        """Become the poller if no one else is; returns the new fencing token or None."""
-
-    async def still_leader(self) -> bool:
-        """True while this instance still holds the lease it acquired."""
-
-    async def release_leadership(self) -> None:
-        """Give the lease up now (graceful shutdown) so another replica can take over at once.
-        The fence is kept: a write after this fails once someone else leads."""
-
-    def set_fence(self, token: int | None) -> None:
-        """Fencing token checked by every poller write; None disables the check."""
-
-    # -- cycle state --
     async def get_meta(self, key: str) -> str | None: ...
 
     async def set_meta(self, values: Mapping[str, str]) -> None:
@@ -123,7 +106,15 @@ class Store(Protocol):
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
         """(action_type, deadline, count) over open obligations, for metrics."""
 
-    # -- routing --
+    async def history(self, meter_id: str) -> list[HistoryEntry]: ...
+
+    async def meters_by_reference(self, partner_reference: str) -> list[str]:
+        """The ids of the meters with obligations whose `partner_reference` is this one."""
+
+
+class RoutingStore(Protocol):
+    """Events waiting for routing, groups and their members, and what routing decided."""
+
     async def pending_events(self, limit: int = 1000) -> list[Event]:
         """Events not yet consumed by routing, oldest first."""
 
@@ -148,14 +139,18 @@ class Store(Protocol):
     async def commit_routing(self, write: RoutingWrite) -> None:
         """Fenced, one transaction: see RoutingWrite."""
 
-    # -- silences --
+
+class SilenceStore(Protocol):
     async def add_silence(self, silence: Silence) -> None: ...
 
     async def list_silences(self, now: datetime, include_expired: bool = False) -> list[Silence]: ...
 
     async def expire_silence(self, silence_id: str, now: datetime) -> bool: ...
 
-    # -- instances (every process that delivers) --
+
+class LedgerStore(Protocol):
+    """The delivery ledger (not fenced: every replica delivers) and the instances that deliver."""
+
     async def start_instance(self, owner: str, now: datetime) -> int:
         """Register `owner` as alive at `now`. SQLite (one instance per file): also release every
         lease left by a process that died (nobody else can hold one). Returns leases released."""
@@ -167,7 +162,6 @@ class Store(Protocol):
         """Graceful exit: release the leases `owner` still holds (their rows are due again at
         once) and forget the instance. Returns leases released."""
 
-    # -- delivery ledger (not fenced: every replica delivers) --
     async def claim_deliveries(
         self,
         now: datetime,
@@ -196,8 +190,9 @@ class Store(Protocol):
         receiver: str,
         error: str,
         next_attempt_at: datetime | None,
+        failed_at: datetime,
     ) -> None:
-        """Record a failed attempt; `next_attempt_at=None` makes the row a dead letter."""
+        """Record a failed attempt (at `failed_at`); `next_attempt_at=None` makes the row a dead letter."""
 
     async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
         """Several attempts' outcomes in one transaction, each with the semantics of
@@ -231,13 +226,37 @@ class Store(Protocol):
 
     async def disabled_receivers(self) -> dict[str, str]: ...
 
-    # -- history --
-    async def history(self, meter_id: str) -> list[HistoryEntry]: ...
 
-    async def meters_by_reference(self, partner_reference: str) -> list[str]:
-        """The ids of the meters with obligations whose `partner_reference` is this one."""
+class LeadershipStore(Protocol):
+    """Who polls (PostgreSQL: advisory lock + fencing token; SQLite: always leader)."""
 
-    # -- retention --
+    async def try_acquire_leadership(self, owner: str) -> int | None:
+        """Become the poller if no one else is; returns the new fencing token or None."""
+
+    async def still_leader(self) -> bool:
+        """True while this instance still holds the lease it acquired."""
+
+    async def release_leadership(self) -> None:
+        """Give the lease up now (graceful shutdown) so another replica can take over at once.
+        The fence is kept: a write after this fails once someone else leads."""
+
+    def set_fence(self, token: int | None) -> None:
+        """Fencing token checked by every poller write; None disables the check."""
+
+
+class RetentionStore(Protocol):
     async def purge(self, before: datetime) -> dict[str, int]:
         """Fenced. Forget events, notifications and delivery rows older than `before` that are
         done with (see store/retention.py); returns rows removed per kind."""
+
+
+class Store(ObligationStore, RoutingStore, SilenceStore, LedgerStore, LeadershipStore, RetentionStore, Protocol):
+    """Every concern of the store, opened and closed: implemented by SqliteStore (embedded
+    default) and PostgresStore. A part of the service that needs one concern takes its protocol."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, apply migrations, and (SQLite) take the single-instance lock."""
+
+    async def close(self) -> None: ...

@@ -75,12 +75,6 @@ class ReceiverState:
     enabled_by: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _dialect(store: SqlStore) -> Dialect:
-    from alerter.store.sqlite import SqliteStore
-
-    return "sqlite" if isinstance(store, SqliteStore) else "postgres"
-
-
 class ConsoleStore:
     """The console's queries on one opened store (SQLite or PostgreSQL)."""
 
@@ -88,7 +82,7 @@ class ConsoleStore:
         if not isinstance(store, SqlStore):
             raise TypeError(f"the console needs an SQL store, not {type(store).__name__}")
         self.store = store
-        self.dialect = _dialect(store)
+        self.dialect: Dialect = store.dialect
         self.ts = store._ts
 
     # -- obligations --

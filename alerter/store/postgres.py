@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, ClassVar
@@ -27,9 +27,11 @@ import asyncpg
 
 from alerter.errors import FencedError, StoreError
 from alerter.models import Event, Obligation
-from alerter.store import rows, schema
+from alerter.store import rows
+from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
-from alerter.store.sql import META_UPSERT, SqlStore, Tx, page_rows
+from alerter.store.schema import Dialect
+from alerter.store.sql import META_UPSERT, SqlStore, Tx
 
 _OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int"]
 _UPSERT_OBLIGATIONS = (
@@ -104,9 +106,10 @@ class _PgTx:
             await self._conn.executemany(sql, args)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(SqlStore, Store):
     """The Store on PostgreSQL; `schema` (created if missing) isolates one deployment or test."""
 
+    dialect: ClassVar[Dialect] = "postgres"
     skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"
     partner_reference: ClassVar[str] = "meter ->> 'partner_reference'"
 
@@ -148,17 +151,8 @@ class PostgresStore(SqlStore):
             await self.close()
             raise
 
-    async def _migrate(self) -> None:
-        async with self._write() as tx:
-            await tx.execute("SELECT pg_advisory_xact_lock($1)", self._migrate_key)
-            await tx.execute(schema.CREATE_VERSION_TABLE)
-            found = int(await tx.fetchval(schema.CURRENT_VERSION))
-            if found > len(schema.MIGRATIONS):
-                raise StoreError(schema.too_new(found))
-            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
-                for statement in schema.statements(step, "postgres"):
-                    await tx.execute(statement)
-                await tx.execute(schema.RECORD_VERSION, step)
+    async def _lock_migrations(self, tx: Tx) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock($1)", self._migrate_key)
 
     async def close(self) -> None:
         await self.release_leadership()
@@ -253,15 +247,7 @@ class PostgresStore(SqlStore):
     def _ids(self, values: Sequence[str]) -> Any:
         return list(values)
 
-    async def commit_page(
-        self,
-        obligations: Sequence[Obligation],
-        events: Sequence[Event],
-        meta: Mapping[str, str] | None = None,
-    ) -> int:
-        if not obligations and not events and not meta:
-            return 0
-        obligations, events = page_rows(obligations, events)
+    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
         new = 0
         async with self._write(fenced=True) as tx:
             if obligations:
@@ -271,7 +257,7 @@ class PostgresStore(SqlStore):
                 columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
                 new = await tx.execute(_INSERT_EVENTS, *columns)
             if meta:
-                await tx.executemany(META_UPSERT, list(meta.items()))
+                await tx.executemany(META_UPSERT, meta)
         return new
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:

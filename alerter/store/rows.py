@@ -41,25 +41,12 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    """Fixed-width ISO text, so that SQLite compares instants as strings.
-
-    Memoized by identity: a page's rows repeat the same few datetime objects (the cycle's
-    `now` in every opened_at, last_seen and occurred_at). The memo keeps each object alive,
-    so an id is never reused while it is in there.
-    """
+    """Fixed-width ISO text, so that SQLite compares instants as strings."""
     if dt is None:
         return None
-    hit = _ISO_MEMO.get(id(dt))
-    if hit is not None and hit[0] is dt:
-        return hit[1]
-    text = (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
-    if len(_ISO_MEMO) >= 256:
-        _ISO_MEMO.clear()
-    _ISO_MEMO[id(dt)] = (dt, text)
-    return text
+    return (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
 
 
-_ISO_MEMO: dict[int, tuple[datetime, str]] = {}
 _ZERO = timedelta(0)
 
 

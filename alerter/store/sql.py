@@ -2,8 +2,10 @@
 
 How this works: queries are written once with PostgreSQL-style `$n` parameters (SQLite
 runs them as `?n`). A backend provides `_read()` / `_write(fenced)` transactions, how a
-datetime and a list of ids are bound, and the bulk writes of `commit_page`, where the
-fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL).
+datetime and a list of ids are bound, how migrations are locked against other instances
+(`_lock_migrations`), and the bulk writes of a `commit_page` (`_write_page`), where the
+fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL). Migrating and
+what a page commits (one row per key or id, nothing for an empty page) are written here once.
 """
 
 from __future__ import annotations
@@ -12,12 +14,23 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
+from alerter.errors import StoreError
 from alerter.models import Event, GroupState, Obligation, ObligationKey, RoutingWrite, Silence
-from alerter.store import retention, rows
-from alerter.store.base import Delivery, Failed, HistoryEntry, Sent
+from alerter.store import retention, rows, schema
+from alerter.store.base import (
+    Delivery,
+    Failed,
+    HistoryEntry,
+    LedgerStore,
+    ObligationStore,
+    RetentionStore,
+    RoutingStore,
+    Sent,
+    SilenceStore,
+)
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 
 NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
@@ -77,10 +90,12 @@ class Tx(Protocol):
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
 
-class SqlStore(ABC):
+class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, RetentionStore, ABC):
     """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
 
     url: str
+    dialect: ClassVar[schema.Dialect]
+    """Which rendering of the schema's migrations this backend applies."""
     skip_locked: ClassVar[str] = ""
     """Row-locking suffix for the claim query (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
     partner_reference: ClassVar[str] = "json_extract(meter, '$.partner_reference')"
@@ -109,14 +124,38 @@ class SqlStore(ABC):
         """Bind a list of ids for `_in`."""
 
     @abstractmethod
+    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
+        """Fenced, one transaction: a page's rows (at most one per key or id) in bulk, each store
+        its own way (SQLite in one trip to its thread, PostgreSQL as arrays). Returns how many
+        events were new."""
+
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Inside the migrating transaction, before the version is read: keep other instances
+        from migrating at the same time. SQLite: nothing (its write transaction locks the file)."""
+
+    async def _migrate(self) -> None:
+        """Apply the schema steps not yet applied, in one transaction."""
+        async with self._write() as tx:
+            await self._lock_migrations(tx)
+            await tx.execute(schema.CREATE_VERSION_TABLE)
+            found = int(await tx.fetchval(schema.CURRENT_VERSION))
+            if found > len(schema.MIGRATIONS):
+                raise StoreError(schema.too_new(found))
+            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
+                for statement in schema.statements(step, self.dialect):
+                    await tx.execute(statement)
+                await tx.execute(schema.RECORD_VERSION, step)
+
     async def commit_page(
         self,
         obligations: Sequence[Obligation],
         events: Sequence[Event],
         meta: Mapping[str, str] | None = None,
     ) -> int:
-        """Fenced, one transaction (see Store.commit_page): each store writes its rows in bulk
-        its own way (SQLite in one trip to its thread, PostgreSQL as arrays)."""
+        if not obligations and not events and not meta:
+            return 0
+        unique, new = page_rows(obligations, events)
+        return await self._write_page(unique, new, list(meta.items()) if meta else [])
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         """Insert (group key, event id) rows in this order, ignoring those already present."""
@@ -369,22 +408,21 @@ class SqlStore(ABC):
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
 
     async def mark_failed(
-        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None
+        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None, failed_at: datetime
     ) -> None:
-        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at)])
+        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at, failed_at)])
 
     async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
         if not sent and not failed:
             return
         ts = self._ts
-        now = ts(datetime.now(UTC))
         async with self._write() as tx:
             if sent:
                 await tx.executemany(_MARK_SENT, [(s[0], s[1], ts(s[2]), s[3]) for s in sent])
             if failed:
                 await tx.executemany(
                     _MARK_FAILED,
-                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), now) for f in failed],
+                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), ts(f[4])) for f in failed],
                 )
 
     def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:

@@ -20,19 +20,21 @@ import fcntl
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosqlite
 
 from alerter.errors import StoreError
 from alerter.models import Event, Obligation
-from alerter.store import rows, schema
+from alerter.store import rows
+from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
-from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx, page_rows
+from alerter.store.schema import Dialect
+from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx
 
 _UPSERT_OBLIGATION = (
     f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) VALUES "
@@ -126,12 +128,14 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(SqlStore, Store):
     """The Store on one SQLite file (or `:memory:`).
 
     `shared=True` skips the single-instance lock: for short CLI commands (silences, dead
     letters, history) beside a running service; SQLite's own locking keeps them safe.
     """
+
+    dialect: ClassVar[Dialect] = "sqlite"
 
     def __init__(self, url: str, *, shared: bool = False) -> None:
         super().__init__()
@@ -184,17 +188,6 @@ class SqliteStore(SqlStore):
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
-
-    async def _migrate(self) -> None:
-        async with self._write() as tx:
-            await tx.execute(schema.CREATE_VERSION_TABLE)
-            found = int(await tx.fetchval(schema.CURRENT_VERSION))
-            if found > len(schema.MIGRATIONS):
-                raise StoreError(schema.too_new(found))
-            for step in range(found + 1, len(schema.MIGRATIONS) + 1):
-                for statement in schema.statements(step, "sqlite"):
-                    await tx.execute(statement)
-                await tx.execute(schema.RECORD_VERSION, step)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -278,20 +271,12 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
 
-    async def commit_page(
-        self,
-        obligations: Sequence[Obligation],
-        events: Sequence[Event],
-        meta: Mapping[str, str] | None = None,
-    ) -> int:
-        if not obligations and not events and not meta:
-            return 0
-        unique, new = page_rows(obligations, events)
+    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
         count: int = await self._in_one_hop(
             _commit_page,
-            [rows.obligation_params(o, rows.iso) for o in unique],
-            [rows.event_params(e, rows.iso) for e in new],
-            list(meta.items()) if meta else [],
+            [rows.obligation_params(o, rows.iso) for o in obligations],
+            [rows.event_params(e, rows.iso) for e in events],
+            meta,
         )
         return count
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -57,6 +57,8 @@ class FakeSlack:
 
     token: str = "xoxb-test-token"
     port: int = 0
+    clock: Callable[[], float] = time.monotonic
+    """What stamps each call's `at` (a pacing test gives its fake clock)."""
     calls: list[SlackCall] = field(default_factory=list)
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     faults: deque[tuple[str, str, float]] = field(default_factory=deque)
@@ -95,14 +97,14 @@ class FakeSlack:
             self.faults.popleft()
         elif self.faults and self.faults[0][0] == method:
             _, fault, retry_after = self.faults.popleft()
-            self.calls.append(SlackCall(f"{method}!{fault}", args, time.monotonic(), token))
+            self.calls.append(SlackCall(f"{method}!{fault}", args, self.clock(), token))
             if fault == "ratelimited":
                 body = {"ok": False, "error": "ratelimited"}
                 return web.json_response(body, status=429, headers={"Retry-After": f"{retry_after:g}"})
             if fault == "500":
                 return web.Response(status=500, text="upstream exploded")
             return web.json_response({"ok": False, "error": fault})
-        self.calls.append(SlackCall(method, args, time.monotonic(), token))
+        self.calls.append(SlackCall(method, args, self.clock(), token))
         if token != self.token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         if method == "chat.postMessage":
