@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check lint types unit bench clean screenshots
+.PHONY: venv demo test check lint types unit bench soak clean screenshots
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ screenshots: $(STAMP)
 
 bench: $(STAMP)
 	./scripts/with-postgres.sh $(BIN)/python -m bench.run
+
+# Not part of `make test`: the service under churn and faults for SOAK_DURATION, then exactly-once,
+# flat memory and clean logs are checked (bench/soak.py). SOAK_STORE=postgres runs it beside a
+# private cluster, which it also stops and starts; SOAK_ARGS passes more options.
+SOAK_DURATION ?= 10m
+SOAK_STORE ?= sqlite
+soak: $(STAMP)
+	$(if $(filter postgres,$(SOAK_STORE)),./scripts/with-postgres.sh )$(BIN)/python -m bench.soak \
+		--duration $(SOAK_DURATION) --store $(SOAK_STORE) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
