@@ -312,3 +312,6 @@ class RoutingWrite:
     """(event id, silence id) pairs."""
     unrouted: Sequence[tuple[str, str]] = ()
     """(event id, event kind) of consumed events that no rule took: counted, nothing to write."""
+    told: Sequence[tuple[str, str]] = ()
+    """(obligation key id, receiver) of openings, changes and reminders queued in a group: the
+    receiver will be told of them, so their resolution goes to it even before the group flushes."""

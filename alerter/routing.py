@@ -124,7 +124,8 @@ def plan(
     now: datetime,
 ) -> RoutingWrite:
     """Route events into groups. `groups`: the stored heads (see `Store.group_heads`; members
-    are not needed). `notified`: obligation key id -> receivers told of its opening.
+    are not needed). `notified`: obligation key id -> receivers told of its opening (or with an
+    event of it queued in a group: `told` records those).
 
     Every event ends in `consumed` once (an id given twice is routed once); a silenced one
     in `silenced` instead of a group; one that no rule takes (no rule matches and there is no
@@ -145,6 +146,9 @@ def plan(
     silenced: list[tuple[str, str]] = []
     unrouted: list[tuple[str, str]] = []
     initial: list[Event] = []
+    queued: dict[str, set[str]] = {}
+    """obligation key id -> receivers an event of it was queued to in this call (an opening
+    still waiting in its group counts as told: its resolution must follow it)."""
     for ev in events:
         ev_id = ev.id
         if ev_id in consumed:
@@ -162,8 +166,11 @@ def plan(
         if not placed and ev.kind != "reminder":  # a reminder no rule asks for is not a miss
             unrouted.append((ev_id, ev.kind))
         if ev.kind == "resolved":
-            told = notified.get(ev.obligation.key_id) or set()
+            key_id = ev.obligation.key_id
+            told = (notified.get(key_id) or set()) | queued.get(key_id, set())
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
+        elif placed:
+            queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
         for p in placed:
             key = p.key
             add((key, ev_id))
@@ -180,6 +187,7 @@ def plan(
         notifications=digest(initial, router, now) if initial else [],
         silenced=silenced,
         unrouted=unrouted,
+        told=[(key_id, receiver) for key_id, receivers in queued.items() for receiver in sorted(receivers)],
     )
 
 

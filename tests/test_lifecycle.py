@@ -74,6 +74,7 @@ async def world(
     meters: int = 20,
     action_rate: float = 0.0,
     remind: str = "{}",
+    group_wait: str = "0s",
     **cfg: str,
 ) -> AsyncIterator[World]:
     portfolio = Portfolio(meters, action_rate=action_rate, seed=3)
@@ -82,7 +83,9 @@ async def world(
         webhook_collector([WEBHOOK_SECRET]) as hook,
         state_url(backend, tmp_path) as url,
     ):
-        path = write_config(tmp_path, config_yaml(sim.url, url, **cfg), rules_yaml(hook.url(), remind=remind))
+        path = write_config(
+            tmp_path, config_yaml(sim.url, url, **cfg), rules_yaml(hook.url(), remind=remind, group_wait=group_wait)
+        )
         async with running(load(path)) as service:
             yield World(portfolio, sim, hook, service)
 
@@ -109,6 +112,20 @@ async def test_opened_changed_noop_resolved(tmp_path: Path, backend: str, check:
         assert events_of(await w.cycle()) == [("action.resolved", "AUTH_0001")]
         assert await w.cycle() == []  # and only once
         assert list(await w.service.store.group_heads()) == []  # idle groups are cleaned up
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_action_resolved_before_its_group_flushed_is_told_resolved(tmp_path: Path, backend: str) -> None:
+    async with world(tmp_path, backend, group_wait="5m") as w:
+        assert await w.cycle() == []
+        m = w.meters[0]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        await w.service.run_cycle()  # routed into its group, which waits for group_wait
+        assert w.hook.delivered() == []
+        w.portfolio.resolve_action(m, "AUTH_0001")
+        bodies = await w.cycle()  # resolved before the group flushed
+        assert sorted(events_of(bodies)) == [("action.opened", "AUTH_0001"), ("action.resolved", "AUTH_0001")]
+        assert await w.cycle() == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -396,3 +396,23 @@ def test_initial_events_become_one_digest_per_receiver() -> None:
 
 def test_silence_matchers_use_the_rule_language() -> None:
     assert compile_matcher({"event": "reminder"}).matches(make_event("reminder", detail="overdue"), NOW)
+
+
+def test_a_resolution_follows_an_opening_still_waiting_in_its_group() -> None:
+    """Opened and resolved before the group flushed: the receiver is told of both, not of the
+    opening alone (it would believe the action still open)."""
+    router = Router(GROUPED)
+    opened, resolved = make_event("opened"), make_event("resolved")
+    assert opened.obligation.key_id == resolved.obligation.key_id
+    first = plan([opened], router, {}, {}, [], NOW)
+    queued = {(key_id, receiver) for key_id, receiver in first.told}
+    assert queued and {k for k, _ in queued} == {opened.obligation.key_id}
+    told: dict[str, set[str]] = {}
+    for key_id, receiver in first.told:  # what the store's `notified` holds after the write
+        told.setdefault(key_id, set()).add(receiver)
+    later = plan([resolved], router, {g.key: g for g in first.groups}, told, [], NOW)
+    assert {g for g, _ in later.appended} <= {g.key for g in first.groups}
+    assert [e for _, e in later.appended] and all(e == resolved.id for _, e in later.appended)
+    # both in one call: the same
+    both = plan([opened, resolved], router, {}, {}, [], NOW)
+    assert {e for _, e in both.appended} == {opened.id, resolved.id}

@@ -288,6 +288,9 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
             if write.silenced:
                 sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
                 await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
+            if write.told:  # queued to be told: a resolution before the group flushes follows it
+                sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                await tx.executemany(sql, list(dict.fromkeys(write.told)))
 
     async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
         ts, notes = self._ts, write.notifications
