@@ -58,12 +58,14 @@ def dispatch(args: argparse.Namespace) -> int:
         from alerter import leapwebhooks
 
         return leapwebhooks.main(args)
-    if command in ("run", "once"):
-        from alerter import service
+    if command == "run":
+        from alerter.runtime import run_service
 
-        if command == "run":
-            return service.run(args.config, verbose=args.verbose)
-        return service.once(args.config, deadline=args.deadline, verbose=args.verbose)
+        return run_service(args.config, verbose=args.verbose)
+    if command == "once":
+        from alerter.oneshot import once
+
+        return once(args.config, deadline=args.deadline, verbose=args.verbose)
     handler = _STATE_COMMANDS.get(command)
     if handler is None:
         raise AlerterError(f"unknown command: {command}")

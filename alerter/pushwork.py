@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from aiohttp import web
@@ -32,7 +33,30 @@ from alerter.store.inbox import Inbox, InboxEvent
 from alerter.web import start_server
 
 if TYPE_CHECKING:
-    from alerter.service import Service
+    from alerter.config import Config
+    from alerter.delivery import DeliveryStats
+    from alerter.metrics import Metrics
+    from alerter.store.base import Store
+
+
+class PushingService(Protocol):
+    """What the push worker reads of the service and asks of it (the service implements it)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def leader(self) -> bool: ...
+    @property
+    def workers(self) -> object | None: ...
+    async def targeted_cycle(self, meter_ids: Sequence[str], now: datetime | None = None) -> CycleReport | None: ...
+    async def deliver_step(self, now: datetime | None = None) -> DeliveryStats: ...
+
 
 BATCH = 10_000
 """Inbox events taken per step."""
@@ -54,7 +78,7 @@ log = structlog.get_logger("alerter.push")
 class PushWorker:
     """Leap's webhooks for one Service: the endpoint (`receiver`) and the processing loop."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: PushingService) -> None:
         self.service = service
         self.inbox = Inbox(service.store)
         self.metrics = PushMetrics(service.metrics.registry)

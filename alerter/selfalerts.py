@@ -18,8 +18,9 @@ sweep reads every record again. `sweep_incomplete` clears with the next complete
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -27,12 +28,28 @@ from alerter.errors import SourceError
 from alerter.models import Notification, RoutingWrite
 
 if TYPE_CHECKING:
+    from alerter.config import Config
     from alerter.poller import CycleReport
-    from alerter.service import Service
+    from alerter.store.base import RoutingStore
+    from alerter.web import Health
+
+
+class AlertingService(Protocol):
+    """What self-alerts read of the service and write through it (the service implements it)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def health(self) -> Health: ...
+    @property
+    def leader(self) -> bool: ...
+    @property
+    def store(self) -> RoutingStore: ...
+    def wake_delivery(self, receivers: Iterable[str] | None = None) -> None: ...
 
 
 class SelfAlerts:
-    def __init__(self, service: Service, receiver: str | None) -> None:
+    def __init__(self, service: AlertingService, receiver: str | None) -> None:
         self.service = service
         self.receiver = receiver
         self.log = structlog.get_logger("alerter.selfalerts")

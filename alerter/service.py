@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +18,7 @@ from typing import TextIO
 
 import structlog
 
-from alerter.config import Config, load_config
+from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
 from alerter.errors import FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
@@ -37,7 +36,6 @@ from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.tuning import tune_gc
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
@@ -433,51 +431,3 @@ class Service:
         m.set_receivers(now, self.notifiers, health, pending, await self.store.oldest_undelivered())
         self.alerts.receivers_failing(now, self.deliverer.failing(self.notifiers))
         await self.alerts.ledger_state(now, dead, await self.store.disabled_receivers())
-
-
-def run(config_path: str, *, verbose: bool = False) -> int:
-    from alerter.runtime import run_service
-
-    return run_service(config_path, verbose=verbose)
-
-
-def once(config_path: str, *, deadline: float, verbose: bool = False) -> int:
-    """One cycle, then deliver what it produced. 0 all delivered; 1 a failure; 2 bad config."""
-    from alerter import logs
-
-    config = load_config(config_path)
-    # a failed cycle is the one line _once prints: the service's own lines about it would repeat it
-    failed = ("cycle_failed", "self_alert:auth_refused", "self_alert:source_down", "self_alert:stale")
-    reported = () if verbose else failed
-    logs.configure(config.log.format, "debug" if verbose else config.log.level, reported=reported)
-    tune_gc()
-    return asyncio.run(_once(config, deadline))
-
-
-async def _once(config: Config, deadline: float) -> int:
-    service = Service(config)
-    await service.start()
-    try:
-        try:
-            if await service.run_cycle(flush_all=True) is None:
-                print("alerter: another instance holds the polling lease; this run only delivers", file=sys.stderr)
-        except SourceError as err:
-            print(f"alerter: {err}", file=sys.stderr)
-            await service.drain(min(deadline, 5.0))
-            return 1
-        stats = await service.drain(deadline)
-        if stats.undelivered:
-            print(
-                f"alerter: {stats.undelivered} notification(s) still undelivered; they stay queued",
-                file=sys.stderr,
-            )
-            return 1
-        if sum(stats.dead.values()):
-            print(
-                f"alerter: {sum(stats.dead.values())} notification(s) failed permanently (see `alerter dlq list`)",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    finally:
-        await service.close()

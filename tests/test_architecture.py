@@ -64,9 +64,6 @@ PURE_FROM_NOTIFIERS = {"alerter.notifiers", "alerter.notifiers.slack_blocks"}
 CORE); importing it loads the `alerter.notifiers` package, whose `__init__` imports nothing at run time."""
 
 ALLOWED_CYCLES = {
-    ("alerter.service", "alerter.runtime"): "service.run imports runtime inside the function",
-    ("alerter.selfalerts", "alerter.service"): "selfalerts names Service under TYPE_CHECKING",
-    ("alerter.pushwork", "alerter.service"): "the push worker names Service under TYPE_CHECKING",
     ("alerter.sim.push", "alerter.sim.app"): "the simulator's push reads the app's request key inside functions",
     ("alerter.console.app", "alerter.console.api"): "the console app adds the API's routes inside a function",
     ("alerter.console.app", "alerter.console.pages"): "the console app adds the pages' routes inside a function",
