@@ -34,8 +34,9 @@ from typing import Any
 import aiohttp
 
 from alerter.config import PollConfig, SourceConfig
+from alerter.decoding import Page
 from alerter.poller import Poller, read_ahead
-from alerter.source import LeapClient, Page
+from alerter.source import LeapClient
 from alerter.store.sqlite import SqliteStore
 from alerter.tuning import tune_gc
 from bench.bench_source import API_KEY, Simulator

@@ -27,8 +27,9 @@ import psutil
 from pydantic import TypeAdapter
 
 from alerter.config import SourceConfig
+from alerter.decoding import SearchResponse
 from alerter.models import Record
-from alerter.source import LeapClient, SearchResponse
+from alerter.source import LeapClient
 from alerter.tuning import tune_gc
 
 RESULTS = Path(__file__).resolve().parent / "results" / "source.json"

@@ -11,9 +11,10 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from alerter.decoding import _decode_each, decode_page
 from alerter.errors import SourceError
 from alerter.sim import Portfolio
-from alerter.source import LeapClient, _decode_each, decode_page, search_body
+from alerter.source import LeapClient, search_body
 from tests.support.leap import API_KEY, FAST, check_request, leap, matches, source_config
 
 SEARCH = "/v2/meters/enrollments/search"

@@ -16,9 +16,10 @@ from aiohttp import web
 
 from alerter import source
 from alerter.config import SourceConfig
+from alerter.decoding import Page, peek_next_token
 from alerter.errors import SourceError
 from alerter.readahead import read_ahead
-from alerter.source import LeapClient, Page, peek_next_token
+from alerter.source import LeapClient
 from tests.support.leap import FAST
 
 Render = Callable[[list[dict[str, Any]], str | None], bytes]
