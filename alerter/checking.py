@@ -13,15 +13,15 @@ from pydantic import ValidationError
 from alerter.config import Config, load_config
 from alerter.diff import diff_records, resolve
 from alerter.errors import ConfigError
+from alerter.grouping import flush, plan
 from alerter.models import Event, Notification, ObligationKey, Record
 from alerter.render.console import summary
 from alerter.render.email import render_email
 from alerter.render.samples import check_templates, sample_notifications
 from alerter.render.slack import render_slack
 from alerter.render.webhook import webhook_body
-from alerter.router import Router
-from alerter.routing import flush, plan
-from alerter.rules import check_warnings
+from alerter.routes import Router
+from alerter.rulefile import check_warnings
 from alerter.store.memory import GroupBook
 
 EXIT_OK, EXIT_USAGE = 0, 2

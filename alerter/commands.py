@@ -90,7 +90,7 @@ def _fmt(dt: datetime | None) -> str:
 
 
 async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
-    from alerter.matching import parse_silence_matchers
+    from alerter.matchers import parse_silence_matchers
     from alerter.models import Silence
 
     now = _now()

@@ -35,7 +35,7 @@ from alerter.errors import ConfigError
 from alerter.yamlload import YamlDoc, load_yaml, sort_problems, validation_problems
 
 if TYPE_CHECKING:
-    from alerter.rules import RuleSet
+    from alerter.rulefile import RuleSet
 
 __all__ = ["STRICT", "Config", "Duration", "format_duration", "load_config", "parse_duration"]
 
@@ -218,7 +218,7 @@ class Config(BaseModel):
     def ruleset(self) -> RuleSet:
         """The compiled rules (empty when the Config was not built by load_config)."""
         if self._ruleset is None:
-            from alerter.rules import RuleSet
+            from alerter.rulefile import RuleSet
 
             return RuleSet()
         return self._ruleset
@@ -240,7 +240,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
     Raises ConfigError with every problem as `FILE:LINE:COL: message`. `env` replaces
     `os.environ` for `${VAR}` expansion (tests).
     """
-    from alerter.rules import compile_rules
+    from alerter.rulefile import compile_rules
 
     doc = load_yaml(path, env=env)
     problems = list(doc.problems)

@@ -21,6 +21,7 @@ import structlog
 from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
 from alerter.errors import FencedError, SourceError
+from alerter.grouping import SilenceCheck, flush, idle_before, plan
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Event, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
@@ -30,9 +31,8 @@ from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import reminders_due
-from alerter.router import Router
-from alerter.routing import SilenceCheck, flush, idle_before, plan
-from alerter.rules import RuleSet
+from alerter.routes import Router
+from alerter.rulefile import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store

@@ -33,7 +33,7 @@ import aiohttp
 from alerter.config import Config
 from alerter.console.core import Cursor
 from alerter.models import Meter, Obligation
-from alerter.rules import RuleSet
+from alerter.rulefile import RuleSet
 from alerter.store import open_store
 from alerter.store.base import Store
 from alerter.web import Health, make_app, start_server

@@ -26,9 +26,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alerter.grouping import flush, plan
 from alerter.models import Event, EventKind, Meter, Obligation, event_id
-from alerter.routing import Router, flush, plan
-from alerter.rules import RuleSet, compile_rules
+from alerter.routes import Router
+from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
 from alerter.tuning import tune_gc
 from alerter.yamlload import parse_yaml

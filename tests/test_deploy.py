@@ -413,12 +413,12 @@ def test_config_loads_with_the_project_loader(path: Path, deploy_env: dict[str, 
 
 def test_rules_load_with_the_project_loader(deploy_env: dict[str, str]) -> None:
     try:  # imported by name: the module may not exist yet when this file is type-checked
-        rules_module = importlib.import_module("alerter.rules")
+        rules_module = importlib.import_module("alerter.rulefile")
     except ImportError as err:
-        pytest.skip(f"alerter.rules is not available yet: {err}")
+        pytest.skip(f"alerter.rulefile is not available yet: {err}")
     load_rules = getattr(rules_module, "load_rules", None)
     if load_rules is None:
-        pytest.skip("alerter.rules.load_rules is not available yet")
+        pytest.skip("alerter.rulefile.load_rules is not available yet")
     ruleset = load_rules(RULES_FILE)
     assert ruleset is not None
 

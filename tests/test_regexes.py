@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerter.matching import compile_matcher
+from alerter.matchers import compile_matcher
 from alerter.regexes import compile_search
 from tests.test_rules import NOW, make_event
 

@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from alerter.matching import compile_matcher
+from alerter.grouping import SilenceCheck, digest, flush, idle_before, notification_id, plan
+from alerter.matchers import compile_matcher
 from alerter.models import Event, GroupState, RoutingWrite, Silence
-from alerter.routing import Router, SilenceCheck, digest, flush, idle_before, notification_id, plan
-from alerter.rules import RuleSet, compile_rules
+from alerter.routes import Router
+from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event

@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alerter.grouping import flush, idle_before, plan
 from alerter.models import Event
 from alerter.reminders import RemindPolicy, reminders_due
-from alerter.routing import Router, flush, idle_before, plan
-from alerter.rules import RuleSet, compile_rules
+from alerter.routes import Router
+from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
 from tests.test_rules import NOW, make_event

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from alerter.errors import ConfigError
-from alerter.matching import FIELDS, GETTERS, MatcherError, compile_matcher, parse_silence_matchers
+from alerter.matchers import FIELDS, GETTERS, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Event, EventKind, Meter, Obligation, event_id
-from alerter.rules import RuleSet, check_warnings, load_rules
+from alerter.rulefile import RuleSet, check_warnings, load_rules
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
 REPO = Path(__file__).parent.parent

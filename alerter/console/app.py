@@ -24,7 +24,7 @@ from alerter.store.console import ConsoleStore
 
 if TYPE_CHECKING:
     from alerter.config import Config
-    from alerter.rules import RuleSet
+    from alerter.rulefile import RuleSet
     from alerter.store.base import Store
 
 CSP = (

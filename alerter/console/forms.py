@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from alerter.durations import parse_duration
-from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
+from alerter.matchers import Matcher, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Obligation, Silence
 
 PREVIEW_LIMIT = 200

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from alerter.checking import render, snapshot_events
 from alerter.config import Config
 from alerter.diff import resolve
+from alerter.grouping import flush, plan
 from alerter.models import Event, EventKind, Obligation, Record, event_id
-from alerter.router import Router
-from alerter.routing import flush, plan
+from alerter.routes import Router
 from alerter.store.memory import GroupBook
 
 KINDS: tuple[EventKind, ...] = ("opened", "changed", "reminder", "resolved")

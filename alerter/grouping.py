@@ -1,7 +1,7 @@
 """Grouping decisions (pure): events into groups, due groups into notifications, initial-sync
 digests. No IO, no clock: `now` is an argument.
 
-How this works: `plan` routes each event (see alerter.router) and puts each (rule,
+How this works: `plan` routes each event (see alerter.routes) and puts each (rule,
 receiver, group_by values) in a group: a new group flushes `group_wait` after its first
 event; an event joining a group with pending events leaves its flush time alone; one
 joining an idle group flushes at `last_flush_at + group_interval` (or now, if that is
@@ -24,41 +24,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import NamedTuple
 
-from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
+from alerter.matchers import Matcher, MatcherError, compile_matcher
 from alerter.models import Event, GroupState, Notification, RoutingWrite, Silence
-from alerter.router import (
-    DEFAULT_GROUP_BY,
+from alerter.routes import (
     DEFAULT_GROUP_INTERVAL,
-    DEFAULT_GROUP_WAIT,
-    DEFAULT_REMIND,
     Placement,
     Router,
-    Rule,
     RuleTable,
-    Target,
 )
-
-__all__ = [
-    "DEFAULT_GROUP_BY",
-    "DEFAULT_GROUP_INTERVAL",
-    "DEFAULT_GROUP_WAIT",
-    "DEFAULT_REMIND",
-    "FlushResult",
-    "Placement",
-    "Router",
-    "Rule",
-    "RuleTable",
-    "SilenceCheck",
-    "Target",
-    "active_silences",
-    "digest",
-    "flush",
-    "idle_before",
-    "notification_id",
-    "parse_silence_matchers",
-    "plan",
-    "silence_problem",
-]
 
 
 def active_silences(silences: Iterable[Silence], now: datetime) -> list[tuple[str, Matcher]]:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from alerter.matching import FIELDS, GETTERS, Condition, Matcher, field_text
+from alerter.matchers import FIELDS, GETTERS, Condition, Matcher, field_text
 from alerter.models import Event, Obligation
 from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies
 

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from alerter.durations import Duration
 from alerter.errors import ConfigError
-from alerter.matching import FIELDS, Matcher, compile_matcher, did_you_mean
+from alerter.matchers import FIELDS, Matcher, compile_matcher, did_you_mean
 from alerter.receivers import ConsoleConfig, EmailConfig, SlackConfig, WebhookConfig
 from alerter.reminders import RemindPolicy
-from alerter.router import (
+from alerter.routes import (
     DEFAULT_GROUP_BY,
     DEFAULT_GROUP_INTERVAL,
     DEFAULT_GROUP_WAIT,
