@@ -42,13 +42,9 @@ from alerter.isolation import Faults, commit_apart, diff_apart, load_apart
 from alerter.models import Event, Obligation, ObligationKey, Record
 from alerter.readahead import read_ahead as read_ahead
 from alerter.readahead import read_ahead_groups
-from alerter.store.base import ObligationStore
+from alerter.store.base import META_INITIALIZED, META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK, ObligationStore
 
 CycleKind = Literal["initial", "incremental", "reconcile", "push"]
-META_WATERMARK = "watermark"
-META_INITIALIZED = "initialized"
-META_LAST_RECONCILE = "last_reconcile_at"
-META_LAST_CYCLE = "last_cycle_at"
 RESOLVE_BATCH = 500
 _METER_ID = operator.attrgetter("meter_id")
 READ_AHEAD = 4

@@ -27,8 +27,9 @@ import structlog
 from aiohttp import web
 
 from alerter.errors import SourceError
-from alerter.poller import META_INITIALIZED, CycleReport
+from alerter.poller import CycleReport
 from alerter.pushin import PushMetrics, Receiver
+from alerter.store.base import META_INITIALIZED
 from alerter.store.inbox import Inbox, InboxEvent
 from alerter.web import start_server
 

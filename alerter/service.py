@@ -27,7 +27,7 @@ from alerter.models import Event, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.pacing import Pacers
-from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
+from alerter.poller import CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import reminders_due
@@ -36,6 +36,7 @@ from alerter.rulefile import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
+from alerter.store.base import META_LAST_CYCLE
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 

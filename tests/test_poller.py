@@ -21,6 +21,7 @@ from alerter.errors import SourceError
 from alerter.models import Record
 from alerter.poller import Poller
 from alerter.readahead import read_ahead, read_ahead_groups
+from alerter.store.base import META_LAST_CYCLE, META_WATERMARK
 from alerter.store.sqlite import SqliteStore
 from tests.test_diff import T0, action, record
 
@@ -230,7 +231,7 @@ async def test_a_failed_read_keeps_what_the_pages_before_it_found(store: Countin
         await Poller(store, ListSource(pages, fail_after=2), PollConfig()).run_cycle(T0)
     assert store.commits == [2]
     assert await store.open_meter_ids() == [_meter(0), _meter(1)]
-    assert await store.get_meta(poller.META_WATERMARK) is None  # the watermark did not move
+    assert await store.get_meta(META_WATERMARK) is None  # the watermark did not move
 
 
 async def test_a_sweep_reads_state_only_for_meters_that_can_change(store: CountingStore) -> None:
@@ -282,4 +283,4 @@ async def test_a_meter_whose_stored_state_cannot_be_read_is_set_apart(store: Cou
     assert report.events == {"changed": 4}  # the others' changes, committed; nothing resolved
     (entry,) = [e for e in logs if e["event"] == "meter_failed"]
     assert (entry["meter_id"], entry["stage"]) == (bad, "load") and "ValidationError" in entry["error"]
-    assert await store.get_meta(poller.META_LAST_CYCLE) is not None  # the cycle completed
+    assert await store.get_meta(META_LAST_CYCLE) is not None  # the cycle completed

@@ -10,8 +10,8 @@ import pytest
 
 from alerter import templates
 from alerter.models import Event
-from alerter.notifiers import slack_blocks
 from alerter.receivers import EmailConfig, SlackConfig
+from alerter.render import slack_blocks
 from alerter.render.email import render_email
 from alerter.render.samples import check_templates, sample_notifications
 from alerter.render.slack import render_slack

@@ -12,7 +12,7 @@ from alerter.console import core, forms
 from alerter.console.app import json_response
 from alerter.console.auth import Identity
 from alerter.console.core import QueryError, obligation_json
-from alerter.poller import META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK
+from alerter.store.base import META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK
 
 if TYPE_CHECKING:
     from alerter.console.app import Console

@@ -27,10 +27,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from alerter.errors import DeliveryError
 from alerter.http import retry_after
 from alerter.models import Event, Notification
-from alerter.notifiers import slack_blocks
 from alerter.notifiers.base import Deferred, SendResult, Steps, ThreadLookup, scrub
 from alerter.pacing import Pacers
 from alerter.receivers import SlackConfig
+from alerter.render import slack_blocks
 from alerter.render.slack import render_slack
 
 log = structlog.get_logger("alerter.notifiers.slack")

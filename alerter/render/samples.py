@@ -10,8 +10,8 @@ from typing import Any
 from jinja2 import TemplateError, TemplateSyntaxError
 
 from alerter.models import Event, Meter, Notification, Obligation, event_id
-from alerter.notifiers import slack_blocks
 from alerter.receivers import EmailConfig, SlackConfig
+from alerter.render import slack_blocks
 from alerter.render.email import render_email
 from alerter.render.slack import render_slack
 

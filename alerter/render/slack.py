@@ -8,8 +8,8 @@ from typing import Any
 
 from alerter import templates
 from alerter.models import Notification
-from alerter.notifiers import slack_blocks
 from alerter.receivers import SlackConfig
+from alerter.render import slack_blocks
 
 
 @dataclass(frozen=True)

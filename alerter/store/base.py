@@ -29,6 +29,14 @@ from alerter.models import Event, GroupState, Notification, Obligation, Obligati
 DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
 
 
+# Meta keys the state holds: the server's `audit.updated_at` high-water mark, whether the initial
+# sync is committed, and when the last full sweep and the last cycle were committed.
+META_WATERMARK = "watermark"
+META_INITIALIZED = "initialized"
+META_LAST_RECONCILE = "last_reconcile_at"
+META_LAST_CYCLE = "last_cycle_at"
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One ledger row: a notification to one receiver, and its delivery history."""
