@@ -86,6 +86,28 @@ class Target(NamedTuple):
     receiver: str
 
 
+def route_in_order(table: RuleTable, event: Any, now: datetime) -> list[Target]:
+    """The specification of routing, without the index: every rule in order, the first match
+    stopping unless `continue`, the fallback when nothing matched; a reminder reaches a rule only
+    if its `remind` policy asks for it. `Router.route` is the fast path of exactly this (a
+    property test holds them equal)."""
+    out: list[Target] = []
+    matched = False
+    for rule in table.rules:
+        if not rule.matcher.matches(event, now):
+            continue
+        matched = True
+        if event.kind == "reminder" and not rule.remind.accepts(event.detail):
+            continue
+        out.extend(Target(rule, r) for r in rule.receivers)
+        if not rule.continue_:
+            break
+    fb = table.fallback
+    if not matched and fb is not None and (event.kind != "reminder" or fb.remind.accepts(event.detail)):
+        out.extend(Target(fb, r) for r in fb.receivers)
+    return out
+
+
 class Placement(NamedTuple):
     """Where one event goes: a target and its group (key and group_by values)."""
 
