@@ -77,7 +77,7 @@ def make_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     if console is not None:
-        from alerter.console.app import mount
+        from alerter.console.site import mount
 
         mount(app, console)
     return app

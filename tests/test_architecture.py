@@ -59,15 +59,6 @@ FORBIDDEN = [
     "alerter.config",
 ]
 
-ALLOWED_CYCLES = {
-    ("alerter.sim.push", "alerter.sim.app"): "the simulator's push reads the app's request key inside functions",
-    ("alerter.console.app", "alerter.console.api"): "the console app adds the API's routes inside a function",
-    ("alerter.console.app", "alerter.console.pages"): "the console app adds the pages' routes inside a function",
-}
-"""Import edges that still close a cycle, to be removed with the split of `service` and of the
-console and simulator apps: each is ignored by the cycle check, and the check fails once one of
-them is gone (so the list only shrinks). An entry whose importing module does not exist is skipped."""
-
 _PROBE = """
 import importlib, json, sys
 importlib.import_module(sys.argv[1])
@@ -162,14 +153,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_the_package_has_no_import_cycle_but_the_listed_ones() -> None:
-    graph = import_graph(PACKAGE)
-    for (source, target), why in ALLOWED_CYCLES.items():
-        if source not in graph:
-            continue
-        assert target in graph[source], f"{source} no longer imports {target} ({why}): remove it from ALLOWED_CYCLES"
-        graph[source].discard(target)
-    assert cycles(graph) == []
+def test_the_package_has_no_import_cycle() -> None:
+    assert cycles(import_graph(PACKAGE)) == []
 
 
 def test_the_cycle_check_sees_imports_inside_functions_and_type_checking(tmp_path: Path) -> None:

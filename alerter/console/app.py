@@ -214,21 +214,3 @@ async def static(request: web.Request) -> web.StreamResponse:
     secure(resp)
     resp.headers["Cache-Control"] = "max-age=300"
     return resp
-
-
-def mount(app: web.Application, service: ServiceView) -> Console:
-    """Add the console's pages and API to `app`; logs one warning when they stay closed."""
-    from alerter.console import api, pages
-
-    console = Console(service)
-    if console.access.mode == "closed":
-        console.log.warning(
-            "console_closed",
-            listen=service.config.http.listen,
-            reason="no http.auth: the console and API answer 401 beyond loopback; "
-            "/healthz, /readyz, /metrics stay open",
-        )
-    app.router.add_get("/static/console/{name}", static)
-    api.add_routes(app, console)
-    pages.add_routes(app, console)
-    return console

@@ -19,7 +19,7 @@ from alerter.http import listen_error
 from alerter.sim.churn import run_churn
 from alerter.sim.faults import Fault, Faults, corrupt
 from alerter.sim.portfolio import Portfolio
-from alerter.sim.push import Pusher, install
+from alerter.sim.push import BODY, Pusher, install
 from alerter.sim.query import UUID_PATTERN, BadRequest, Searcher, parse_search
 
 INTERNAL_ERROR = "An error happened whilst processing your request"
@@ -49,7 +49,6 @@ class _State:
 
 
 STATE = web.AppKey("state", _State)
-BODY = web.RequestKey("body", object)
 INVALID = web.RequestKey("invalid", Fault)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -263,6 +263,10 @@ class Pusher:
 PUSHER = web.AppKey("pusher", Pusher)
 
 
+BODY = web.RequestKey("body", object)
+"""A request's parsed JSON body, set by the simulator's Leap middleware."""
+
+
 def _error(status: int, error: str, message: str) -> web.Response:
     return web.Response(
         body=orjson.dumps({"error": error, "message": message}), status=status, content_type="application/json"
@@ -304,8 +308,6 @@ async def _list(request: web.Request) -> web.Response:
 
 
 async def _create(request: web.Request) -> web.Response:
-    from alerter.sim.app import BODY
-
     sub = _subscription(str(uuid.uuid4()), request[BODY])
     if isinstance(sub, str):
         return _error(400, "Bad Request", sub)
@@ -314,8 +316,6 @@ async def _create(request: web.Request) -> web.Response:
 
 
 async def _update(request: web.Request) -> web.Response:
-    from alerter.sim.app import BODY
-
     pusher, webhook_id = request.app[PUSHER], request.match_info["webhook_id"]
     if webhook_id not in pusher.subscriptions:
         return _not_found()
@@ -334,8 +334,6 @@ async def _delete(request: web.Request) -> web.Response:
 
 
 async def _test(request: web.Request) -> web.Response:
-    from alerter.sim.app import BODY
-
     pusher = request.app[PUSHER]
     sub = pusher.subscriptions.get(request.match_info["webhook_id"])
     if sub is None:
