@@ -242,3 +242,19 @@ def test_auth_config_is_checked(tmp_path: Path) -> None:
         with pytest.raises(ValidationError):
             AuthConfig.model_validate(bad)
     assert AUTH  # the harness's block is what these tests run with
+
+
+async def test_the_overview_says_how_the_last_rules_reload_went(tmp_path: Path) -> None:
+    async with console(tmp_path) as c, c.session(**BEARER) as s:
+        assert (await get(s, "/api/v1/overview"))["status"]["last_reload"] is None
+        rules = next(p for p in tmp_path.rglob("rules*.yaml"))
+        good = rules.read_text()
+        rules.write_text("receivers: []\nrules: []\n")  # routes nothing: refused, the old rules stay
+        assert c.service.reload() == "rejected"
+        status = (await get(s, "/api/v1/overview"))["status"]
+        assert status["last_reload"]["result"] == "rejected" and status["last_reload"]["problems"]
+        assert status["rules"] >= 1  # still the old rules
+        assert "rejected" in await get(s, "/")
+        rules.write_text(good)
+        assert c.service.reload() == "ok"
+        assert (await get(s, "/api/v1/overview"))["status"]["last_reload"]["result"] == "ok"
