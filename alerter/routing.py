@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Event, Notification
@@ -38,6 +38,7 @@ from alerter.router import (
     Target,
 )
 from alerter.store.base import GroupState, RoutingWrite, Silence
+from alerter.summary import Summary
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_REMIND",
     "FlushResult",
     "GroupBook",
+    "Limits",
     "Placement",
     "Router",
     "Rule",
@@ -61,6 +63,41 @@ __all__ = [
     "plan",
     "silence_problem",
 ]
+
+
+DEFAULT_MAX_EVENTS = 1000
+"""Events per notification for a channel without a `max_events` option (Slack, console)."""
+DIGEST_LISTED = 50
+"""A Slack digest lists this many of the most urgent obligations and counts the rest."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many events one notification to a receiver holds (`max_events`, by receiver), and
+    the receivers whose initial-sync digest lists only the most urgent (Slack: one message)."""
+
+    max_events: Mapping[str, int] = field(default_factory=dict)
+    listed: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ruleset: object) -> Limits:
+        """From a RuleSet's receivers (a RuleTable without receivers: the defaults)."""
+        receivers: Mapping[str, Any] = getattr(ruleset, "receivers", {})
+        sizes, listed = {}, {}
+        for name, r in receivers.items():
+            cfg = getattr(r, "webhook", None) or getattr(r, "email", None)
+            sizes[name] = getattr(cfg, "max_events", None) or DEFAULT_MAX_EVENTS
+            if getattr(r, "slack", None) is not None:
+                listed[name] = DIGEST_LISTED
+        return cls(sizes, listed)
+
+    def size(self, receiver: str) -> int:
+        return max(1, self.max_events.get(receiver, DEFAULT_MAX_EVENTS))
+
+
+def parts(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """`items` in consecutive slices of at most `size` (at least one slice)."""
+    return [items[i : i + size] for i in range(0, len(items), size)] or [items]
 
 
 def active_silences(silences: Iterable[Silence], now: datetime) -> list[tuple[str, Matcher]]:
@@ -238,7 +275,10 @@ def flush(
     Notification each and go idle; their members (`pending`, as `Store.due_groups` loads
     them) are written as `flushed`. A group given without its members is left alone.
     `id_factory(group_key, first_event_id)` names them. `ruleset` gives each group's
-    `group_interval` (default 5m) for the idle clean-up."""
+    `group_interval` (default 5m) for the idle clean-up, and (a RuleSet) each receiver's
+    `max_events`: a larger group becomes several notifications (`part`); part 1 keeps the id
+    of the whole, part i > 1 is named by the group and its own first event."""
+    limits = Limits.of(ruleset)
     notes: list[Notification] = []
     updated: list[GroupState] = []
     deleted: list[str] = []
@@ -260,15 +300,17 @@ def flush(
         interval = intervals.get(g.rule, DEFAULT_GROUP_INTERVAL)
         if g.pending and (force or g.flush_at <= now):
             evs = tuple(events_by_id[i] for i in g.pending if i in events_by_id)
-            if evs:
+            chunks = parts(evs, limits.size(g.receiver)) if evs else []
+            for index, chunk in enumerate(chunks, 1):
                 notes.append(
                     Notification(
-                        id=id_factory(g.key, g.pending[0]),
+                        id=id_factory(g.key, g.pending[0] if index == 1 else chunk[0].id),
                         rule=g.rule,
                         receiver=g.receiver,
                         group=dict(g.values),
-                        events=evs,
+                        events=tuple(chunk),
                         created_at=now,
+                        part=(index, len(chunks)),
                     )
                 )
             flushed.extend((g.key, i) for i in g.pending)
@@ -341,25 +383,37 @@ class GroupBook:
 
 
 def digest(events: Iterable[Event], router: Router, now: datetime) -> list[Notification]:
-    """An initial sync's backlog: ONE notification (kind `digest`, rule `initial-sync`) per
-    receiver, its events ordered by deadline; the id depends only on receiver and events."""
+    """An initial sync's backlog: a digest (kind `digest`, rule `initial-sync`) per receiver,
+    its events ordered by deadline (the most urgent first), with the counts of the whole
+    (`summary`). More events than the receiver's `max_events` make several parts, each
+    with the whole summary; a Slack receiver gets one message listing the most urgent. An id
+    depends only on receiver, part and events."""
+    limits = Limits.of(router.ruleset)
     per: dict[str, dict[str, Event]] = {}
     for ev in events:
         for t in router.route(ev, now):
             per.setdefault(t.receiver, {}).setdefault(ev.id, ev)
     out: list[Notification] = []
     for receiver, by_id in per.items():
-        raw = "\x1f".join(["digest", receiver, *sorted(by_id)])
-        out.append(
-            Notification(
-                id=hashlib.sha256(raw.encode()).hexdigest()[:32],
-                kind="digest",
-                rule="initial-sync",
-                receiver=receiver,
-                events=tuple(sorted(by_id.values(), key=_deadline_order)),
-                created_at=now,
+        ordered = sorted(by_id.values(), key=_deadline_order)
+        summary = Summary(now).extend(ordered).counts()
+        listed = limits.listed.get(receiver)
+        chunks = [ordered[:listed]] if listed is not None else parts(ordered, limits.size(receiver))
+        for index, chunk in enumerate(chunks, 1):
+            ids = sorted(by_id) if len(chunks) == 1 else [f"part\x1e{index}", *sorted(e.id for e in chunk)]
+            raw = "\x1f".join(["digest", receiver, *ids])
+            out.append(
+                Notification(
+                    id=hashlib.sha256(raw.encode()).hexdigest()[:32],
+                    kind="digest",
+                    rule="initial-sync",
+                    receiver=receiver,
+                    events=tuple(chunk),
+                    created_at=now,
+                    part=(index, len(chunks)),
+                    summary=summary,
+                )
             )
-        )
     return out
 
 

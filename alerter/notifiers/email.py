@@ -46,6 +46,8 @@ class EmailConfig(BaseModel):
     text_template: str | None = None
     html_template: str | None = None
     portal_url: str = templates.PORTAL_URL
+    max_events: int = Field(200, ge=1)
+    """A larger group or digest is sent as several mails."""
 
     @field_validator("subject_template", "text_template")
     @classmethod

@@ -30,6 +30,8 @@ class WebhookConfig(BaseModel):
     """`whsec_<base64>`; a list while a secret rotates (one signature per secret)."""
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = timedelta(seconds=15)
+    max_events: int = Field(500, ge=1)
+    """A larger group or digest is sent as several notifications (`data.part`)."""
 
     @field_validator("url")
     @classmethod
