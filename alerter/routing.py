@@ -62,6 +62,7 @@ __all__ = [
     "parse_silence_matchers",
     "plan",
     "silence_problem",
+    "windows",
 ]
 
 
@@ -270,6 +271,7 @@ def flush(
     *,
     ruleset: RuleTable | None = None,
     force: bool = False,
+    parts_of: tuple[int, int] | None = None,
 ) -> FlushResult:
     """Due groups (`flush_at <= now`, or all with pending events when `force`) become one
     Notification each and go idle; their members (`pending`, as `Store.due_groups` loads
@@ -277,7 +279,9 @@ def flush(
     `id_factory(group_key, first_event_id)` names them. `ruleset` gives each group's
     `group_interval` (default 5m) for the idle clean-up, and (a RuleSet) each receiver's
     `max_events`: a larger group becomes several notifications (`part`); part 1 keeps the id
-    of the whole, part i > 1 is named by the group and its own first event."""
+    of the whole, part i > 1 is named by the group and its own first event. `parts_of`
+    (first index, count of the whole): the groups given hold a window of their members that
+    starts at part `first index` of a flush of `count` parts (see `windows`)."""
     limits = Limits.of(ruleset)
     notes: list[Notification] = []
     updated: list[GroupState] = []
@@ -310,7 +314,7 @@ def flush(
                         group=dict(g.values),
                         events=tuple(chunk),
                         created_at=now,
-                        part=(index, len(chunks)),
+                        part=(index, len(chunks)) if parts_of is None else (parts_of[0] + index - 1, parts_of[1]),
                     )
                 )
             flushed.extend((g.key, i) for i in g.pending)
@@ -318,6 +322,18 @@ def flush(
         elif not g.waiting and now - (g.last_flush_at or g.flush_at) > 2 * interval:
             deleted.append(g.key)
     return FlushResult(notes, updated, deleted, flushed)
+
+
+def windows(group: GroupState, size: int, events: int) -> list[tuple[GroupState, tuple[int, int]]]:
+    """A due group's members in windows of whole parts of about `events` events each, with
+    (first part index, part count) for `flush(parts_of=...)`: a large group is flushed window by
+    window, never loaded whole, and its parts and their ids are those of one flush."""
+    per = size * max(1, events // size)
+    total = -(-len(group.pending) // size)
+    return [
+        (replace(group, pending=group.pending[i : i + per]), (i // size + 1, total))
+        for i in range(0, len(group.pending), per)
+    ]
 
 
 def idle_before(ruleset: RuleTable | None, now: datetime) -> datetime:

@@ -31,17 +31,19 @@ from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import reminders_due
 from alerter.router import Router
-from alerter.routing import SilenceCheck, flush, idle_before, plan
+from alerter.routing import Limits, SilenceCheck, flush, idle_before, plan, windows
 from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.store.base import RoutingWrite, Silence
+from alerter.store.base import GroupState, RoutingWrite, Silence
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
 ROUTE_BATCH = 10_000
 """Pending events routed per step; an initial-sync backlog up to this size is one digest."""
+FLUSH_EVENTS = 5000
+"""Events of a due group loaded and flushed per transaction."""
 REMIND_BATCH = 1000
 REMINDED_CACHE = 500_000
 
@@ -385,9 +387,26 @@ class Service:
         due = await self.store.due_groups(now, force=flush_all, idle_before=idle_before(self.ruleset, now))
         if not due:
             return
-        wanted = [i for g in due for i in g.pending]
-        by_id = {e.id: e for e in await self.store.load_events(wanted)}
-        result = flush(due, by_id, now, ruleset=self.ruleset, force=flush_all)
+        idle = [g for g in due if not g.pending]
+        if idle:
+            await self._flush(idle, {}, now, flush_all)
+        limits = Limits.of(self.ruleset)
+        for group in (g for g in due if g.pending):
+            # window by window (whole parts each), one transaction each: a crash between two
+            # leaves the rest of the members in the group, flushed next time under the same ids
+            for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
+                by_id = {e.id: e for e in await self.store.load_events(window.pending)}
+                await self._flush([window], by_id, now, flush_all, parts_of)
+
+    async def _flush(
+        self,
+        groups: list[GroupState],
+        by_id: dict[str, Event],
+        now: datetime,
+        force: bool,
+        parts_of: tuple[int, int] | None = None,
+    ) -> None:
+        result = flush(groups, by_id, now, ruleset=self.ruleset, force=force, parts_of=parts_of)
         write = result.write()
         await self.store.commit_routing(write)
         self._count_notifications(write)

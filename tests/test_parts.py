@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alerter.delivery import RetryPolicy
 from alerter.models import Event
-from alerter.routing import DIGEST_LISTED, GroupBook, Router, digest, flush, notification_id, plan
+from alerter.routing import DIGEST_LISTED, GroupBook, Router, digest, flush, notification_id, plan, windows
 from alerter.rules import RuleSet, compile_rules
 from alerter.sim import Portfolio, SimServer
 from alerter.yamlload import parse_yaml
@@ -147,3 +147,20 @@ async def test_digest_and_group_in_parts_reach_every_receiver_once_with_the_same
             assert got == Counter(meters[11:20])
             assert len(smtp.messages) == 5
             assert len(slack.posted()) == 2
+
+
+def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
+    rs = ruleset()
+    evs = events(23)
+    book = GroupBook()
+    book.apply(plan(evs, Router(rs), book.heads, {}, [], NOW))
+    [group] = [g for g in book.due(NOW, force=True) if g.receiver == "hook"]
+    by_id = {e.id: e for e in evs}
+    whole = flush([group], by_id, NOW, ruleset=rs).notifications
+    windowed = [
+        n
+        for window, parts_of in windows(group, 3, 7)  # windows of two parts (6 events)
+        for n in flush([window], by_id, NOW, ruleset=rs, parts_of=parts_of).notifications
+    ]
+    assert [(n.id, n.part, n.events) for n in windowed] == [(n.id, n.part, n.events) for n in whole]
+    assert [n.part for n in whole][-1] == (8, 8)
