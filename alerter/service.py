@@ -338,6 +338,7 @@ class Service:
         new = 0
         while True:
             batch = await self.store.open_obligations(after, REMIND_BATCH)
+            self._unreadable()
             if not batch:
                 return new
             events: list[Event] = []
@@ -355,6 +356,12 @@ class Service:
                     self.metrics.events.labels("reminder").inc(added)
                     new += added
             after = batch[-1].key
+
+    def _unreadable(self) -> None:
+        skipped: list[str] = getattr(self.store, "unreadable", [])
+        for problem in skipped:
+            self.log.error("obligation_unreadable", obligation=problem, reason="skipped by reminders")
+        skipped.clear()
 
     async def _route(self, now: datetime, *, flush_all: bool = False) -> None:
         if self.router.routes_nothing:  # built without rules (not ready): events stay pending

@@ -88,6 +88,9 @@ class SqlStore(ABC):
 
     def __init__(self) -> None:
         self._fence: int | None = None
+        self.unreadable: list[str] = []
+        """Stored obligations `open_obligations` skipped because they cannot be read (the
+        reader takes and clears them)."""
 
     # -- what a backend supplies --
     @abstractmethod
@@ -168,7 +171,13 @@ class SqlStore(ABC):
             else:
                 sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
                 found = await tx.fetch(sql, *after, limit)
-        return [rows.obligation_from_row(r) for r in found]
+        out = []
+        for r in found:
+            try:
+                out.append(rows.obligation_from_row(r))
+            except ValueError as err:  # skipped and named, once per read; the others go on
+                self.unreadable.append(f"{'/'.join(str(r[c]) for c in KEY_COLUMNS.split(', '))}: {err}")
+        return out
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
         sql = (
