@@ -99,7 +99,8 @@ def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
 
 def obligation_from_row(r: Row) -> Obligation:
     """A stored obligation, built without re-validating what this process wrote (`obligation_checked`
-    is the validating reference); a row that cannot be read raises ValueError."""
+    is the validating reference); a row of another shape goes through validation, which raises a
+    ValidationError (a ValueError) naming the problem."""
     try:
         return Obligation.model_construct(
             meter_id=r["meter_id"],
@@ -118,8 +119,8 @@ def obligation_from_row(r: Row) -> Obligation:
             resolved_at=read_ts(r["resolved_at"]),
             version=int(r["version"]),
         )
-    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as err:
-        raise ValueError(f"unreadable obligation row: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return obligation_checked(r)  # raises a ValidationError that names the problem
 
 
 def obligation_checked(r: Row) -> Obligation:
