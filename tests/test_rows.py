@@ -1,36 +1,19 @@
-"""Reading stored rows: the fast constructors give exactly what full validation gives, and a row
-that cannot be read is skipped and named by the open-obligation walk (the reminders go on)."""
+"""A stored obligation that cannot be read is skipped and named by the open-obligation walk
+(the reminders go on with the others) instead of stopping it."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
-import pytest
-from pydantic import ValidationError
+from structlog.testing import capture_logs
 
-from alerter.models import Event, Notification
-from alerter.store import rows
+from alerter.sim import Portfolio, SimServer
 from alerter.store.sqlite import SqliteStore
-from alerter.templates import sample_notifications
-from tests.test_rules import NOW, make_event
-
-
-def test_fast_reads_equal_validated_reads() -> None:
-    for n in sample_notifications(NOW):
-        payload = n.model_dump_json()
-        assert rows.notification_from_payload(payload) == Notification.model_validate_json(payload)
-        for e in n.events:
-            raw = e.model_dump_json()
-            assert rows.event_from_payload(raw) == Event.model_validate_json(raw)
-    part = sample_notifications(NOW)[-1].model_copy(update={"part": (2, 3), "summary": {"total": 9}})
-    assert rows.notification_from_payload(part.model_dump_json()) == part
-
-
-def test_a_payload_of_another_shape_goes_through_validation_which_names_the_problem() -> None:
-    raw = make_event().model_dump_json().replace('"occurred_at"', '"when"')
-    with pytest.raises(ValidationError, match="occurred_at"):
-        rows.event_from_payload(raw)
+from tests.support.channels import webhook_collector
+from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
+from tests.test_rules import make_event
 
 
 async def test_open_obligations_skip_an_unreadable_row_and_name_it(tmp_path: Path) -> None:
@@ -39,17 +22,41 @@ async def test_open_obligations_skip_an_unreadable_row_and_name_it(tmp_path: Pat
     await store.open()
     try:
         store.set_fence(1)
-        good, bad = make_event(meter_id="M-1").obligation, make_event(meter_id="M-2").obligation
-        await store.commit_page([good, bad], [])
+        first, bad, last = (make_event(meter_id=f"M-{i}").obligation for i in (1, 2, 3))
+        await store.commit_page([first, bad, last], [])
         with sqlite3.connect(path) as raw:
             raw.execute("UPDATE obligations SET meter = '{\"nope\": 1}' WHERE meter_id = 'M-2'")
-        got = await store.open_obligations()
-        assert got == [good]
+        assert await store.open_obligations() == [first, last]
         [problem] = store.unreadable
-        assert problem.startswith("M-2/") and "meter" in problem
-        with sqlite3.connect(path) as raw:
-            raw.row_factory = sqlite3.Row
-            [row] = raw.execute(f"SELECT {rows.OBLIGATION_COLUMNS} FROM obligations WHERE meter_id = 'M-1'")
-            assert rows.obligation_from_row(row) == rows.obligation_checked(row) == good
+        assert problem.startswith("M-2/") and "meter_id" in problem
+        # keyset pages step over it too
+        assert await store.open_obligations(None, 2) == [first]
+        assert await store.open_obligations(first.key, 2) == [last]
     finally:
         await store.close()
+
+
+async def test_a_cycle_goes_on_past_an_unreadable_obligation_and_logs_it(tmp_path: Path) -> None:
+    p = Portfolio(20, action_rate=0.0, seed=3)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:3]
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"),
+            rules_yaml(hook.url(), remind="{every: 1h}"),
+        )
+        async with running(load(cfg)) as service:
+            await service.run_cycle(flush_all=True)
+            with sqlite3.connect(tmp_path / "s.db") as raw:
+                raw.execute("UPDATE obligations SET meter = '{}' WHERE meter_id = ?", (meters[1],))
+            with capture_logs() as logs:
+                later = service.clock() + timedelta(hours=2)
+                await service.run_cycle(later, flush_all=True)
+            [entry] = [e for e in logs if e["event"] == "obligation_unreadable"]
+            assert entry["obligation"].startswith(meters[1])
+            for m in (meters[0], meters[2]):  # the others' reminders went on
+                assert [h.event.detail for h in await service.store.history(m) if h.event.kind == "reminder"] == [
+                    "every:2"
+                ]

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from alerter.models import Event, Meter, Notification, Obligation
+from alerter.models import Event, Notification, Obligation
 from alerter.store.base import Delivery, GroupState, Silence
 
 TsParam = Callable[[datetime | None], Any]
@@ -98,33 +98,6 @@ def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
 
 
 def obligation_from_row(r: Row) -> Obligation:
-    """A stored obligation, built without re-validating what this process wrote (`obligation_checked`
-    is the validating reference); a row of another shape goes through validation, which raises a
-    ValidationError (a ValueError) naming the problem."""
-    try:
-        return Obligation.model_construct(
-            meter_id=r["meter_id"],
-            program_identifier=r["program_identifier"],
-            delivery_period=r["delivery_period"],
-            action_type=r["action_type"],
-            action_code=r["action_code"],
-            action_description=r["action_description"],
-            deadline=read_ts(r["deadline"]),
-            meter=_meter(orjson.loads(r["meter"])),
-            status=r["status"],
-            resolution=r["resolution"],
-            opened_at=_required(read_ts(r["opened_at"])),
-            first_seen=_required(read_ts(r["first_seen"])),
-            last_seen=_required(read_ts(r["last_seen"])),
-            resolved_at=read_ts(r["resolved_at"]),
-            version=int(r["version"]),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return obligation_checked(r)  # raises a ValidationError that names the problem
-
-
-def obligation_checked(r: Row) -> Obligation:
-    """`obligation_from_row`, validated field by field (the reference the fast path is held to)."""
     return Obligation.model_validate(
         {
             "meter_id": r["meter_id"],
@@ -146,92 +119,13 @@ def obligation_checked(r: Row) -> Obligation:
     )
 
 
-def _required(value: datetime | None) -> datetime:
-    if value is None:
-        raise TypeError("a required time is missing")
-    return value
-
-
-def _meter(m: dict[str, Any]) -> Meter:
-    if not isinstance(m, dict) or not isinstance(m.get("meter_id"), str):
-        raise TypeError("meter without an id")
-    return Meter.model_construct(
-        **{k: v for k, v in m.items() if k in _METER_FIELDS},
-        load_types=tuple(m.get("load_types") or ()),
-        tags=tuple(m.get("tags") or ()),
-    )
-
-
-_METER_FIELDS = frozenset(Meter.model_fields) - {"load_types", "tags"}
-
-
-def _time(value: Any) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def event_from_payload(payload: str | bytes) -> Event:
-    """A stored event (the JSON this process wrote), built without re-validating it; a payload
-    that does not have the expected shape goes through full validation (which names the problem)."""
-    try:
-        return _event(orjson.loads(payload))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return Event.model_validate_json(payload)
-
-
-def notification_from_payload(payload: str | bytes) -> Notification:
-    """A stored notification, its events built as `event_from_payload` builds them."""
-    try:
-        d = orjson.loads(payload)
-        created = _required(_time(d["created_at"]))
-        part = d.get("part") or (1, 1)
-        return Notification.model_construct(
-            id=d["id"],
-            kind=d.get("kind", "notification"),
-            rule=d["rule"],
-            receiver=d["receiver"],
-            group=dict(d.get("group") or {}),
-            events=tuple(_event(e) for e in d["events"]),
-            created_at=created,
-            part=(int(part[0]), int(part[1])),
-            summary=d.get("summary"),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        return Notification.model_validate_json(payload)
-
-
-def _event(d: dict[str, Any]) -> Event:
-    o = d["obligation"]
-    ob = Obligation.model_construct(
-        meter_id=o["meter_id"],
-        program_identifier=o["program_identifier"],
-        delivery_period=o["delivery_period"],
-        action_type=o["action_type"],
-        action_code=o["action_code"],
-        action_description=o.get("action_description", ""),
-        deadline=_time(o.get("deadline")),
-        meter=_meter(o["meter"]),
-        status=o.get("status", "open"),
-        resolution=o.get("resolution"),
-        opened_at=_required(_time(o["opened_at"])),
-        first_seen=_required(_time(o["first_seen"])),
-        last_seen=_required(_time(o["last_seen"])),
-        resolved_at=_time(o.get("resolved_at")),
-        version=int(o.get("version", 1)),
-    )
-    return Event.model_construct(
-        id=d["id"],
-        kind=d["kind"],
-        occurred_at=_required(_time(d["occurred_at"])),
-        obligation=ob,
-        previous=d.get("previous"),
-        detail=d.get("detail", ""),
-        initial=bool(d.get("initial", False)),
-    )
-
-
 def event_params(e: Event, ts: TsParam) -> tuple[Any, ...]:
     o = e.obligation
     return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, e.model_dump_json())
+
+
+def event_from_payload(payload: str) -> Event:
+    return Event.model_validate_json(payload)
 
 
 def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:
@@ -267,7 +161,7 @@ def notification_params(n: Notification, ts: TsParam) -> tuple[Any, ...]:
 
 def delivery_from_row(r: Row) -> Delivery:
     return Delivery(
-        notification=notification_from_payload(r["payload"]),
+        notification=Notification.model_validate_json(r["payload"]),
         receiver=r["receiver"],
         status=r["status"],
         attempts=r["attempts"],
