@@ -9,11 +9,12 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from alerter.models import Notification
 from alerter.sim import Portfolio, SimServer
 from alerter.store.sqlite import SqliteStore
 from tests.support.channels import webhook_collector
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
-from tests.test_rules import make_event
+from tests.test_rules import NOW, make_event
 
 
 async def test_open_obligations_skip_an_unreadable_row_and_name_it(tmp_path: Path) -> None:
@@ -60,3 +61,27 @@ async def test_a_cycle_goes_on_past_an_unreadable_obligation_and_logs_it(tmp_pat
                 assert [h.event.detail for h in await service.store.history(m) if h.event.kind == "reminder"] == [
                     "every:2"
                 ]
+
+
+async def test_a_notification_stored_with_its_events_copied_is_still_delivered_whole(tmp_path: Path) -> None:
+    """Notifications written before events were linked carry them in their payload."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        evs = (make_event(meter_id="M-1"), make_event(meter_id="M-2"))
+        old = Notification(id="old-1", rule="r", receiver="ops", events=evs, created_at=NOW)
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "INSERT INTO notifications (id, kind, rule, receiver, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                ("old-1", "notification", "r", "ops", NOW.isoformat(), old.model_dump_json()),
+            )
+            raw.execute(
+                "INSERT INTO deliveries (notification_id, receiver, status, attempts, next_attempt_at, updated_at) "
+                "VALUES ('old-1', 'ops', 'pending', 0, ?, ?)",
+                (NOW.isoformat(), NOW.isoformat()),
+            )
+        [d] = await store.claim_deliveries(NOW, "w", 10, 60)
+        assert d.notification == old
+    finally:
+        await store.close()

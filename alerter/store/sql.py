@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from alerter.models import Event, Obligation, ObligationKey
+from alerter.models import Event, Notification, Obligation, ObligationKey
 from alerter.store import rows
 from alerter.store.base import Delivery, Failed, GroupState, HistoryEntry, RoutingWrite, Sent, Silence
 from alerter.store.rows import DELIVERY_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
@@ -271,15 +271,33 @@ class SqlStore(ABC):
             "updated_at) VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
             [(n.id, n.receiver, ts(n.created_at)) for n in notes],
         )
-        links = {(e.id, n.id): None for n in notes for e in n.events}
+        await self._keep_events(tx, notes)
+        links = {(e.id, n.id): i for n in notes for i, e in enumerate(n.events)}
         await tx.executemany(
-            "INSERT INTO notification_events (event_id, notification_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            list(links),
+            "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            [(e, n, i) for (e, n), i in links.items()],
         )
         told = {(e.obligation.key_id, n.receiver): None for n in notes for e in n.events if e.kind in NOTIFIED_KINDS}
         if told:
             await tx.executemany(
                 "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
+            )
+
+    async def _keep_events(self, tx: Tx, notes: Sequence[Notification]) -> None:
+        """A notification links its events: routing builds it from stored events, and one given
+        with events the store does not hold stores them (as routed) so that it can be read."""
+        wanted = {e.id: e for n in notes for e in n.events}
+        if not wanted:
+            return
+        found = await tx.fetch(f"SELECT id FROM events WHERE id {self._in(1)}", self._ids(list(wanted)))
+        for r in found:
+            wanted.pop(r["id"], None)
+        if wanted:
+            await tx.executemany(
+                f"INSERT INTO events ({rows.EVENT_COLUMNS}, routed) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE) "
+                "ON CONFLICT (id) DO NOTHING",
+                [rows.event_params(e, self._ts) for e in wanted.values()],
             )
 
     # -- silences --
@@ -367,7 +385,21 @@ class SqlStore(ABC):
                     "WHERE notification_id = $3 AND receiver = $4",
                     [(owner, until, r["notification_id"], r["receiver"]) for r in found],
                 )
-        return [rows.delivery_from_row(r) for r in found]
+            return await self._deliveries(tx, found)
+
+    async def _deliveries(self, tx: Tx, found: Sequence[Row]) -> list[Delivery]:
+        """Ledger rows with their notifications, the events of those stored by reference
+        loaded in order (at most a claim's worth: each notification holds up to `max_events`)."""
+        linked = list(dict.fromkeys(r["notification_id"] for r in found if rows.by_reference(r["payload"])))
+        events: dict[str, list[Event]] = {i: [] for i in linked}
+        if linked:
+            sql = (
+                "SELECT l.notification_id, e.payload FROM notification_events l JOIN events e ON e.id = l.event_id "
+                f"WHERE l.notification_id {self._in(1)} ORDER BY l.notification_id, l.position"
+            )
+            for r in await tx.fetch(sql, self._ids(linked)):
+                events[r["notification_id"]].append(rows.event_from_payload(r["payload"]))
+        return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
 
     async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
         sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
@@ -412,7 +444,7 @@ class SqlStore(ABC):
         where = self._dead_filter(receiver, since, args, "d.")
         async with self._read() as tx:
             found = await tx.fetch(f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args)
-        return [rows.delivery_from_row(r) for r in found]
+            return await self._deliveries(tx, found)
 
     async def replay_dead_letters(
         self, now: datetime, receiver: str | None = None, since: datetime | None = None
