@@ -13,6 +13,7 @@ an event only evaluates the remaining conditions of the rules that can still mat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,18 @@ class Router:
         if not entries:
             return NO_REMINDERS
         return merge_policies(e.rule.remind for e in entries)
+
+    @functools.cached_property
+    def timed_policy(self) -> RemindPolicy:
+        """The union of the `remind` policies of rules with a condition on a time field: such a
+        rule may start to match later, so the next look at an obligation must not wait past its
+        thresholds (see `next_reminder_at`)."""
+        timed = [
+            e.rule.remind
+            for e in self._by_name.values()
+            if any(FIELDS[c.field][0] == "time" for c in e.rule.matcher.conditions)
+        ]
+        return merge_policies(timed) if timed else NO_REMINDERS
 
     def placements(self, event: Event, now: datetime) -> Sequence[Placement]:
         """`route`, with the group each target puts the event in (`_match`, inlined: this is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import os
 import socket
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
+import orjson
 import structlog
 
 from alerter.config import Config, load_config
@@ -29,7 +31,7 @@ from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
-from alerter.reminders import reminders_due
+from alerter.reminders import merge_policies, next_reminder_at, reminders_due
 from alerter.router import Router
 from alerter.routing import Limits, SilenceCheck, flush, idle_before, plan, windows
 from alerter.rules import RuleSet
@@ -45,6 +47,8 @@ ROUTE_BATCH = 10_000
 FLUSH_EVENTS = 5000
 """Events of a due group loaded and flushed per transaction."""
 REMIND_BATCH = 1000
+META_REMIND_RULES = "remind_rules"
+"""The rules files (digest) the stored `remind_at` times were computed under."""
 REMINDED_CACHE = 500_000
 
 Clock = Callable[[], datetime]
@@ -121,6 +125,7 @@ class Service:
         self._silences = SilenceCheck()
         self.rules_digests = file_digests(rule_files(config))
         """The rules files as the service last read them (the watcher reloads when they differ)."""
+        self._remind_rules: str | None = None
         self._reminded: set[str] = set()
         """Reminder event ids known to be in the store, so each is serialized and offered once."""
 
@@ -334,18 +339,29 @@ class Service:
             self.health.last_success_at = datetime.fromisoformat(last.replace("Z", "+00:00"))
 
     async def _remind(self, now: datetime) -> int:
+        """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
+        is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
+        the others are not read. New rules (or rules this state has not seen) look at all again."""
+        rules = hashlib.sha256(orjson.dumps(sorted(f"{k}\x1f{v}" for k, v in self.rules_digests.items()))).hexdigest()
+        if rules != self._remind_rules and await self.store.get_meta(META_REMIND_RULES) != rules:
+            await self.store.reset_remind_at(now)
+            await self.store.set_meta({META_REMIND_RULES: rules})
+        self._remind_rules = rules
         after: ObligationKey | None = None
         new = 0
+        timed = self.router.timed_policy
         while True:
-            batch = await self.store.open_obligations(after, REMIND_BATCH)
+            batch = await self.store.reminder_candidates(now, after, REMIND_BATCH)
             self._unreadable()
             if not batch:
                 return new
             events: list[Event] = []
+            looks: list[tuple[ObligationKey, int, datetime | None]] = []
             for ob in batch:
                 policy = self.router.remind_policy(ob, now)
                 if not policy.empty:
                     events.extend(e for e in reminders_due(ob, policy, now) if e.id not in self._reminded)
+                looks.append((ob.key, ob.version, next_reminder_at(ob, merge_policies([policy, timed]), now)))
             if events:
                 added = await self.store.commit_page((), events)
                 # committed (or already there): no need to offer them again on the next run
@@ -355,6 +371,7 @@ class Service:
                 if added:
                     self.metrics.events.labels("reminder").inc(added)
                     new += added
+            await self.store.set_remind_at(looks)
             after = batch[-1].key
 
     def _unreadable(self) -> None:

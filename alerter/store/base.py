@@ -173,6 +173,19 @@ class Store(Protocol):
     async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
         """Open obligations in key order, after `after` (keyset pagination)."""
 
+    async def reminder_candidates(
+        self, now: datetime, after: ObligationKey | None = None, limit: int = 1000
+    ) -> list[Obligation]:
+        """Open obligations whose `remind_at` is at or before `now`, in key order after `after`
+        (one that cannot be read is skipped and named in `unreadable`)."""
+
+    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+        """Fenced: (key, version, when the reminders step next looks at it, or None: not until
+        it changes); an obligation changed since (another version) keeps its own."""
+
+    async def reset_remind_at(self, at: datetime) -> None:
+        """Fenced: every open obligation is looked at again from `at` (the rules changed)."""
+
     async def commit_page(
         self,
         obligations: Sequence[Obligation],

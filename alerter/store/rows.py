@@ -26,6 +26,9 @@ OBLIGATION_COLUMNS = (
     f"{KEY_COLUMNS}, key_id, status, action_description, deadline, meter, "
     "opened_at, first_seen, last_seen, resolved_at, resolution, version"
 )
+WRITE_COLUMNS = f"{OBLIGATION_COLUMNS}, remind_at"
+"""What `commit_page` writes: `remind_at` (when the reminders step next looks at an open
+obligation) is the write time, so a new or changed obligation is looked at on the next step."""
 EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
 DELIVERY_COLUMNS = (
     "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
@@ -94,6 +97,7 @@ def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
         ts(o.resolved_at),
         o.resolution,
         o.version,
+        ts(o.last_seen) if o.status == "open" else None,
     )
 
 

@@ -171,6 +171,35 @@ class SqlStore(ABC):
             else:
                 sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
                 found = await tx.fetch(sql, *after, limit)
+        return self._readable(found)
+
+    async def reminder_candidates(
+        self, now: datetime, after: ObligationKey | None = None, limit: int = 1000
+    ) -> list[Obligation]:
+        base = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1"
+        async with self._read() as tx:
+            if after is None:
+                found = await tx.fetch(f"{base} ORDER BY {KEY_COLUMNS} LIMIT $2", self._ts(now), limit)
+            else:
+                sql = f"{base} AND ({KEY_COLUMNS}) > ($2, $3, $4, $5, $6) ORDER BY {KEY_COLUMNS} LIMIT $7"
+                found = await tx.fetch(sql, self._ts(now), *after, limit)
+        return self._readable(found)
+
+    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+        if not items:
+            return
+        sql = (
+            "UPDATE obligations SET remind_at = $1 WHERE meter_id = $2 AND program_identifier = $3 "
+            "AND delivery_period = $4 AND action_type = $5 AND action_code = $6 AND version = $7 AND status = 'open'"
+        )
+        async with self._write(fenced=True) as tx:
+            await tx.executemany(sql, [(self._ts(at), *key, version) for key, version, at in items])
+
+    async def reset_remind_at(self, at: datetime) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.execute("UPDATE obligations SET remind_at = $1 WHERE status = 'open'", self._ts(at))
+
+    def _readable(self, found: Sequence[Row]) -> list[Obligation]:
         out = []
         for r in found:
             try:
