@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from alerter.digests import DEFAULT_MAX_EVENTS, DigestBuilder, urgency
 from alerter.matching import Matcher, MatcherError, compile_matcher, parse_silence_matchers
 from alerter.models import Event, Notification
 from alerter.router import (
@@ -38,12 +39,12 @@ from alerter.router import (
     Target,
 )
 from alerter.store.base import GroupState, RoutingWrite, Silence
-from alerter.summary import Summary
 
 __all__ = [
     "DEFAULT_GROUP_BY",
     "DEFAULT_GROUP_INTERVAL",
     "DEFAULT_GROUP_WAIT",
+    "DEFAULT_MAX_EVENTS",
     "DEFAULT_REMIND",
     "FlushResult",
     "GroupBook",
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 
-DEFAULT_MAX_EVENTS = 1000
-"""Events per notification for a channel without a `max_events` option (Slack, console)."""
 DIGEST_LISTED = 50
 """A Slack digest lists this many of the most urgent obligations and counts the rest."""
 
@@ -398,41 +397,17 @@ class GroupBook:
         return replace(head, pending=tuple(ids)) if ids else head
 
 
-def digest(events: Iterable[Event], router: Router, now: datetime) -> list[Notification]:
+def digest(
+    events: Iterable[Event], router: Router, now: datetime, silences: Sequence[tuple[str, Matcher]] = ()
+) -> list[Notification]:
     """An initial sync's backlog: a digest (kind `digest`, rule `initial-sync`) per receiver,
     its events ordered by deadline (the most urgent first), with the counts of the whole
     (`summary`). More events than the receiver's `max_events` make several parts, each
     with the whole summary; a Slack receiver gets one message listing the most urgent. An id
-    depends only on receiver, part and events."""
+    depends only on receiver, part and events. (alerter.digests builds the same over a
+    backlog read in batches.)"""
     limits = Limits.of(router.ruleset)
-    per: dict[str, dict[str, Event]] = {}
-    for ev in events:
-        for t in router.route(ev, now):
-            per.setdefault(t.receiver, {}).setdefault(ev.id, ev)
-    out: list[Notification] = []
-    for receiver, by_id in per.items():
-        ordered = sorted(by_id.values(), key=_deadline_order)
-        summary = Summary(now).extend(ordered).counts()
-        listed = limits.listed.get(receiver)
-        chunks = [ordered[:listed]] if listed is not None else parts(ordered, limits.size(receiver))
-        for index, chunk in enumerate(chunks, 1):
-            ids = sorted(by_id) if len(chunks) == 1 else [f"part\x1e{index}", *sorted(e.id for e in chunk)]
-            raw = "\x1f".join(["digest", receiver, *ids])
-            out.append(
-                Notification(
-                    id=hashlib.sha256(raw.encode()).hexdigest()[:32],
-                    kind="digest",
-                    rule="initial-sync",
-                    receiver=receiver,
-                    events=tuple(chunk),
-                    created_at=now,
-                    part=(index, len(chunks)),
-                    summary=summary,
-                )
-            )
-    return out
-
-
-def _deadline_order(ev: Event) -> tuple[bool, datetime | None, str, str]:
-    o = ev.obligation
-    return (o.deadline is None, o.deadline, o.meter_id, o.action_type)
+    unique = list({e.id: e for e in events}.values())
+    builder = DigestBuilder(router, now, dict(limits.max_events), dict(limits.listed), silences)
+    builder.count(unique)
+    return [*builder.add(sorted(unique, key=urgency)), *builder.finish()]

@@ -23,9 +23,10 @@ import structlog
 
 from alerter.config import Config, load_config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
+from alerter.digests import DigestBuilder
 from alerter.errors import FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
-from alerter.models import Event, ObligationKey
+from alerter.models import Event, Notification, ObligationKey
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
@@ -33,7 +34,7 @@ from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
 from alerter.reminders import merge_policies, next_reminder_at, reminders_due
 from alerter.router import Router
-from alerter.routing import Limits, SilenceCheck, flush, idle_before, plan, windows
+from alerter.routing import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.rules import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
@@ -374,6 +375,35 @@ class Service:
             await self.store.set_remind_at(looks)
             after = batch[-1].key
 
+    async def _digest(self, now: datetime) -> None:
+        """An initial sync's backlog as one digest per receiver, however large: read twice in
+        batches (alerter.digests), written part by part, and consumed at the end. Killed
+        midway, the next run builds the same parts again (their ids already stored are kept)."""
+        batch = await self.store.initial_events(0, ROUTE_BATCH)
+        if not batch:
+            return
+        limits = Limits.of(self.ruleset)
+        silences = active_silences(self._applicable(await self.store.list_silences(now)), now)
+        builder = DigestBuilder(self.router, now, dict(limits.max_events), dict(limits.listed), silences)
+        upto = 0
+        while batch:
+            builder.count(e for _, e in batch)
+            upto = batch[-1][0]
+            batch = await self.store.initial_events(upto, ROUTE_BATCH)
+        order = await self.store.initial_by_urgency(upto)
+        for i in range(0, len(order), ROUTE_BATCH):
+            notes = builder.add(await self.store.load_events(order[i : i + ROUTE_BATCH]))
+            await self._write_digest(notes, builder)
+        await self._write_digest(builder.finish(), builder)
+        await self.store.consume_initial(upto)
+
+    async def _write_digest(self, notes: list[Notification], builder: DigestBuilder) -> None:
+        silenced, builder.silenced = builder.silenced, []
+        if notes or silenced:
+            write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced)
+            await self.store.commit_routing(write)
+            self._count_notifications(write)
+
     def _unreadable(self) -> None:
         skipped: list[str] = getattr(self.store, "unreadable", [])
         for problem in skipped:
@@ -384,6 +414,8 @@ class Service:
         if self.router.routes_nothing:  # built without rules (not ready): events stay pending
             return
         mode = self.config.poll.initial_sync
+        if mode == "digest":
+            await self._digest(now)
         while True:
             events = await self.store.pending_events(ROUTE_BATCH)
             if not events:

@@ -4,10 +4,14 @@ obligation reaches every receiver exactly once across the parts, under the same 
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from alerter import service as service_module
 from alerter.delivery import RetryPolicy
 from alerter.models import Event
 from alerter.routing import DIGEST_LISTED, GroupBook, Router, digest, flush, notification_id, plan, windows
@@ -164,3 +168,44 @@ def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
     ]
     assert [(n.id, n.part, n.events) for n in windowed] == [(n.id, n.part, n.events) for n in whole]
     assert [n.part for n in whole][-1] == (8, 8)
+
+
+async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "ROUTE_BATCH", 4)  # the backlog is read 4 events at a time
+    p = Portfolio(40, action_rate=0.0, seed=6)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:13]
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        smtp_server() as smtp,
+        fake_slack() as slack,
+    ):
+        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
+        db = tmp_path / "s.db"
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{db}", initial_sync="digest"), rules)
+        async with running(load(cfg)) as service:
+            await service.poller.run_cycle(service.clock())
+            now = service.clock()
+            await service._digest(now)
+            with sqlite3.connect(db) as raw:  # killed before the backlog was marked consumed
+                first = sorted(raw.execute("SELECT id, receiver FROM notifications"))
+                raw.execute("UPDATE events SET routed = FALSE WHERE initial")
+            await service._digest(now)
+            with sqlite3.connect(db) as raw:
+                assert sorted(raw.execute("SELECT id, receiver FROM notifications")) == first  # the same parts
+                assert raw.execute("SELECT COUNT(*) FROM events WHERE NOT routed").fetchone() == (0,)
+            assert Counter(r for _, r in first) == {"crm": 4, "team": 3, "ops": 1}
+            assert (await service.drain(30)).undelivered == 0
+        bodies = [r.body["data"] for r in hook.delivered()]
+        assert all(d["counts"]["total"] == 13 and d["part"]["count"] == 4 for d in bodies)
+        deadlines = [
+            e["action"]["enrollment_deadline_date_time"] or "~"
+            for d in sorted(bodies, key=lambda d: d["part"]["index"])
+            for e in d["events"]
+        ]
+        assert deadlines == sorted(deadlines)  # the most urgent first, across the parts
+        assert Counter(e["meter"]["meter_id"] for d in bodies for e in d["events"]) == Counter(meters)

@@ -202,6 +202,16 @@ class Store(Protocol):
     async def pending_events(self, limit: int = 1000) -> list[Event]:
         """Events not yet consumed by routing, oldest first."""
 
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+        """Pending events of an initial sync after sequence number `after`, with theirs, in order."""
+
+    async def initial_by_urgency(self, upto: int) -> list[str]:
+        """The ids of the pending initial-sync events up to sequence number `upto`, the nearest
+        deadline first (then meter, action type, id): the order a digest lists them in."""
+
+    async def consume_initial(self, upto: int) -> None:
+        """Fenced: the pending initial-sync events up to sequence number `upto` are routed."""
+
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
 
     async def load_groups(self) -> list[GroupState]:

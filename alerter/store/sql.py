@@ -222,6 +222,24 @@ class SqlStore(ABC):
         async with self._read() as tx:
             return [rows.event_from_payload(r["payload"]) for r in await tx.fetch(sql, limit)]
 
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+        sql = "SELECT seq, payload FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        async with self._read() as tx:
+            return [(r["seq"], rows.event_from_payload(r["payload"])) for r in await tx.fetch(sql, after, limit)]
+
+    async def initial_by_urgency(self, upto: int) -> list[str]:
+        sql = (
+            "SELECT e.id FROM events e LEFT JOIN obligations o ON o.meter_id = e.meter_id AND o.key_id = e.key_id "
+            "WHERE e.initial AND NOT e.routed AND e.seq <= $1 "
+            "ORDER BY (o.deadline IS NULL), o.deadline, e.meter_id, o.action_type, e.id"
+        )
+        async with self._read() as tx:
+            return [r["id"] for r in await tx.fetch(sql, upto)]
+
+    async def consume_initial(self, upto: int) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.execute("UPDATE events SET routed = TRUE WHERE initial AND NOT routed AND seq <= $1", upto)
+
     async def load_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
             return []
