@@ -44,7 +44,7 @@ from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
 ROUTE_BATCH = 10_000
-"""Pending events routed per step; an initial-sync backlog up to this size is one digest."""
+"""Pending events routed per step, and read per batch of an initial-sync digest's two passes."""
 FLUSH_EVENTS = 5000
 """Events of a due group loaded and flushed per transaction."""
 REMIND_BATCH = 1000
