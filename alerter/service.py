@@ -348,14 +348,16 @@ class Service:
             await self.store.reset_remind_at(now)
             await self.store.set_meta({META_REMIND_RULES: rules})
         self._remind_rules = rules
-        after: ObligationKey | None = None
         new = 0
         timed = self.router.timed_policy
+        previous: set[ObligationKey] = set()
         while True:
-            batch = await self.store.reminder_candidates(now, after, REMIND_BATCH)
+            batch = await self.store.reminder_candidates(now, REMIND_BATCH)
             self._unreadable()
-            if not batch:
+            keys = {ob.key for ob in batch}
+            if not batch or keys <= previous:  # nothing left due (or nothing moved: never loop)
                 return new
+            previous = keys
             events: list[Event] = []
             looks: list[tuple[ObligationKey, int, datetime | None]] = []
             for ob in batch:
@@ -373,7 +375,6 @@ class Service:
                     self.metrics.events.labels("reminder").inc(added)
                     new += added
             await self.store.set_remind_at(looks)
-            after = batch[-1].key
 
     async def _digest(self, now: datetime) -> None:
         """An initial sync's backlog as one digest per receiver, however large: read twice in

@@ -173,11 +173,11 @@ class Store(Protocol):
     async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
         """Open obligations in key order, after `after` (keyset pagination)."""
 
-    async def reminder_candidates(
-        self, now: datetime, after: ObligationKey | None = None, limit: int = 1000
-    ) -> list[Obligation]:
-        """Open obligations whose `remind_at` is at or before `now`, in key order after `after`
-        (one that cannot be read is skipped and named in `unreadable`)."""
+    async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
+        """Up to `limit` open obligations whose `remind_at` is at or before `now`, the earliest
+        first (through its index). The caller moves each one's `remind_at` on (`set_remind_at`);
+        one that cannot be read is skipped, named in `unreadable`, and not offered again until
+        it is rewritten."""
 
     async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
         """Fenced: (key, version, when the reminders step next looks at it, or None: not until

@@ -173,17 +173,15 @@ class SqlStore(ABC):
                 found = await tx.fetch(sql, *after, limit)
         return self._readable(found)
 
-    async def reminder_candidates(
-        self, now: datetime, after: ObligationKey | None = None, limit: int = 1000
-    ) -> list[Obligation]:
-        base = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1"
+    async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
+        sql = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2"
         async with self._read() as tx:
-            if after is None:
-                found = await tx.fetch(f"{base} ORDER BY {KEY_COLUMNS} LIMIT $2", self._ts(now), limit)
-            else:
-                sql = f"{base} AND ({KEY_COLUMNS}) > ($2, $3, $4, $5, $6) ORDER BY {KEY_COLUMNS} LIMIT $7"
-                found = await tx.fetch(sql, self._ts(now), *after, limit)
-        return self._readable(found)
+            found = await tx.fetch(sql, self._ts(now), limit)
+        bad: list[tuple[ObligationKey, int]] = []
+        out = self._readable(found, bad)
+        if bad:  # not offered again until rewritten: the step's next batch moves on
+            await self.set_remind_at([(key, version, None) for key, version in bad])
+        return out
 
     async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
         if not items:
@@ -199,13 +197,20 @@ class SqlStore(ABC):
         async with self._write(fenced=True) as tx:
             await tx.execute("UPDATE obligations SET remind_at = $1 WHERE status = 'open'", self._ts(at))
 
-    def _readable(self, found: Sequence[Row]) -> list[Obligation]:
+    def _readable(self, found: Sequence[Row], bad: list[tuple[ObligationKey, int]] | None = None) -> list[Obligation]:
+        """The obligations of these rows; one that cannot be read is skipped and named in
+        `unreadable` (and its key and version added to `bad`)."""
         out = []
         for r in found:
             try:
                 out.append(rows.obligation_from_row(r))
             except ValueError as err:  # skipped and named, once per read; the others go on
-                self.unreadable.append(f"{'/'.join(str(r[c]) for c in KEY_COLUMNS.split(', '))}: {err}")
+                key: ObligationKey = (
+                    r["meter_id"], r["program_identifier"], r["delivery_period"], r["action_type"], r["action_code"]
+                )  # fmt: skip
+                self.unreadable.append(f"{'/'.join(key)}: {err}")
+                if bad is not None:
+                    bad.append((key, r["version"]))
         return out
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
