@@ -138,6 +138,8 @@ class Router:
         self._by_mask: dict[int, tuple[_Entry, ...]] = {}
         """Candidate tuples by mask: keys with the same mask share one tuple."""
         self._masks: list[dict[Any, int]] = [{} for _ in self._fields]
+        self._merged: dict[tuple[str, ...], RemindPolicy] = {}
+        self._looks: dict[int, tuple[RemindPolicy, RemindPolicy]] = {}
 
     @property
     def routes_nothing(self) -> bool:
@@ -227,7 +229,18 @@ class Router:
             entries = [self._fallback]
         if not entries:
             return NO_REMINDERS
-        return merge_policies(e.rule.remind for e in entries)
+        names = tuple(e.rule.name for e in entries)
+        merged = self._merged.get(names)
+        if merged is None:  # a handful of combinations: merged once each
+            merged = self._merged[names] = merge_policies(e.rule.remind for e in entries)
+        return merged
+
+    def look_policy(self, policy: RemindPolicy) -> RemindPolicy:
+        """`policy` with `timed_policy`: what the next look at an obligation must not wait past."""
+        merged = self._looks.get(id(policy))
+        if merged is None or merged[0] is not policy:
+            merged = self._looks[id(policy)] = (policy, merge_policies([policy, self.timed_policy]))
+        return merged[1]
 
     @functools.cached_property
     def timed_policy(self) -> RemindPolicy:

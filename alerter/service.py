@@ -32,7 +32,7 @@ from alerter.notifiers.base import Notifier
 from alerter.poller import META_LAST_CYCLE, CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
-from alerter.reminders import merge_policies, next_reminder_at, reminders_due
+from alerter.reminders import next_reminder_at, reminders_due
 from alerter.router import Router
 from alerter.routing import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.rules import RuleSet
@@ -349,7 +349,6 @@ class Service:
             await self.store.set_meta({META_REMIND_RULES: rules})
         self._remind_rules = rules
         new = 0
-        timed = self.router.timed_policy
         previous: set[ObligationKey] = set()
         while True:
             batch = await self.store.reminder_candidates(now, REMIND_BATCH)
@@ -364,7 +363,7 @@ class Service:
                 policy = self.router.remind_policy(ob, now)
                 if not policy.empty:
                     events.extend(e for e in reminders_due(ob, policy, now) if e.id not in self._reminded)
-                looks.append((ob.key, ob.version, next_reminder_at(ob, merge_policies([policy, timed]), now)))
+                looks.append((ob.key, ob.version, next_reminder_at(ob, self.router.look_policy(policy), now)))
             if events:
                 added = await self.store.commit_page((), events)
                 # committed (or already there): no need to offer them again on the next run
