@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from alerter.digests import DEFAULT_MAX_EVENTS
 from alerter.errors import DeliveryError
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, Steps, scrub
 from alerter.store.base import Delivery, Failed, LedgerStore, Sent
@@ -62,6 +63,8 @@ DEFAULT_POLICIES: Mapping[str, RetryPolicy] = {
 MAX_ERROR = 500
 INSTANCE_TIMEOUT = 30.0
 """Seconds without a heartbeat after which an instance's leased rows go to others."""
+CLAIM_EVENTS = 8000
+"""Events one claim holds at most (memory stays flat however large the backlog)."""
 FAILING_AFTER = 3
 """Consecutive failed attempts after which a receiver counts as failing."""
 
@@ -186,10 +189,12 @@ class Deliverer:
         return self.policies.get(channel, DEFAULT_POLICIES["webhook"])
 
     def claim_limit(self, receiver: str) -> int:
-        """Rows one pass claims for `receiver`: a few rounds of its in-flight bound."""
+        """Rows one pass claims for `receiver`: a few rounds of its in-flight bound, and no
+        more than about `CLAIM_EVENTS` events in all (a row holds up to `max_events`)."""
         notifier = self.notifiers.get(receiver)
         in_flight = self.policy(notifier.channel).in_flight if notifier else 1
-        return max(1, min(self.batch, 4 * in_flight))
+        size = getattr(getattr(notifier, "config", None), "max_events", None) or DEFAULT_MAX_EVENTS
+        return max(1, min(self.batch, 4 * in_flight, CLAIM_EVENTS // size))
 
     def failing(self, receivers: Iterable[str]) -> dict[str, str]:
         """Of `receivers`, those whose last attempts on this instance failed -> what is wrong."""

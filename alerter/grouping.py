@@ -11,7 +11,8 @@ append-only: `plan` needs only group heads (is the group waiting, when does it f
 writes the heads it touched plus (group, event) pairs to append, so a batch costs the
 same however large its groups already are. `flush` turns every due group (loaded with its
 members) into one Notification whose id depends only on the group and its first event,
-so recomputing the same flush after a crash yields the same notification; it writes the
+so recomputing the same flush after a crash yields the same notification (a group over its
+receiver's `max_events` becomes several parts, flushed a window at a time: `windows`); it writes the
 members it sent, which the store removes (`alerter.store.memory.GroupBook` holds the
 same semantics in memory, for tests, benchmarks and `alerter rules test`).
 """
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from alerter.digests import DEFAULT_MAX_EVENTS, DigestBuilder, urgency
 from alerter.matchers import Matcher, MatcherError, compile_matcher
 from alerter.models import Event, GroupState, Notification, RoutingWrite, Silence
 from alerter.routes import (
@@ -32,6 +34,38 @@ from alerter.routes import (
     Router,
     RuleTable,
 )
+
+DIGEST_LISTED = 50
+"""A Slack digest lists this many of the most urgent obligations and counts the rest."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many events one notification to a receiver holds (`max_events`, by receiver), and
+    the receivers whose initial-sync digest lists only the most urgent (Slack: one message)."""
+
+    max_events: Mapping[str, int] = field(default_factory=dict)
+    listed: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ruleset: object) -> Limits:
+        """From a RuleSet's receivers (a RuleTable without receivers: the defaults)."""
+        receivers: Mapping[str, Any] = getattr(ruleset, "receivers", {})
+        sizes, listed = {}, {}
+        for name, r in receivers.items():
+            cfg = getattr(r, "webhook", None) or getattr(r, "email", None)
+            sizes[name] = getattr(cfg, "max_events", None) or DEFAULT_MAX_EVENTS
+            if getattr(r, "slack", None) is not None:
+                listed[name] = DIGEST_LISTED
+        return cls(sizes, listed)
+
+    def size(self, receiver: str) -> int:
+        return max(1, self.max_events.get(receiver, DEFAULT_MAX_EVENTS))
+
+
+def parts(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """`items` in consecutive slices of at most `size` (at least one slice)."""
+    return [items[i : i + size] for i in range(0, len(items), size)] or [items]
 
 
 def active_silences(silences: Iterable[Silence], now: datetime) -> list[tuple[str, Matcher]]:
@@ -212,12 +246,18 @@ def flush(
     *,
     ruleset: RuleTable | None = None,
     force: bool = False,
+    parts_of: tuple[int, int] | None = None,
 ) -> FlushResult:
     """Due groups (`flush_at <= now`, or all with pending events when `force`) become one
     Notification each and go idle; their members (`pending`, as `Store.due_groups` loads
     them) are written as `flushed`. A group given without its members is left alone.
     `id_factory(group_key, first_event_id)` names them. `ruleset` gives each group's
-    `group_interval` (default 5m) for the idle clean-up."""
+    `group_interval` (default 5m) for the idle clean-up, and (a RuleSet) each receiver's
+    `max_events`: a larger group becomes several notifications (`part`); part 1 keeps the id
+    of the whole, part i > 1 is named by the group and its own first event. `parts_of`
+    (first index, count of the whole): the groups given hold a window of their members that
+    starts at part `first index` of a flush of `count` parts (see `windows`)."""
+    limits = Limits.of(ruleset)
     notes: list[Notification] = []
     updated: list[GroupState] = []
     deleted: list[str] = []
@@ -239,15 +279,17 @@ def flush(
         interval = intervals.get(g.rule, DEFAULT_GROUP_INTERVAL)
         if g.pending and (force or g.flush_at <= now):
             evs = tuple(events_by_id[i] for i in g.pending if i in events_by_id)
-            if evs:
+            chunks = parts(evs, limits.size(g.receiver)) if evs else []
+            for index, chunk in enumerate(chunks, 1):
                 notes.append(
                     Notification(
-                        id=id_factory(g.key, g.pending[0]),
+                        id=id_factory(g.key, g.pending[0] if index == 1 else chunk[0].id),
                         rule=g.rule,
                         receiver=g.receiver,
                         group=dict(g.values),
-                        events=evs,
+                        events=tuple(chunk),
                         created_at=now,
+                        part=(index, len(chunks)) if parts_of is None else (parts_of[0] + index - 1, parts_of[1]),
                     )
                 )
             flushed.extend((g.key, i) for i in g.pending)
@@ -257,35 +299,35 @@ def flush(
     return FlushResult(notes, updated, deleted, flushed)
 
 
+def windows(group: GroupState, size: int, events: int) -> list[tuple[GroupState, tuple[int, int]]]:
+    """A due group's members in windows of whole parts of about `events` events each, with
+    (first part index, part count) for `flush(parts_of=...)`: a large group is flushed window by
+    window, never loaded whole, and its parts and their ids are those of one flush."""
+    per = size * max(1, events // size)
+    total = -(-len(group.pending) // size)
+    return [
+        (replace(group, pending=group.pending[i : i + per]), (i // size + 1, total))
+        for i in range(0, len(group.pending), per)
+    ]
+
+
 def idle_before(ruleset: RuleTable | None, now: datetime) -> datetime:
     """Groups idle since before this may be old enough for `flush` to delete (`Store.due_groups`)."""
     rules = (*ruleset.rules, *filter(None, [ruleset.fallback])) if ruleset else ()
     return now - 2 * min([DEFAULT_GROUP_INTERVAL, *(r.group_interval for r in rules)])
 
 
-def digest(events: Iterable[Event], router: Router, now: datetime) -> list[Notification]:
-    """An initial sync's backlog: ONE notification (kind `digest`, rule `initial-sync`) per
-    receiver, its events ordered by deadline; the id depends only on receiver and events."""
-    per: dict[str, dict[str, Event]] = {}
-    for ev in events:
-        for t in router.route(ev, now):
-            per.setdefault(t.receiver, {}).setdefault(ev.id, ev)
-    out: list[Notification] = []
-    for receiver, by_id in per.items():
-        raw = "\x1f".join(["digest", receiver, *sorted(by_id)])
-        out.append(
-            Notification(
-                id=hashlib.sha256(raw.encode()).hexdigest()[:32],
-                kind="digest",
-                rule="initial-sync",
-                receiver=receiver,
-                events=tuple(sorted(by_id.values(), key=_deadline_order)),
-                created_at=now,
-            )
-        )
-    return out
-
-
-def _deadline_order(ev: Event) -> tuple[bool, datetime | None, str, str]:
-    o = ev.obligation
-    return (o.deadline is None, o.deadline, o.meter_id, o.action_type)
+def digest(
+    events: Iterable[Event], router: Router, now: datetime, silences: Sequence[tuple[str, Matcher]] = ()
+) -> list[Notification]:
+    """An initial sync's backlog: a digest (kind `digest`, rule `initial-sync`) per receiver,
+    its events ordered by deadline (the most urgent first), with the counts of the whole
+    (`summary`). More events than the receiver's `max_events` make several parts, each
+    with the whole summary; a Slack receiver gets one message listing the most urgent. An id
+    depends only on receiver, part and events. (alerter.digests builds the same over a
+    backlog read in batches.)"""
+    limits = Limits.of(router.ruleset)
+    unique = list({e.id: e for e in events}.values())
+    builder = DigestBuilder(router, now, dict(limits.max_events), dict(limits.listed), silences)
+    builder.count(unique)
+    return [*builder.add(sorted(unique, key=urgency)), *builder.finish()]

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 DEADLINE_BUCKETS = ("overdue", "1d", "2d", "7d", "30d", "later", "none")
 """Labels of `alerter_open_obligations` by deadline, along the reminder thresholds (1d, 2d, 7d) so
 an alert can watch them. An initial-sync digest counts in words instead
-(`alerter.templates.DIGEST_DEADLINE_BUCKETS`): that wording reaches receivers, these labels dashboards."""
+(`alerter.summary.DIGEST_DEADLINE_BUCKETS`): that wording reaches receivers, these labels dashboards."""
 
 
 class Metrics:

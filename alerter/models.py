@@ -250,6 +250,11 @@ class Notification(BaseModel):
     group: dict[str, str] = Field(default_factory=dict)
     events: tuple[Event, ...]
     created_at: datetime
+    part: tuple[int, int] = (1, 1)
+    """(index, count), 1-based: a group or digest larger than its receiver's `max_events` is sent
+    as several notifications, each with its own id."""
+    summary: dict[str, Any] | None = None
+    """A digest's counts over all its events (every part carries the whole digest's)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ class EmailConfig(BaseModel):
     text_template: str | None = None
     html_template: str | None = None
     portal_url: str = templates.PORTAL_URL
+    max_events: int = Field(200, ge=1)
+    """A larger group or digest is sent as several mails."""
 
     @field_validator("subject_template", "text_template")
     @classmethod
@@ -89,6 +91,8 @@ class WebhookConfig(BaseModel):
     """`whsec_<base64>`; a list while a secret rotates (one signature per secret)."""
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: Duration = timedelta(seconds=15)
+    max_events: int = Field(500, ge=1)
+    """A larger group or digest is sent as several notifications (`data.part`)."""
 
     @field_validator("url")
     @classmethod

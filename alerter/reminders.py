@@ -119,3 +119,22 @@ def reminders_due(
         )
         for detail, at in due
     ]
+
+
+def next_reminder_at(obligation: Obligation, policy: RemindPolicy, now: datetime) -> datetime | None:
+    """The first instant after `now` at which `reminders_due` under `policy` could return a
+    reminder it does not return at `now` (None: never, unless the obligation changes). The
+    reminders step looks at the obligation again then, and not before."""
+    if obligation.status != "open":
+        return None
+    opened, deadline = obligation.opened_at, obligation.deadline
+    times: list[datetime] = []
+    if policy.every is not None:
+        n = max(0, (now - opened) // policy.every) if now > opened else 0
+        times.append(opened + (n + 1) * policy.every)
+    if deadline is not None and deadline > now:
+        left_at_opening = deadline - opened
+        times += [deadline - t for t in policy.before_deadline if t < left_at_opening and deadline - t > now]
+        if policy.overdue and deadline > opened:
+            times.append(deadline)
+    return min(times) if times else None

@@ -13,6 +13,7 @@ an event only evaluates the remaining conditions of the rules that can still mat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,8 @@ class Router:
         self._by_mask: dict[int, tuple[_Entry, ...]] = {}
         """Candidate tuples by mask: keys with the same mask share one tuple."""
         self._masks: list[dict[Any, int]] = [{} for _ in self._fields]
+        self._merged: dict[tuple[str, ...], RemindPolicy] = {}
+        self._looks: dict[int, tuple[RemindPolicy, RemindPolicy]] = {}
 
     @property
     def routes_nothing(self) -> bool:
@@ -248,7 +251,30 @@ class Router:
             entries = [self._fallback]
         if not entries:
             return NO_REMINDERS
-        return merge_policies(e.rule.remind for e in entries)
+        names = tuple(e.rule.name for e in entries)
+        merged = self._merged.get(names)
+        if merged is None:  # a handful of combinations: merged once each
+            merged = self._merged[names] = merge_policies(e.rule.remind for e in entries)
+        return merged
+
+    def look_policy(self, policy: RemindPolicy) -> RemindPolicy:
+        """`policy` with `timed_policy`: what the next look at an obligation must not wait past."""
+        merged = self._looks.get(id(policy))
+        if merged is None or merged[0] is not policy:
+            merged = self._looks[id(policy)] = (policy, merge_policies([policy, self.timed_policy]))
+        return merged[1]
+
+    @functools.cached_property
+    def timed_policy(self) -> RemindPolicy:
+        """The union of the `remind` policies of rules with a condition on a time field: such a
+        rule may start to match later, so the next look at an obligation must not wait past its
+        thresholds (see `next_reminder_at`)."""
+        timed = [
+            e.rule.remind
+            for e in self._by_name.values()
+            if any(FIELDS[c.field][0] == "time" for c in e.rule.matcher.conditions)
+        ]
+        return merge_policies(timed) if timed else NO_REMINDERS
 
     def placements(self, event: Event, now: datetime) -> Sequence[Placement]:
         """`route`, with the group each target puts the event in (`_match`, inlined: this is

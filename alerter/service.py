@@ -8,6 +8,7 @@ and the scenario tests. `alerter run` schedules one APScheduler job per concern
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
@@ -16,32 +17,36 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
+import orjson
 import structlog
 
 from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
+from alerter.digests import DigestBuilder
 from alerter.errors import FencedError, SourceError
-from alerter.grouping import SilenceCheck, flush, idle_before, plan
+from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.metrics import Metrics, deadline_bucket
-from alerter.models import Event, ObligationKey, RoutingWrite, Silence
+from alerter.models import Event, GroupState, Notification, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.pacing import Pacers
 from alerter.poller import CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
-from alerter.reminders import reminders_due
+from alerter.reminders import next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.store.base import META_LAST_CYCLE
+from alerter.store.base import META_LAST_CYCLE, META_REMIND_RULES
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
 ROUTE_BATCH = 10_000
-"""Pending events routed per step; an initial-sync backlog up to this size is one digest."""
+"""Pending events routed per step, and read per batch of an initial-sync digest's two passes."""
+FLUSH_EVENTS = 5000
+"""Events of a due group loaded and flushed per transaction."""
 REMIND_BATCH = 1000
 REMINDED_CACHE = 500_000
 
@@ -106,6 +111,7 @@ class Service:
         self._silences = SilenceCheck()
         self.rules_digests = file_digests(rule_files(config))
         """The rules files as the service last read them (the watcher reloads when they differ)."""
+        self._remind_rules: str | None = None
         self._reminded: set[str] = set()
         """Reminder event ids known to be in the store, so each is serialized and offered once."""
 
@@ -319,17 +325,30 @@ class Service:
             self.health.last_success_at = datetime.fromisoformat(last.replace("Z", "+00:00"))
 
     async def _remind(self, now: datetime) -> int:
-        after: ObligationKey | None = None
+        """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
+        is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
+        the others are not read. New rules (or rules this state has not seen) look at all again."""
+        rules = hashlib.sha256(orjson.dumps(sorted(f"{k}\x1f{v}" for k, v in self.rules_digests.items()))).hexdigest()
+        if rules != self._remind_rules and await self.store.get_meta(META_REMIND_RULES) != rules:
+            await self.store.reset_remind_at(now)
+            await self.store.set_meta({META_REMIND_RULES: rules})
+        self._remind_rules = rules
         new = 0
+        previous: set[ObligationKey] = set()
         while True:
-            batch = await self.store.open_obligations(after, REMIND_BATCH)
-            if not batch:
+            batch = await self.store.reminder_candidates(now, REMIND_BATCH)
+            self._unreadable()
+            keys = {ob.key for ob in batch}
+            if not batch or keys <= previous:  # nothing left due (or nothing moved: never loop)
                 return new
+            previous = keys
             events: list[Event] = []
+            looks: list[tuple[ObligationKey, int, datetime | None]] = []
             for ob in batch:
                 policy = self.router.remind_policy(ob, now)
                 if not policy.empty:
                     events.extend(e for e in reminders_due(ob, policy, now) if e.id not in self._reminded)
+                looks.append((ob.key, ob.version, next_reminder_at(ob, self.router.look_policy(policy), now)))
             if events:
                 added = await self.store.commit_page((), events)
                 # committed (or already there): no need to offer them again on the next run
@@ -339,12 +358,49 @@ class Service:
                 if added:
                     self.metrics.events.labels("reminder").inc(added)
                     new += added
-            after = batch[-1].key
+            await self.store.set_remind_at(looks)
+
+    async def _digest(self, now: datetime) -> None:
+        """An initial sync's backlog as one digest per receiver, however large: read twice in
+        batches (alerter.digests), written part by part, and consumed at the end. Killed
+        midway, the next run builds the same parts again (their ids already stored are kept)."""
+        batch = await self.store.initial_events(0, ROUTE_BATCH)
+        if not batch:
+            return
+        limits = Limits.of(self.ruleset)
+        silences = active_silences(self._applicable(await self.store.list_silences(now)), now)
+        builder = DigestBuilder(self.router, now, dict(limits.max_events), dict(limits.listed), silences)
+        upto = 0
+        while batch:
+            builder.count(e for _, e in batch)
+            upto = batch[-1][0]
+            batch = await self.store.initial_events(upto, ROUTE_BATCH)
+        order = await self.store.initial_by_urgency(upto)
+        for i in range(0, len(order), ROUTE_BATCH):
+            notes = builder.add(await self.store.load_events(order[i : i + ROUTE_BATCH]))
+            await self._write_digest(notes, builder)
+        await self._write_digest(builder.finish(), builder)
+        await self.store.consume_initial(upto)
+
+    async def _write_digest(self, notes: list[Notification], builder: DigestBuilder) -> None:
+        silenced, builder.silenced = builder.silenced, []
+        if notes or silenced:
+            write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced)
+            await self.store.commit_routing(write)
+            self._count_notifications(write)
+
+    def _unreadable(self) -> None:
+        skipped: list[str] = getattr(self.store, "unreadable", [])
+        for problem in skipped:
+            self.log.error("obligation_unreadable", obligation=problem, reason="skipped by reminders")
+        skipped.clear()
 
     async def _route(self, now: datetime, *, flush_all: bool = False) -> None:
         if self.router.routes_nothing:  # built without rules (not ready): events stay pending
             return
         mode = self.config.poll.initial_sync
+        if mode == "digest":
+            await self._digest(now)
         while True:
             events = await self.store.pending_events(ROUTE_BATCH)
             if not events:
@@ -372,9 +428,26 @@ class Service:
         due = await self.store.due_groups(now, force=flush_all, idle_before=idle_before(self.ruleset, now))
         if not due:
             return
-        wanted = [i for g in due for i in g.pending]
-        by_id = {e.id: e for e in await self.store.load_events(wanted)}
-        result = flush(due, by_id, now, ruleset=self.ruleset, force=flush_all)
+        idle = [g for g in due if not g.pending]
+        if idle:
+            await self._flush(idle, {}, now, flush_all)
+        limits = Limits.of(self.ruleset)
+        for group in (g for g in due if g.pending):
+            # window by window (whole parts each), one transaction each: a crash between two
+            # leaves the rest of the members in the group, flushed next time under the same ids
+            for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
+                by_id = {e.id: e for e in await self.store.load_events(window.pending)}
+                await self._flush([window], by_id, now, flush_all, parts_of)
+
+    async def _flush(
+        self,
+        groups: list[GroupState],
+        by_id: dict[str, Event],
+        now: datetime,
+        force: bool,
+        parts_of: tuple[int, int] | None = None,
+    ) -> None:
+        result = flush(groups, by_id, now, ruleset=self.ruleset, force=force, parts_of=parts_of)
         write = result.write()
         await self.store.commit_routing(write)
         self._count_notifications(write)

@@ -4,7 +4,7 @@ compile/validate, the one per-notification context, titles and deadline wording.
 Every channel renders from the same context (`context(n, now)`): the notification, its
 events as flat dicts (the fields rules match on plus `label`, `verb`, `deadline_text`,
 `portal_url`, ...), a `title`, and for an initial-sync digest the counts by action type,
-region and deadline bucket. Per-receiver templates see exactly this context. Each
+region and deadline bucket (`alerter.summary`). Per-receiver templates see exactly this context. Each
 channel's payload is built beside it in `alerter.render` (Slack blocks, email parts, the
 webhook body, the console summary).
 """
@@ -23,17 +23,13 @@ from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxEr
 from jinja2.sandbox import SandboxedEnvironment
 
 from alerter.models import Event, Notification
+from alerter.summary import Summary
 
 PORTAL_URL = "https://app.leap.energy"
 LIST_LIMIT = 200
 """Email lists at most this many events; the rest is counted ("... and N more")."""
 
 _VERB = {"opened": "New", "changed": "Changed", "reminder": "Reminder", "resolved": "Resolved"}
-DIGEST_DEADLINE_BUCKETS = ("overdue", "within 7 days", "within 30 days", "later", "no deadline")
-"""How an initial-sync digest counts its backlog by deadline, in words a reader scans once.
-Not the Prometheus labels of `alerter.metrics.deadline_bucket` (`1d`, `2d`, `7d`, ... which
-follow the reminder thresholds for alerting on a gauge): the digest's wording is part of
-what Slack, email and webhook receivers get, so the two schemes stay apart."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -59,14 +55,6 @@ def relative(deadline: datetime | None, now: datetime) -> str:
         return "no deadline"
     seconds = (deadline - now).total_seconds()
     return f"in {_span(seconds)}" if seconds >= 0 else f"overdue by {_span(-seconds)}"
-
-
-def digest_deadline_bucket(deadline: datetime | None, at: datetime) -> str:
-    """Which DIGEST_DEADLINE_BUCKETS entry a deadline falls in, seen from `at`."""
-    if deadline is None:
-        return "no deadline"
-    days = (deadline - at).total_seconds() / 86400
-    return "overdue" if days < 0 else "within 7 days" if days <= 7 else "within 30 days" if days <= 30 else "later"
 
 
 def _make_env(autoescape: bool) -> SandboxedEnvironment:
@@ -109,16 +97,7 @@ def validate_template(source: str | None, html: bool = False) -> str | None:
 
 def digest_counts(events: Sequence[Event], at: datetime) -> dict[str, Any]:
     """Counts for an initial-sync digest: by action type, region and deadline bucket."""
-    types = Counter(e.obligation.action_type for e in events)
-    regions = Counter(e.obligation.meter.transmission_region or "(none)" for e in events)
-    buckets = Counter(digest_deadline_bucket(e.obligation.deadline, at) for e in events)
-    return {
-        "total": len(events),
-        "meters": len({e.obligation.meter_id for e in events}),
-        "by_action_type": dict(types.most_common()),
-        "by_region": dict(regions.most_common()),
-        "by_deadline": {b: buckets[b] for b in DIGEST_DEADLINE_BUCKETS if buckets[b]},
-    }
+    return Summary(at).extend(events).counts()
 
 
 def _meters(events: Sequence[Event]) -> tuple[int, str]:
@@ -135,7 +114,7 @@ def title(n: Notification) -> str:
     """What the notification holds, counted: `3 meters need IS_AUTHORIZED`, `Resolved: IS_AUTHORIZED on
     2 meters`, and for a mixed group `3 meters need IS_AUTHORIZED (2 new, 1 changed), 1 resolved`."""
     if n.kind == "digest":
-        return f"Initial sync: {len(n.events)} open actions on {_meters(n.events)[1]}"
+        return _digest_title(n)
     if n.kind == "alert":  # the service reporting on itself
         status = "resolved" if n.group.get("status") == "resolved" else "alert"
         return f"alerter {status}: {n.group.get('message', n.group.get('alert', ''))}"
@@ -151,6 +130,21 @@ def title(n: Notification) -> str:
     else:
         head += " (" + ", ".join(f"{kinds[k]} {_VERB[k].lower()}" for k in _VERB if kinds[k]) + ")"
     return head + (f", {_meters(resolved)[0]} resolved" if resolved else "")
+
+
+def _digest_title(n: Notification) -> str:
+    """`Initial sync: 1200 open actions on 900 meters`, with `(part 2 of 3)` for a part."""
+    if n.summary is None:
+        text = f"Initial sync: {len(n.events)} open actions on {_meters(n.events)[1]}"
+    else:
+        meters = n.summary["meters"]
+        text = f"Initial sync: {n.summary['total']} open actions on {meters} meter{'' if meters == 1 else 's'}"
+    return text + _part_suffix(n)
+
+
+def _part_suffix(n: Notification) -> str:
+    index, count = n.part
+    return f" (part {index} of {count})" if count > 1 else ""
 
 
 def _time(value: datetime | str | None) -> datetime | str | None:
@@ -235,16 +229,24 @@ def context(n: Notification, now: datetime, portal_url: str = PORTAL_URL) -> dic
         },
         "events": events,
         "listed": events[:LIST_LIMIT],
-        "more": max(0, len(events) - LIST_LIMIT),
+        "more": _unlisted(n, min(len(events), LIST_LIMIT)),
         "count": len(events),
         "meters": meters,
         "meter_count": len(meters),
         "action_types": sorted({e["action_type"] for e in events}),
-        "title": title(n),
+        "title": title(n) if n.kind == "digest" else title(n) + _part_suffix(n),
         "now": now,
         "portal_url": portal_url,
-        "digest": digest_counts(n.events, now) if n.kind == "digest" else None,
+        "digest": (n.summary or digest_counts(n.events, now)) if n.kind == "digest" else None,
+        "part": {"index": n.part[0], "count": n.part[1]},
     }
+
+
+def _unlisted(n: Notification, listed: int) -> int:
+    """Events this message does not list: beyond the list limit, and for a digest the rest of
+    the whole (in other parts, or only counted)."""
+    total = n.summary["total"] if n.kind == "digest" and n.summary is not None else len(n.events)
+    return max(0, total - listed)
 
 
 def cut(text: str, limit: int) -> str:

@@ -17,6 +17,7 @@ BENCHES = (
     "bench_latency",
     "bench_console",
     "bench_push",
+    "bench_cost",
 )
 
 
@@ -136,6 +137,25 @@ def summary() -> str:
             "≤ 1,000",
             push["burst_meter_rereads"] <= 1000,
         )
+    for r in _load("cost") or []:
+        shape = (
+            f"`alerter once` {r['mode']}, {r['meters']:,} meters × {r['action_rate']:.0%} ({r['obligations']:,} open)"
+        )
+        rss_target = 250 if r["action_rate"] < 1 else 200
+        add(f"{shape}: peak RSS", f"{r['peak_rss_mb']} MB", f"≤ {rss_target} MB", r["peak_rss_mb"] <= rss_target)
+        if r["mode"] == "notify":
+            target = 14 if r["meters"] >= 100_000 else 1.6
+            add(f"{shape}: wall", f"{r['seconds']} s", f"≤ {target} s", r["seconds"] <= target)
+        if r["mode"] == "silent":
+            ok = r["ratio_to_fetch"] >= 0.6 and r["records_per_s"] >= 30_000
+            add(
+                f"{shape}: ingest",
+                f"{r['records_per_s']:,} rec/s = {r['ratio_to_fetch']} of bare fetch+decode",
+                "≥ 0.6 and ≥ 30,000 rec/s",
+                ok,
+            )
+        add(f"{shape}: SQLite per open obligation", f"{r['bytes_per_obligation']:,} B", "≤ 1,024 B",
+            r["bytes_per_obligation"] <= 1024)  # fmt: skip
     lines = ["| measure | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"

@@ -27,6 +27,8 @@ CORE = [
     "alerter.regexes",
     "alerter.routes",
     "alerter.grouping",
+    "alerter.digests",
+    "alerter.summary",
     "alerter.reminders",
     "alerter.rulefile",
     "alerter.receivers",

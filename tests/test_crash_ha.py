@@ -86,6 +86,40 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: 
     assert all(len(ids) == 1 for ids in carriers.values()), "an event went out under two webhook-ids"
 
 
+async def test_sigkill_while_groups_go_out_in_parts_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    p = Portfolio(300, action_rate=0.0, seed=17)
+    meters = unarchived(p)
+    expected: set[tuple[str, str]] = set()
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s", page_size="7"),
+            rules_yaml(hook.url(), max_events=2),
+        )
+        for _ in range(3):
+            svc = await Service.start(str(cfg))
+            for _ in range(2):
+                for m in rng.sample(meters, 9):
+                    code = f"AUTH_{rng.randrange(10_000):04d}"
+                    p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
+                    expected.add((m, code))
+                await asyncio.sleep(rng.uniform(0.3, 1.5))
+            assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
+        svc = await Service.start(str(cfg))
+        try:
+            await wait_until(lambda: opened_codes(hook) >= expected, timeout=60)
+        finally:
+            assert await svc.stop() == 0
+    assert opened_codes(hook) == expected
+    assert all(len(ids) == 1 for ids in delivered_events(hook).values()), "an event went out under two webhook-ids"
+    bodies = {r.headers["webhook-id"]: r.body["data"] for r in hook.delivered()}
+    assert all(len(d["events"]) <= 2 for d in bodies.values())
+    assert any(d["part"]["count"] > 1 for d in bodies.values())
+    for d in bodies.values():  # a part resent after a kill is the same part
+        assert d["id"] in bodies and 1 <= d["part"]["index"] <= d["part"]["count"]
+
+
 async def test_two_replicas_on_postgres_hand_over(tmp_path: Path) -> None:
     p = Portfolio(200, action_rate=0.0, seed=21)
     meters = unarchived(p)

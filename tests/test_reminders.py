@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from alerter.models import event_id
-from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies, reminders_due
+from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies, next_reminder_at, reminders_due
 from tests.test_rules import NOW, make_event
 
 D = timedelta(days=1)
@@ -116,3 +116,46 @@ def test_thresholds_are_validated_and_sorted() -> None:
         RemindPolicy.model_validate({"every": "0s"})
     with pytest.raises(ValueError, match="positive"):
         RemindPolicy.model_validate({"before_deadline": ["0s"]})
+
+
+POLICIES = [
+    RemindPolicy(every=timedelta(hours=24), before_deadline=(timedelta(days=7), timedelta(days=2)), overdue=True),
+    RemindPolicy(before_deadline=(timedelta(days=1),), overdue=False),
+    RemindPolicy(every=timedelta(hours=5), overdue=False),
+    RemindPolicy(overdue=True),
+    NO_REMINDERS,
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("deadline_in", [None, timedelta(hours=3), timedelta(days=3), timedelta(days=9)])
+def test_looking_only_at_the_next_reminder_time_finds_every_reminder(
+    policy: RemindPolicy, deadline_in: timedelta | None
+) -> None:
+    """Evaluating every hour and evaluating only at `next_reminder_at` give the same reminders."""
+    ob = make_event(opened_at=NOW, deadline=None if deadline_in is None else NOW + deadline_in).obligation
+    end = NOW + timedelta(days=12)
+    hourly: set[str] = set()
+    at = NOW
+    while at <= end:
+        hourly |= {e.id for e in reminders_due(ob, policy, at)}
+        at += timedelta(hours=1)
+    looked: set[str] = set()
+    look: datetime | None = NOW
+    looks = 0
+    while look is not None and look <= end:
+        looked |= {e.id for e in reminders_due(ob, policy, look)}
+        after = next_reminder_at(ob, policy, look)
+        assert after is None or after > look
+        look, looks = after, looks + 1
+    if look is not None:  # the window ended: what is left is found at the window's end
+        looked |= {e.id for e in reminders_due(ob, policy, end)}
+    assert looked == hourly
+    assert looks <= len(hourly) + 3  # about one look per reminder, not one per cycle
+
+
+def test_no_next_look_for_a_resolved_obligation_or_an_empty_policy() -> None:
+    ob = make_event(opened_at=NOW, deadline=NOW + timedelta(days=3)).obligation
+    assert next_reminder_at(ob, NO_REMINDERS, NOW) is None
+    assert next_reminder_at(ob.model_copy(update={"status": "resolved"}), POLICIES[0], NOW) is None
+    assert next_reminder_at(ob, POLICIES[3], NOW) == NOW + timedelta(days=3)

@@ -392,3 +392,24 @@ async def test_meters_are_found_by_their_partner_reference(store: Store) -> None
     assert await store.meters_by_reference("site-2") == ["m2"]
     assert await store.meters_by_reference("site-") == []
     assert await store.meters_by_reference("m1") == []
+
+
+async def test_an_initial_backlog_is_read_in_batches_most_urgent_first_and_consumed_at_once(store: Store) -> None:
+    store.set_fence(await store.try_acquire_leadership("t"))
+    obs = [
+        obligation("m3", "A", deadline=None),
+        obligation("m1", "B", deadline=DEADLINE + timedelta(days=1)),
+        obligation("m2", "C", deadline=DEADLINE),
+    ]
+    initial = [event(o, initial=True) for o in obs]
+    later = event(obligation("m4", "D"))
+    await store.commit_page([*obs, later.obligation], [*initial, later])
+    first = await store.initial_events(0, 2)
+    assert [e.id for _, e in first] == [e.id for e in initial[:2]]
+    rest = await store.initial_events(first[-1][0], 2)
+    assert [e.id for _, e in rest] == [initial[2].id]
+    upto = rest[-1][0]
+    assert await store.initial_by_urgency(upto) == [initial[2].id, initial[1].id, initial[0].id]
+    await store.consume_initial(upto)
+    assert await store.initial_events(0, 10) == []
+    assert [e.id for e in await store.pending_events(10)] == [later.id]  # not initial: left to routing

@@ -111,7 +111,8 @@ def test_webhook_body_is_exactly_the_interface() -> None:
     body = webhook_body(notification("n-1", [changed]))
     assert set(body) == {"type", "timestamp", "data"}
     assert body["type"] == "alerter.notification" and body["timestamp"] == "2026-11-28T10:00:00Z"
-    assert list(body["data"]) == ["id", "rule", "receiver", "group", "events"]
+    assert list(body["data"]) == ["id", "rule", "receiver", "group", "part", "events"]
+    assert body["data"]["part"] == {"index": 1, "count": 1}
     [ev] = body["data"]["events"]
     assert ev["type"] == "action.changed" and ev["id"] == changed.id and ev["occurred_at"] == "2026-11-28T10:00:00Z"
     assert set(ev["action"]) == {"action_type", "action_code", "action_description", "program_identifier",

@@ -104,8 +104,16 @@ def digest_blocks(ctx: Mapping[str, Any]) -> list[Block]:
         _counts("By action type", d["by_action_type"]),
         _counts("By region", d["by_region"]),
         _counts("By deadline", d["by_deadline"]),
-        _more(list(ctx["meters"])) if ctx["meters"] else context("No meters."),
+        _urgent(ctx) if ctx["meters"] else context("No meters."),
     ]
+
+
+def _urgent(ctx: Mapping[str, Any]) -> Block:
+    """A digest's meters, the most urgent first, and how many actions it does not list."""
+    named = list(ctx["meters"])[:50]
+    shown = set(named)
+    more = ctx["digest"]["total"] - sum(1 for e in ctx["events"] if e["label"] in shown)
+    return context(f"Most urgent: {', '.join(escape(x) for x in named)}" + (f" and {more} more" if more > 0 else ""))
 
 
 def text_blocks(title: str, text: str) -> list[Block]:

@@ -42,8 +42,9 @@ def webhook_body(n: Notification, now: datetime | None = None) -> dict[str, Any]
     """The webhook's JSON body. Deadline buckets of a digest are counted at `now`, by default
     the notification's creation time, so that every retry sends the same bytes."""
     data: dict[str, Any] = {"id": n.id, "rule": n.rule, "receiver": n.receiver, "group": dict(n.group)}
+    data["part"] = {"index": n.part[0], "count": n.part[1]}
     if n.kind == "digest":
-        data["counts"] = digest_counts(n.events, now or n.created_at)
+        data["counts"] = n.summary if n.summary is not None else digest_counts(n.events, now or n.created_at)
     data["events"] = [webhook_event(e) for e in n.events]
     kind = {"digest": "alerter.digest", "alert": "alerter.alert"}.get(n.kind, "alerter.notification")
     return {"type": kind, "timestamp": iso(n.created_at), "data": data}

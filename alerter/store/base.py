@@ -30,11 +30,14 @@ DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
 
 
 # Meta keys the state holds: the server's `audit.updated_at` high-water mark, whether the initial
-# sync is committed, and when the last full sweep and the last cycle were committed.
+# sync is committed, when the last full sweep and the last cycle were committed, and the rules the
+# reminders' next looks were computed under.
 META_WATERMARK = "watermark"
 META_INITIALIZED = "initialized"
 META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
+META_REMIND_RULES = "remind_rules"
+"""The rules files (digest) the stored `remind_at` times were computed under."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,19 @@ class ObligationStore(Protocol):
     async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
         """Open obligations in key order, after `after` (keyset pagination)."""
 
+    async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
+        """Up to `limit` open obligations whose `remind_at` is at or before `now`, the earliest
+        first (through its index). The caller moves each one's `remind_at` on (`set_remind_at`);
+        one that cannot be read is skipped, named in `unreadable`, and not offered again until
+        it is rewritten."""
+
+    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+        """Fenced: (key, version, when the reminders step next looks at it, or None: not until
+        it changes); an obligation changed since (another version) keeps its own."""
+
+    async def reset_remind_at(self, at: datetime) -> None:
+        """Fenced: every open obligation is looked at again from `at` (the rules changed)."""
+
     async def commit_page(
         self,
         obligations: Sequence[Obligation],
@@ -125,6 +141,16 @@ class RoutingStore(Protocol):
 
     async def pending_events(self, limit: int = 1000) -> list[Event]:
         """Events not yet consumed by routing, oldest first."""
+
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+        """Pending events of an initial sync after sequence number `after`, with theirs, in order."""
+
+    async def initial_by_urgency(self, upto: int) -> list[str]:
+        """The ids of the pending initial-sync events up to sequence number `upto`, the nearest
+        deadline first (then meter, action type, id): the order a digest lists them in."""
+
+    async def consume_initial(self, upto: int) -> None:
+        """Fenced: the pending initial-sync events up to sequence number `upto` are routed."""
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
 

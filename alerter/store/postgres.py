@@ -29,16 +29,16 @@ from alerter.errors import FencedError, StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows
 from alerter.store.base import Store
-from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
 from alerter.store.sql import META_UPSERT, SqlStore, Tx
 
-_OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int"]
+_OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int", "timestamptz"]
 _UPSERT_OBLIGATIONS = (
-    f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) SELECT * FROM unnest("
+    f"INSERT INTO obligations ({WRITE_COLUMNS}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_OBLIGATION_TYPES, 1))
     + f") ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
+    + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS.split(", ")[5:])
 )
 _INSERT_EVENTS = (
     f"INSERT INTO events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM unnest($1::text[], $2::text[], "

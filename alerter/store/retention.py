@@ -4,7 +4,8 @@ How this works: obligations themselves are kept (one row per action ever seen: t
 version numbers keep event ids, and so webhook-ids, unique if an action comes back).
 Forgotten, once older than the cutoff: the events of obligations resolved before it
 (never those of open obligations — their reminder ids must stay known, or a reminder
-would fire again), notifications all of whose events are gone and whose deliveries all
+would fire again — nor those of a notification still pending or dead, which reads its
+events from them), notifications all of whose events are gone and whose deliveries all
 went out (dead letters stay until replayed), the delivery rows of those, expired
 silences, and the thread and "told" records of the forgotten obligations.
 """
@@ -23,7 +24,10 @@ class Executes(Protocol):
 _OLD_RESOLVED = "SELECT key_id FROM obligations WHERE status = 'resolved' AND resolved_at < $1"
 _OLD_EVENTS = (
     f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
-    "AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = events.id)"
+    "AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = events.id) "
+    # a notification not yet delivered (or dead, to be replayed) reads its events from here
+    "AND NOT EXISTS (SELECT 1 FROM notification_events ne JOIN deliveries d ON d.notification_id = "
+    "ne.notification_id WHERE ne.event_id = events.id AND d.status IN ('pending', 'dead'))"
 )
 _OLD_NOTIFICATIONS = (
     "notifications.created_at < $1 "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ OBLIGATION_COLUMNS = (
     f"{KEY_COLUMNS}, key_id, status, action_description, deadline, meter, "
     "opened_at, first_seen, last_seen, resolved_at, resolution, version"
 )
+WRITE_COLUMNS = f"{OBLIGATION_COLUMNS}, remind_at"
+"""What `commit_page` writes: `remind_at` (when the reminders step next looks at an open
+obligation) is the write time, so a new or changed obligation is looked at on the next step."""
 EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
 DELIVERY_COLUMNS = (
     "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
@@ -81,6 +84,7 @@ def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
         ts(o.resolved_at),
         o.resolution,
         o.version,
+        ts(o.last_seen) if o.status == "open" else None,
     )
 
 
@@ -143,12 +147,34 @@ def group_from_row(r: Row, pending: tuple[str, ...] = (), waiting: bool = False)
 
 
 def notification_params(n: Notification, ts: TsParam) -> tuple[Any, ...]:
-    return (n.id, n.kind, n.rule, n.receiver, ts(n.created_at), n.model_dump_json())
+    """The notification without its events: they are stored once, in `events`, and linked in
+    order through `notification_events` (`events_by_reference`)."""
+    header = n.model_dump(mode="json", exclude={"events"})
+    header["event_count"] = len(n.events)
+    return (n.id, n.kind, n.rule, n.receiver, ts(n.created_at), dumps(header))
 
 
-def delivery_from_row(r: Row) -> Delivery:
+def by_reference(payload: str) -> bool:
+    """A stored notification whose events are linked rather than copied (every one written
+    since; older ones carry their events)."""
+    return "events" not in orjson.loads(payload)
+
+
+def notification_from_row(payload: str, events: Sequence[Event] | None) -> Notification:
+    """A stored notification; `events`: its linked events in order, for one `by_reference`."""
+    if events is None:
+        return Notification.model_validate_json(payload)
+    header = orjson.loads(payload)
+    header.pop("event_count", None)
+    n = Notification.model_validate({**header, "events": ()})
+    if n.kind != "digest":  # a group's events of an initial sync in `notify` mode went out as new
+        events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
+    return n.model_copy(update={"events": tuple(events)})
+
+
+def delivery_from_row(r: Row, events: Sequence[Event] | None = None) -> Delivery:
     return Delivery(
-        notification=Notification.model_validate_json(r["payload"]),
+        notification=notification_from_row(r["payload"], events),
         receiver=r["receiver"],
         status=r["status"],
         attempts=r["attempts"],

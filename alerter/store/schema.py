@@ -248,7 +248,21 @@ CREATE INDEX webhook_inbox_meter ON webhook_inbox (meter_id, received_at)
 """Leap's webhook events, stored before they are acknowledged, keyed by `webhook_event_id`."""
 
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _CONSOLE, _WEBHOOK_INBOX)
+_EVENTS_BY_REFERENCE = """
+ALTER TABLE notification_events ADD COLUMN position INTEGER
+"""
+"""A notification's events in order: new notifications link their events instead of copying them."""
+
+
+_REMIND_AT = """
+ALTER TABLE obligations ADD COLUMN remind_at {ts};
+UPDATE obligations SET remind_at = last_seen WHERE status = 'open';
+CREATE INDEX obligations_remind_at ON obligations (remind_at)
+"""
+"""When the reminders step next looks at an open obligation (NULL: not until it changes)."""
+
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _CONSOLE, _WEBHOOK_INBOX, _EVENTS_BY_REFERENCE, _REMIND_AT)
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"

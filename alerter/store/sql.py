@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from alerter.errors import StoreError
-from alerter.models import Event, GroupState, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
 from alerter.store import retention, rows, schema
 from alerter.store.base import (
     Delivery,
@@ -103,6 +103,9 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
 
     def __init__(self) -> None:
         self._fence: int | None = None
+        self.unreadable: list[str] = []
+        """Stored obligations `open_obligations` skipped because they cannot be read (the
+        reader takes and clears them)."""
 
     # -- what a backend supplies --
     @abstractmethod
@@ -207,7 +210,47 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
             else:
                 sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
                 found = await tx.fetch(sql, *after, limit)
-        return [rows.obligation_from_row(r) for r in found]
+        return self._readable(found)
+
+    async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
+        sql = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ts(now), limit)
+        bad: list[tuple[ObligationKey, int]] = []
+        out = self._readable(found, bad)
+        if bad:  # not offered again until rewritten: the step's next batch moves on
+            await self.set_remind_at([(key, version, None) for key, version in bad])
+        return out
+
+    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+        if not items:
+            return
+        sql = (
+            "UPDATE obligations SET remind_at = $1 WHERE meter_id = $2 AND program_identifier = $3 "
+            "AND delivery_period = $4 AND action_type = $5 AND action_code = $6 AND version = $7 AND status = 'open'"
+        )
+        async with self._write(fenced=True) as tx:
+            await tx.executemany(sql, [(self._ts(at), *key, version) for key, version, at in items])
+
+    async def reset_remind_at(self, at: datetime) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.execute("UPDATE obligations SET remind_at = $1 WHERE status = 'open'", self._ts(at))
+
+    def _readable(self, found: Sequence[Row], bad: list[tuple[ObligationKey, int]] | None = None) -> list[Obligation]:
+        """The obligations of these rows; one that cannot be read is skipped and named in
+        `unreadable` (and its key and version added to `bad`)."""
+        out = []
+        for r in found:
+            try:
+                out.append(rows.obligation_from_row(r))
+            except ValueError as err:  # skipped and named, once per read; the others go on
+                key: ObligationKey = (
+                    r["meter_id"], r["program_identifier"], r["delivery_period"], r["action_type"], r["action_code"]
+                )  # fmt: skip
+                self.unreadable.append(f"{'/'.join(key)}: {err}")
+                if bad is not None:
+                    bad.append((key, r["version"]))
+        return out
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
         sql = (
@@ -222,6 +265,24 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         sql = "SELECT payload FROM events WHERE NOT routed ORDER BY seq LIMIT $1"
         async with self._read() as tx:
             return [rows.event_from_payload(r["payload"]) for r in await tx.fetch(sql, limit)]
+
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+        sql = "SELECT seq, payload FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        async with self._read() as tx:
+            return [(r["seq"], rows.event_from_payload(r["payload"])) for r in await tx.fetch(sql, after, limit)]
+
+    async def initial_by_urgency(self, upto: int) -> list[str]:
+        sql = (
+            "SELECT e.id FROM events e LEFT JOIN obligations o ON o.meter_id = e.meter_id AND o.key_id = e.key_id "
+            "WHERE e.initial AND NOT e.routed AND e.seq <= $1 "
+            "ORDER BY (o.deadline IS NULL), o.deadline, e.meter_id, o.action_type, e.id"
+        )
+        async with self._read() as tx:
+            return [r["id"] for r in await tx.fetch(sql, upto)]
+
+    async def consume_initial(self, upto: int) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.execute("UPDATE events SET routed = TRUE WHERE initial AND NOT routed AND seq <= $1", upto)
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
@@ -304,15 +365,33 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
             "updated_at) VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
             [(n.id, n.receiver, ts(n.created_at)) for n in notes],
         )
-        links = {(e.id, n.id): None for n in notes for e in n.events}
+        await self._keep_events(tx, notes)
+        links = {(e.id, n.id): i for n in notes for i, e in enumerate(n.events)}
         await tx.executemany(
-            "INSERT INTO notification_events (event_id, notification_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            list(links),
+            "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            [(e, n, i) for (e, n), i in links.items()],
         )
         told = {(e.obligation.key_id, n.receiver): None for n in notes for e in n.events if e.kind in NOTIFIED_KINDS}
         if told:
             await tx.executemany(
                 "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
+            )
+
+    async def _keep_events(self, tx: Tx, notes: Sequence[Notification]) -> None:
+        """A notification links its events: routing builds it from stored events, and one given
+        with events the store does not hold stores them (as routed) so that it can be read."""
+        wanted = {e.id: e for n in notes for e in n.events}
+        if not wanted:
+            return
+        found = await tx.fetch(f"SELECT id FROM events WHERE id {self._in(1)}", self._ids(list(wanted)))
+        for r in found:
+            wanted.pop(r["id"], None)
+        if wanted:
+            await tx.executemany(
+                f"INSERT INTO events ({rows.EVENT_COLUMNS}, routed) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE) "
+                "ON CONFLICT (id) DO NOTHING",
+                [rows.event_params(e, self._ts) for e in wanted.values()],
             )
 
     # -- silences --
@@ -400,7 +479,21 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
                     "WHERE notification_id = $3 AND receiver = $4",
                     [(owner, until, r["notification_id"], r["receiver"]) for r in found],
                 )
-        return [rows.delivery_from_row(r) for r in found]
+            return await self._deliveries(tx, found)
+
+    async def _deliveries(self, tx: Tx, found: Sequence[Row]) -> list[Delivery]:
+        """Ledger rows with their notifications, the events of those stored by reference
+        loaded in order (at most a claim's worth: each notification holds up to `max_events`)."""
+        linked = list(dict.fromkeys(r["notification_id"] for r in found if rows.by_reference(r["payload"])))
+        events: dict[str, list[Event]] = {i: [] for i in linked}
+        if linked:
+            sql = (
+                "SELECT l.notification_id, e.payload FROM notification_events l JOIN events e ON e.id = l.event_id "
+                f"WHERE l.notification_id {self._in(1)} ORDER BY l.notification_id, l.position"
+            )
+            for r in await tx.fetch(sql, self._ids(linked)):
+                events[r["notification_id"]].append(rows.event_from_payload(r["payload"]))
+        return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
 
     async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
         sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
@@ -444,7 +537,7 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         where = self._dead_filter(receiver, since, args, "d.")
         async with self._read() as tx:
             found = await tx.fetch(f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args)
-        return [rows.delivery_from_row(r) for r in found]
+            return await self._deliveries(tx, found)
 
     async def replay_dead_letters(
         self, now: datetime, receiver: str | None = None, since: datetime | None = None

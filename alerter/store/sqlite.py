@@ -32,14 +32,14 @@ from alerter.errors import StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows
 from alerter.store.base import Store
-from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
 from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx
 
 _UPSERT_OBLIGATION = (
-    f"INSERT INTO obligations ({OBLIGATION_COLUMNS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, 17))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in OBLIGATION_COLUMNS.split(", ")[5:])
+    f"INSERT INTO obligations ({WRITE_COLUMNS}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, 18))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS.split(", ")[5:])
 )
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
 PAGE_SIZE = 16384

@@ -17,13 +17,16 @@ WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ=="
 API_KEY = "test-key"
 
 
-def rules_yaml(webhook_url: str, *, group_wait: str = "0s", extra: str = "", remind: str = "{}") -> str:
+def rules_yaml(
+    webhook_url: str, *, group_wait: str = "0s", extra: str = "", remind: str = "{}", max_events: int = 500
+) -> str:
     return f"""\
 receivers:
   - name: crm
     webhook:
       url: {webhook_url}
       secret: {WEBHOOK_SECRET}
+      max_events: {max_events}
 {extra}
 defaults:
   group_by: [action_type]

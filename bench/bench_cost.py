@@ -1,0 +1,157 @@
+"""Cost benchmark: a whole `alerter once` process against the simulator, every meter (or 5 %)
+carrying partner actions, delivering to a local webhook collector.
+
+`python -m bench.bench_cost [--quick]` measures, each in a fresh process (peak RSS from
+`wait4`, wall time from start to exit):
+- `digest` at 10,000 and 100,000 meters, all with actions (`initial_sync: digest`);
+- `notify` at 20,000 and 100,000 meters, all with actions, `group_by: [action_type]`;
+- `digest` at 1,000,000 meters, 5 % with actions;
+- `silent` at 200,000 meters, all with actions, beside the bare fetch+decode loop on the
+  same pages in the same run (bench.bench_cycle's `fetch` worker);
+and the SQLite file's bytes per open obligation. Results go to bench/results/cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bench.bench_cycle import child
+from bench.bench_source import API_KEY, Simulator
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cost.json"
+
+
+class Collector:
+    """A webhook sink on loopback: counts requests, events and the largest body."""
+
+    def __init__(self) -> None:
+        self.requests = self.events = self.largest = 0
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests += 1
+        self.largest = max(self.largest, len(body))
+        self.events += len(json.loads(body)["data"]["events"])
+        return web.Response()
+
+    async def __aenter__(self) -> Collector:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+def write_config(tmp: Path, sim_url: str, hook_url: str, mode: str) -> Path:
+    (tmp / "rules.yaml").write_text(
+        f"receivers:\n  - name: sink\n    webhook: {{url: {hook_url}}}\n"
+        "rules:\n  - {name: all, group_by: [action_type], receivers: [sink]}\n"
+    )
+    path = tmp / f"config-{mode}.yaml"
+    path.write_text(
+        f"source: {{base_url: {sim_url}, api_key: {API_KEY}}}\npoll: {{initial_sync: {mode}}}\n"
+        f"state: {{url: 'sqlite:///{tmp}/state-{mode}.db'}}\nrules: rules.yaml\nlog: {{format: json, level: warning}}\n"
+    )
+    return path
+
+
+def run_once(config: Path) -> dict[str, Any]:
+    """`alerter once` in a child process, its own peak RSS (wait4) and wall time."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alerter", "once", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "exit": proc.returncode,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+    }
+
+
+def store_size(db: Path) -> dict[str, Any]:
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        open_ = c.execute("SELECT COUNT(*) FROM obligations WHERE status = 'open'").fetchone()[0]
+    size = db.stat().st_size
+    return {"obligations": open_, "bytes": size, "bytes_per_obligation": round(size / max(1, open_))}
+
+
+async def one(meters: int, rate: float, mode: str, fetch_too: bool = False) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="alerter-bench-") as tmp:
+        async with Simulator(meters, action_rate=rate) as sim, Collector() as hook:
+            config = write_config(Path(tmp), sim.url, hook.url, mode)
+            out: dict[str, Any] = {"meters": meters, "action_rate": rate, "mode": mode}
+            if fetch_too:
+                out["fetch"] = await child("fetch", sim.url, "")
+            out |= await asyncio.get_running_loop().run_in_executor(None, run_once, config)
+            out |= store_size(Path(tmp) / f"state-{mode}.db")
+            out["webhooks"], out["events_sent"], out["largest_body"] = hook.requests, hook.events, hook.largest
+            if fetch_too:
+                out["records_per_s"] = round(meters / out["seconds"])
+                out["ratio_to_fetch"] = round(out["records_per_s"] / out["fetch"]["records_per_s"], 2)
+            return out
+
+
+SHAPES = (
+    (10_000, 1.0, "digest"),
+    (100_000, 1.0, "digest"),
+    (20_000, 1.0, "notify"),
+    (100_000, 1.0, "notify"),
+    (1_000_000, 0.05, "digest"),
+    (200_000, 1.0, "silent"),
+)
+
+
+def run(shapes: tuple[tuple[int, float, str], ...] = SHAPES) -> list[dict[str, Any]]:
+    results = [asyncio.run(one(n, rate, mode, fetch_too=mode == "silent")) for n, rate, mode in shapes]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"{r['mode']:>6} {r['meters']:>9,} meters × {r['action_rate']:.0%}: {r['obligations']:,} obligations, "
+        f"{r['seconds']} s wall, {r['cpu_seconds']} CPU-s, peak RSS {r['peak_rss_mb']} MB, "
+        f"SQLite {r['bytes_per_obligation']} B/obligation, {r['webhooks']} webhooks (largest {r['largest_body']:,} B)"
+        + (f", {r['records_per_s']:,} rec/s = {r['ratio_to_fetch']} of bare fetch" if "fetch" in r else "")
+        for r in results
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="only the smaller shapes")
+    args = parser.parse_args()
+    shapes = tuple(s for s in SHAPES if s[0] <= 20_000) if args.quick else SHAPES
+    print(summary(run(shapes)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""A stored obligation that cannot be read is skipped and named by the open-obligation walk
+(the reminders go on with the others) instead of stopping it."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from alerter.models import Notification
+from alerter.sim import Portfolio, SimServer
+from alerter.store.sqlite import SqliteStore
+from tests.support.channels import webhook_collector
+from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
+from tests.test_rules import NOW, make_event
+
+
+async def test_open_obligations_skip_an_unreadable_row_and_name_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        store.set_fence(1)
+        first, bad, last = (make_event(meter_id=f"M-{i}").obligation for i in (1, 2, 3))
+        await store.commit_page([first, bad, last], [])
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE obligations SET meter = '{\"nope\": 1}' WHERE meter_id = 'M-2'")
+        assert await store.open_obligations() == [first, last]
+        [problem] = store.unreadable
+        assert problem.startswith("M-2/") and "meter_id" in problem
+        # keyset pages step over it too
+        assert await store.open_obligations(None, 2) == [first]
+        assert await store.open_obligations(first.key, 2) == [last]
+    finally:
+        await store.close()
+
+
+async def test_a_cycle_goes_on_past_an_unreadable_obligation_and_logs_it(tmp_path: Path) -> None:
+    p = Portfolio(20, action_rate=0.0, seed=3)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:3]
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"),
+            rules_yaml(hook.url(), remind="{every: 1h}"),
+        )
+        async with running(load(cfg)) as service:
+            await service.run_cycle(flush_all=True)
+            with sqlite3.connect(tmp_path / "s.db") as raw:
+                raw.execute("UPDATE obligations SET meter = '{}' WHERE meter_id = ?", (meters[1],))
+            with capture_logs() as logs:
+                later = service.clock() + timedelta(hours=2)
+                await service.run_cycle(later, flush_all=True)
+            [entry] = [e for e in logs if e["event"] == "obligation_unreadable"]
+            assert entry["obligation"].startswith(meters[1])
+            for m in (meters[0], meters[2]):  # the others' reminders went on
+                assert [h.event.detail for h in await service.store.history(m) if h.event.kind == "reminder"] == [
+                    "every:2"
+                ]
+
+
+async def test_a_notification_stored_with_its_events_copied_is_still_delivered_whole(tmp_path: Path) -> None:
+    """Notifications written before events were linked carry them in their payload."""
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        evs = (make_event(meter_id="M-1"), make_event(meter_id="M-2"))
+        old = Notification(id="old-1", rule="r", receiver="ops", events=evs, created_at=NOW)
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "INSERT INTO notifications (id, kind, rule, receiver, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                ("old-1", "notification", "r", "ops", NOW.isoformat(), old.model_dump_json()),
+            )
+            raw.execute(
+                "INSERT INTO deliveries (notification_id, receiver, status, attempts, next_attempt_at, updated_at) "
+                "VALUES ('old-1', 'ops', 'pending', 0, ?, ?)",
+                (NOW.isoformat(), NOW.isoformat()),
+            )
+        [d] = await store.claim_deliveries(NOW, "w", 10, 60)
+        assert d.notification == old
+    finally:
+        await store.close()
