@@ -50,6 +50,9 @@ class DigestBuilder:
         self.silences = silences
         self.summaries: dict[str, Summary] = {}
         self.silenced: list[tuple[str, str]] = []
+        self.told: list[tuple[str, str]] = []
+        """(obligation key id, receiver) of obligations a listing-only digest (Slack) counts
+        without listing: the receiver heard of them, so their resolutions go to it."""
         self._chunks: dict[str, list[Event]] = {}
         self._index: dict[str, int] = {}
 
@@ -84,6 +87,8 @@ class DigestBuilder:
                 if limit is not None:
                     if len(chunk) < limit:
                         chunk.append(ev)
+                    else:
+                        self.told.append((ev.obligation.key_id, r))
                     continue
                 chunk.append(ev)
                 if len(chunk) >= self._size(r):

@@ -384,8 +384,9 @@ class Service:
 
     async def _write_digest(self, notes: list[Notification], builder: DigestBuilder) -> None:
         silenced, builder.silenced = builder.silenced, []
-        if notes or silenced:
-            write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced)
+        told, builder.told = builder.told, []
+        if notes or silenced or told:
+            write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told)
             await self.store.commit_routing(write)
             self._count_notifications(write)
 

@@ -211,3 +211,39 @@ async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt
         ]
         assert deadlines == sorted(deadlines)  # the most urgent first, across the parts
         assert Counter(e["meter"]["meter_id"] for d in bodies for e in d["events"]) == Counter(meters)
+
+
+async def test_obligations_a_slack_digest_only_counts_still_get_their_resolutions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alerter import grouping
+
+    monkeypatch.setattr(grouping, "DIGEST_LISTED", 2)  # the Slack digest lists 2, counts the rest
+    p = Portfolio(40, action_rate=0.0, seed=7)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:5]
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        smtp_server() as smtp,
+        fake_slack() as slack,
+    ):
+        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", initial_sync="digest"), rules)
+        async with running(load(cfg)) as service:
+            await service.run_cycle(flush_all=True)
+            assert (await service.drain(30)).undelivered == 0
+            [digest_post] = slack.posted()
+            assert "Initial sync: 5 open actions" in digest_post.args["text"]
+            for m in meters:
+                p.resolve_action(m, "AUTH_0001")
+            await service.run_cycle(flush_all=True)
+            assert (await service.drain(30)).undelivered == 0
+            obligations = (await service.store.load_obligations(meters)).values()
+            assert {o.status for o in obligations} == {"resolved"}
+            told = await service.store.notified_receivers([o.key_id for o in obligations])
+            assert len(told) == 5 and all("ops" in receivers for receivers in told.values())
+            resolved = [c for c in slack.calls[slack.calls.index(digest_post) + 1 :] if c.method.startswith("chat.")]
+            text = " ".join(str(c.args.get("text", "")) for c in resolved)
+            assert all(p.record(p.index_of(m) or 0)["partner_reference"] in text for m in meters), text
