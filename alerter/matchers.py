@@ -49,7 +49,7 @@ FIELDS: dict[str, tuple[FieldKind, str]] = {
     "deadline": ("time", "obligation.deadline"),
     "opened_at": ("time", "obligation.opened_at"),
 }
-"""Field name -> (kind, attribute path on an Event). The names INTERFACE.md fixes."""
+"""Field name -> (kind, attribute path on an Event): the fields README's rules reference lists."""
 
 GETTERS: dict[str, Callable[[Any], Any]] = {name: attrgetter(path) for name, (_, path) in FIELDS.items()}
 EVENT_KINDS = ("opened", "changed", "reminder", "resolved")

@@ -1,6 +1,6 @@
 """The polling cycle: read Leap, diff a few pages at a time, commit obligations and events, move the watermark.
 
-How this works (DESIGN.md decision 2):
+How this works:
 - `initial`: the state has never finished a sync. Full `partner_action_required` sweep;
   its events are marked initial (routing turns them into a digest, notifications, or
   nothing, per `poll.initial_sync`).

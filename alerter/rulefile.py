@@ -1,5 +1,5 @@
 """The rules file: receivers, defaults and ordered rules, loaded with positions, merged across
-files in order and compiled once into a RuleSet (see INTERFACE.md for the format).
+files in order and compiled once into a RuleSet (README's rules reference gives the format).
 
 Every problem is reported as `FILE:LINE:COL: message`, all at once in one ConfigError:
 unknown keys, fields or operators, bad regexes and durations, references to undefined

@@ -1,4 +1,4 @@
-"""The commands of INTERFACE.md run as real processes against the simulator and a webhook collector."""
+"""The commands README lists, run as real processes against the simulator and a webhook collector."""
 
 from __future__ import annotations
 
