@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -65,6 +66,13 @@ DEBOUNCE = 0.01
 """Seconds a woken worker waits for the events arriving with the first one."""
 COALESCE_MAX = 0.25
 """The longest a woken worker waits for more events before it re-reads."""
+FLOOD_RATE = 500.0
+"""Events a second (over FLOOD_WINDOW) that make a flood, e.g. Leap's retries after an outage:
+while it lasts the worker keeps gathering, up to FLOOD_MAX, so each meter a burst names is
+re-read once rather than once per step. A stream of single changes stays far below it."""
+FLOOD_WINDOW = 0.2
+FLOOD_MAX = 5.0
+"""The longest a flood is gathered before a step re-reads what it named."""
 IDLE = 1.0
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
@@ -89,6 +97,8 @@ class PushWorker:
         self.port: int | None = None
         """The bound port of the endpoint's own listener (`source.webhooks.listen`), once started."""
         self._wake = asyncio.Event()
+        self._arrived = 0
+        """Events stored since start (to tell a flood from a stream)."""
         self._stopping = False
         self._purged_at: datetime | None = None
         self._failures = 0
@@ -96,6 +106,8 @@ class PushWorker:
         """After a failed re-read, no step before this (rows received meanwhile wait and go together)."""
 
     def wake(self) -> None:
+        """The endpoint stored a new event."""
+        self._arrived += 1
         self._wake.set()
 
     # -- running --
@@ -137,12 +149,25 @@ class PushWorker:
                 log.exception("push_step_crashed")
 
     async def _gather(self) -> None:
-        """After a wake, waits while events keep arriving (DEBOUNCE apart), at most COALESCE_MAX:
-        one event goes on at once, a flood is taken in batches that share their re-reads."""
-        end = time.monotonic() + COALESCE_MAX
-        while self._wake.is_set() and time.monotonic() < end:
+        """After a wake, waits while events keep arriving (DEBOUNCE apart), at most COALESCE_MAX
+        — or FLOOD_MAX while they come as a flood: one event goes on at once, a stream is taken in
+        small batches, and a burst in one step that re-reads each meter it names once."""
+        started = time.monotonic()
+        marks: deque[tuple[float, int]] = deque([(started, self._arrived)])
+        while True:
             self._wake.clear()
             await asyncio.sleep(DEBOUNCE)
+            now = time.monotonic()
+            marks.append((now, self._arrived))
+            while len(marks) > 2 and marks[0][0] < now - FLOOD_WINDOW:
+                marks.popleft()
+            rate = (marks[-1][1] - marks[0][1]) / max(now - marks[0][0], DEBOUNCE)
+            elapsed = now - started
+            if rate >= FLOOD_RATE and elapsed < FLOOD_MAX:
+                continue
+            if self._wake.is_set() and elapsed < COALESCE_MAX:
+                continue
+            return
 
     # -- one step --
     async def step(self, now: datetime | None = None) -> int:
