@@ -226,7 +226,9 @@ async def test_run_logs_only_json_lines_including_the_libraries(tmp_path: Path) 
         assert {"event", "level", "logger", "timestamp"} <= set(entry), entry
     assert library["logger"] == "aiohttp.server" and library["level"] == "error"
     assert "Traceback (most recent call last)" in library["exception"]
-    assert not [e for e in svc.logs if str(e["logger"]).startswith("apscheduler")]
+    # APScheduler's per-run chatter is quieted (a job cancelled by the shutdown may still log an error line)
+    chatter = [e for e in svc.logs if str(e["logger"]).startswith("apscheduler") and e["level"] in ("debug", "info")]
+    assert not chatter, chatter
 
 
 LIBRARY_LINES = """
