@@ -74,16 +74,26 @@ def test_grouping_and_flushing_never_drop_or_duplicate_an_event(batches: list[tu
     store: dict[str, Event] = {}
     expected: Counter[tuple[str, str, str]] = Counter()
     delivered: Counter[tuple[str, str, str]] = Counter()
+    told: dict[str, set[str]] = {}
+    """What the store's `notified` would hold: receivers queued an event of each obligation."""
     now = NOW
     for batch, seconds in batches:
         now += timedelta(seconds=seconds)
         fresh = [e for e in {e.id: e for e in batch}.values() if e.id not in store]  # the store ignores known ids
         store.update((e.id, e) for e in fresh)
-        for ev in fresh:
-            for t in router.route(ev, now):
-                if ev.kind != "resolved":  # nothing was notified in this property: resolutions go nowhere
-                    expected[(ev.id, t.rule.name, t.receiver)] += 1
-        write = plan(fresh, router, book.heads, {}, [], now)
+        known = {key: set(receivers) for key, receivers in told.items()}
+        for ev in fresh:  # a resolution goes only where an event of its obligation went before it
+            key = ev.obligation.key_id
+            targets = router.route(ev, now)
+            if ev.kind == "resolved":
+                targets = [t for t in targets if t.rule.send_resolved and t.receiver in known.get(key, set())]
+            else:
+                known.setdefault(key, set()).update(t.receiver for t in targets)
+            for t in targets:
+                expected[(ev.id, t.rule.name, t.receiver)] += 1
+        write = plan(fresh, router, book.heads, told, [], now)
+        for key, receiver in write.told:
+            told.setdefault(key, set()).add(receiver)
         assert sorted(write.consumed) == sorted(e.id for e in fresh)
         assert len(write.appended) == len(set(write.appended))
         book.apply(write)
