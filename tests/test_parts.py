@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,10 +19,18 @@ from alerter.grouping import DIGEST_LISTED, digest, flush, notification_id, plan
 from alerter.models import Event
 from alerter.routes import Router
 from alerter.rulefile import RuleSet, compile_rules
+from alerter.service import Service
 from alerter.sim import Portfolio, SimServer
 from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
-from tests.support.channels import fake_slack, smtp_server, webhook_collector
+from tests.support.channels import (
+    FakeSlack,
+    SmtpServer,
+    WebhookCollector,
+    fake_slack,
+    smtp_server,
+    webhook_collector,
+)
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, running, write_config
 from tests.test_rules import NOW, make_event
 
@@ -101,6 +111,21 @@ rules:
 """
 
 
+@asynccontextmanager
+async def multi(tmp_path: Path, p: Portfolio) -> AsyncIterator[tuple[Service, WebhookCollector, SmtpServer, FakeSlack]]:
+    """The service (SQLite, initial sync `digest`) on the simulator, with MULTI's three receivers."""
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        smtp_server() as smtp,
+        fake_slack() as slack,
+    ):
+        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", initial_sync="digest"), rules)
+        async with running(load(cfg)) as service:
+            yield service, hook, smtp, slack
+
+
 async def test_digest_and_group_in_parts_reach_every_receiver_once_with_the_same_ids_on_retry(
     tmp_path: Path,
 ) -> None:
@@ -108,51 +133,43 @@ async def test_digest_and_group_in_parts_reach_every_receiver_once_with_the_same
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]]
     for m in meters[:11]:
         p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-    async with (
-        SimServer(p, api_key=API_KEY) as sim,
-        webhook_collector([WEBHOOK_SECRET]) as hook,
-        smtp_server() as smtp,
-        fake_slack() as slack,
-    ):
+    async with multi(tmp_path, p) as (service, hook, smtp, slack):
         hook.script.extend([503, 200, 500])  # the first and the third request fail once
-        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
-        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", initial_sync="digest"), rules)
-        async with running(load(cfg)) as service:
-            service.deliverer.policies["webhook"] = RetryPolicy(base=0.2, cap=0.5, max_attempts=5, budget=600)
-            await service.run_cycle(flush_all=True)
-            assert (await service.drain(30)).undelivered == 0
-            digests = [r for r in hook.delivered() if r.body["type"] == "alerter.digest"]
-            assert sorted(r.body["data"]["part"]["index"] for r in digests) == [1, 2, 3]
-            assert {r.body["data"]["part"]["count"] for r in digests} == {3}
-            assert all(r.body["data"]["counts"]["total"] == 11 and len(r.body["data"]["events"]) <= 4 for r in digests)
-            got = Counter(e["meter"]["meter_id"] for r in digests for e in r.body["data"]["events"])
-            assert got == Counter(meters[:11])  # every obligation once across the parts
-            failed = [r for r in hook.received if r.status >= 500]
-            assert len(failed) == 2 and all(r.verified for r in hook.received)
-            delivered_ids = {r.headers["webhook-id"] for r in hook.delivered()}
-            assert {r.headers["webhook-id"] for r in failed} <= delivered_ids  # retried under the same id
-            assert len(delivered_ids) == len(hook.delivered())  # and sent once
-            subjects = sorted(str(m["Subject"]) for m in smtp.messages)
-            assert len(subjects) == 3 and all("(part " in s and "of 3)" in s for s in subjects)
-            [post] = slack.posted()
-            assert "Initial sync: 11 open actions" in post.args["text"]
+        service.deliverer.policies["webhook"] = RetryPolicy(base=0.2, cap=0.5, max_attempts=5, budget=600)
+        await service.run_cycle(flush_all=True)
+        assert (await service.drain(30)).undelivered == 0
+        digests = [r for r in hook.delivered() if r.body["type"] == "alerter.digest"]
+        assert sorted(r.body["data"]["part"]["index"] for r in digests) == [1, 2, 3]
+        assert {r.body["data"]["part"]["count"] for r in digests} == {3}
+        assert all(r.body["data"]["counts"]["total"] == 11 and len(r.body["data"]["events"]) <= 4 for r in digests)
+        got = Counter(e["meter"]["meter_id"] for r in digests for e in r.body["data"]["events"])
+        assert got == Counter(meters[:11])  # every obligation once across the parts
+        failed = [r for r in hook.received if r.status >= 500]
+        assert len(failed) == 2 and all(r.verified for r in hook.received)
+        delivered_ids = {r.headers["webhook-id"] for r in hook.delivered()}
+        assert {r.headers["webhook-id"] for r in failed} <= delivered_ids  # retried under the same id
+        assert len(delivered_ids) == len(hook.delivered())  # and sent once
+        subjects = sorted(str(m["Subject"]) for m in smtp.messages)
+        assert len(subjects) == 3 and all("(part " in s and "of 3)" in s for s in subjects)
+        [post] = slack.posted()
+        assert "Initial sync: 11 open actions" in post.args["text"]
 
-            # after the initial sync, a group of 9 new actions: 3 webhook parts, 2 mails, 1 Slack message
-            hook.received.clear()
-            for m in meters[11:20]:
-                p.open_action(m, action_type="DOCUMENTS_SIGNED", action_code="DOCS_0001")
-            await service.run_cycle(flush_all=True)
-            assert (await service.drain(30)).undelivered == 0
-            parts = [r.body["data"] for r in hook.delivered()]
-            assert sorted((d["part"]["index"], d["part"]["count"], len(d["events"])) for d in parts) == [
-                (1, 3, 4),
-                (2, 3, 4),
-                (3, 3, 1),
-            ]
-            got = Counter(e["meter"]["meter_id"] for d in parts for e in d["events"])
-            assert got == Counter(meters[11:20])
-            assert len(smtp.messages) == 5
-            assert len(slack.posted()) == 2
+        # after the initial sync, a group of 9 new actions: 3 webhook parts, 2 mails, 1 Slack message
+        hook.received.clear()
+        for m in meters[11:20]:
+            p.open_action(m, action_type="DOCUMENTS_SIGNED", action_code="DOCS_0001")
+        await service.run_cycle(flush_all=True)
+        assert (await service.drain(30)).undelivered == 0
+        parts = [r.body["data"] for r in hook.delivered()]
+        assert sorted((d["part"]["index"], d["part"]["count"], len(d["events"])) for d in parts) == [
+            (1, 3, 4),
+            (2, 3, 4),
+            (3, 3, 1),
+        ]
+        got = Counter(e["meter"]["meter_id"] for d in parts for e in d["events"])
+        assert got == Counter(meters[11:20])
+        assert len(smtp.messages) == 5
+        assert len(slack.posted()) == 2
 
 
 def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
@@ -180,28 +197,19 @@ async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:13]
     for m in meters:
         p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-    async with (
-        SimServer(p, api_key=API_KEY) as sim,
-        webhook_collector([WEBHOOK_SECRET]) as hook,
-        smtp_server() as smtp,
-        fake_slack() as slack,
-    ):
-        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
-        db = tmp_path / "s.db"
-        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{db}", initial_sync="digest"), rules)
-        async with running(load(cfg)) as service:
-            await service.poller.run_cycle(service.clock())
-            now = service.clock()
-            await service._digest(now)
-            with sqlite3.connect(db) as raw:  # killed before the backlog was marked consumed
-                first = sorted(raw.execute("SELECT id, receiver FROM notifications"))
-                raw.execute("UPDATE events SET routed = FALSE WHERE initial")
-            await service._digest(now)
-            with sqlite3.connect(db) as raw:
-                assert sorted(raw.execute("SELECT id, receiver FROM notifications")) == first  # the same parts
-                assert raw.execute("SELECT COUNT(*) FROM events WHERE NOT routed").fetchone() == (0,)
-            assert Counter(r for _, r in first) == {"crm": 4, "team": 3, "ops": 1}
-            assert (await service.drain(30)).undelivered == 0
+    async with multi(tmp_path, p) as (service, hook, _smtp, _slack):
+        await service.poller.run_cycle(service.clock())
+        now = service.clock()
+        await service._digest(now)
+        with sqlite3.connect(tmp_path / "s.db") as raw:  # killed before the backlog was marked consumed
+            first = sorted(raw.execute("SELECT id, receiver FROM notifications"))
+            raw.execute("UPDATE events SET routed = FALSE WHERE initial")
+        await service._digest(now)
+        with sqlite3.connect(tmp_path / "s.db") as raw:
+            assert sorted(raw.execute("SELECT id, receiver FROM notifications")) == first  # the same parts
+            assert raw.execute("SELECT COUNT(*) FROM events WHERE NOT routed").fetchone() == (0,)
+        assert Counter(r for _, r in first) == {"crm": 4, "team": 3, "ops": 1}
+        assert (await service.drain(30)).undelivered == 0
         bodies = [r.body["data"] for r in hook.delivered()]
         assert all(d["counts"]["total"] == 13 and d["part"]["count"] == 4 for d in bodies)
         deadlines = [
@@ -223,27 +231,19 @@ async def test_obligations_a_slack_digest_only_counts_still_get_their_resolution
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:5]
     for m in meters:
         p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-    async with (
-        SimServer(p, api_key=API_KEY) as sim,
-        webhook_collector([WEBHOOK_SECRET]) as hook,
-        smtp_server() as smtp,
-        fake_slack() as slack,
-    ):
-        rules = MULTI.format(hook=hook.url(), secret=WEBHOOK_SECRET, smtp=smtp.port, slack=slack.api_url)
-        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", initial_sync="digest"), rules)
-        async with running(load(cfg)) as service:
-            await service.run_cycle(flush_all=True)
-            assert (await service.drain(30)).undelivered == 0
-            [digest_post] = slack.posted()
-            assert "Initial sync: 5 open actions" in digest_post.args["text"]
-            for m in meters:
-                p.resolve_action(m, "AUTH_0001")
-            await service.run_cycle(flush_all=True)
-            assert (await service.drain(30)).undelivered == 0
-            obligations = (await service.store.load_obligations(meters)).values()
-            assert {o.status for o in obligations} == {"resolved"}
-            told = await service.store.notified_receivers([o.key_id for o in obligations])
-            assert len(told) == 5 and all("ops" in receivers for receivers in told.values())
-            resolved = [c for c in slack.calls[slack.calls.index(digest_post) + 1 :] if c.method.startswith("chat.")]
-            text = " ".join(str(c.args.get("text", "")) for c in resolved)
-            assert all(p.record(p.index_of(m) or 0)["partner_reference"] in text for m in meters), text
+    async with multi(tmp_path, p) as (service, _hook, _smtp, slack):
+        await service.run_cycle(flush_all=True)
+        assert (await service.drain(30)).undelivered == 0
+        [digest_post] = slack.posted()
+        assert "Initial sync: 5 open actions" in digest_post.args["text"]
+        for m in meters:
+            p.resolve_action(m, "AUTH_0001")
+        await service.run_cycle(flush_all=True)
+        assert (await service.drain(30)).undelivered == 0
+        obligations = (await service.store.load_obligations(meters)).values()
+        assert {o.status for o in obligations} == {"resolved"}
+        told = await service.store.notified_receivers([o.key_id for o in obligations])
+        assert len(told) == 5 and all("ops" in receivers for receivers in told.values())
+        resolved = [c for c in slack.calls[slack.calls.index(digest_post) + 1 :] if c.method.startswith("chat.")]
+        text = " ".join(str(c.args.get("text", "")) for c in resolved)
+        assert all(p.record(p.index_of(m) or 0)["partner_reference"] in text for m in meters), text
