@@ -51,7 +51,7 @@ async def overview(console: Console) -> dict[str, Any]:
             "rules": len(svc.ruleset.rules) + (1 if svc.ruleset.fallback else 0),
             "receivers": len(svc.ruleset.receivers),
             "rules_loaded": bool(health.rules_loaded),
-            "last_reload": getattr(health, "last_reload", None),
+            "last_reload": health.last_reload,
             "last_error": health.last_error,
         },
     }
