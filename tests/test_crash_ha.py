@@ -56,10 +56,40 @@ async def wait_until(predicate: Any, timeout: float = 30) -> None:
     raise AssertionError("condition not reached in time")
 
 
+async def open_and_kill(
+    cfg: Path,
+    p: Portfolio,
+    hook: WebhookCollector,
+    rng: random.Random,
+    expected: set[tuple[str, str]],
+    *,
+    kills: int,
+    rounds: int,
+    per_round: int,
+    pause: tuple[float, float],
+) -> None:
+    """`kills` times: start the service, open actions in `rounds` (recorded in `expected`), SIGKILL
+    it; then run it once more until the webhook has heard of every opening, and stop it cleanly."""
+    meters = unarchived(p)
+    for _ in range(kills):
+        svc = await Service.start(str(cfg))
+        for _ in range(rounds):
+            for m in rng.sample(meters, per_round):
+                code = f"AUTH_{rng.randrange(10_000):04d}"
+                p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
+                expected.add((m, code))
+            await asyncio.sleep(rng.uniform(*pause))
+        assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
+    svc = await Service.start(str(cfg))
+    try:
+        await wait_until(lambda: opened_codes(hook) >= expected, timeout=60)
+    finally:
+        assert await svc.stop() == 0
+
+
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(11)
     p = Portfolio(400, action_rate=0.0, seed=13)
-    meters = unarchived(p)
     expected: set[tuple[str, str]] = set()
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         cfg = write_config(
@@ -67,20 +97,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: 
             config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s", page_size="7"),
             rules_yaml(hook.url()),
         )
-        for _ in range(4):
-            svc = await Service.start(str(cfg))
-            for _ in range(3):
-                for m in rng.sample(meters, 5):
-                    code = f"AUTH_{rng.randrange(10_000):04d}"
-                    p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
-                    expected.add((m, code))
-                await asyncio.sleep(rng.uniform(0.2, 1.5))
-            assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
-        svc = await Service.start(str(cfg))
-        try:
-            await wait_until(lambda: opened_codes(hook) >= expected, timeout=60)
-        finally:
-            assert await svc.stop() == 0
+        await open_and_kill(cfg, p, hook, rng, expected, kills=4, rounds=3, per_round=5, pause=(0.2, 1.5))
     assert opened_codes(hook) == expected
     carriers = delivered_events(hook)
     assert all(len(ids) == 1 for ids in carriers.values()), "an event went out under two webhook-ids"
@@ -89,7 +106,6 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: 
 async def test_sigkill_while_groups_go_out_in_parts_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(5)
     p = Portfolio(300, action_rate=0.0, seed=17)
-    meters = unarchived(p)
     expected: set[tuple[str, str]] = set()
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         cfg = write_config(
@@ -97,20 +113,7 @@ async def test_sigkill_while_groups_go_out_in_parts_loses_and_duplicates_nothing
             config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s", page_size="7"),
             rules_yaml(hook.url(), max_events=2),
         )
-        for _ in range(3):
-            svc = await Service.start(str(cfg))
-            for _ in range(2):
-                for m in rng.sample(meters, 9):
-                    code = f"AUTH_{rng.randrange(10_000):04d}"
-                    p.open_action(m, action_type="IS_AUTHORIZED", action_code=code)
-                    expected.add((m, code))
-                await asyncio.sleep(rng.uniform(0.3, 1.5))
-            assert await svc.stop(signal.SIGKILL) == -signal.SIGKILL
-        svc = await Service.start(str(cfg))
-        try:
-            await wait_until(lambda: opened_codes(hook) >= expected, timeout=60)
-        finally:
-            assert await svc.stop() == 0
+        await open_and_kill(cfg, p, hook, rng, expected, kills=3, rounds=2, per_round=9, pause=(0.3, 1.5))
     assert opened_codes(hook) == expected
     assert all(len(ids) == 1 for ids in delivered_events(hook).values()), "an event went out under two webhook-ids"
     bodies = {r.headers["webhook-id"]: r.body["data"] for r in hook.delivered()}
