@@ -20,7 +20,7 @@ from datetime import datetime
 
 from alerter.diff import DiffResult, diff_records
 from alerter.errors import FencedError
-from alerter.models import Event, Obligation, ObligationKey, Record
+from alerter.models import Event, FirstLook, Obligation, ObligationKey, Record
 from alerter.store.base import ObligationStore
 
 Faults = dict[str, Exception]
@@ -86,11 +86,12 @@ async def commit_apart(
     obligations: Sequence[Obligation],
     events: Sequence[Event],
     probe: Callable[[], Awaitable[object]],
+    look: FirstLook | None = None,
 ) -> Faults:
     """Commits obligation changes and events in one transaction; when that fails, commits
     them meter by meter (halving) and returns the meters the store would not take."""
     try:
-        await store.commit_page(obligations, events)
+        await store.commit_page(obligations, events, look=look)
         return {}
     except FencedError:
         raise
@@ -103,6 +104,7 @@ async def commit_apart(
         await store.commit_page(
             [o for o in obligations if o.meter_id in chosen],
             [e for e in events if e.obligation.meter_id in chosen],  # in their order
+            look=look,
         )
 
     return await isolate(meters, attempt, probe)

@@ -9,7 +9,7 @@ strings so that a new program or region Leap adds never rejects a record.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -170,19 +170,34 @@ class Obligation(BaseModel):
     version: int = 1
     """Increments on every transition (opened=1, then each change, resolution or reopening)."""
 
+    # `key` and `key_id` are kept in the instance's __dict__ once computed (not fields: equality
+    # and dumps ignore them). A copy keeps them, which is right as long as no copy changes a key
+    # field: none does, a new key is a new obligation (`diff.open_obligation`).
     @property
     def key(self) -> ObligationKey:
-        return (
-            self.meter_id,
-            self.program_identifier,
-            self.delivery_period,
-            self.action_type,
-            self.action_code,
-        )
+        d = self.__dict__
+        key: ObligationKey | None = d.get("_key")
+        if key is None:
+            key = d["_key"] = (
+                self.meter_id,
+                self.program_identifier,
+                self.delivery_period,
+                self.action_type,
+                self.action_code,
+            )
+        return key
 
     @property
     def key_id(self) -> str:
-        return key_id(self.key)
+        d = self.__dict__
+        kid: str | None = d.get("_key_id")
+        if kid is None:
+            kid = d["_key_id"] = key_id(self.key)
+        return kid
+
+
+FirstLook = Callable[[Obligation], datetime | None]
+"""When the reminders step first looks at an open obligation being written (its `remind_at`)."""
 
 
 def event_id(key: ObligationKey, kind: EventKind, version: int, detail: str = "") -> str:

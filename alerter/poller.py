@@ -2,8 +2,8 @@
 
 How this works:
 - `initial`: the state has never finished a sync. Full `partner_action_required` sweep;
-  its events are marked initial (routing turns them into a digest, notifications, or
-  nothing, per `poll.initial_sync`).
+  its events are marked initial (routing turns them into a digest or notifications per
+  `poll.initial_sync`; in `silent` mode they are not written: the obligations are the baseline).
 - `incremental`: `partner_action_required: true` with `last_modified_date_time =
   watermark - overlap`, then the meters that still have open obligations are re-read
   by `meter_ids` (at most 1000 a request) with the same `last_modified_date_time`, since
@@ -39,7 +39,7 @@ import structlog
 from alerter.config import PollConfig
 from alerter.diff import resolve
 from alerter.isolation import Faults, commit_apart, diff_apart, load_apart
-from alerter.models import Event, Obligation, ObligationKey, Record
+from alerter.models import Event, FirstLook, Obligation, ObligationKey, Record
 from alerter.readahead import read_ahead as read_ahead
 from alerter.readahead import read_ahead_groups
 from alerter.store.base import META_INITIALIZED, META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK, ObligationStore
@@ -177,10 +177,21 @@ class _Batch:
     it again and produces the same events under the same ids.
     """
 
-    def __init__(self, store: ObligationStore, report: CycleReport, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        store: ObligationStore,
+        report: CycleReport,
+        log: structlog.typing.FilteringBoundLogger,
+        look: FirstLook | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.store = store
         self.report = report
         self.log = log
+        self.look = look
+        self.quiet = quiet
+        """An initial sync in `silent` mode: the baseline's obligations are written, its events
+        (which routing would only mark routed) are not."""
         self.obligations: dict[ObligationKey, Obligation] = {}
         self.by_meter: dict[str, list[Obligation]] = {}
         self.events: list[Event] = []
@@ -195,6 +206,8 @@ class _Batch:
 
     async def add(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Adds a group's changes (or none), then commits if the batch is full or old enough."""
+        if self.quiet:
+            events = ()
         if obligations or events:
             if not self.obligations and not self.events:
                 self.since = time.monotonic()
@@ -217,7 +230,9 @@ class _Batch:
 
     async def commit(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Commits in one transaction; a meter the store will not take is set apart."""
-        failed = await commit_apart(self.store, obligations, events, self.probe)
+        if self.quiet:
+            events = ()
+        failed = await commit_apart(self.store, obligations, events, self.probe, self.look)
         if failed:
             self.failed(failed, "commit")
             events = [e for e in events if e.obligation.meter_id not in failed]
@@ -239,10 +254,14 @@ class _Batch:
 class Poller:
     """Runs one cycle at a time against a source and a store; `now` comes from the caller."""
 
-    def __init__(self, store: ObligationStore, source: SourceLike, poll: PollConfig) -> None:
+    def __init__(
+        self, store: ObligationStore, source: SourceLike, poll: PollConfig, look: FirstLook | None = None
+    ) -> None:
         self.store = store
         self.source = source
         self.poll = poll
+        self.look = look
+        """When the reminders step first looks at an obligation written (default: next step)."""
         self.log = structlog.get_logger("alerter.poller")
 
     async def next_kind(self, now: datetime, force_reconcile: bool = False) -> CycleKind:
@@ -277,7 +296,7 @@ class Poller:
         tracked = set(unlisted) if sweep else None
         seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
-        batch = _Batch(self.store, report, log)
+        batch = _Batch(self.store, report, log, self.look, quiet=initial and self.poll.initial_sync == "silent")
         search = read_ahead_groups(_select(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
@@ -337,7 +356,7 @@ class Poller:
         started = time.perf_counter()
         report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind="push")
         unlisted = set(meter_ids)
-        batch = _Batch(self.store, report, self.log.bind(cycle_id=report.cycle_id, cycle="push"))
+        batch = _Batch(self.store, report, self.log.bind(cycle_id=report.cycle_id, cycle="push"), self.look)
         found = read_ahead_groups(_select(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(found) as groups, self._committing(batch):
             async for group in groups:

@@ -26,7 +26,7 @@ from alerter.digests import DigestBuilder
 from alerter.errors import FencedError, SourceError
 from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.metrics import Metrics, deadline_bucket
-from alerter.models import Event, GroupState, Notification, ObligationKey, RoutingWrite, Silence
+from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.pacing import Pacers
@@ -95,7 +95,7 @@ class Service:
         self.health = Health(interval=config.poll.interval)
         self.store = open_store(config.state.url)
         self.client = LeapClient(config.source, clock=clock)
-        self.poller = Poller(self.store, self.client, config.poll)
+        self.poller = Poller(self.store, self.client, config.poll, self._first_look)
         self.metrics.watch_source(lambda: self.client.stats)
         self.ruleset = config.ruleset
         self.router = Router(self.ruleset)
@@ -203,6 +203,7 @@ class Service:
                 return None
             now = now or self.clock()
             try:
+                await self._check_remind_rules(now)  # first: what the poll writes is under these rules
                 report = await self.poller.run_cycle(now, force_reconcile=force_reconcile)
             except SourceError as err:
                 self._cycle_failed(now, err)
@@ -324,15 +325,28 @@ class Service:
         if last:
             self.health.last_success_at = datetime.fromisoformat(last.replace("Z", "+00:00"))
 
-    async def _remind(self, now: datetime) -> int:
-        """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
-        is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
-        the others are not read. New rules (or rules this state has not seen) look at all again."""
+    def _first_look(self, ob: Obligation) -> datetime | None:
+        """An open obligation being written: one that opens now is due no reminder yet
+        (`reminders_due` at its opening is empty), so its first look is its next threshold;
+        any other (changed, or rewritten with new meter attributes) is looked at next step."""
+        if ob.opened_at != ob.last_seen:
+            return ob.last_seen
+        policy = self.router.remind_policy(ob, ob.opened_at)
+        return next_reminder_at(ob, self.router.look_policy(policy), ob.opened_at)
+
+    async def _check_remind_rules(self, now: datetime) -> None:
+        """New rules (or rules this state has not seen): every open obligation is looked at again."""
         rules = hashlib.sha256(orjson.dumps(sorted(f"{k}\x1f{v}" for k, v in self.rules_digests.items()))).hexdigest()
         if rules != self._remind_rules and await self.store.get_meta(META_REMIND_RULES) != rules:
             await self.store.reset_remind_at(now)
             await self.store.set_meta({META_REMIND_RULES: rules})
         self._remind_rules = rules
+
+    async def _remind(self, now: datetime) -> int:
+        """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
+        is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
+        the others are not read."""
+        await self._check_remind_rules(now)
         new = 0
         previous: set[ObligationKey] = set()
         while True:

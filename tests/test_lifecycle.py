@@ -163,6 +163,10 @@ async def test_initial_sync_modes(tmp_path: Path, mode: str) -> None:
             assert len(bodies) == len(types)  # grouped by action_type
         else:
             assert bodies == []
+            # the baseline is the obligations alone: no events are written for it
+            some = next(m for m in w.meters if w.portfolio.meter(m)["required_actions"]["partner"])
+            assert await w.service.store.load_obligations([some])
+            assert await w.service.store.history(some) == []
         # the backlog is the baseline: the next cycle says nothing more
         assert await w.cycle() == []
         # and a new action afterwards is notified normally in every mode

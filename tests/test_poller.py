@@ -127,9 +127,9 @@ class CountingStore(SqliteStore):
         self.loaded: list[list[str]] = []
         self.progress = asyncio.Event()
 
-    async def commit_page(self, obligations: Any, events: Any, meta: Any = None) -> int:
+    async def commit_page(self, obligations: Any, events: Any, meta: Any = None, look: Any = None) -> int:
         self.commits.append(len(events))
-        return await super().commit_page(obligations, events, meta)
+        return await super().commit_page(obligations, events, meta, look)
 
     async def load_obligations(self, meter_ids: Sequence[str]) -> Any:
         self.loaded.append(list(meter_ids))

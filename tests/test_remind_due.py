@@ -40,3 +40,30 @@ async def test_only_obligations_due_a_look_are_read_and_new_rules_look_at_all(tm
             assert await store.get_meta("remind_rules") not in (None, seen)
             assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=32)) == []
             assert await service._remind(t0 + timedelta(hours=2, seconds=2)) == 5  # every:2
+
+
+async def test_a_new_obligation_is_written_with_its_first_reminder_time(tmp_path: Path) -> None:
+    """An initial sync of a large backlog does not read every obligation back for a first look:
+    the poll writes each new one's next reminder time, and a changed one is looked at next step."""
+    p = Portfolio(30, action_rate=0.0, seed=4)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:4]
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(
+            tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url(), remind="{every: 2h}")
+        )
+        async with running(load(cfg)) as service:
+            t0 = service.clock()
+            await service.poller.run_cycle(t0)  # the poll alone: no reminders step ran
+            store = service.store
+            assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=59)) == []
+            due = await store.reminder_candidates(t0 + timedelta(hours=2))
+            assert sorted(o.meter_id for o in due) == sorted(meters)
+
+            p.change_action(meters[0], "AUTH_0001", description="Re-authorize, now with a new form")
+            t1 = t0 + timedelta(minutes=10)
+            await service.poller.run_cycle(t1, force_reconcile=True)
+            assert [o.meter_id for o in await store.reminder_candidates(t1)] == [meters[0]]  # changed: looked at
+            assert await service._remind(t1) == 0
+            assert await store.reminder_candidates(t1 + timedelta(minutes=1)) == []

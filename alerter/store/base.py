@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
 
-from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.models import (
+    Event,
+    FirstLook,
+    GroupState,
+    Notification,
+    Obligation,
+    ObligationKey,
+    RoutingWrite,
+    Silence,
+)
 
 DeliveryStatus = Literal["pending", "sent", "dead", "disabled"]
 
@@ -123,9 +132,12 @@ class ObligationStore(Protocol):
         obligations: Sequence[Obligation],
         events: Sequence[Event],
         meta: Mapping[str, str] | None = None,
+        look: FirstLook | None = None,
     ) -> int:
         """Fenced, one transaction: upsert obligations, insert events (an event id already
-        present is ignored), set meta. Returns how many events were new."""
+        present is ignored), set meta. An open obligation's `remind_at` is `look(obligation)`
+        (default: its `last_seen`, looked at on the reminders' next step). Returns how many
+        events were new."""
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:
         """(action_type, deadline, count) over open obligations, for metrics."""

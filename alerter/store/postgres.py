@@ -247,11 +247,18 @@ class PostgresStore(SqlStore, Store):
     def _ids(self, values: Sequence[str]) -> Any:
         return list(values)
 
-    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
+    async def _write_page(
+        self,
+        obligations: list[Obligation],
+        looks: list[datetime | None],
+        events: list[Event],
+        meta: list[tuple[str, str]],
+    ) -> int:
         new = 0
         async with self._write(fenced=True) as tx:
             if obligations:
-                columns = list(zip(*(rows.obligation_params(o, rows.aware) for o in obligations), strict=True))
+                params = (rows.obligation_params(o, rows.aware, at) for o, at in zip(obligations, looks, strict=True))
+                columns = list(zip(*params, strict=True))
                 await tx.execute(_UPSERT_OBLIGATIONS, *columns)
             if events:
                 columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))

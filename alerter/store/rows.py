@@ -27,8 +27,8 @@ OBLIGATION_COLUMNS = (
     "opened_at, first_seen, last_seen, resolved_at, resolution, version"
 )
 WRITE_COLUMNS = f"{OBLIGATION_COLUMNS}, remind_at"
-"""What `commit_page` writes: `remind_at` (when the reminders step next looks at an open
-obligation) is the write time, so a new or changed obligation is looked at on the next step."""
+"""What `commit_page` writes: `remind_at` is when the reminders step next looks at an open
+obligation: the write time (looked at on the next step) unless the writer says when (`FirstLook`)."""
 EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
 DELIVERY_COLUMNS = (
     "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
@@ -70,7 +70,7 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
+def obligation_params(o: Obligation, ts: TsParam, remind_at: datetime | None) -> tuple[Any, ...]:
     return (
         *o.key,
         o.key_id,
@@ -84,7 +84,7 @@ def obligation_params(o: Obligation, ts: TsParam) -> tuple[Any, ...]:
         ts(o.resolved_at),
         o.resolution,
         o.version,
-        ts(o.last_seen) if o.status == "open" else None,
+        ts(remind_at) if o.status == "open" else None,
     )
 
 

@@ -18,7 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from alerter.errors import StoreError
-from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.models import (
+    Event,
+    FirstLook,
+    GroupState,
+    Notification,
+    Obligation,
+    ObligationKey,
+    RoutingWrite,
+    Silence,
+)
 from alerter.store import retention, rows, schema
 from alerter.store.base import (
     Delivery,
@@ -68,6 +77,14 @@ _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n
 RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
 FORGET_INSTANCES = timedelta(days=1)
 """An instance not seen for this long is forgotten (its leases expired long before)."""
+
+
+def _last_seen(o: Obligation) -> datetime | None:
+    return o.last_seen
+
+
+_LAST_SEEN: FirstLook = _last_seen
+"""Without a `FirstLook`, an open obligation written is looked at on the reminders' next step."""
 
 
 def page_rows(obligations: Sequence[Obligation], events: Sequence[Event]) -> tuple[list[Obligation], list[Event]]:
@@ -127,10 +144,16 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         """Bind a list of ids for `_in`."""
 
     @abstractmethod
-    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
+    async def _write_page(
+        self,
+        obligations: list[Obligation],
+        looks: list[datetime | None],
+        events: list[Event],
+        meta: list[tuple[str, str]],
+    ) -> int:
         """Fenced, one transaction: a page's rows (at most one per key or id) in bulk, each store
-        its own way (SQLite in one trip to its thread, PostgreSQL as arrays). Returns how many
-        events were new."""
+        its own way (SQLite in one trip to its thread, PostgreSQL as arrays); `looks`: each
+        obligation's `remind_at`. Returns how many events were new."""
 
     async def _lock_migrations(self, tx: Tx) -> None:
         """Inside the migrating transaction, before the version is read: keep other instances
@@ -154,11 +177,14 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
         obligations: Sequence[Obligation],
         events: Sequence[Event],
         meta: Mapping[str, str] | None = None,
+        look: FirstLook | None = None,
     ) -> int:
         if not obligations and not events and not meta:
             return 0
         unique, new = page_rows(obligations, events)
-        return await self._write_page(unique, new, list(meta.items()) if meta else [])
+        first = look or _LAST_SEEN
+        looks = [first(o) if o.status == "open" else None for o in unique]
+        return await self._write_page(unique, looks, new, list(meta.items()) if meta else [])
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         """Insert (group key, event id) rows in this order, ignoring those already present."""

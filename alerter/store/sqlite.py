@@ -271,10 +271,16 @@ class SqliteStore(SqlStore, Store):
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
 
-    async def _write_page(self, obligations: list[Obligation], events: list[Event], meta: list[tuple[str, str]]) -> int:
+    async def _write_page(
+        self,
+        obligations: list[Obligation],
+        looks: list[datetime | None],
+        events: list[Event],
+        meta: list[tuple[str, str]],
+    ) -> int:
         count: int = await self._in_one_hop(
             _commit_page,
-            [rows.obligation_params(o, rows.iso) for o in obligations],
+            [rows.obligation_params(o, rows.iso, at) for o, at in zip(obligations, looks, strict=True)],
             [rows.event_params(e, rows.iso) for e in events],
             meta,
         )
