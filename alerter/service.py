@@ -43,8 +43,11 @@ from alerter.store.base import META_LAST_CYCLE, META_REMIND_RULES
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
 
-ROUTE_BATCH = 10_000
-"""Pending events routed per step, and read per batch of an initial-sync digest's two passes."""
+ROUTE_BATCH = 4000
+"""Pending events routed per step."""
+DIGEST_BATCH = 2500
+"""Events read per batch of an initial-sync digest's two passes (its memory is one batch and one
+part per receiver)."""
 FLUSH_EVENTS = 5000
 """Events of a due group loaded and flushed per transaction."""
 REMIND_BATCH = 1000
@@ -378,7 +381,8 @@ class Service:
         """An initial sync's backlog as one digest per receiver, however large: read twice in
         batches (alerter.digests), written part by part, and consumed at the end. Killed
         midway, the next run builds the same parts again (their ids already stored are kept)."""
-        batch = await self.store.initial_events(0, ROUTE_BATCH)
+        await self.store.finish_initial()  # a digest written before a stop: its consumption goes on
+        batch = await self.store.initial_events(0, DIGEST_BATCH)
         if not batch:
             return
         limits = Limits.of(self.ruleset)
@@ -388,10 +392,10 @@ class Service:
         while batch:
             builder.count(e for _, e in batch)
             upto = batch[-1][0]
-            batch = await self.store.initial_events(upto, ROUTE_BATCH)
+            batch = await self.store.initial_events(upto, DIGEST_BATCH)
         order = await self.store.initial_by_urgency(upto)
-        for i in range(0, len(order), ROUTE_BATCH):
-            notes = builder.add(await self.store.load_events(order[i : i + ROUTE_BATCH]))
+        for i in range(0, len(order), DIGEST_BATCH):
+            notes = builder.add(await self.store.load_events(order[i : i + DIGEST_BATCH]))
             await self._write_digest(notes, builder)
         await self._write_digest(builder.finish(), builder)
         await self.store.consume_initial(upto)

@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from alerter.models import GroupState, Meter, Obligation, RoutingWrite, Silence
-from alerter.store.base import Failed, Sent, Store
+from alerter.store import sql
+from alerter.store.base import META_CONSUMING, Failed, Sent, Store
 from alerter.store.memory import GroupBook
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
 
@@ -413,3 +414,26 @@ async def test_an_initial_backlog_is_read_in_batches_most_urgent_first_and_consu
     await store.consume_initial(upto)
     assert await store.initial_events(0, 10) == []
     assert [e.id for e in await store.pending_events(10)] == [later.id]  # not initial: left to routing
+
+
+async def test_a_consumption_left_unfinished_is_carried_out_and_bulk_updates_go_in_batches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.set_fence(await store.try_acquire_leadership("t"))
+    monkeypatch.setattr(sql, "WRITE_BATCH", 2)  # several transactions for a handful of rows
+    obs = [obligation(f"m{i}", "A") for i in range(5)]
+    initial = [event(o, initial=True) for o in obs]
+    await store.commit_page(obs, initial)
+    upto = (await store.initial_events(0, 10))[-1][0]
+    # a process stopped after deciding (the marker is written first) and before carrying it out
+    await store.set_meta({META_CONSUMING: str(upto)})
+    assert len(await store.initial_events(0, 10)) == 5
+    await store.finish_initial()
+    assert await store.initial_events(0, 10) == []
+    assert await store.get_meta(META_CONSUMING) is None
+    await store.finish_initial()  # nothing left: a no-op
+
+    at = T0 + timedelta(days=3)
+    await store.set_remind_at([(o.key, o.version, None) for o in obs[:3]])  # not due a look
+    await store.reset_remind_at(at)
+    assert sorted(o.meter_id for o in await store.reminder_candidates(at, 10)) == [f"m{i}" for i in range(5)]

@@ -47,6 +47,11 @@ META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
 META_REMIND_RULES = "remind_rules"
 """The rules files (digest) the stored `remind_at` times were computed under."""
+META_CONSUMING = "consuming_initial"
+"""The initial-sync events up to this sequence number are being marked routed (`consume_initial`)."""
+WRITE_BATCH = 5000
+"""Rows a bulk update changes per transaction: a large transaction holds every page it changes
+in memory until it commits."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,12 @@ class RoutingStore(Protocol):
         deadline first (then meter, action type, id): the order a digest lists them in."""
 
     async def consume_initial(self, upto: int) -> None:
-        """Fenced: the pending initial-sync events up to sequence number `upto` are routed."""
+        """Fenced: the pending initial-sync events up to sequence number `upto` are routed: the
+        decision is one write (META_CONSUMING), then it is carried out a batch per transaction,
+        so that a backlog of any size never makes one large transaction (`finish_initial`)."""
+
+    async def finish_initial(self) -> None:
+        """Fenced: carries out a `consume_initial` a stopped process left unfinished (if any)."""
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
 

@@ -30,6 +30,8 @@ from alerter.models import (
 )
 from alerter.store import retention, rows, schema
 from alerter.store.base import (
+    META_CONSUMING,
+    WRITE_BATCH,
     Delivery,
     Failed,
     HistoryEntry,
@@ -259,8 +261,14 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
             await tx.executemany(sql, [(self._ts(at), *key, version) for key, version, at in items])
 
     async def reset_remind_at(self, at: datetime) -> None:
-        async with self._write(fenced=True) as tx:
-            await tx.execute("UPDATE obligations SET remind_at = $1 WHERE status = 'open'", self._ts(at))
+        sql = (
+            f"UPDATE obligations SET remind_at = $1 WHERE ({KEY_COLUMNS}) IN (SELECT {KEY_COLUMNS} FROM obligations "
+            "WHERE status = 'open' AND (remind_at IS NULL OR remind_at > $1) LIMIT $2)"
+        )
+        while True:  # a batch per transaction; each batch leaves the rows it changed out of the next
+            async with self._write(fenced=True) as tx:
+                if await tx.execute(sql, self._ts(at), WRITE_BATCH) < WRITE_BATCH:
+                    return
 
     def _readable(self, found: Sequence[Row], bad: list[tuple[ObligationKey, int]] | None = None) -> list[Obligation]:
         """The obligations of these rows; one that cannot be read is skipped and named in
@@ -307,8 +315,22 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
             return [r["id"] for r in await tx.fetch(sql, upto)]
 
     async def consume_initial(self, upto: int) -> None:
-        async with self._write(fenced=True) as tx:
-            await tx.execute("UPDATE events SET routed = TRUE WHERE initial AND NOT routed AND seq <= $1", upto)
+        await self.set_meta({META_CONSUMING: str(upto)})
+        await self.finish_initial()
+
+    async def finish_initial(self) -> None:
+        upto = await self.get_meta(META_CONSUMING)
+        if upto is None:
+            return
+        sql = (
+            "UPDATE events SET routed = TRUE WHERE seq IN "
+            "(SELECT seq FROM events WHERE initial AND NOT routed AND seq <= $1 ORDER BY seq LIMIT $2)"
+        )
+        while True:
+            async with self._write(fenced=True) as tx:
+                if await tx.execute(sql, int(upto), WRITE_BATCH) < WRITE_BATCH:
+                    await tx.execute("DELETE FROM meta WHERE key = $1", META_CONSUMING)
+                    return
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]:
         if not ids:
