@@ -297,8 +297,9 @@ class Poller:
         seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
         batch = _Batch(self.store, report, log, self.look, quiet=initial and self.poll.initial_sync == "silent")
+        bulk = self.store.bulk_load() if initial else contextlib.nullcontext()
         search = read_ahead_groups(_select(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
-        async with contextlib.aclosing(search) as groups, self._committing(batch):
+        async with bulk, contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
                 ids = await self._apply(group, now, initial, batch)
                 if sweep:

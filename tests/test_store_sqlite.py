@@ -7,7 +7,7 @@ import os
 import signal
 import sqlite3
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -214,3 +214,45 @@ async def test_the_instance_starting_on_a_file_releases_every_lease(tmp_path: Pa
     async with opened(SqliteStore(url)) as store:
         assert await store.start_instance("next", T0) == 2
         assert [d.notification.id for d in await store.claim_deliveries(T0, "next", 10, 300)] == ["n0", "n1", "n2"]
+
+
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        found = db.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL "
+            "AND tbl_name IN ('obligations', 'events')"
+        )
+        return {r[0] for r in found}
+
+
+async def test_an_initial_bulk_load_builds_the_deferred_indexes_at_its_end_or_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    full = _indexes(path)
+    assert {"obligations_by_deadline", "obligations_remind_at", "events_meter"} <= full
+    async with store.bulk_load():
+        assert _indexes(path) == set()
+        a = obligation("m1", deadline=datetime(2026, 12, 1, tzinfo=UTC))
+        await store.commit_page([a], [event(a)])
+    assert _indexes(path) == full
+    assert (await store.load_obligations(["m1"]))[a.key] == a
+
+    async with store.bulk_load():  # the state holds obligations: nothing is deferred
+        assert _indexes(path) == full
+
+    other = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    await other.open()
+    bulk = other.bulk_load()
+    await bulk.__aenter__()  # a process stopped midway through its initial sync
+    await other.commit_page([a], [event(a)])
+    await other.close()
+    assert _indexes(tmp_path / "t.db") == set()
+    again = SqliteStore(f"sqlite:///{tmp_path}/t.db")
+    await again.open()
+    assert _indexes(tmp_path / "t.db") == full
+    assert await again.get_meta("deferred_indexes") is None
+    await again.close()
+    await store.close()

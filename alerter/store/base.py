@@ -20,6 +20,7 @@ obligations, the deliverer the ledger, and only the composition root holds the w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple, Protocol
@@ -47,6 +48,8 @@ META_LAST_RECONCILE = "last_reconcile_at"
 META_LAST_CYCLE = "last_cycle_at"
 META_REMIND_RULES = "remind_rules"
 """The rules files (digest) the stored `remind_at` times were computed under."""
+META_DEFERRED = "deferred_indexes"
+"""The definitions of the indexes an initial sync's bulk load dropped, until it builds them."""
 META_CONSUMING = "consuming_initial"
 """The initial-sync events up to this sequence number are being marked routed (`consume_initial`)."""
 WRITE_BATCH = 5000
@@ -101,6 +104,10 @@ class Failed(NamedTuple):
 
 class ObligationStore(Protocol):
     """Obligations and the events they produce, cycle meta (watermark, ...) and history: what the poller writes."""
+
+    def bulk_load(self) -> AbstractAsyncContextManager[None]:
+        """Around an initial sync: a store may defer building its secondary indexes while it
+        holds no obligation yet, and build them at the end (or when next opened, after a stop)."""
 
     async def get_meta(self, key: str) -> str | None: ...
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
@@ -195,6 +195,11 @@ class SqlStore(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Retenti
 
     async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", members)
+
+    @asynccontextmanager
+    async def bulk_load(self) -> AsyncIterator[None]:
+        """Nothing deferred (see SqliteStore.bulk_load)."""
+        yield
 
     def set_fence(self, token: int | None) -> None:
         self._fence = token

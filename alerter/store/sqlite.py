@@ -27,11 +27,12 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 import aiosqlite
+import orjson
 
 from alerter.errors import StoreError
 from alerter.models import Event, Obligation
 from alerter.store import rows
-from alerter.store.base import Store
+from alerter.store.base import META_DEFERRED, Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
 from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx
@@ -166,6 +167,7 @@ class SqliteStore(SqlStore, Store):
                 await self._conn.execute(pragma)
             page_size = int(await self._tx.fetchval("PRAGMA page_size"))
             await self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
+            await self._build_deferred()  # an initial sync stopped before it built them
             await self._migrate()
         except BaseException as err:
             await self.close()
@@ -220,6 +222,53 @@ class SqliteStore(SqlStore, Store):
 
     async def release_leadership(self) -> None:
         return None
+
+    # -- an initial sync's bulk load --
+    @asynccontextmanager
+    async def bulk_load(self) -> AsyncIterator[None]:
+        """While the state holds no obligation, an initial sync writes without the secondary
+        indexes of obligations and events (each one costs every row written, at random places
+        in a growing file) and builds them once at the end, which is several times cheaper.
+        Their definitions are kept in `meta` in the transaction that drops them, so a process
+        stopped midway builds them when it next opens the file."""
+        async with self._write() as tx:
+            deferred: list[str] = []
+            if not await tx.fetchval("SELECT EXISTS (SELECT 1 FROM obligations)"):
+                found = await tx.fetch(
+                    "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL "
+                    "AND tbl_name IN ('obligations', 'events') ORDER BY name"
+                )
+                deferred = [r["sql"] for r in found]
+                for r in found:
+                    await tx.execute(f'DROP INDEX "{r["name"]}"')
+                if deferred:
+                    await tx.execute(META_UPSERT, META_DEFERRED, rows.dumps(deferred))
+        try:
+            yield
+        finally:
+            if deferred:
+                await self._build_deferred()
+
+    async def _build_deferred(self) -> None:
+        """One index per transaction (a transaction holds the pages it writes in memory), its
+        sort spilling to a temporary file rather than to memory."""
+        async with self._read() as tx:
+            if not await tx.fetchval("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'meta')"):
+                return
+            kept = await tx.fetchval("SELECT value FROM meta WHERE key = $1", META_DEFERRED)
+        if kept is None:
+            return
+        async with self._read() as tx:
+            await tx.execute("PRAGMA temp_store = FILE")
+        try:
+            for statement in orjson.loads(kept):
+                async with self._write() as tx:
+                    await tx.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        finally:
+            async with self._read() as tx:
+                await tx.execute("PRAGMA temp_store = MEMORY")
+        async with self._write() as tx:
+            await tx.execute("DELETE FROM meta WHERE key = $1", META_DEFERRED)
 
     # -- backend hooks --
     def _connection(self) -> _SqliteTx:
