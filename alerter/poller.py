@@ -29,10 +29,10 @@ import operator
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 import structlog
 
@@ -42,6 +42,7 @@ from alerter.isolation import Faults, commit_apart, diff_apart, load_apart
 from alerter.models import Event, FirstLook, Obligation, ObligationKey, Record
 from alerter.readahead import read_ahead as read_ahead
 from alerter.readahead import read_ahead_groups
+from alerter.selection import Selected, SourceLike, select_pages
 from alerter.store.base import META_INITIALIZED, META_LAST_CYCLE, META_LAST_RECONCILE, META_WATERMARK, ObligationStore
 
 CycleKind = Literal["initial", "incremental", "reconcile", "push"]
@@ -57,33 +58,6 @@ BATCH_SECONDS = 1.0
 """The longest a page's events wait in memory for the pages after it before being committed."""
 NAMED = 20
 """Skipped meters a cycle report names (the log names every one)."""
-
-
-class PageLike(Protocol):
-    @property
-    def records(self) -> Sequence[Record]: ...
-    @property
-    def invalid(self) -> int: ...
-    @property
-    def max_updated_at(self) -> datetime | None: ...
-    @property
-    def meter_ids(self) -> Sequence[str]:
-        """The records' meter ids, in order."""
-
-    @property
-    def acting(self) -> Sequence[Record]:
-        """The records listing partner actions, in order."""
-
-    @property
-    def invalid_ids(self) -> Sequence[str]:
-        """The readable meter ids of the invalid records."""
-
-
-class SourceLike(Protocol):
-    def search(self, filters: dict[str, object]) -> AsyncIterator[PageLike]: ...
-    def search_meters(
-        self, meter_ids: Sequence[str], last_modified: datetime | None = None
-    ) -> AsyncIterator[PageLike]: ...
 
 
 @dataclass
@@ -112,50 +86,6 @@ class CycleReport:
         room = NAMED - len(self.skipped_meters)
         if room > 0:
             self.skipped_meters.extend(m for m in meter_ids[:room] if m not in self.skipped_meters)
-
-
-@dataclass(slots=True)
-class _Selected:
-    """What a diff needs of one page: the records that can change state, and the page's counts."""
-
-    records: list[Record]
-    listed: int
-    invalid: int
-    max_updated_at: datetime | None
-    invalid_ids: Sequence[str]
-
-
-async def _select(pages: AsyncIterator[PageLike], tracked: set[str] | None) -> AsyncGenerator[_Selected, None]:
-    """Each page as it arrives, reduced to the records that can change state.
-
-    `tracked`, when given (a sweep), holds the meters that can have open obligations: those
-    open before the sweep, and those it finds listing partner actions (added here, in page
-    order, so a later copy of a meter that changed while the sweep paged is kept even when
-    it lists none). Only those and meters listing partner actions can change; the others,
-    most of a portfolio, are dropped here, while the page is fresh in memory, and not read,
-    diffed or kept. Without `tracked` (an incremental read) every record is kept.
-    """
-    try:
-        async for page in pages:
-            records = page.records
-            if tracked is not None:
-                ids = page.meter_ids
-                if len(set(ids)) < len(ids):  # a meter listed twice in a page: the later copy
-                    latest = dict(zip(ids, records, strict=True))
-                    records = [r for r in latest.values() if r.partner_actions or r.meter_id in tracked]
-                elif tracked.isdisjoint(ids):
-                    records = page.acting
-                else:
-                    records = [r for r in records if r.partner_actions or r.meter_id in tracked]
-                tracked.update(map(_METER_ID, records))
-            selected = _Selected(list(records), len(page.records), page.invalid, page.max_updated_at, page.invalid_ids)
-            # The rest of the page is freed here, while its objects are fresh in the caches.
-            del page, records
-            yield selected
-    finally:
-        aclose = getattr(pages, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _iso(dt: datetime) -> str:
@@ -298,7 +228,7 @@ class Poller:
 
         batch = _Batch(self.store, report, log, self.look, quiet=initial and self.poll.initial_sync == "silent")
         bulk = self.store.bulk_load() if initial else contextlib.nullcontext()
-        search = read_ahead_groups(_select(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
+        search = read_ahead_groups(select_pages(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
         async with bulk, contextlib.aclosing(search) as groups, self._committing(batch):
             async for group in groups:
                 ids = await self._apply(group, now, initial, batch)
@@ -310,7 +240,7 @@ class Poller:
         if kind == "incremental" and not unfiltered:
             recheck = [m for m in await self.store.open_meter_ids() if m not in seen]
             if recheck:
-                found = _select(self.source.search_meters(recheck, since), None)
+                found = select_pages(self.source.search_meters(recheck, since), None)
                 meters = read_ahead_groups(found, READ_AHEAD, GROUP_PAGES)
                 async with contextlib.aclosing(meters) as groups, self._committing(batch):
                     async for group in groups:
@@ -358,7 +288,7 @@ class Poller:
         report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind="push")
         unlisted = set(meter_ids)
         batch = _Batch(self.store, report, self.log.bind(cycle_id=report.cycle_id, cycle="push"), self.look)
-        found = read_ahead_groups(_select(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
+        found = read_ahead_groups(select_pages(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
         async with contextlib.aclosing(found) as groups, self._committing(batch):
             async for group in groups:
                 unlisted.difference_update(await self._apply(group, now, False, batch))
@@ -378,7 +308,7 @@ class Poller:
             raise
         await batch.flush()
 
-    async def _apply(self, pages: Sequence[_Selected], now: datetime, initial: bool, batch: _Batch) -> list[str]:
+    async def _apply(self, pages: Sequence[Selected], now: datetime, initial: bool, batch: _Batch) -> list[str]:
         """Diffs and commits consecutive pages together (one read of stored state for all);
         returns the ids of the meters they list (those diffed and those whose record was invalid).
 

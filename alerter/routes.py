@@ -212,36 +212,19 @@ class Router:
             masks[value] = mask
         return mask
 
-    def _match(self, event: Any, now: datetime, detail: str | None) -> list[_Entry]:
-        out: list[_Entry] = []
-        matched = False
-        for e in self._candidates_for(event, now):
-            check = e.check
-            if check is not None and not check(event, now):
-                continue
-            matched = True
-            if detail is not None and not e.rule.remind.accepts(detail):
-                continue  # a reminder this rule does not ask for passes on
-            out.append(e)
-            if not e.rule.continue_:
-                break
-        fb = self._fallback
-        if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
-            out.append(fb)
-        return out
-
     def route(self, event: Event, now: datetime) -> list[Target]:
         """(rule, receiver) pairs in rule order; the fallback's when no rule matches."""
-        detail = event.detail if event.kind == "reminder" else None
-        matched = self._match(event, now, detail)
+        matched: list[_Entry] = []
+        self.placements(event, now, into=matched)
         if len(matched) == 1:
             return list(matched[0].targets)
         return [t for e in matched for t in e.targets]
 
     def rules_for(self, event: Event, now: datetime) -> list[Rule]:
         """The rules `route` would use for this event."""
-        detail = event.detail if event.kind == "reminder" else None
-        return [e.rule for e in self._match(event, now, detail)]
+        matched: list[_Entry] = []
+        self.placements(event, now, into=matched)
+        return [e.rule for e in matched]
 
     def remind_policy(self, obligation: Obligation, now: datetime) -> RemindPolicy:
         """The union of the `remind` policies of every rule a reminder for it could reach."""
@@ -276,9 +259,12 @@ class Router:
         ]
         return merge_policies(timed) if timed else NO_REMINDERS
 
-    def placements(self, event: Event, now: datetime) -> Sequence[Placement]:
-        """`route`, with the group each target puts the event in (`_match`, inlined: this is
-        the per-event path of `plan`)."""
+    def placements(self, event: Event, now: datetime, *, into: list[_Entry] | None = None) -> Sequence[Placement]:
+        """`route`, with the group each target puts the event in (the per-event path of `plan`).
+
+        The index's walk of `route_in_order`, written once: with `into`, the entries the event
+        goes to are appended there instead (what `route` and `rules_for` read), and nothing is
+        placed. One walk for both keeps `plan`'s path free of a call per event."""
         detail = event.detail if event.kind == "reminder" else None
         out: tuple[Placement, ...] = ()
         matched = False
@@ -292,15 +278,21 @@ class Router:
             matched = True
             if detail is not None and not e.rule.remind.accepts(detail):
                 continue  # a reminder this rule does not ask for passes on
-            raw = e.group_raw(event)
-            placed = e.placed.get(raw) or _placed(e, raw, event)
-            out = out + placed if out else placed
+            if into is not None:
+                into.append(e)
+            else:
+                raw = e.group_raw(event)
+                placed = e.placed.get(raw) or _placed(e, raw, event)
+                out = out + placed if out else placed
             if e.stop:
                 break
         fb = self._fallback
         if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
-            raw = fb.group_raw(event)
-            out = fb.placed.get(raw) or _placed(fb, raw, event)
+            if into is not None:
+                into.append(fb)
+            else:
+                raw = fb.group_raw(event)
+                out = fb.placed.get(raw) or _placed(fb, raw, event)
         return out
 
     def group_key(self, rule: Rule, receiver: str, event: Event) -> tuple[str, tuple[str, ...]]:

@@ -1,14 +1,14 @@
 """The composition root: builds store, source, router, notifiers and delivery; runs cycles.
 
-`Service.run_cycle(now)` (poll, reminders, routing) backs the scheduler, `alerter once`
-and the scenario tests. `alerter run` schedules one APScheduler job per concern
-(`max_instances=1, coalesce=True`) and serves /healthz, /readyz and /metrics.
+`Service.run_cycle(now)` (poll, then reminders and routing: the steps in `alerter.cycle`)
+backs the scheduler, `alerter once` and the scenario tests. `alerter run` schedules one
+APScheduler job per concern (`max_instances=1, coalesce=True`) and serves /healthz, /readyz
+and /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import time
@@ -17,41 +17,28 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-import orjson
 import structlog
 
+from alerter import cycle
 from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
-from alerter.digests import DigestBuilder
 from alerter.errors import FencedError, SourceError
-from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.metrics import Metrics, deadline_bucket
-from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.models import Obligation
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Notifier
 from alerter.pacing import Pacers
 from alerter.poller import CycleReport, Poller
 from alerter.pushwork import PushWorker
 from alerter.reloading import ReloadResult, file_digests, reread, rule_files
-from alerter.reminders import next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
 from alerter.selfalerts import SelfAlerts
 from alerter.source import LeapClient
 from alerter.store import open_store
-from alerter.store.base import META_LAST_CYCLE, META_REMIND_RULES
+from alerter.store.base import META_LAST_CYCLE
 from alerter.web import Health
 from alerter.workers import DeliveryWorkers
-
-ROUTE_BATCH = 4000
-"""Pending events routed per step."""
-DIGEST_BATCH = 2500
-"""Events read per batch of an initial-sync digest's two passes (its memory is one batch and one
-part per receiver)."""
-FLUSH_EVENTS = 5000
-"""Events of a due group loaded and flushed per transaction."""
-REMIND_BATCH = 1000
-REMINDED_CACHE = 500_000
 
 Clock = Callable[[], datetime]
 
@@ -111,12 +98,10 @@ class Service:
         self.push = PushWorker(self) if config.source.webhooks is not None else None
         self.leader = False
         self._step = asyncio.Lock()
-        self._silences = SilenceCheck()
         self.rules_digests = file_digests(rule_files(config))
         """The rules files as the service last read them (the watcher reloads when they differ)."""
-        self._remind_rules: str | None = None
-        self._reminded: set[str] = set()
-        """Reminder event ids known to be in the store, so each is serialized and offered once."""
+        self.steps = cycle.Steps(self.store, self.metrics, self.log, self.wake_delivery)
+        """What reminders and routing keep between runs (alerter.cycle); the rules are passed per run."""
 
     # -- lifecycle --
     async def start(self) -> None:
@@ -206,7 +191,7 @@ class Service:
                 return None
             now = now or self.clock()
             try:
-                await self._check_remind_rules(now)  # first: what the poll writes is under these rules
+                await cycle.check_remind_rules(self.steps, self.rules_digests, now)  # before the poll's writes
                 report = await self.poller.run_cycle(now, force_reconcile=force_reconcile)
             except SourceError as err:
                 self._cycle_failed(now, err)
@@ -329,166 +314,16 @@ class Service:
             self.health.last_success_at = datetime.fromisoformat(last.replace("Z", "+00:00"))
 
     def _first_look(self, ob: Obligation) -> datetime | None:
-        """An open obligation being written: one that opens now is due no reminder yet
-        (`reminders_due` at its opening is empty), so its first look is its next threshold;
-        any other (changed, or rewritten with new meter attributes) is looked at next step."""
-        if ob.opened_at != ob.last_seen:
-            return ob.last_seen
-        policy = self.router.remind_policy(ob, ob.opened_at)
-        return next_reminder_at(ob, self.router.look_policy(policy), ob.opened_at)
-
-    async def _check_remind_rules(self, now: datetime) -> None:
-        """New rules (or rules this state has not seen): every open obligation is looked at again."""
-        rules = hashlib.sha256(orjson.dumps(sorted(f"{k}\x1f{v}" for k, v in self.rules_digests.items()))).hexdigest()
-        if rules != self._remind_rules and await self.store.get_meta(META_REMIND_RULES) != rules:
-            await self.store.reset_remind_at(now)
-            await self.store.set_meta({META_REMIND_RULES: rules})
-        self._remind_rules = rules
+        return cycle.first_look(self.router, ob)
 
     async def _remind(self, now: datetime) -> int:
-        """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
-        is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
-        the others are not read."""
-        await self._check_remind_rules(now)
-        new = 0
-        previous: set[ObligationKey] = set()
-        while True:
-            batch = await self.store.reminder_candidates(now, REMIND_BATCH)
-            self._unreadable()
-            keys = {ob.key for ob in batch}
-            if not batch or keys <= previous:  # nothing left due (or nothing moved: never loop)
-                return new
-            previous = keys
-            events: list[Event] = []
-            looks: list[tuple[ObligationKey, int, datetime | None]] = []
-            for ob in batch:
-                policy = self.router.remind_policy(ob, now)
-                if not policy.empty:
-                    events.extend(e for e in reminders_due(ob, policy, now) if e.id not in self._reminded)
-                looks.append((ob.key, ob.version, next_reminder_at(ob, self.router.look_policy(policy), now)))
-            if events:
-                added = await self.store.commit_page((), events)
-                # committed (or already there): no need to offer them again on the next run
-                if len(self._reminded) > REMINDED_CACHE:
-                    self._reminded.clear()  # bounded: at worst one round is offered again
-                self._reminded.update(e.id for e in events)
-                if added:
-                    self.metrics.events.labels("reminder").inc(added)
-                    new += added
-            await self.store.set_remind_at(looks)
-
-    async def _digest(self, now: datetime) -> None:
-        """An initial sync's backlog as one digest per receiver, however large: read twice in
-        batches (alerter.digests), written part by part, and consumed at the end. Killed
-        midway, the next run builds the same parts again (their ids already stored are kept)."""
-        await self.store.finish_initial()  # a digest written before a stop: its consumption goes on
-        batch = await self.store.initial_events(0, DIGEST_BATCH)
-        if not batch:
-            return
-        limits = Limits.of(self.ruleset)
-        silences = active_silences(self._applicable(await self.store.list_silences(now)), now)
-        builder = DigestBuilder(self.router, now, dict(limits.max_events), dict(limits.listed), silences)
-        upto = 0
-        while batch:
-            builder.count(e for _, e in batch)
-            upto = batch[-1][0]
-            batch = await self.store.initial_events(upto, DIGEST_BATCH)
-        order = await self.store.initial_by_urgency(upto)
-        for i in range(0, len(order), DIGEST_BATCH):
-            notes = builder.add(await self.store.load_events(order[i : i + DIGEST_BATCH]))
-            await self._write_digest(notes, builder)
-        await self._write_digest(builder.finish(), builder)
-        await self.store.consume_initial(upto)
-
-    async def _write_digest(self, notes: list[Notification], builder: DigestBuilder) -> None:
-        silenced, builder.silenced = builder.silenced, []
-        told, builder.told = builder.told, []
-        if notes or silenced or told:
-            write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told)
-            await self.store.commit_routing(write)
-            self._count_notifications(write)
-
-    def _unreadable(self) -> None:
-        skipped: list[str] = getattr(self.store, "unreadable", [])
-        for problem in skipped:
-            self.log.error("obligation_unreadable", obligation=problem, reason="skipped by reminders")
-        skipped.clear()
+        """The reminders step under the rules in force; returns how many reminders were new."""
+        return await cycle.remind(self.steps, self.router, self.rules_digests, now)
 
     async def _route(self, now: datetime, *, flush_all: bool = False) -> None:
-        if self.router.routes_nothing:  # built without rules (not ready): events stay pending
-            return
-        mode = self.config.poll.initial_sync
-        if mode == "digest":
-            await self._digest(now)
-        while True:
-            events = await self.store.pending_events(ROUTE_BATCH)
-            if not events:
-                break
-            if mode == "notify":
-                events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
-            elif mode == "silent":
-                quiet = [e.id for e in events if e.initial]
-                if quiet:
-                    await self.store.commit_routing(RoutingWrite(consumed=quiet))
-                    events = [e for e in events if not e.initial]
-            if not events:
-                continue
-            groups = await self.store.group_heads()
-            resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
-            notified = await self.store.notified_receivers(resolved) if resolved else {}
-            silences = self._applicable(await self.store.list_silences(now))
-            write = plan(events, self.router, groups, notified, silences, now)
-            await self.store.commit_routing(write)
-            self._count_notifications(write)
-            self._count_unrouted(write)
-            if len(events) < ROUTE_BATCH:
-                break
-        # idle groups come along so that flush can delete them (a later event opens a new group)
-        due = await self.store.due_groups(now, force=flush_all, idle_before=idle_before(self.ruleset, now))
-        if not due:
-            return
-        idle = [g for g in due if not g.pending]
-        if idle:
-            await self._flush(idle, {}, now, flush_all)
-        limits = Limits.of(self.ruleset)
-        for group in (g for g in due if g.pending):
-            # window by window (whole parts each), one transaction each: a crash between two
-            # leaves the rest of the members in the group, flushed next time under the same ids
-            for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
-                by_id = {e.id: e for e in await self.store.load_events(window.pending)}
-                await self._flush([window], by_id, now, flush_all, parts_of)
-
-    async def _flush(
-        self,
-        groups: list[GroupState],
-        by_id: dict[str, Event],
-        now: datetime,
-        force: bool,
-        parts_of: tuple[int, int] | None = None,
-    ) -> None:
-        result = flush(groups, by_id, now, ruleset=self.ruleset, force=force, parts_of=parts_of)
-        write = result.write()
-        await self.store.commit_routing(write)
-        self._count_notifications(write)
-
-    def _applicable(self, silences: list[Silence]) -> list[Silence]:
-        usable, skipped = self._silences.check(silences)
-        for silence_id, problem in skipped:  # e.g. a regex saved by an older version: logged once
-            self.log.error("silence_skipped", silence_id=silence_id, problem=problem)
-            self.metrics.silences_skipped.inc()
-        return usable
-
-    def _count_unrouted(self, write: RoutingWrite) -> None:
-        for _, kind in write.unrouted:
-            self.metrics.unrouted.labels(kind).inc()
-        if write.unrouted:
-            self.log.info("events_unrouted", count=len(write.unrouted), reason="no rule matches, no fallback rule")
-
-    def _count_notifications(self, write: RoutingWrite) -> None:
-        for n in write.notifications:
-            self.metrics.notifications.labels(n.receiver).inc()
-        if write.notifications:
-            self.wake_delivery({n.receiver for n in write.notifications})
+        """Routing and due group flushes under the rules in force."""
+        initial_sync = self.config.poll.initial_sync
+        await cycle.route(self.steps, self.router, self.ruleset, initial_sync, now, flush_all=flush_all)
 
     def _count_deliveries(self, stats: DeliveryStats) -> None:
         m = self.metrics

@@ -161,7 +161,7 @@ def run(events: int = 100_000, repeat: int = 3) -> dict[str, Any]:
     def cycles(step: timedelta | None) -> tuple[float, float, GroupBook, int]:
         """plan per batch of 1,000 (one batch per `step`) against the group heads, its write
         applied to the book as the store commits it, then the due groups flushed, as
-        Service._route does; step None: one burst at a single instant, nothing flushed."""
+        `cycle.route` does; step None: one burst at a single instant, nothing flushed."""
         router = Router(rs)
         book = GroupBook()
         notes = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from alerter import service as service_module
+from alerter import cycle
 from alerter.delivery import RetryPolicy
 from alerter.grouping import DIGEST_LISTED, digest, flush, notification_id, plan, windows
 from alerter.models import Event
@@ -192,7 +192,7 @@ def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
 async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "ROUTE_BATCH", 4)  # the backlog is read 4 events at a time
+    monkeypatch.setattr(cycle, "ROUTE_BATCH", 4)  # the backlog is read 4 events at a time
     p = Portfolio(40, action_rate=0.0, seed=6)
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:13]
     for m in meters:
@@ -200,11 +200,11 @@ async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt
     async with multi(tmp_path, p) as (service, hook, _smtp, _slack):
         await service.poller.run_cycle(service.clock())
         now = service.clock()
-        await service._digest(now)
+        await cycle.digest(service.steps, service.router, service.ruleset, now)
         with sqlite3.connect(tmp_path / "s.db") as raw:  # killed before the backlog was marked consumed
             first = sorted(raw.execute("SELECT id, receiver FROM notifications"))
             raw.execute("UPDATE events SET routed = FALSE WHERE initial")
-        await service._digest(now)
+        await cycle.digest(service.steps, service.router, service.ruleset, now)
         with sqlite3.connect(tmp_path / "s.db") as raw:
             assert sorted(raw.execute("SELECT id, receiver FROM notifications")) == first  # the same parts
             assert raw.execute("SELECT COUNT(*) FROM events WHERE NOT routed").fetchone() == (0,)

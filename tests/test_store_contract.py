@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from alerter.models import GroupState, Meter, Obligation, RoutingWrite, Silence
-from alerter.store import sql
+from alerter.store import base
 from alerter.store.base import META_CONSUMING, Failed, Sent, Store
 from alerter.store.memory import GroupBook
 from tests.support.stores import BACKENDS, DEADLINE, T0, event, notification, obligation, outbox, store_for
@@ -420,7 +420,7 @@ async def test_a_consumption_left_unfinished_is_carried_out_and_bulk_updates_go_
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.set_fence(await store.try_acquire_leadership("t"))
-    monkeypatch.setattr(sql, "WRITE_BATCH", 2)  # several transactions for a handful of rows
+    monkeypatch.setattr(base, "WRITE_BATCH", 2)  # several transactions for a handful of rows
     obs = [obligation(f"m{i}", "A") for i in range(5)]
     initial = [event(o, initial=True) for o in obs]
     await store.commit_page(obs, initial)

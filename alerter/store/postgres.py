@@ -31,7 +31,9 @@ from alerter.store import rows
 from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
-from alerter.store.sql import META_UPSERT, SqlStore, Tx
+from alerter.store.sql import SqlStore
+from alerter.store.sqlobligations import META_UPSERT
+from alerter.store.sqltx import Tx
 
 _OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int", "timestamptz"]
 _UPSERT_OBLIGATIONS = (

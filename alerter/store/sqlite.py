@@ -35,7 +35,10 @@ from alerter.store import rows
 from alerter.store.base import META_DEFERRED, Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
-from alerter.store.sql import META_UPSERT, RELEASE_LEASES, SqlStore, Tx
+from alerter.store.sql import SqlStore
+from alerter.store.sqlledger import RELEASE_LEASES
+from alerter.store.sqlobligations import META_UPSERT
+from alerter.store.sqltx import Tx
 
 _UPSERT_OBLIGATION = (
     f"INSERT INTO obligations ({WRITE_COLUMNS}) VALUES "

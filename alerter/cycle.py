@@ -1,0 +1,240 @@
+"""One cycle's steps after the poll: reminders, the initial-sync digest, routing and group flushes.
+
+How this works: each step is a function over the store and the rules in force, and `now`
+comes from the caller (nothing here reads the clock). What the steps keep between runs
+lives in `Steps`, which the service builds once and keeps for its lifetime: the silence
+check (a bad silence is logged once), the reminder ids known to be stored, and the rules
+the stored `remind_at` times were computed under. The router and rule set are passed per
+call, since a reload replaces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from alerter.digests import DigestBuilder
+from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
+from alerter.metrics import Metrics
+from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.reminders import next_reminder_at, reminders_due
+from alerter.routes import Router
+from alerter.rulefile import RuleSet
+from alerter.store.base import META_REMIND_RULES, Store
+
+ROUTE_BATCH = 4000
+"""Pending events routed per step."""
+DIGEST_BATCH = 2500
+"""Events read per batch of an initial-sync digest's two passes (its memory is one batch and one
+part per receiver)."""
+FLUSH_EVENTS = 5000
+"""Events of a due group loaded and flushed per transaction."""
+REMIND_BATCH = 1000
+REMINDED_CACHE = 500_000
+
+
+@dataclass(slots=True, eq=False)
+class Steps:
+    """What the steps work on and keep between runs, for as long as the service lives."""
+
+    store: Store
+    metrics: Metrics
+    log: Any
+    """The service's bound structlog logger."""
+    wake: Callable[[set[str]], None]
+    """Wakes the delivery workers of these receivers (routing wrote notifications for them)."""
+    silences: SilenceCheck = field(default_factory=SilenceCheck)
+    remind_rules: str | None = None
+    """The rules digest the stored `remind_at` times are known to be computed under."""
+    reminded: set[str] = field(default_factory=set)
+    """Reminder event ids known to be in the store, so each is serialized and offered once."""
+
+
+def first_look(router: Router, ob: Obligation) -> datetime | None:
+    """When the reminders step first looks at an open obligation being written (`FirstLook`):
+    one that opens now is due no reminder yet (`reminders_due` at its opening is empty), so its
+    first look is its next threshold; any other (changed, or rewritten with new meter
+    attributes) is looked at on the next step."""
+    if ob.opened_at != ob.last_seen:
+        return ob.last_seen
+    policy = router.remind_policy(ob, ob.opened_at)
+    return next_reminder_at(ob, router.look_policy(policy), ob.opened_at)
+
+
+async def check_remind_rules(steps: Steps, rules_digests: Mapping[Path, str | None], now: datetime) -> None:
+    """New rules (or rules this state has not seen): every open obligation is looked at again.
+    Checked before a poll too, so that what it writes (`first_look`) is under these rules."""
+    store = steps.store
+    rules = hashlib.sha256(orjson.dumps(sorted(f"{k}\x1f{v}" for k, v in rules_digests.items()))).hexdigest()
+    if rules != steps.remind_rules and await store.get_meta(META_REMIND_RULES) != rules:
+        await store.reset_remind_at(now)
+        await store.set_meta({META_REMIND_RULES: rules})
+    steps.remind_rules = rules
+
+
+async def remind(steps: Steps, router: Router, rules_digests: Mapping[Path, str | None], now: datetime) -> int:
+    """Reminders of the open obligations due a look (`remind_at`, an indexed column): each
+    is looked at, its due reminders committed, and its next look set (`next_reminder_at`);
+    the others are not read. New rules (or rules this state has not seen) look at all again.
+    Returns how many reminder events were new."""
+    store = steps.store
+    await check_remind_rules(steps, rules_digests, now)
+    new = 0
+    previous: set[ObligationKey] = set()
+    while True:
+        batch = await store.reminder_candidates(now, REMIND_BATCH)
+        _unreadable(steps)
+        keys = {ob.key for ob in batch}
+        if not batch or keys <= previous:  # nothing left due (or nothing moved: never loop)
+            return new
+        previous = keys
+        events: list[Event] = []
+        looks: list[tuple[ObligationKey, int, datetime | None]] = []
+        for ob in batch:
+            policy = router.remind_policy(ob, now)
+            if not policy.empty:
+                events.extend(e for e in reminders_due(ob, policy, now) if e.id not in steps.reminded)
+            looks.append((ob.key, ob.version, next_reminder_at(ob, router.look_policy(policy), now)))
+        if events:
+            added = await store.commit_page((), events)
+            # committed (or already there): no need to offer them again on the next run
+            if len(steps.reminded) > REMINDED_CACHE:
+                steps.reminded.clear()  # bounded: at worst one round is offered again
+            steps.reminded.update(e.id for e in events)
+            if added:
+                steps.metrics.events.labels("reminder").inc(added)
+                new += added
+        await store.set_remind_at(looks)
+
+
+async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) -> None:
+    """An initial sync's backlog as one digest per receiver, however large: read twice in
+    batches (alerter.digests), written part by part, and consumed at the end. Killed
+    midway, the next run builds the same parts again (their ids already stored are kept)."""
+    store = steps.store
+    await store.finish_initial()  # a digest written before a stop: its consumption goes on
+    batch = await store.initial_events(0, DIGEST_BATCH)
+    if not batch:
+        return
+    limits = Limits.of(ruleset)
+    silences = active_silences(_applicable(steps, await store.list_silences(now)), now)
+    builder = DigestBuilder(router, now, dict(limits.max_events), dict(limits.listed), silences)
+    upto = 0
+    while batch:
+        builder.count(e for _, e in batch)
+        upto = batch[-1][0]
+        batch = await store.initial_events(upto, DIGEST_BATCH)
+    order = await store.initial_by_urgency(upto)
+    for i in range(0, len(order), DIGEST_BATCH):
+        notes = builder.add(await store.load_events(order[i : i + DIGEST_BATCH]))
+        await _write_digest(steps, notes, builder)
+    await _write_digest(steps, builder.finish(), builder)
+    await store.consume_initial(upto)
+
+
+async def _write_digest(steps: Steps, notes: list[Notification], builder: DigestBuilder) -> None:
+    silenced, builder.silenced = builder.silenced, []
+    told, builder.told = builder.told, []
+    if notes or silenced or told:
+        write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told)
+        await steps.store.commit_routing(write)
+        _count_notifications(steps, write)
+
+
+async def route(
+    steps: Steps, router: Router, ruleset: RuleSet, initial_sync: str, now: datetime, *, flush_all: bool = False
+) -> None:
+    """Pending events into groups and notifications (an initial sync's per `initial_sync`:
+    digest, notify or silent), then the due groups flushed (every one with `flush_all`)."""
+    if router.routes_nothing:  # built without rules (not ready): events stay pending
+        return
+    store = steps.store
+    if initial_sync == "digest":
+        await digest(steps, router, ruleset, now)
+    while True:
+        events = await store.pending_events(ROUTE_BATCH)
+        if not events:
+            break
+        if initial_sync == "notify":
+            events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
+        elif initial_sync == "silent":
+            quiet = [e.id for e in events if e.initial]
+            if quiet:
+                await store.commit_routing(RoutingWrite(consumed=quiet))
+                events = [e for e in events if not e.initial]
+        if not events:
+            continue
+        groups = await store.group_heads()
+        resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
+        notified = await store.notified_receivers(resolved) if resolved else {}
+        silences = _applicable(steps, await store.list_silences(now))
+        write = plan(events, router, groups, notified, silences, now)
+        await store.commit_routing(write)
+        _count_notifications(steps, write)
+        _count_unrouted(steps, write)
+        if len(events) < ROUTE_BATCH:
+            break
+    # idle groups come along so that flush can delete them (a later event opens a new group)
+    due = await store.due_groups(now, force=flush_all, idle_before=idle_before(ruleset, now))
+    if not due:
+        return
+    idle = [g for g in due if not g.pending]
+    if idle:
+        await _flush(steps, ruleset, idle, {}, now, flush_all)
+    limits = Limits.of(ruleset)
+    for group in (g for g in due if g.pending):
+        # window by window (whole parts each), one transaction each: a crash between two
+        # leaves the rest of the members in the group, flushed next time under the same ids
+        for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
+            by_id = {e.id: e for e in await store.load_events(window.pending)}
+            await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
+
+
+async def _flush(
+    steps: Steps,
+    ruleset: RuleSet,
+    groups: list[GroupState],
+    by_id: dict[str, Event],
+    now: datetime,
+    force: bool,
+    parts_of: tuple[int, int] | None = None,
+) -> None:
+    result = flush(groups, by_id, now, ruleset=ruleset, force=force, parts_of=parts_of)
+    write = result.write()
+    await steps.store.commit_routing(write)
+    _count_notifications(steps, write)
+
+
+def _unreadable(steps: Steps) -> None:
+    skipped: list[str] = getattr(steps.store, "unreadable", [])
+    for problem in skipped:
+        steps.log.error("obligation_unreadable", obligation=problem, reason="skipped by reminders")
+    skipped.clear()
+
+
+def _applicable(steps: Steps, silences: list[Silence]) -> list[Silence]:
+    usable, skipped = steps.silences.check(silences)
+    for silence_id, problem in skipped:  # e.g. a regex saved by an older version: logged once
+        steps.log.error("silence_skipped", silence_id=silence_id, problem=problem)
+        steps.metrics.silences_skipped.inc()
+    return usable
+
+
+def _count_unrouted(steps: Steps, write: RoutingWrite) -> None:
+    for _, kind in write.unrouted:
+        steps.metrics.unrouted.labels(kind).inc()
+    if write.unrouted:
+        steps.log.info("events_unrouted", count=len(write.unrouted), reason="no rule matches, no fallback rule")
+
+
+def _count_notifications(steps: Steps, write: RoutingWrite) -> None:
+    for n in write.notifications:
+        steps.metrics.notifications.labels(n.receiver).inc()
+    if write.notifications:
+        steps.wake({n.receiver for n in write.notifications})

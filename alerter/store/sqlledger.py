@@ -1,0 +1,221 @@
+"""The SQL store's ledger part: delivery rows, leases and outcomes, and the instances that deliver (LedgerStore)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from alerter.models import Event
+from alerter.store import rows
+from alerter.store.base import Delivery, Failed, LedgerStore, Sent
+from alerter.store.rows import DELIVERY_COLUMNS, Row
+from alerter.store.sqltx import SqlHooks, Tx
+
+_MARK_SENT = (
+    "UPDATE deliveries SET status = 'sent', attempts = attempts + 1, sent_at = $3, external_id = $4, "
+    "next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $3 "
+    "WHERE notification_id = $1 AND receiver = $2"
+)
+_MARK_FAILED = (
+    "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $4, "
+    "next_attempt_at = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6 "
+    "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
+)
+_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
+FORGET_INSTANCES = timedelta(days=1)
+"""An instance not seen for this long is forgotten (its leases expired long before)."""
+
+
+class LedgerSql(SqlHooks, LedgerStore):
+    """The delivery ledger (not fenced: every replica delivers), over the backend hooks."""
+
+    skip_locked: ClassVar[str] = ""
+    """Row-locking suffix for the claim query (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+
+    # -- instances --
+    async def start_instance(self, owner: str, now: datetime) -> int:
+        await self.heartbeat(owner, now)
+        return 0
+
+    async def heartbeat(self, owner: str, now: datetime) -> None:
+        async with self._write() as tx:
+            await tx.execute(
+                "INSERT INTO instances (owner, started_at, last_seen) VALUES ($1, $2, $2) "
+                "ON CONFLICT (owner) DO UPDATE SET last_seen = excluded.last_seen",
+                owner,
+                self._ts(now),
+            )
+            await tx.execute("DELETE FROM instances WHERE last_seen < $1", self._ts(now - FORGET_INSTANCES))
+
+    async def stop_instance(self, owner: str) -> int:
+        async with self._write() as tx:
+            released = await tx.execute(RELEASE_LEASES + " AND lease_owner = $1", owner)
+            await tx.execute("DELETE FROM instances WHERE owner = $1", owner)
+        return released
+
+    # -- delivery ledger --
+    async def claim_deliveries(
+        self,
+        now: datetime,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        receiver: str | None = None,
+        other_than: Sequence[str] | None = None,
+        stale_before: datetime | None = None,
+    ) -> list[Delivery]:
+        at = self._ts(now)
+        args: list[Any] = [at, limit]
+        free = "d.lease_until IS NULL OR d.lease_until <= $1"
+        if stale_before is not None:
+            args += [owner, self._ts(stale_before)]
+            free += (
+                f" OR (d.lease_owner <> ${len(args) - 1} AND EXISTS (SELECT 1 FROM instances i "
+                f"WHERE i.owner = d.lease_owner AND i.last_seen < ${len(args)}))"
+            )
+        which = ""
+        if receiver is not None:
+            args.append(receiver)
+            which = f"AND d.receiver = ${len(args)} "
+        elif other_than is not None:
+            args.append(self._ids(other_than))
+            which = f"AND NOT d.receiver {self._in(len(args))} "
+        sql = (
+            f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 {which}AND ({free}) "
+            "AND NOT EXISTS (SELECT 1 FROM receivers_state r WHERE r.name = d.receiver) "
+            f"ORDER BY d.next_attempt_at, d.notification_id LIMIT $2 {self.skip_locked}"
+        )
+        until = self._ts(now + timedelta(seconds=lease_seconds))
+        async with self._write() as tx:
+            found = await tx.fetch(sql, *args)
+            if found:
+                await tx.executemany(
+                    "UPDATE deliveries SET lease_owner = $1, lease_until = $2 "
+                    "WHERE notification_id = $3 AND receiver = $4",
+                    [(owner, until, r["notification_id"], r["receiver"]) for r in found],
+                )
+            return await self._deliveries(tx, found)
+
+    async def _deliveries(self, tx: Tx, found: Sequence[Row]) -> list[Delivery]:
+        """Ledger rows with their notifications, the events of those stored by reference
+        loaded in order (at most a claim's worth: each notification holds up to `max_events`)."""
+        linked = list(dict.fromkeys(r["notification_id"] for r in found if rows.by_reference(r["payload"])))
+        events: dict[str, list[Event]] = {i: [] for i in linked}
+        if linked:
+            sql = (
+                "SELECT l.notification_id, e.payload FROM notification_events l JOIN events e ON e.id = l.event_id "
+                f"WHERE l.notification_id {self._in(1)} ORDER BY l.notification_id, l.position"
+            )
+            for r in await tx.fetch(sql, self._ids(linked)):
+                events[r["notification_id"]].append(rows.event_from_payload(r["payload"]))
+        return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
+
+    async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
+        sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
+        async with self._write() as tx:
+            await tx.execute(sql, notification_id, receiver, rows.dumps(dict(steps)))
+
+    async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
+        await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
+
+    async def mark_failed(
+        self, notification_id: str, receiver: str, error: str, next_attempt_at: datetime | None, failed_at: datetime
+    ) -> None:
+        await self.record_outcomes(failed=[Failed(notification_id, receiver, error, next_attempt_at, failed_at)])
+
+    async def record_outcomes(self, sent: Sequence[Sent] = (), failed: Sequence[Failed] = ()) -> None:
+        if not sent and not failed:
+            return
+        ts = self._ts
+        async with self._write() as tx:
+            if sent:
+                await tx.executemany(_MARK_SENT, [(s[0], s[1], ts(s[2]), s[3]) for s in sent])
+            if failed:
+                await tx.executemany(
+                    _MARK_FAILED,
+                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), ts(f[4])) for f in failed],
+                )
+
+    def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:
+        """WHERE clause for dead letters; `p` is the table alias prefix, `args` grows."""
+        where = f"{p}status = 'dead'"
+        if receiver is not None:
+            args.append(receiver)
+            where += f" AND {p}receiver = ${len(args)}"
+        if since is not None:
+            args.append(self._ts(since))
+            where += f" AND {p}updated_at >= ${len(args)}"
+        return where
+
+    async def dead_letters(self, receiver: str | None = None, since: datetime | None = None) -> list[Delivery]:
+        args: list[Any] = []
+        where = self._dead_filter(receiver, since, args, "d.")
+        async with self._read() as tx:
+            found = await tx.fetch(f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args)
+            return await self._deliveries(tx, found)
+
+    async def replay_dead_letters(
+        self, now: datetime, receiver: str | None = None, since: datetime | None = None
+    ) -> int:
+        args: list[Any] = [self._ts(now)]
+        where = self._dead_filter(receiver, since, args)
+        sql = (
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, "
+            f"lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE {where}"
+        )
+        async with self._write() as tx:
+            return await tx.execute(sql, *args)
+
+    async def undelivered_count(self, receiver: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+        async with self._read() as tx:
+            if receiver is None:
+                return int(await tx.fetchval(sql))
+            return int(await tx.fetchval(f"{sql} AND receiver = $1", receiver))
+
+    async def oldest_undelivered(self) -> dict[str, datetime]:
+        sql = (
+            "SELECT d.receiver, MIN(n.created_at) AS oldest FROM deliveries d "
+            "JOIN notifications n ON n.id = d.notification_id WHERE d.status = 'pending' GROUP BY d.receiver"
+        )
+        async with self._read() as tx:
+            found = await tx.fetch(sql)
+        return {r["receiver"]: ts for r in found if (ts := rows.read_ts(r["oldest"])) is not None}
+
+    async def delivery_counts(self) -> dict[tuple[str, str], int]:
+        sql = "SELECT receiver, status, COUNT(*) AS n FROM deliveries GROUP BY receiver, status"
+        async with self._read() as tx:
+            return {(r["receiver"], r["status"]): r["n"] for r in await tx.fetch(sql)}
+
+    async def get_thread(self, receiver: str, key_id: str) -> str | None:
+        sql = "SELECT external_id FROM threads WHERE receiver = $1 AND key_id = $2"
+        async with self._read() as tx:
+            value: str | None = await tx.fetchval(sql, receiver, key_id)
+            return value
+
+    async def set_thread(self, receiver: str, key_id: str, external_id: str) -> None:
+        sql = "INSERT INTO threads (receiver, key_id, external_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+        async with self._write() as tx:
+            await tx.execute(sql, receiver, key_id, external_id)
+
+    async def set_receiver_disabled(self, receiver: str, reason: str | None, now: datetime) -> None:
+        async with self._write() as tx:
+            if reason is None:
+                await tx.execute("DELETE FROM receivers_state WHERE name = $1", receiver)
+            else:
+                await tx.execute(
+                    "INSERT INTO receivers_state (name, disabled_reason, at) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (name) DO UPDATE SET disabled_reason = excluded.disabled_reason, "
+                    "at = excluded.at",
+                    receiver,
+                    reason,
+                    self._ts(now),
+                )
+
+    async def disabled_receivers(self) -> dict[str, str]:
+        async with self._read() as tx:
+            found = await tx.fetch("SELECT name, disabled_reason FROM receivers_state ORDER BY name")
+        return {r["name"]: r["disabled_reason"] for r in found}

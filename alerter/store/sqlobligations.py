@@ -1,0 +1,163 @@
+"""The SQL store's obligations part: cycle meta, obligations, reminder looks and history (ObligationStore).
+
+Obligations and events are written by `SqlStore.commit_page` through the backend's bulk writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import ClassVar
+
+from alerter.models import Obligation, ObligationKey
+from alerter.store import base, rows
+from alerter.store.base import HistoryEntry, ObligationStore
+from alerter.store.rows import KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.sqltx import SqlHooks
+
+META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
+
+
+class ObligationSql(SqlHooks, ObligationStore):
+    """Cycle state, obligations and their history, over the backend hooks."""
+
+    partner_reference: ClassVar[str] = "json_extract(meter, '$.partner_reference')"
+    """SQL for an obligation's stored `meter.partner_reference` (PostgreSQL: `meter ->> ...`)."""
+    unreadable: list[str]
+    """Stored obligations `open_obligations` skipped because they cannot be read (the
+    reader takes and clears them)."""
+
+    # -- cycle state --
+    async def get_meta(self, key: str) -> str | None:
+        async with self._read() as tx:
+            value: str | None = await tx.fetchval("SELECT value FROM meta WHERE key = $1", key)
+            return value
+
+    async def set_meta(self, values: Mapping[str, str]) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.executemany(META_UPSERT, list(values.items()))
+
+    async def is_empty(self) -> bool:
+        async with self._read() as tx:
+            return bool(
+                await tx.fetchval(
+                    "SELECT NOT EXISTS (SELECT 1 FROM obligations) "
+                    "AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'initialized')"
+                )
+            )
+
+    async def load_obligations(self, meter_ids: Sequence[str]) -> dict[ObligationKey, Obligation]:
+        if not meter_ids:
+            return {}
+        sql = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE meter_id {self._in(1)}"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ids(list(dict.fromkeys(meter_ids))))
+        return {o.key: o for o in map(rows.obligation_from_row, found)}
+
+    async def open_meter_ids(self) -> list[str]:
+        sql = "SELECT DISTINCT meter_id FROM obligations WHERE status = 'open' ORDER BY meter_id"
+        async with self._read() as tx:
+            return [r["meter_id"] for r in await tx.fetch(sql)]
+
+    async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
+        async with self._read() as tx:
+            if after is None:
+                found = await tx.fetch(f"{_OPEN_OBLIGATIONS} ORDER BY {KEY_COLUMNS} LIMIT $1", limit)
+            else:
+                sql = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
+                found = await tx.fetch(sql, *after, limit)
+        return self._readable(found)
+
+    async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
+        sql = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ts(now), limit)
+        bad: list[tuple[ObligationKey, int]] = []
+        out = self._readable(found, bad)
+        if bad:  # not offered again until rewritten: the step's next batch moves on
+            await self.set_remind_at([(key, version, None) for key, version in bad])
+        return out
+
+    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+        if not items:
+            return
+        sql = (
+            "UPDATE obligations SET remind_at = $1 WHERE meter_id = $2 AND program_identifier = $3 "
+            "AND delivery_period = $4 AND action_type = $5 AND action_code = $6 AND version = $7 AND status = 'open'"
+        )
+        async with self._write(fenced=True) as tx:
+            await tx.executemany(sql, [(self._ts(at), *key, version) for key, version, at in items])
+
+    async def reset_remind_at(self, at: datetime) -> None:
+        sql = (
+            f"UPDATE obligations SET remind_at = $1 WHERE ({KEY_COLUMNS}) IN (SELECT {KEY_COLUMNS} FROM obligations "
+            "WHERE status = 'open' AND (remind_at IS NULL OR remind_at > $1) LIMIT $2)"
+        )
+        while True:  # a batch per transaction; each batch leaves the rows it changed out of the next
+            async with self._write(fenced=True) as tx:
+                if await tx.execute(sql, self._ts(at), base.WRITE_BATCH) < base.WRITE_BATCH:
+                    return
+
+    def _readable(self, found: Sequence[Row], bad: list[tuple[ObligationKey, int]] | None = None) -> list[Obligation]:
+        """The obligations of these rows; one that cannot be read is skipped and named in
+        `unreadable` (and its key and version added to `bad`)."""
+        out = []
+        for r in found:
+            try:
+                out.append(rows.obligation_from_row(r))
+            except ValueError as err:  # skipped and named, once per read; the others go on
+                key: ObligationKey = (
+                    r["meter_id"], r["program_identifier"], r["delivery_period"], r["action_type"], r["action_code"]
+                )  # fmt: skip
+                self.unreadable.append(f"{'/'.join(key)}: {err}")
+                if bad is not None:
+                    bad.append((key, r["version"]))
+        return out
+
+    async def count_open(self) -> list[tuple[str, datetime | None, int]]:
+        sql = (
+            "SELECT action_type, deadline, COUNT(*) AS n FROM obligations WHERE status = 'open' "
+            "GROUP BY action_type, deadline ORDER BY action_type, deadline"
+        )
+        async with self._read() as tx:
+            return [(r["action_type"], rows.read_ts(r["deadline"]), r["n"]) for r in await tx.fetch(sql)]
+
+    async def meters_by_reference(self, partner_reference: str) -> list[str]:
+        sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {self.partner_reference} = $1 ORDER BY meter_id"
+        async with self._read() as tx:
+            return [r["meter_id"] for r in await tx.fetch(sql, partner_reference)]
+
+    async def history(self, meter_id: str) -> list[HistoryEntry]:
+        async with self._read() as tx:
+            events = await tx.fetch("SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id)
+            silenced = await tx.fetch(
+                "SELECT s.event_id, s.silence_id FROM silenced s JOIN events e ON e.id = s.event_id "
+                "WHERE e.meter_id = $1 ORDER BY s.silence_id",
+                meter_id,
+            )
+            notified = await tx.fetch(
+                "SELECT l.event_id, n.id, n.receiver, d.status FROM notification_events l "
+                "JOIN events e ON e.id = l.event_id JOIN notifications n ON n.id = l.notification_id "
+                "LEFT JOIN deliveries d ON d.notification_id = n.id AND d.receiver = n.receiver "
+                "WHERE e.meter_id = $1 ORDER BY n.created_at, n.id",
+                meter_id,
+            )
+            grouped = await tx.fetch(
+                "SELECT m.event_id, g.rule, g.receiver FROM group_members m JOIN events e ON e.id = m.event_id "
+                "JOIN groups g ON g.key = m.group_key WHERE e.meter_id = $1 ORDER BY g.key, m.seq",
+                meter_id,
+            )
+        outcomes: dict[str, list[str]] = defaultdict(list)
+        for r in silenced:
+            outcomes[r["event_id"]].append(f"silenced {r['silence_id']}")
+        for r in grouped:
+            outcomes[r["event_id"]].append(f"grouped {r['rule']}/{r['receiver']}, waiting")
+        for r in notified:
+            outcomes[r["event_id"]].append(f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})")
+        entries = []
+        for r in events:
+            event = rows.event_from_payload(r["payload"])
+            entries.append(HistoryEntry(at=event.occurred_at, event=event, outcomes=tuple(outcomes[r["id"]])))
+        return entries

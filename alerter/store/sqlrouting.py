@@ -1,0 +1,197 @@
+"""The SQL store's routing part: pending events, groups and their members, and what routing decided (RoutingStore)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from alerter.models import Event, GroupState, Notification, RoutingWrite
+from alerter.store import base, rows
+from alerter.store.base import META_CONSUMING, RoutingStore
+from alerter.store.rows import Row
+from alerter.store.sqlobligations import META_UPSERT
+from alerter.store.sqltx import SqlHooks, Tx
+
+NOTIFIED_KINDS = frozenset({"opened", "changed", "reminder"})
+"""A receiver sent one of these about an obligation is told when it resolves."""
+_GROUP_UPSERT = (
+    "INSERT INTO groups (key, rule, receiver, group_values, flush_at, last_flush_at, pending) "
+    "VALUES ($1, $2, $3, $4, $5, $6, '[]') ON CONFLICT (key) DO UPDATE SET rule = excluded.rule, "
+    "receiver = excluded.receiver, group_values = excluded.group_values, flush_at = excluded.flush_at, "
+    "last_flush_at = excluded.last_flush_at"
+)
+_GROUP_COLUMNS = "g.key, g.rule, g.receiver, g.group_values, g.flush_at, g.last_flush_at"
+_GROUP_HEADS = f"SELECT {_GROUP_COLUMNS} FROM groups g"
+_HAS_MEMBERS = "EXISTS (SELECT 1 FROM group_members m WHERE m.group_key = g.key)"
+_MEMBERS = "SELECT m.group_key, m.event_id FROM group_members m"
+
+
+class RoutingSql(SqlHooks, RoutingStore):
+    """Routing's reads and its one-transaction writes, over the backend hooks."""
+
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        """Insert (group key, event id) rows in this order, ignoring those already present."""
+        sql = "INSERT INTO group_members (group_key, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        await tx.executemany(sql, members)
+
+    async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
+        await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", members)
+
+    # -- routing --
+    async def pending_events(self, limit: int = 1000) -> list[Event]:
+        sql = "SELECT payload FROM events WHERE NOT routed ORDER BY seq LIMIT $1"
+        async with self._read() as tx:
+            return [rows.event_from_payload(r["payload"]) for r in await tx.fetch(sql, limit)]
+
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+        sql = "SELECT seq, payload FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        async with self._read() as tx:
+            return [(r["seq"], rows.event_from_payload(r["payload"])) for r in await tx.fetch(sql, after, limit)]
+
+    async def initial_by_urgency(self, upto: int) -> list[str]:
+        sql = (
+            "SELECT e.id FROM events e LEFT JOIN obligations o ON o.meter_id = e.meter_id AND o.key_id = e.key_id "
+            "WHERE e.initial AND NOT e.routed AND e.seq <= $1 "
+            "ORDER BY (o.deadline IS NULL), o.deadline, e.meter_id, o.action_type, e.id"
+        )
+        async with self._read() as tx:
+            return [r["id"] for r in await tx.fetch(sql, upto)]
+
+    async def consume_initial(self, upto: int) -> None:
+        async with self._write(fenced=True) as tx:
+            await tx.execute(META_UPSERT, META_CONSUMING, str(upto))
+        await self.finish_initial()
+
+    async def finish_initial(self) -> None:
+        async with self._read() as tx:
+            upto = await tx.fetchval("SELECT value FROM meta WHERE key = $1", META_CONSUMING)
+        if upto is None:
+            return
+        sql = (
+            "UPDATE events SET routed = TRUE WHERE seq IN "
+            "(SELECT seq FROM events WHERE initial AND NOT routed AND seq <= $1 ORDER BY seq LIMIT $2)"
+        )
+        while True:
+            async with self._write(fenced=True) as tx:
+                if await tx.execute(sql, int(upto), base.WRITE_BATCH) < base.WRITE_BATCH:
+                    await tx.execute("DELETE FROM meta WHERE key = $1", META_CONSUMING)
+                    return
+
+    async def load_events(self, ids: Sequence[str]) -> list[Event]:
+        if not ids:
+            return []
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT id, payload FROM events WHERE id {self._in(1)}", self._ids(ids))
+        by_id = {r["id"]: r["payload"] for r in found}
+        return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
+
+    async def load_groups(self) -> list[GroupState]:
+        async with self._read() as tx:
+            heads = await tx.fetch(f"{_GROUP_HEADS} ORDER BY g.key")
+            members = await tx.fetch(f"{_MEMBERS} ORDER BY m.seq")
+        return _with_members(heads, members)
+
+    async def group_heads(self) -> list[GroupState]:
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT {_GROUP_COLUMNS}, {_HAS_MEMBERS} AS waiting FROM groups g ORDER BY g.key")
+        return [rows.group_from_row(r, waiting=bool(r["waiting"])) for r in found]
+
+    async def due_groups(
+        self, now: datetime, *, force: bool = False, idle_before: datetime | None = None
+    ) -> list[GroupState]:
+        due, args = ("TRUE", ()) if force else ("g.flush_at <= $1", (self._ts(now),))
+        async with self._read() as tx:
+            heads = list(await tx.fetch(f"{_GROUP_HEADS} WHERE {due} AND {_HAS_MEMBERS}", *args))
+            members = await tx.fetch(
+                f"{_MEMBERS} JOIN groups g ON g.key = m.group_key WHERE {due} ORDER BY m.seq", *args
+            )
+            if idle_before is not None:
+                idle = f"{_GROUP_HEADS} WHERE COALESCE(g.last_flush_at, g.flush_at) < $1 AND NOT {_HAS_MEMBERS}"
+                heads += await tx.fetch(idle, self._ts(idle_before))
+        return sorted(_with_members(heads, members), key=lambda g: g.key)
+
+    async def notified_receivers(self, key_ids: Sequence[str]) -> dict[str, set[str]]:
+        if not key_ids:
+            return {}
+        sql = f"SELECT key_id, receiver FROM notified WHERE key_id {self._in(1)}"
+        async with self._read() as tx:
+            found = await tx.fetch(sql, self._ids(key_ids))
+        out: dict[str, set[str]] = defaultdict(set)
+        for r in found:
+            out[r["key_id"]].add(r["receiver"])
+        return dict(out)
+
+    async def commit_routing(self, write: RoutingWrite) -> None:
+        ts = self._ts
+        async with self._write(fenced=True) as tx:
+            if write.consumed:
+                sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
+                await tx.execute(sql, self._ids(write.consumed))
+            if write.deleted_groups:
+                keys = self._ids(write.deleted_groups)
+                await tx.execute(f"DELETE FROM group_members WHERE group_key {self._in(1)}", keys)
+                await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", keys)
+            if write.groups:
+                await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
+            if write.appended:
+                await self._append_members(tx, write.appended)
+            if write.flushed:
+                await self._remove_members(tx, write.flushed)
+            if write.notifications:
+                await self._insert_notifications(tx, write)
+            if write.silenced:
+                sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
+            if write.told:  # queued to be told: a resolution before the group flushes follows it
+                sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                await tx.executemany(sql, list(dict.fromkeys(write.told)))
+
+    async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
+        ts, notes = self._ts, write.notifications
+        await tx.executemany(
+            "INSERT INTO notifications (id, kind, rule, receiver, created_at, payload) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            [rows.notification_params(n, ts) for n in notes],
+        )
+        await tx.executemany(
+            "INSERT INTO deliveries (notification_id, receiver, status, attempts, next_attempt_at, "
+            "updated_at) VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
+            [(n.id, n.receiver, ts(n.created_at)) for n in notes],
+        )
+        await self._keep_events(tx, notes)
+        links = {(e.id, n.id): i for n in notes for i, e in enumerate(n.events)}
+        await tx.executemany(
+            "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            [(e, n, i) for (e, n), i in links.items()],
+        )
+        told = {(e.obligation.key_id, n.receiver): None for n in notes for e in n.events if e.kind in NOTIFIED_KINDS}
+        if told:
+            await tx.executemany(
+                "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
+            )
+
+    async def _keep_events(self, tx: Tx, notes: Sequence[Notification]) -> None:
+        """A notification links its events: routing builds it from stored events, and one given
+        with events the store does not hold stores them (as routed) so that it can be read."""
+        wanted = {e.id: e for n in notes for e in n.events}
+        if not wanted:
+            return
+        found = await tx.fetch(f"SELECT id FROM events WHERE id {self._in(1)}", self._ids(list(wanted)))
+        for r in found:
+            wanted.pop(r["id"], None)
+        if wanted:
+            await tx.executemany(
+                f"INSERT INTO events ({rows.EVENT_COLUMNS}, routed) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE) "
+                "ON CONFLICT (id) DO NOTHING",
+                [rows.event_params(e, self._ts) for e in wanted.values()],
+            )
+
+
+def _with_members(heads: Sequence[Row], members: Sequence[Row]) -> list[GroupState]:
+    """Group heads with their members (rows in arrival order) as `pending`."""
+    pending: dict[str, list[str]] = defaultdict(list)
+    for r in members:
+        pending[r["group_key"]].append(r["event_id"])
+    return [rows.group_from_row(r, tuple(pending.get(r["key"], ()))) for r in heads]
