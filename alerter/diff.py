@@ -97,8 +97,10 @@ def diff_records(
     now: datetime,
     *,
     initial: bool = False,
+    with_events: bool = True,
 ) -> DiffResult:
-    """Events for a page. `prior` holds every known obligation of the page's meters."""
+    """Events for a page. `prior` holds every known obligation of the page's meters.
+    Without `with_events`, only the obligation changes (a baseline that is not announced)."""
     by_meter: dict[str, list[Obligation]] = {}
     for ob in prior.values():
         if ob.status == "open":
@@ -124,7 +126,8 @@ def diff_records(
             if before is None or before.status == "resolved":
                 ob = open_obligation(key, action, meter, before, now)
                 result.obligations.append(ob)
-                result.events.append(_event("opened", ob, now, initial))
+                if with_events:
+                    result.events.append(_event("opened", ob, now, initial))
                 continue
             changes: dict[str, object] = {}
             if before.action_description != action.action_description:
@@ -142,7 +145,8 @@ def diff_records(
                     }
                 )
                 result.obligations.append(ob)
-                result.events.append(_event("changed", ob, now, initial, previous=changes))
+                if with_events:
+                    result.events.append(_event("changed", ob, now, initial, previous=changes))
             elif before.meter != meter or now - before.last_seen >= LAST_SEEN_REFRESH:
                 result.obligations.append(before.model_copy(update={"meter": meter, "last_seen": now}))
 
@@ -151,5 +155,6 @@ def diff_records(
             if ob.key not in current:
                 ev = resolve(ob.model_copy(update={"meter": meter}), reason, now, initial)
                 result.obligations.append(ev.obligation)
-                result.events.append(ev)
+                if with_events:
+                    result.events.append(ev)
     return result

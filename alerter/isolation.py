@@ -111,11 +111,15 @@ async def commit_apart(
 
 
 def diff_apart(
-    records: Sequence[Record], prior: Mapping[ObligationKey, Obligation], now: datetime, initial: bool
+    records: Sequence[Record],
+    prior: Mapping[ObligationKey, Obligation],
+    now: datetime,
+    initial: bool,
+    with_events: bool = True,
 ) -> tuple[DiffResult, Faults]:
     """`diff_records` of a group; when it fails, record by record, setting apart those that fail."""
     try:
-        return diff_records(records, prior, now, initial=initial), {}
+        return diff_records(records, prior, now, initial=initial, with_events=with_events), {}
     except Exception:
         pass
     by_meter: dict[str, dict[ObligationKey, Obligation]] = {}
@@ -125,7 +129,9 @@ def diff_apart(
     failed: Faults = {}
     for record in records:
         try:
-            one = diff_records([record], by_meter.get(record.meter_id, {}), now, initial=initial)
+            one = diff_records(
+                [record], by_meter.get(record.meter_id, {}), now, initial=initial, with_events=with_events
+            )
         except Exception as err:
             failed[record.meter_id] = err
             continue

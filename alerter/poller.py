@@ -339,7 +339,7 @@ class Poller:
                 batch.failed(failed, "load")
                 records = [r for r in records if r.meter_id not in failed]
             batch.overlay(prior, ids)
-            result, failed = diff_apart(records, prior, now, initial)
+            result, failed = diff_apart(records, prior, now, initial, with_events=not batch.quiet)
             if failed:
                 batch.failed(failed, "diff")
             await batch.add(result.obligations, result.events)

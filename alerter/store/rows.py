@@ -44,13 +44,24 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    """Fixed-width ISO text, so that SQLite compares instants as strings."""
+    """Fixed-width ISO text, so that SQLite compares instants as strings.
+
+    Remembered by value for the last few thousand instants: the rows of one write share a few
+    (the cycle's `now` is an obligation's opened_at, first_seen and last_seen; deadlines repeat)."""
     if dt is None:
         return None
-    return (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
+    text = _ISO.get(dt)
+    if text is None:
+        text = (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
+        if len(_ISO) >= _ISO_KEPT:
+            _ISO.clear()
+        _ISO[dt] = text  # equal instants (whatever their zone) have the same text
+    return text
 
 
 _ZERO = timedelta(0)
+_ISO: dict[datetime, str] = {}
+_ISO_KEPT = 4096
 
 
 def aware(dt: datetime | None) -> datetime | None:
