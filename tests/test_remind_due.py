@@ -3,67 +3,69 @@ next look, and looks at all of them again when the rules change."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+from alerter.service import Service
 from alerter.sim import Portfolio, SimServer
 from tests.support.channels import webhook_collector
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
 
 
-async def test_only_obligations_due_a_look_are_read_and_new_rules_look_at_all(tmp_path: Path) -> None:
+@asynccontextmanager
+async def with_actions(tmp_path: Path, count: int, remind: str) -> AsyncIterator[tuple[Portfolio, list[str], Service]]:
+    """A running service over `count` meters with one open action each, under `remind`."""
     p = Portfolio(30, action_rate=0.0, seed=4)
-    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:5]
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:count]
     for m in meters:
         p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         cfg = write_config(
-            tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url(), remind="{every: 1h}")
+            tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url(), remind=remind)
         )
         async with running(load(cfg)) as service:
-            t0 = service.clock()
-            await service.run_cycle(t0, flush_all=True)
-            store = service.store
-            assert await store.reminder_candidates(t0 + timedelta(minutes=59)) == []  # none due a look yet
-            due = await store.reminder_candidates(t0 + timedelta(hours=1, seconds=1))
-            assert {o.meter_id for o in due} == set(meters)
+            yield p, meters, service
 
-            assert await service._remind(t0 + timedelta(hours=1, seconds=1)) == 5  # every:1 each
-            assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=59)) == []
-            assert await service._remind(t0 + timedelta(hours=1, minutes=30)) == 0
 
-            seen = await store.get_meta("remind_rules")
-            service.rules_digests = {Path("other.yaml"): "changed"}  # as a reload of other rules does
-            await store.reset_remind_at(t0)  # what the step does for new rules: every one is due a look
-            assert len(await store.reminder_candidates(t0 + timedelta(hours=1, minutes=31))) == 5
-            assert await service._remind(t0 + timedelta(hours=1, minutes=31)) == 0  # every one looked at
-            assert await store.get_meta("remind_rules") not in (None, seen)
-            assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=32)) == []
-            assert await service._remind(t0 + timedelta(hours=2, seconds=2)) == 5  # every:2
+async def test_only_obligations_due_a_look_are_read_and_new_rules_look_at_all(tmp_path: Path) -> None:
+    async with with_actions(tmp_path, 5, "{every: 1h}") as (_, meters, service):
+        t0 = service.clock()
+        await service.run_cycle(t0, flush_all=True)
+        store = service.store
+        assert await store.reminder_candidates(t0 + timedelta(minutes=59)) == []  # none due a look yet
+        due = await store.reminder_candidates(t0 + timedelta(hours=1, seconds=1))
+        assert {o.meter_id for o in due} == set(meters)
+
+        assert await service._remind(t0 + timedelta(hours=1, seconds=1)) == 5  # every:1 each
+        assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=59)) == []
+        assert await service._remind(t0 + timedelta(hours=1, minutes=30)) == 0
+
+        seen = await store.get_meta("remind_rules")
+        service.rules_digests = {Path("other.yaml"): "changed"}  # as a reload of other rules does
+        await store.reset_remind_at(t0)  # what the step does for new rules: every one is due a look
+        assert len(await store.reminder_candidates(t0 + timedelta(hours=1, minutes=31))) == 5
+        assert await service._remind(t0 + timedelta(hours=1, minutes=31)) == 0  # every one looked at
+        assert await store.get_meta("remind_rules") not in (None, seen)
+        assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=32)) == []
+        assert await service._remind(t0 + timedelta(hours=2, seconds=2)) == 5  # every:2
 
 
 async def test_a_new_obligation_is_written_with_its_first_reminder_time(tmp_path: Path) -> None:
     """An initial sync of a large backlog does not read every obligation back for a first look:
     the poll writes each new one's next reminder time, and a changed one is looked at next step."""
-    p = Portfolio(30, action_rate=0.0, seed=4)
-    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:4]
-    for m in meters:
-        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
-        cfg = write_config(
-            tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url(), remind="{every: 2h}")
-        )
-        async with running(load(cfg)) as service:
-            t0 = service.clock()
-            await service.poller.run_cycle(t0)  # the poll alone: no reminders step ran
-            store = service.store
-            assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=59)) == []
-            due = await store.reminder_candidates(t0 + timedelta(hours=2))
-            assert sorted(o.meter_id for o in due) == sorted(meters)
+    async with with_actions(tmp_path, 4, "{every: 2h}") as (p, meters, service):
+        t0 = service.clock()
+        await service.poller.run_cycle(t0)  # the poll alone: no reminders step ran
+        store = service.store
+        assert await store.reminder_candidates(t0 + timedelta(hours=1, minutes=59)) == []
+        due = await store.reminder_candidates(t0 + timedelta(hours=2))
+        assert sorted(o.meter_id for o in due) == sorted(meters)
 
-            p.change_action(meters[0], "AUTH_0001", description="Re-authorize, now with a new form")
-            t1 = t0 + timedelta(minutes=10)
-            await service.poller.run_cycle(t1, force_reconcile=True)
-            assert [o.meter_id for o in await store.reminder_candidates(t1)] == [meters[0]]  # changed: looked at
-            assert await service._remind(t1) == 0
-            assert await store.reminder_candidates(t1 + timedelta(minutes=1)) == []
+        p.change_action(meters[0], "AUTH_0001", description="Re-authorize, now with a new form")
+        t1 = t0 + timedelta(minutes=10)
+        await service.poller.run_cycle(t1, force_reconcile=True)
+        assert [o.meter_id for o in await store.reminder_candidates(t1)] == [meters[0]]  # changed: looked at
+        assert await service._remind(t1) == 0
+        assert await store.reminder_candidates(t1 + timedelta(minutes=1)) == []
