@@ -136,8 +136,6 @@ class _Batch:
 
     async def add(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Adds a group's changes (or none), then commits if the batch is full or old enough."""
-        if self.quiet:
-            events = ()
         if obligations or events:
             if not self.obligations and not self.events:
                 self.since = time.monotonic()
@@ -159,7 +157,8 @@ class _Batch:
         await self.commit(obligations, events)
 
     async def commit(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
-        """Commits in one transaction; a meter the store will not take is set apart."""
+        """Commits in one transaction; a meter the store will not take is set apart. A quiet
+        batch's diffs build no events; the resolutions of unlisted meters come here too."""
         if self.quiet:
             events = ()
         failed = await commit_apart(self.store, obligations, events, self.probe, self.look)

@@ -29,14 +29,6 @@ from alerter.store.sqlsilences import RetentionSql, SilenceSql
 from alerter.store.sqltx import Tx
 
 
-def _last_seen(o: Obligation) -> datetime | None:
-    return o.last_seen
-
-
-_LAST_SEEN: FirstLook = _last_seen
-"""Without a `FirstLook`, an open obligation written is looked at on the reminders' next step."""
-
-
 def page_rows(obligations: Sequence[Obligation], events: Sequence[Event]) -> tuple[list[Obligation], list[Event]]:
     """What `commit_page` writes: one obligation per key (the last wins: an upsert may not
     touch a row twice) and one event per id (the first wins)."""
@@ -94,8 +86,8 @@ class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
         if not obligations and not events and not meta:
             return 0
         unique, new = page_rows(obligations, events)
-        first = look or _LAST_SEEN
-        looks = [first(o) if o.status == "open" else None for o in unique]
+        # an open obligation is looked at on the reminders' next step unless `look` says when
+        looks = [(look(o) if look else o.last_seen) if o.status == "open" else None for o in unique]
         return await self._write_page(unique, looks, new, list(meta.items()) if meta else [])
 
     @asynccontextmanager
