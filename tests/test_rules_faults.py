@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,9 @@ async def test_a_pathological_description_keeps_the_service_responsive(tmp_path:
             assert await svc.stop() == 0
 
 
-async def test_sighup_with_an_empty_rules_file_is_rejected_and_the_old_rules_deliver(tmp_path: Path) -> None:
+@asynccontextmanager
+async def reloading(tmp_path: Path) -> AsyncIterator[tuple[Portfolio, WebhookCollector, Service]]:
+    """`alerter run` on a 1 s poll with the default rules file, after its first cycle."""
     p = Portfolio(30, action_rate=0.0, seed=8)
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         cfg = write_config(
@@ -185,58 +189,52 @@ async def test_sighup_with_an_empty_rules_file_is_rejected_and_the_old_rules_del
         svc = await Service.start(str(cfg))
         try:
             await svc.wait_for_log("cycle_done")
-            (tmp_path / "rules.yaml").write_text("")
-            svc.send(signal.SIGHUP)
-            rejected = await svc.wait_for_log("rules_reload_rejected")
-            assert rejected["problems"] == [
-                f"{tmp_path / 'rules.yaml'}:1:1: the rules file is empty (expected receivers, defaults, rules)"
-            ]
-            status, body = await svc.get("/readyz")
-            assert status == 200, body  # the old rules are in force
-            reload: dict[str, Any] = orjson.loads(body)["rules_reload"]
-            assert reload["result"] == "rejected" and "the rules file is empty" in reload["problems"][0]
-            assert 'alerter_rules_reload_total{result="rejected"} 1.0' in (await svc.get("/metrics"))[1]
-
-            m = meters(p)[0]
-            p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-            assert await wait_delivered(hook, 1) == [m]
-            await asyncio.sleep(6)  # a watch tick or more: the empty file is not picked up either
-            assert not any(e.get("event") == "rules_reloaded" for e in svc.logs)
-
-            (tmp_path / "rules.yaml").write_text(rules_yaml(hook.url()))
-            svc.send(signal.SIGHUP)
-            await svc.wait_for_log("rules_reloaded")
-            assert orjson.loads((await svc.get("/readyz"))[1])["rules_reload"]["result"] == "ok"
+            yield p, hook, svc
         finally:
             assert await svc.stop() == 0
+
+
+async def test_sighup_with_an_empty_rules_file_is_rejected_and_the_old_rules_deliver(tmp_path: Path) -> None:
+    async with reloading(tmp_path) as (p, hook, svc):
+        (tmp_path / "rules.yaml").write_text("")
+        svc.send(signal.SIGHUP)
+        rejected = await svc.wait_for_log("rules_reload_rejected")
+        assert rejected["problems"] == [
+            f"{tmp_path / 'rules.yaml'}:1:1: the rules file is empty (expected receivers, defaults, rules)"
+        ]
+        status, body = await svc.get("/readyz")
+        assert status == 200, body  # the old rules are in force
+        reload: dict[str, Any] = orjson.loads(body)["rules_reload"]
+        assert reload["result"] == "rejected" and "the rules file is empty" in reload["problems"][0]
+        assert 'alerter_rules_reload_total{result="rejected"} 1.0' in (await svc.get("/metrics"))[1]
+
+        m = meters(p)[0]
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert await wait_delivered(hook, 1) == [m]
+        await asyncio.sleep(6)  # a watch tick or more: the empty file is not picked up either
+        assert not any(e.get("event") == "rules_reloaded" for e in svc.logs)
+
+        (tmp_path / "rules.yaml").write_text(rules_yaml(hook.url()))
+        svc.send(signal.SIGHUP)
+        await svc.wait_for_log("rules_reloaded")
+        assert orjson.loads((await svc.get("/readyz"))[1])["rules_reload"]["result"] == "ok"
 
 
 async def test_the_watcher_does_not_apply_a_file_caught_half_written(tmp_path: Path) -> None:
     """A valid prefix of the new file (its first rule only, without the catch-all) lives for less
     than a watch tick: the watcher waits for the file to read the same twice, so only the whole
     file is applied."""
-    p = Portfolio(30, action_rate=0.0, seed=8)
-    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
-        cfg = write_config(
-            tmp_path,
-            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
-            rules_yaml(hook.url()),
-        )
-        svc = await Service.start(str(cfg))
-        try:
-            await svc.wait_for_log("cycle_done")
-            whole = rules_with(hook.url(), "  - {name: ami, match: {action_type: HAS_AMI}, receivers: [crm]}\n")
-            prefix = whole[: whole.index("  - name: everything")]
-            (tmp_path / "rules.yaml").write_text(prefix)
-            await asyncio.sleep(2)
-            (tmp_path / "rules.yaml").write_text(whole)
-            reloaded = await svc.wait_for_log("rules_reloaded", timeout=30)
-            assert reloaded["rules"] == 2
-            await asyncio.sleep(6)
-            assert [e["rules"] for e in svc.logs if e.get("event") == "rules_reloaded"] == [2]
-            assert not any(e.get("event") == "rules_reload_rejected" for e in svc.logs)
-        finally:
-            assert await svc.stop() == 0
+    async with reloading(tmp_path) as (_, hook, svc):
+        whole = rules_with(hook.url(), "  - {name: ami, match: {action_type: HAS_AMI}, receivers: [crm]}\n")
+        prefix = whole[: whole.index("  - name: everything")]
+        (tmp_path / "rules.yaml").write_text(prefix)
+        await asyncio.sleep(2)
+        (tmp_path / "rules.yaml").write_text(whole)
+        reloaded = await svc.wait_for_log("rules_reloaded", timeout=30)
+        assert reloaded["rules"] == 2
+        await asyncio.sleep(6)
+        assert [e["rules"] for e in svc.logs if e.get("event") == "rules_reloaded"] == [2]
+        assert not any(e.get("event") == "rules_reload_rejected" for e in svc.logs)
 
 
 # -- in process: the service and the store --
