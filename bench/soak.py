@@ -16,7 +16,8 @@ the run, one at a time: the service is killed with SIGKILL and started again (fi
 the process after it lives through the second half, where memory is judged), Slack answers 500,
 webhooks 503, the SMTP server stops, Leap answers 503 to everything, all receivers are down at
 once, and (`--store postgres`, with a cluster this process can stop) PostgreSQL stops for
-`--pg-outage`. Each outage lasts `--outage` (at most 80 % of the gap between them). RSS, open
+`--pg-outage`. Each outage lasts `--outage` (at most 80 % of the gap between them); a Slack or
+webhook outage lasts on until a delivery has run into it (at most 60 s more). RSS, open
 descriptors and threads are sampled every few seconds.
 
 At the end the churn stops and the soak waits (up to `--settle`) until the service has polled

@@ -145,6 +145,8 @@ LEAP_FAULTS: tuple[dict[str, Any], ...] = (
     {"kind": "disconnect"},
     {"kind": "502"},
 )
+OUTAGE_WAIT = 60.0
+"""How much longer a receiver outage may last waiting for a delivery to run into it."""
 SCENES = ("kill", "slack", "webhook", "smtp", "leap-outage", "receivers", "postgres")
 """Scenes in the order they start, evenly spread over the churn; `leap` runs throughout. The kill
 comes first, so that the process after it lives through the second half, where memory is judged."""
@@ -181,11 +183,19 @@ class Scenes:
                 raise RuntimeError(f"/_sim/faults: HTTP {r.status} {await r.text()}")
 
     async def _window(self, scene: str, down: Callable[[], Awaitable[Any]], up: Callable[[], Awaitable[Any]],
-                      seconds: float, detail: str = "") -> None:  # fmt: skip
+                      seconds: float, detail: str = "", refusing: Any = None) -> None:  # fmt: skip
+        """`down` for `seconds`; given the receiver (`refusing`, which counts what it `refused`),
+        also until it has refused a request, at most `OUTAGE_WAIT` longer: an outage no delivery
+        ran into tested nothing."""
         start = time.time()
+        before = refusing.refused if refusing is not None else 0
         try:
             await down()
             await asyncio.sleep(seconds)
+            for _ in range(int(OUTAGE_WAIT / 0.2)):
+                if refusing is None or refusing.refused > before:
+                    break
+                await asyncio.sleep(0.2)
         finally:
             await up()
             self.windows.append(Window(scene, start, time.time(), detail))
@@ -204,9 +214,9 @@ class Scenes:
     async def run(self, scene: str) -> None:
         r = self.receivers
         if scene == "slack":
-            await self._window(scene, _set(r.slack, True), _set(r.slack, False), self.outage, "HTTP 500")
+            await self._window(scene, _set(r.slack, True), _set(r.slack, False), self.outage, "HTTP 500", r.slack)
         elif scene == "webhook":
-            await self._window(scene, _set(r.hook, True), _set(r.hook, False), self.outage, "HTTP 503")
+            await self._window(scene, _set(r.hook, True), _set(r.hook, False), self.outage, "HTTP 503", r.hook)
         elif scene == "smtp":
             await self._window(scene, r.smtp.stop, r.smtp.start, self.outage, "server stopped")
         elif scene == "receivers":
