@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from msgspec.structs import replace
 
 from alerter.digests import DigestBuilder
 from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
@@ -162,7 +163,7 @@ async def route(
         if not events:
             break
         if initial_sync == "notify":
-            events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
+            events = [replace(e, initial=False) if e.initial else e for e in events]
         elif initial_sync == "silent":
             quiet = [e.id for e in events if e.initial]
             if quiet:

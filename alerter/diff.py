@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from msgspec.structs import replace
+
 from alerter.models import (
     Event,
     EventKind,
@@ -79,15 +81,7 @@ def open_obligation(
 
 def resolve(ob: Obligation, reason: Resolution, now: datetime, initial: bool = False) -> Event:
     """The `resolved` transition of an open obligation."""
-    done = ob.model_copy(
-        update={
-            "status": "resolved",
-            "resolution": reason,
-            "resolved_at": now,
-            "last_seen": now,
-            "version": ob.version + 1,
-        }
-    )
+    done = replace(ob, status="resolved", resolution=reason, resolved_at=now, last_seen=now, version=ob.version + 1)
     return _event("resolved", done, now, initial, detail=reason)
 
 
@@ -135,25 +129,24 @@ def diff_records(
             if before.deadline != action.enrollment_deadline_date_time:
                 changes["deadline"] = before.deadline.isoformat() if before.deadline else None
             if changes:
-                ob = before.model_copy(
-                    update={
-                        "action_description": action.action_description,
-                        "deadline": action.enrollment_deadline_date_time,
-                        "meter": meter,
-                        "last_seen": now,
-                        "version": before.version + 1,
-                    }
+                ob = replace(
+                    before,
+                    action_description=action.action_description,
+                    deadline=action.enrollment_deadline_date_time,
+                    meter=meter,
+                    last_seen=now,
+                    version=before.version + 1,
                 )
                 result.obligations.append(ob)
                 if with_events:
                     result.events.append(_event("changed", ob, now, initial, previous=changes))
             elif before.meter != meter or now - before.last_seen >= LAST_SEEN_REFRESH:
-                result.obligations.append(before.model_copy(update={"meter": meter, "last_seen": now}))
+                result.obligations.append(replace(before, meter=meter, last_seen=now))
 
         reason: Resolution = "archived" if record.is_archived else "cleared"
         for ob in by_meter.get(record.meter_id, ()):
             if ob.key not in current:
-                ev = resolve(ob.model_copy(update={"meter": meter}), reason, now, initial)
+                ev = resolve(replace(ob, meter=meter), reason, now, initial)
                 result.obligations.append(ev.obligation)
                 if with_events:
                     result.events.append(ev)

@@ -3,7 +3,11 @@ and what grouping decides (group heads, silences, one routing step's write); the
 
 Records mirror the JSON names of Leap's Enrollments v2 definition and keep only the
 fields the product uses; unknown fields are ignored and enum-like fields are plain
-strings so that a new program or region Leap adds never rejects a record.
+strings so that a new program or region Leap adds never rejects a record. They are
+pydantic models: Leap's pages are validated at the boundary. What the process builds from
+them (meters, obligations, events, notifications) are msgspec Structs: built, copied,
+encoded and decoded on the hot path without validating again what the process itself wrote
+(the store reads its own rows back through `alerter.store.rows`' typed decoders).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
 from pydantic_core import core_schema as cs
 
@@ -104,10 +109,8 @@ class Record(BaseModel):
         )
 
 
-class Meter(BaseModel):
+class Meter(msgspec.Struct, frozen=True, kw_only=True):
     """The meter attributes rules can match on, kept with each obligation."""
-
-    model_config = ConfigDict(frozen=True)
 
     meter_id: str
     partner_reference: str = ""
@@ -148,10 +151,8 @@ def key_id(key: ObligationKey) -> str:
     return hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:24]
 
 
-class Obligation(BaseModel):
+class Obligation(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """What the state store remembers about one partner action of one meter."""
-
-    model_config = ConfigDict(frozen=True)
 
     meter_id: str
     program_identifier: str
@@ -171,8 +172,7 @@ class Obligation(BaseModel):
     """Increments on every transition (opened=1, then each change, resolution or reopening)."""
 
     # `key` and `key_id` are kept in the instance's __dict__ once computed (not fields: equality
-    # and dumps ignore them). A copy keeps them, which is right as long as no copy changes a key
-    # field: none does, a new key is a new obligation (`diff.open_obligation`).
+    # and encoding ignore them; a copy computes them again).
     @property
     def key(self) -> ObligationKey:
         d = self.__dict__
@@ -206,10 +206,8 @@ def event_id(key: ObligationKey, kind: EventKind, version: int, detail: str = ""
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-class Event(BaseModel):
+class Event(msgspec.Struct, frozen=True, kw_only=True):
     """One transition of an obligation: opened, changed, reminder or resolved."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     kind: EventKind
@@ -253,17 +251,15 @@ NotificationKind = Literal["notification", "digest", "alert"]
 """`alert`: the service reporting on itself; no events, `group` holds alert, status, message."""
 
 
-class Notification(BaseModel):
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
     """One message to one receiver: the events of one group (or an initial-sync digest)."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     kind: NotificationKind = "notification"
     rule: str
     receiver: str
-    group: dict[str, str] = Field(default_factory=dict)
-    events: tuple[Event, ...]
+    group: dict[str, str] = msgspec.field(default_factory=dict)
+    events: tuple[Event, ...] = ()
     created_at: datetime
     part: tuple[int, int] = (1, 1)
     """(index, count), 1-based: a group or digest larger than its receiver's `max_events` is sent

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from msgspec.structs import replace
 from structlog.testing import capture_logs
 from yarl import URL
 
@@ -22,8 +23,9 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 async def seed(store: Store, n: int = 12) -> None:
     rows = [
-        obligation(f"m{i:02}", "AUTH_1", deadline=T0 + timedelta(days=i)).model_copy(
-            update={"meter": Meter(meter_id=f"m{i:02}", partner_reference=f"REF-{i:02}", transmission_region="CAISO")}
+        replace(
+            obligation(f"m{i:02}", "AUTH_1", deadline=T0 + timedelta(days=i)),
+            meter=Meter(meter_id=f"m{i:02}", partner_reference=f"REF-{i:02}", transmission_region="CAISO"),
         )
         for i in range(n)
     ]

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.console.core import ObligationQuery, parse_obligation_query
 from alerter.models import Meter, Obligation, RoutingWrite, Silence
@@ -30,7 +31,7 @@ def ob(
 ) -> Obligation:
     meter = Meter(meter_id=f"m{i:03}", partner_reference=f"REF-{i:03}", transmission_region=region, tags=tags)
     deadline = None if deadline_days is None else NOW + timedelta(days=deadline_days)
-    return obligation(f"m{i:03}", "AUTH_1", deadline=deadline, **over).model_copy(update={"meter": meter})
+    return replace(obligation(f"m{i:03}", "AUTH_1", deadline=deadline, **over), meter=meter)
 
 
 async def test_pages_walk_every_obligation_once_in_deadline_order(store: Store) -> None:

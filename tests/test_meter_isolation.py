@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.errors import FencedError, StoreError
 from alerter.isolation import diff_apart, isolate
@@ -89,8 +90,7 @@ def test_a_diff_that_fails_for_one_meter_is_run_meter_by_meter() -> None:
     prior = state(record(action(), meter_id=ok), record(action(), meter_id=bad))
     # a stored `last_seen` without an offset (as a hand-edited row might give) breaks that meter's diff
     prior = {
-        key: ob.model_copy(update={"last_seen": datetime(2026, 11, 1)}) if ob.meter_id == bad else ob
-        for key, ob in prior.items()
+        key: replace(ob, last_seen=datetime(2026, 11, 1)) if ob.meter_id == bad else ob for key, ob in prior.items()
     }
     records = [
         record(action(action_description="Sign again"), meter_id=ok),

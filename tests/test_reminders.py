@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.models import event_id
 from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies, next_reminder_at, reminders_due
@@ -76,7 +77,7 @@ def test_event_ids_are_deterministic_so_the_store_keeps_each_threshold_once() ->
 
 def test_a_new_version_fires_again() -> None:
     v1 = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
-    v2 = v1.model_copy(update={"version": 2})
+    v2 = replace(v1, version=2)
     assert reminders_due(v1, POLICY, NOW)[0].id != reminders_due(v2, POLICY, NOW)[0].id
 
 
@@ -157,5 +158,5 @@ def test_looking_only_at_the_next_reminder_time_finds_every_reminder(
 def test_no_next_look_for_a_resolved_obligation_or_an_empty_policy() -> None:
     ob = make_event(opened_at=NOW, deadline=NOW + timedelta(days=3)).obligation
     assert next_reminder_at(ob, NO_REMINDERS, NOW) is None
-    assert next_reminder_at(ob.model_copy(update={"status": "resolved"}), POLICIES[0], NOW) is None
+    assert next_reminder_at(replace(ob, status="resolved"), POLICIES[0], NOW) is None
     assert next_reminder_at(ob, POLICIES[3], NOW) == NOW + timedelta(days=3)

@@ -7,6 +7,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 from structlog.testing import capture_logs
 
 from alerter.models import Notification
@@ -74,7 +75,7 @@ async def test_a_notification_stored_with_its_events_copied_is_still_delivered_w
         with sqlite3.connect(path) as raw:
             raw.execute(
                 "INSERT INTO notifications (id, kind, rule, receiver, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                ("old-1", "notification", "r", "ops", NOW.isoformat(), old.model_dump_json()),
+                ("old-1", "notification", "r", "ops", NOW.isoformat(), msgspec.json.encode(old).decode()),
             )
             raw.execute(
                 "INSERT INTO deliveries (notification_id, receiver, status, attempts, next_attempt_at, updated_at) "

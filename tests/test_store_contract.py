@@ -10,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from msgspec import structs
 
 from alerter.models import GroupState, Meter, Obligation, RoutingWrite, Silence
 from alerter.store import base
@@ -42,7 +43,7 @@ async def test_commit_page_upserts_and_counts_new_events_once(store: Store) -> N
     assert await store.commit_page([a, b], [ea, eb, ea], {"page": "1"}) == 2
     assert not await store.is_empty()
     assert await store.commit_page([a], [ea]) == 0
-    changed = a.model_copy(update={"action_description": "New.", "deadline": None, "version": 2})
+    changed = structs.replace(a, action_description="New.", deadline=None, version=2)
     assert await store.commit_page([changed], [event(changed, "changed", T0 + timedelta(hours=1))]) == 1
     assert await store.load_obligations(["m1", "m1", "unknown"]) == {a.key: changed, b.key: b}
     assert await store.get_meta("page") == "1"
@@ -83,7 +84,7 @@ async def test_open_meter_ids_and_keyset_pages(store: Store) -> None:
 async def test_routing_round_trip(store: Store) -> None:
     a, b, c = obligation("m1", "A"), obligation("m1", "B"), obligation("m2", "A")
     ea, eb, ec = event(a), event(b), event(c)
-    resolved_a = event(a.model_copy(update={"status": "resolved", "version": 2}), "resolved")
+    resolved_a = event(structs.replace(a, status="resolved", version=2), "resolved")
     await store.commit_page([a, b, c], [ea, eb, ec, resolved_a])
     assert await store.pending_events() == [ea, eb, ec, resolved_a]
     assert await store.pending_events(limit=2) == [ea, eb]
@@ -361,7 +362,7 @@ async def test_silences(store: Store) -> None:
 async def test_history_tells_what_became_of_each_event(store: Store) -> None:
     a, b = obligation("m1", "A"), obligation("m1", "B")
     ea, eb = event(a), event(b, at=T0 + timedelta(seconds=1))
-    ra = event(a.model_copy(update={"status": "resolved", "version": 2}), "resolved", T0 + timedelta(hours=1))
+    ra = event(structs.replace(a, status="resolved", version=2), "resolved", T0 + timedelta(hours=1))
     await store.commit_page([a, b], [ea, eb, event(obligation("m2"))])
     await store.commit_page([], [ra])
     group = GroupState("r1/ops", "r1", "ops", {}, T0 + timedelta(hours=2), waiting=True)
@@ -386,7 +387,7 @@ async def test_history_tells_what_became_of_each_event(store: Store) -> None:
 
 async def test_meters_are_found_by_their_partner_reference(store: Store) -> None:
     def ob(meter: str, reference: str, code: str = "A") -> Obligation:
-        return obligation(meter, code).model_copy(update={"meter": Meter(meter_id=meter, partner_reference=reference)})
+        return structs.replace(obligation(meter, code), meter=Meter(meter_id=meter, partner_reference=reference))
 
     await store.commit_page([ob("m1", "site-1"), ob("m1", "site-1", "B"), ob("m2", "site-2"), ob("m3", "site-1")], [])
     assert await store.meters_by_reference("site-1") == ["m1", "m3"]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from msgspec.structs import replace
 
 from alerter.errors import FencedError, StoreError
 from alerter.models import RoutingWrite
@@ -56,7 +57,7 @@ async def test_a_deposed_leader_cannot_write(pair: tuple[PostgresStore, Postgres
     assert not await a.still_leader()
 
     with pytest.raises(FencedError, match="fencing token is 1, the store's is 2"):
-        await a.commit_page([o.model_copy(update={"version": 2})], [])
+        await a.commit_page([replace(o, version=2)], [])
     with pytest.raises(FencedError):
         await a.set_meta({"watermark": "w2"})
     with pytest.raises(FencedError):

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.models import RoutingWrite
 from tests.support.stores import BACKENDS, T0, event, notification, obligation, outbox, store_for
@@ -19,14 +20,10 @@ async def test_purge_forgets_only_what_is_done_with(tmp_path: Path, backend: str
     async with store_for(backend, tmp_path) as store:
         store.set_fence(await store.try_acquire_leadership("t"))
         gone = obligation("m1", "AUTH_1")
-        gone_done = gone.model_copy(
-            update={"status": "resolved", "resolution": "cleared", "resolved_at": T0 + DAY, "version": 2}
-        )
+        gone_done = replace(gone, status="resolved", resolution="cleared", resolved_at=T0 + DAY, version=2)
         still_open = obligation("m2", "AUTH_2")
         dead = obligation("m3", "AUTH_3")
-        dead_done = dead.model_copy(
-            update={"status": "resolved", "resolution": "cleared", "resolved_at": T0 + DAY, "version": 2}
-        )
+        dead_done = replace(dead, status="resolved", resolution="cleared", resolved_at=T0 + DAY, version=2)
         opened = [event(gone), event(still_open), event(dead)]
         resolved = [event(gone_done, "resolved", T0 + DAY), event(dead_done, "resolved", T0 + DAY)]
         await store.commit_page([gone_done, still_open, dead_done], [*opened, *resolved])
@@ -58,9 +55,7 @@ async def test_purge_keeps_recent_history(tmp_path: Path, backend: str) -> None:
     async with store_for(backend, tmp_path) as store:
         store.set_fence(await store.try_acquire_leadership("t"))
         ob = obligation("m1", "AUTH_1")
-        done = ob.model_copy(
-            update={"status": "resolved", "resolution": "cleared", "resolved_at": T0 + DAY, "version": 2}
-        )
+        done = replace(ob, status="resolved", resolution="cleared", resolved_at=T0 + DAY, version=2)
         await store.commit_page([done], [event(ob), event(done, "resolved", T0 + DAY)])
         await store.commit_routing(RoutingWrite(consumed=[event(ob).id, event(done, "resolved").id]))
         assert (await store.purge(T0))["events"] == 0  # resolved after the cutoff: kept

@@ -7,15 +7,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from alerter import templates
-from alerter.models import Event
 from alerter.receivers import EmailConfig, SlackConfig
 from alerter.render import slack_blocks
 from alerter.render.email import render_email
 from alerter.render.samples import check_templates, sample_notifications
 from alerter.render.slack import render_slack
 from alerter.render.webhook import webhook_body
+from alerter.store import rows
 from tests.support.notifications import T0, event, notification
 
 DAY = timedelta(days=1)
@@ -50,8 +51,8 @@ def test_slack_message_names_meters_and_links_to_the_portal() -> None:
 
 
 def test_slack_folds_beyond_fifty_blocks_and_caps_section_text() -> None:
-    long = event(0).obligation.model_copy(update={"action_description": "x" * 5000})
-    events = [event(0).model_copy(update={"obligation": long}), *[event(i) for i in range(1, 120)]]
+    long = replace(event(0).obligation, action_description="x" * 5000)
+    events = [replace(event(0), obligation=long), *[event(i) for i in range(1, 120)]]
     msg = render_slack(notification("n", events), None, T0)
     assert len(msg.blocks) == 50 and slack_blocks.limit_problems(msg.text, msg.blocks) == []
     assert msg.blocks[-1]["elements"][0]["text"].startswith("+73 more: ACME-0047")
@@ -185,7 +186,7 @@ def test_mixed_group_titles_count_what_they_hold(kinds: list[Any], title: str) -
 @pytest.mark.parametrize("old", [T0 - 7 * DAY, "2026-11-21T10:00:00+00:00", "2026-11-21T10:00:00Z"])
 def test_a_change_reads_old_to_new_in_every_form_it_is_kept(old: Any) -> None:
     changed = event(1, "changed", previous={"deadline": old, "action_description": "Old text"})
-    for e in (changed, Event.model_validate_json(changed.model_dump_json())):  # fresh, and as stored
+    for e in (changed, rows.event_from_payload(rows.encode(changed))):  # fresh, and as stored
         assert templates.changes(e) == [
             "deadline 2026-11-21 10:00 UTC → 2026-12-01 10:00 UTC",
             "description “Old text” → “Customer must re-authorize”",

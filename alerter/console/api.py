@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 from aiohttp import web
 
@@ -122,7 +123,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         first = view.obligations[0].meter if view.obligations else None
         return json_response(
             {
-                "meter": first.model_dump(mode="json") if first else {"meter_id": view.meter_id},
+                "meter": msgspec.to_builtins(first) if first else {"meter_id": view.meter_id},
                 "obligations": [obligation_json(o) for o in view.obligations],
                 "history": view.history,
             }

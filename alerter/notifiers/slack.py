@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -129,7 +130,7 @@ class SlackNotifier:
     async def _post(
         self, n: Notification, events: tuple[Event, ...], now: datetime, thread_ts: str | None = None
     ) -> str:
-        msg = render_slack(n.model_copy(update={"events": events}), self.config, now)
+        msg = render_slack(msgspec.structs.replace(n, events=events), self.config, now)
         args: dict[str, Any] = {
             "channel": self.config.channel,
             "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),

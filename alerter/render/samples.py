@@ -9,7 +9,7 @@ from typing import Any
 
 from jinja2 import TemplateError, TemplateSyntaxError
 
-from alerter.models import Event, Meter, Notification, Obligation, event_id
+from alerter.models import Event, EventKind, Meter, Notification, NotificationKind, Obligation, event_id
 from alerter.receivers import EmailConfig, SlackConfig
 from alerter.render import slack_blocks
 from alerter.render.email import render_email
@@ -57,7 +57,7 @@ def _check_one(name: str, cfg: SlackConfig | EmailConfig, samples: list[Notifica
     return problems
 
 
-def _sample_event(i: int, kind: str, now: datetime, **kw: Any) -> Event:
+def _sample_event(i: int, kind: EventKind, now: datetime, **kw: Any) -> Event:
     day = timedelta(days=1)
     types = ("IS_AUTHORIZED", "MISSING_FIELDS", "SIGN_DOCUMENTS")
     meter = Meter(
@@ -82,13 +82,13 @@ def _sample_event(i: int, kind: str, now: datetime, **kw: Any) -> Event:
         last_seen=now,
         resolved_at=now if kind == "resolved" else None,
     )
-    return Event(id=event_id(o.key, kind, 1), kind=kind, occurred_at=now, obligation=o, **kw)  # type: ignore[arg-type]
+    return Event(id=event_id(o.key, kind, 1), kind=kind, occurred_at=now, obligation=o, **kw)
 
 
 def sample_notifications(now: datetime) -> list[Notification]:
     """Sample notifications with every event kind, a large group (folding) and a digest."""
 
-    def note(name: str, events: list[Event], kind: str = "notification") -> Notification:
+    def note(name: str, events: list[Event], kind: NotificationKind = "notification") -> Notification:
         group = {"action_type": events[0].obligation.action_type}
         return Notification(
             id=f"sample-{name}",

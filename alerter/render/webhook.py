@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from msgspec import to_builtins
+
 from alerter.models import Event, Notification
 from alerter.templates import digest_counts, iso, previous_values
 
@@ -16,7 +18,7 @@ def webhook_event(e: Event) -> dict[str, Any]:
         "id": e.id,
         "occurred_at": iso(e.occurred_at),
         "obligation_id": o.key_id,
-        "meter": o.meter.model_dump(mode="json"),
+        "meter": to_builtins(o.meter),
         "action": {
             "action_type": o.action_type,
             "action_code": o.action_code,

@@ -6,9 +6,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import msgspec
 import orjson
 
-from alerter.models import Event, GroupState, Notification, Obligation, Silence
+from alerter.models import Event, GroupState, Meter, Notification, Obligation, Silence
 from alerter.store.base import Delivery
 
 TsParam = Callable[[datetime | None], Any]
@@ -81,6 +82,17 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_encode = msgspec.json.Encoder().encode
+_METER = msgspec.json.Decoder(Meter)
+_EVENT = msgspec.json.Decoder(Event)
+_NOTIFICATION = msgspec.json.Decoder(Notification)
+
+
+def encode(value: msgspec.Struct) -> str:
+    """A Struct as the JSON the store keeps (the same text the pydantic models wrote before)."""
+    return _encode(value).decode()
+
+
 def obligation_params(o: Obligation, ts: TsParam, remind_at: datetime | None) -> tuple[Any, ...]:
     return (
         *o.key,
@@ -88,7 +100,7 @@ def obligation_params(o: Obligation, ts: TsParam, remind_at: datetime | None) ->
         o.status,
         o.action_description,
         ts(o.deadline),
-        o.meter.model_dump_json(),
+        encode(o.meter),
         ts(o.opened_at),
         ts(o.first_seen),
         ts(o.last_seen),
@@ -100,34 +112,37 @@ def obligation_params(o: Obligation, ts: TsParam, remind_at: datetime | None) ->
 
 
 def obligation_from_row(r: Row) -> Obligation:
-    return Obligation.model_validate(
-        {
-            "meter_id": r["meter_id"],
-            "program_identifier": r["program_identifier"],
-            "delivery_period": r["delivery_period"],
-            "action_type": r["action_type"],
-            "action_code": r["action_code"],
-            "action_description": r["action_description"],
-            "deadline": read_ts(r["deadline"]),
-            "meter": orjson.loads(r["meter"]),
-            "status": r["status"],
-            "resolution": r["resolution"],
-            "opened_at": read_ts(r["opened_at"]),
-            "first_seen": read_ts(r["first_seen"]),
-            "last_seen": read_ts(r["last_seen"]),
-            "resolved_at": read_ts(r["resolved_at"]),
-            "version": r["version"],
-        }
+    """An obligation row as the process wrote it (typed by the schema: built, not validated;
+    its meter decoded into a Meter, where a malformed one raises `msgspec.ValidationError`)."""
+    opened_at, first_seen, last_seen = read_ts(r["opened_at"]), read_ts(r["first_seen"]), read_ts(r["last_seen"])
+    assert opened_at is not None and first_seen is not None and last_seen is not None
+    return Obligation(
+        meter_id=r["meter_id"],
+        program_identifier=r["program_identifier"],
+        delivery_period=r["delivery_period"],
+        action_type=r["action_type"],
+        action_code=r["action_code"],
+        action_description=r["action_description"],
+        deadline=read_ts(r["deadline"]),
+        meter=_METER.decode(r["meter"]),
+        status=r["status"],
+        resolution=r["resolution"],
+        opened_at=opened_at,
+        first_seen=first_seen,
+        last_seen=last_seen,
+        resolved_at=read_ts(r["resolved_at"]),
+        version=r["version"],
     )
 
 
 def event_params(e: Event, ts: TsParam) -> tuple[Any, ...]:
     o = e.obligation
-    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, e.model_dump_json())
+    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, encode(e))
 
 
-def event_from_payload(payload: str) -> Event:
-    return Event.model_validate_json(payload)
+def event_from_payload(payload: str | bytes) -> Event:
+    """A stored event (a malformed one raises `msgspec.ValidationError`, a ValueError)."""
+    return _EVENT.decode(payload)
 
 
 def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:
@@ -160,7 +175,8 @@ def group_from_row(r: Row, pending: tuple[str, ...] = (), waiting: bool = False)
 def notification_params(n: Notification, ts: TsParam) -> tuple[Any, ...]:
     """The notification without its events: they are stored once, in `events`, and linked in
     order through `notification_events` (`events_by_reference`)."""
-    header = n.model_dump(mode="json", exclude={"events"})
+    header = msgspec.to_builtins(msgspec.structs.replace(n, events=()))
+    del header["events"]
     header["event_count"] = len(n.events)
     return (n.id, n.kind, n.rule, n.receiver, ts(n.created_at), dumps(header))
 
@@ -173,14 +189,12 @@ def by_reference(payload: str) -> bool:
 
 def notification_from_row(payload: str, events: Sequence[Event] | None) -> Notification:
     """A stored notification; `events`: its linked events in order, for one `by_reference`."""
+    n = _NOTIFICATION.decode(payload)  # one by reference: its header (`event_count` is ignored)
     if events is None:
-        return Notification.model_validate_json(payload)
-    header = orjson.loads(payload)
-    header.pop("event_count", None)
-    n = Notification.model_validate({**header, "events": ()})
+        return n
     if n.kind != "digest":  # a group's events of an initial sync in `notify` mode went out as new
-        events = [e.model_copy(update={"initial": False}) if e.initial else e for e in events]
-    return n.model_copy(update={"events": tuple(events)})
+        events = [msgspec.structs.replace(e, initial=False) if e.initial else e for e in events]
+    return msgspec.structs.replace(n, events=tuple(events))
 
 
 def delivery_from_row(r: Row, events: Sequence[Event] | None = None) -> Delivery:
