@@ -143,7 +143,7 @@ async def _write_digest(steps: Steps, notes: list[Notification], builder: Digest
     silenced, builder.silenced = builder.silenced, []
     told, builder.told = builder.told, []
     if notes or silenced or told:
-        write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told)
+        write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told, events_stored=True)
         await steps.store.commit_routing(write)
         _count_notifications(steps, write)
 

@@ -235,6 +235,7 @@ class FlushResult(NamedTuple):
             flushed=self.flushed,
             deleted_groups=self.deleted,
             notifications=self.notifications,
+            events_stored=True,
         )
 
 

@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -142,16 +141,12 @@ def obligation_key(meter_id: str, action: RequiredAction) -> ObligationKey:
     )
 
 
-@lru_cache(maxsize=4096)
 def key_id(key: ObligationKey) -> str:
-    """A stable short id for an obligation key (used in event ids, Slack threads, email refs).
-
-    Memoized: an obligation's id is wanted for its row, for each event row, and by routing.
-    """
+    """A stable short id for an obligation key (used in event ids, Slack threads, email refs)."""
     return hashlib.sha256("\x1f".join(key).encode()).hexdigest()[:24]
 
 
-class Obligation(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+class Obligation(msgspec.Struct, frozen=True, kw_only=True):
     """What the state store remembers about one partner action of one meter."""
 
     meter_id: str
@@ -171,29 +166,17 @@ class Obligation(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     version: int = 1
     """Increments on every transition (opened=1, then each change, resolution or reopening)."""
 
-    # `key` and `key_id` are kept in the instance's __dict__ once computed (not fields: equality
-    # and encoding ignore them; a copy computes them again).
-    @property
-    def key(self) -> ObligationKey:
-        d = self.__dict__
-        key: ObligationKey | None = d.get("_key")
-        if key is None:
-            key = d["_key"] = (
-                self.meter_id,
-                self.program_identifier,
-                self.delivery_period,
-                self.action_type,
-                self.action_code,
-            )
-        return key
+    key_id: str = ""
+    """`key_id(key)`, computed once when the obligation is built without it (a copy keeps it:
+    no copy changes a key field, a new key is a new obligation, `diff.open_obligation`)."""
+
+    def __post_init__(self) -> None:
+        if not self.key_id:
+            msgspec.structs.force_setattr(self, "key_id", key_id(self.key))
 
     @property
-    def key_id(self) -> str:
-        d = self.__dict__
-        kid: str | None = d.get("_key_id")
-        if kid is None:
-            kid = d["_key_id"] = key_id(self.key)
-        return kid
+    def key(self) -> ObligationKey:
+        return (self.meter_id, self.program_identifier, self.delivery_period, self.action_type, self.action_code)
 
 
 FirstLook = Callable[[Obligation], datetime | None]
@@ -328,6 +311,9 @@ class RoutingWrite:
     """(event id, silence id) pairs."""
     unrouted: Sequence[tuple[str, str]] = ()
     """(event id, event kind) of consumed events that no rule took: counted, nothing to write."""
+    events_stored: bool = False
+    """The notifications' events were read from the store (routing, flushes and digests build
+    them so): the store need not look for ones it lacks (`commit_routing` stores those)."""
     told: Sequence[tuple[str, str]] = ()
     """(obligation key id, receiver) of openings, changes and reminders queued in a group: the
     receiver will be told of them, so their resolution goes to it even before the group flushes."""

@@ -132,6 +132,7 @@ def obligation_from_row(r: Row) -> Obligation:
         last_seen=last_seen,
         resolved_at=read_ts(r["resolved_at"]),
         version=r["version"],
+        key_id=r["key_id"],
     )
 
 

@@ -159,7 +159,8 @@ class RoutingSql(SqlHooks, RoutingStore):
             "updated_at) VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT DO NOTHING",
             [(n.id, n.receiver, ts(n.created_at)) for n in notes],
         )
-        await self._keep_events(tx, notes)
+        if not write.events_stored:
+            await self._keep_events(tx, notes)
         links = {(e.id, n.id): i for n in notes for i, e in enumerate(n.events)}
         await tx.executemany(
             "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
