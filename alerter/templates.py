@@ -33,10 +33,20 @@ _VERB = {"opened": "New", "changed": "Changed", "reminder": "Reminder", "resolve
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as in the webhook body."""
+    """RFC 3339 in UTC with a `Z`, as in the webhook body. Remembered by value for the last few
+    thousand instants: a notification's events share a few (a poll's time, repeated deadlines)."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    text = _ISO.get(value)
+    if text is None:
+        text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        _ISO[value] = text  # equal instants (whatever their zone) have the same text
+    return text
+
+
+_ISO: dict[datetime, str] = {}
 
 
 def _span(seconds: float) -> str:
