@@ -23,7 +23,16 @@ from msgspec.structs import replace
 from alerter.digests import DigestBuilder
 from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
 from alerter.metrics import Metrics
-from alerter.models import Event, GroupState, Notification, Obligation, ObligationKey, RoutingWrite, Silence
+from alerter.models import (
+    Event,
+    EventRef,
+    GroupState,
+    Notification,
+    Obligation,
+    ObligationKey,
+    RoutingWrite,
+    Silence,
+)
 from alerter.reminders import RemindPolicy, next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
@@ -206,7 +215,7 @@ async def route(
         # window by window (whole parts each), one transaction each: a crash between two
         # leaves the rest of the members in the group, flushed next time under the same ids
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
-            by_id = {e.id: e for e in await store.load_events(window.pending)}
+            by_id = {e.id: e for e in await store.load_event_refs(window.pending)}
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
 
 
@@ -214,7 +223,7 @@ async def _flush(
     steps: Steps,
     ruleset: RuleSet,
     groups: list[GroupState],
-    by_id: dict[str, Event],
+    by_id: Mapping[str, Event] | Mapping[str, EventRef],
     now: datetime,
     force: bool,
     parts_of: tuple[int, int] | None = None,

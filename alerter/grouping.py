@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from alerter.digests import DEFAULT_MAX_EVENTS, DigestBuilder, urgency
 from alerter.matchers import Matcher, MatcherError, compile_matcher
-from alerter.models import Event, GroupState, Notification, RoutingWrite, Silence
+from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite, Silence
 from alerter.routes import (
     DEFAULT_GROUP_INTERVAL,
     Placement,
@@ -241,7 +241,7 @@ class FlushResult(NamedTuple):
 
 def flush(
     groups: Mapping[str, GroupState] | Sequence[GroupState],
-    events_by_id: Mapping[str, Event],
+    events_by_id: Mapping[str, Event] | Mapping[str, EventRef],
     now: datetime,
     id_factory: Callable[[str, str], str] = notification_id,
     *,
@@ -255,7 +255,9 @@ def flush(
     `id_factory(group_key, first_event_id)` names them. `ruleset` gives each group's
     `group_interval` (default 5m) for the idle clean-up, and (a RuleSet) each receiver's
     `max_events`: a larger group becomes several notifications (`part`); part 1 keeps the id
-    of the whole, part i > 1 is named by the group and its own first event. `parts_of`
+    of the whole, part i > 1 is named by the group and its own first event. Given its members
+    as references (`Store.load_event_refs`, as routing does), a notification holds them as
+    `refs`, as it is written (the events are read when it is delivered). `parts_of`
     (first index, count of the whole): the groups given hold a window of their members that
     starts at part `first index` of a flush of `count` parts (see `windows`)."""
     limits = Limits.of(ruleset)
@@ -288,7 +290,8 @@ def flush(
                         rule=g.rule,
                         receiver=g.receiver,
                         group=dict(g.values),
-                        events=tuple(chunk),
+                        events=tuple(e for e in chunk if isinstance(e, Event)),
+                        refs=tuple(e for e in chunk if isinstance(e, EventRef)),
                         created_at=now,
                         part=(index, len(chunks)) if parts_of is None else (parts_of[0] + index - 1, parts_of[1]),
                     )

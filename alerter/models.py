@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
@@ -230,6 +230,20 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
         }
 
 
+class EventRef(NamedTuple):
+    """What a group flush needs of an event it sends (its notification links the event by id;
+    the event is read whole when the notification is delivered)."""
+
+    id: str
+    kind: EventKind
+    key_id: str
+    """Its obligation's key id."""
+
+    @classmethod
+    def of(cls, e: Event) -> EventRef:
+        return cls(e.id, e.kind, e.obligation.key_id)
+
+
 NotificationKind = Literal["notification", "digest", "alert"]
 """`alert`: the service reporting on itself; no events, `group` holds alert, status, message."""
 
@@ -249,6 +263,13 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     as several notifications, each with its own id."""
     summary: dict[str, Any] | None = None
     """A digest's counts over all its events (every part carries the whole digest's)."""
+    refs: tuple[EventRef, ...] = ()
+    """A group flush's notification as it is written: its events by reference (`events` is
+    empty until the notification is read back to be delivered)."""
+
+    def members(self) -> tuple[EventRef, ...]:
+        """Its events by reference, in order (from `refs`, or from `events`)."""
+        return self.refs or tuple(map(EventRef.of, self.events))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import pytest
 
 from alerter.grouping import SilenceCheck, digest, flush, idle_before, notification_id, plan
 from alerter.matchers import compile_matcher
-from alerter.models import Event, GroupState, RoutingWrite, Silence
+from alerter.models import Event, EventRef, GroupState, RoutingWrite, Silence
 from alerter.routes import Router
 from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
@@ -309,6 +309,21 @@ def test_flush_sends_due_groups_once_and_leaves_them_idle() -> None:
     assert flushed == [(g.key, e.id) for g in groups for e in (e1, e2)]
     again = flush(updated, events, at + timedelta(minutes=1), ruleset=GROUPED)
     assert again.notifications == []
+
+
+def test_a_flush_given_references_writes_its_notifications_by_reference() -> None:
+    """Routing flushes with what it needs of each member (`Store.load_event_refs`): the same
+    notifications, ids and parts, holding the members as references."""
+    router = Router(GROUPED)
+    e1, e2 = make_event(meter_id="M-1"), make_event(meter_id="M-2")
+    groups, events = _pending(router, e1, e2)
+    at = NOW + timedelta(seconds=30)
+    whole = flush(groups, events, at, ruleset=GROUPED)
+    by_ref = flush(groups, {i: EventRef.of(e) for i, e in events.items()}, at, ruleset=GROUPED)
+    assert [n.id for n in by_ref.notifications] == [n.id for n in whole.notifications]
+    for n, full in zip(by_ref.notifications, whole.notifications, strict=True):
+        assert n.events == () and n.refs == (EventRef.of(e1), EventRef.of(e2)) == full.members()
+    assert by_ref.flushed == whole.flushed and by_ref.groups == whole.groups
 
 
 def test_a_group_given_without_its_members_is_not_flushed() -> None:

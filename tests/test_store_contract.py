@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from msgspec import structs
 
-from alerter.models import GroupState, Meter, Obligation, RoutingWrite, Silence
+from alerter.models import EventRef, GroupState, Meter, Obligation, RoutingWrite, Silence
 from alerter.store import base
 from alerter.store.base import META_CONSUMING, Failed, Sent, Store
 from alerter.store.memory import GroupBook
@@ -108,6 +108,8 @@ async def test_routing_round_trip(store: Store) -> None:
     assert await store.load_groups() == [replace(regrouped, pending=(ec.id,))]
     assert await store.pending_events() == []
     assert await store.load_events([ec.id, "nope", ea.id]) == [ec, ea]
+    refs = await store.load_event_refs([ec.id, "nope", ea.id, ec.id])
+    assert refs == [EventRef(ec.id, "opened", c.key_id), EventRef(ea.id, "opened", a.key_id)]
     assert await store.notified_receivers([a.key_id, b.key_id]) == {a.key_id: {"ops"}}
     assert await store.notified_receivers([]) == {}
     assert await store.undelivered_count() == 1

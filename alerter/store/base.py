@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple, Protocol
 
 from alerter.models import (
     Event,
+    EventRef,
     FirstLook,
     GroupState,
     Notification,
@@ -182,6 +183,10 @@ class RoutingStore(Protocol):
         """Fenced: carries out a `consume_initial` a stopped process left unfinished (if any)."""
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
+
+    async def load_event_refs(self, ids: Sequence[str]) -> list[EventRef]:
+        """What a group flush needs of these events (those stored, in the order given), without
+        reading them whole."""
 
     async def load_groups(self) -> list[GroupState]:
         """Every group with its members (`pending`), by key."""

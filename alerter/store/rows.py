@@ -176,9 +176,9 @@ def group_from_row(r: Row, pending: tuple[str, ...] = (), waiting: bool = False)
 def notification_params(n: Notification, ts: TsParam) -> tuple[Any, ...]:
     """The notification without its events: they are stored once, in `events`, and linked in
     order through `notification_events` (`events_by_reference`)."""
-    header = msgspec.to_builtins(msgspec.structs.replace(n, events=()))
-    del header["events"]
-    header["event_count"] = len(n.events)
+    header = msgspec.to_builtins(msgspec.structs.replace(n, events=(), refs=()))
+    del header["events"], header["refs"]
+    header["event_count"] = len(n.refs or n.events)
     return (n.id, n.kind, n.rule, n.receiver, ts(n.created_at), dumps(header))
 
 

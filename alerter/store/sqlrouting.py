@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 
-from alerter.models import Event, GroupState, Notification, RoutingWrite
+from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite
 from alerter.store import base, rows
 from alerter.store.base import META_CONSUMING, RoutingStore
 from alerter.store.rows import Row
@@ -86,6 +86,14 @@ class RoutingSql(SqlHooks, RoutingStore):
         by_id = {r["id"]: r["payload"] for r in found}
         return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
 
+    async def load_event_refs(self, ids: Sequence[str]) -> list[EventRef]:
+        if not ids:
+            return []
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT id, kind, key_id FROM events WHERE id {self._in(1)}", self._ids(ids))
+        by_id = {r["id"]: EventRef(r["id"], r["kind"], r["key_id"]) for r in found}
+        return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
+
     async def load_groups(self) -> list[GroupState]:
         async with self._read() as tx:
             heads = await tx.fetch(f"{_GROUP_HEADS} ORDER BY g.key")
@@ -161,13 +169,14 @@ class RoutingSql(SqlHooks, RoutingStore):
         )
         if not write.events_stored:
             await self._keep_events(tx, notes)
-        links = {(e.id, n.id): i for n in notes for i, e in enumerate(n.events)}
+        members = {n.id: n.members() for n in notes}
+        links = {(e.id, n.id): i for n in notes for i, e in enumerate(members[n.id])}
         await tx.executemany(
             "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING",
             [(e, n, i) for (e, n), i in links.items()],
         )
-        told = {(e.obligation.key_id, n.receiver): None for n in notes for e in n.events if e.kind in NOTIFIED_KINDS}
+        told = {(e.key_id, n.receiver): None for n in notes for e in members[n.id] if e.kind in NOTIFIED_KINDS}
         if told:
             await tx.executemany(
                 "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
