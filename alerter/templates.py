@@ -198,7 +198,7 @@ def changes(e: Event) -> list[str]:
     return out
 
 
-def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
+def _event_context(e: Event, now: datetime, portal_url: str, digest: bool) -> dict[str, Any]:
     o = e.obligation
     fields = e.fields()
     when = f"{o.deadline.astimezone(UTC):%Y-%m-%d %H:%M} UTC ({relative(o.deadline, now)})" if o.deadline else "none"
@@ -213,7 +213,7 @@ def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
         "key_id": o.key_id,
         "occurred_at": e.occurred_at,
         "detail": e.detail,
-        "initial": e.initial,
+        "initial": e.initial and digest,
         "previous": previous,
         "changes": changed,
         "change_text": "; ".join(changed),
@@ -226,7 +226,7 @@ def _event_context(e: Event, now: datetime, portal_url: str) -> dict[str, Any]:
 
 def context(n: Notification, now: datetime, portal_url: str = PORTAL_URL) -> dict[str, Any]:
     """The one context every template (built-in or per receiver) renders from."""
-    events = [_event_context(e, now, portal_url) for e in n.events]
+    events = [_event_context(e, now, portal_url, n.kind == "digest") for e in n.events]
     meters = list(dict.fromkeys(e["label"] for e in events))
     return {
         "notification": {

@@ -156,9 +156,11 @@ async def test_initial_sync_modes(tmp_path: Path, mode: str) -> None:
         if mode == "digest":
             assert [b["type"] for b in bodies] == ["alerter.digest"]
             assert len(bodies[0]["data"]["events"]) == backlog
+            assert {e["initial"] for e in bodies[0]["data"]["events"]} == {True}
         elif mode == "notify":
             assert {b["type"] for b in bodies} == {"alerter.notification"}
             assert sum(len(b["data"]["events"]) for b in bodies) == backlog
+            assert {e["initial"] for b in bodies for e in b["data"]["events"]} == {False}  # went out as new
             types = {e["action"]["action_type"] for b in bodies for e in b["data"]["events"]}
             assert len(bodies) == len(types)  # grouped by action_type
         else:

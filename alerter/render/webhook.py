@@ -11,7 +11,9 @@ from alerter.models import Event, Notification
 from alerter.templates import digest_counts, iso, previous_values
 
 
-def webhook_event(e: Event) -> dict[str, Any]:
+def webhook_event(e: Event, digest: bool) -> dict[str, Any]:
+    """One event of a notification; `initial` only in a digest (a group's events of an initial
+    sync in `notify` mode went out as new)."""
     o = e.obligation
     event: dict[str, Any] = {
         "type": f"action.{e.kind}",
@@ -29,7 +31,7 @@ def webhook_event(e: Event) -> dict[str, Any]:
         },
         "status": o.status,
         "opened_at": iso(o.opened_at),
-        "initial": e.initial,
+        "initial": e.initial and digest,
     }
     if e.detail:
         event["detail"] = e.detail
@@ -47,6 +49,6 @@ def webhook_body(n: Notification, now: datetime | None = None) -> dict[str, Any]
     data["part"] = {"index": n.part[0], "count": n.part[1]}
     if n.kind == "digest":
         data["counts"] = n.summary if n.summary is not None else digest_counts(n.events, now or n.created_at)
-    data["events"] = [webhook_event(e) for e in n.events]
+    data["events"] = [webhook_event(e, n.kind == "digest") for e in n.events]
     kind = {"digest": "alerter.digest", "alert": "alerter.alert"}.get(n.kind, "alerter.notification")
     return {"type": kind, "timestamp": iso(n.created_at), "data": data}

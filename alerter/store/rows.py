@@ -191,11 +191,7 @@ def by_reference(payload: str) -> bool:
 def notification_from_row(payload: str, events: Sequence[Event] | None) -> Notification:
     """A stored notification; `events`: its linked events in order, for one `by_reference`."""
     n = _NOTIFICATION.decode(payload)  # one by reference: its header (`event_count` is ignored)
-    if events is None:
-        return n
-    if n.kind != "digest":  # a group's events of an initial sync in `notify` mode went out as new
-        events = [msgspec.structs.replace(e, initial=False) if e.initial else e for e in events]
-    return msgspec.structs.replace(n, events=tuple(events))
+    return n if events is None else msgspec.structs.replace(n, events=tuple(events))
 
 
 def delivery_from_row(r: Row, events: Sequence[Event] | None = None) -> Delivery:
