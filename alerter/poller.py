@@ -24,7 +24,6 @@ only after the whole cycle is committed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import operator
 import time
@@ -106,11 +105,6 @@ class _Batch:
     `BATCH_ROWS` rows or its oldest page is `BATCH_SECONDS` old, and at the end of each read.
     What a crash loses is only what the watermark has not passed, so the next cycle reads
     it again and produces the same events under the same ids.
-
-    A commit runs while the next pages are decoded and diffed (one at a time: a batch's
-    commit waits for the one before). The stored state those pages are diffed against may not
-    hold it yet (`Store.load_obligations` reads what is committed), so the obligations being
-    committed are laid over it (`overlay`) until it is done.
     """
 
     def __init__(
@@ -132,19 +126,13 @@ class _Batch:
         self.by_meter: dict[str, list[Obligation]] = {}
         self.events: list[Event] = []
         self.since = 0.0
-        self.writing: asyncio.Future[None] | None = None
-        """The commit in progress, if any."""
-        self.written: dict[str, list[Obligation]] = {}
-        """Its obligations by meter, until it is done."""
 
     def overlay(self, prior: dict[ObligationKey, Obligation], meter_ids: Sequence[str]) -> None:
-        """Obligations this batch changed but has not committed (or is committing) replace what
-        the store holds."""
-        for by_meter in (self.written, self.by_meter):  # the older first
-            if by_meter:
-                for meter_id in meter_ids:
-                    for ob in by_meter.get(meter_id, ()):
-                        prior[ob.key] = ob
+        """Obligations this batch changed but has not committed replace what the store holds."""
+        if self.by_meter:
+            for meter_id in meter_ids:
+                for ob in self.by_meter.get(meter_id, ()):
+                    prior[ob.key] = self.obligations[ob.key]
 
     async def add(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Adds a group's changes (or none), then commits if the batch is full or old enough."""
@@ -153,10 +141,7 @@ class _Batch:
                 self.since = time.monotonic()
             for ob in obligations:
                 key = ob.key
-                if key in self.obligations:
-                    listed = self.by_meter[ob.meter_id]
-                    listed[listed.index(self.obligations[key])] = ob
-                else:
+                if key not in self.obligations:
                     self.by_meter.setdefault(ob.meter_id, []).append(ob)
                 self.obligations[key] = ob
             self.events.extend(events)
@@ -165,29 +150,11 @@ class _Batch:
             await self.flush()
 
     async def flush(self) -> None:
-        """Starts committing what the batch holds, once the commit before it is done."""
-        await self.settle()
         if not self.obligations and not self.events:
             return
         obligations, events = list(self.obligations.values()), self.events
-        self.written = self.by_meter
         self.obligations, self.by_meter, self.events = {}, {}, []
-        self.writing = asyncio.ensure_future(self.commit(obligations, events))
-
-    async def settle(self) -> None:
-        """Waits for the commit in progress (raising what it raised)."""
-        if self.writing is not None:
-            writing, self.writing = self.writing, None
-            try:
-                await writing
-            finally:
-                self.written = {}
-
-    def abandon(self) -> None:
-        """A cycle cancelled: the commit in progress finishes in the store's thread; nobody waits."""
-        if self.writing is not None:
-            self.writing.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self.writing, self.written = None, {}
+        await self.commit(obligations, events)
 
     async def commit(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Commits in one transaction; a meter the store will not take is set apart. A quiet
@@ -337,14 +304,8 @@ class Poller:
         except Exception:
             with contextlib.suppress(Exception):
                 await batch.flush()
-            with contextlib.suppress(Exception):
-                await batch.settle()
-            raise
-        except BaseException:
-            batch.abandon()
             raise
         await batch.flush()
-        await batch.settle()
 
     async def _apply(self, pages: Sequence[Selected], now: datetime, initial: bool, batch: _Batch) -> list[str]:
         """Diffs and commits consecutive pages together (one read of stored state for all);

@@ -170,50 +170,6 @@ async def test_a_meter_on_two_pages_of_one_batch_diffs_against_the_uncommitted_f
     assert (ob.action_description, ob.version) == ("Sign the new form.", 2)
 
 
-class HeldStore(CountingStore):
-    """Holds the first commit until the poller has read stored state for the page after it."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.release = asyncio.Event()
-        self.held_while_read: list[bool] = []
-
-    async def commit_page(self, obligations: Any, events: Any, meta: Any = None, look: Any = None) -> int:
-        if not self.commits:
-            await self.release.wait()
-        return await super().commit_page(obligations, events, meta, look)
-
-    async def load_obligations(self, meter_ids: Sequence[str]) -> Any:
-        found = await super().load_obligations(meter_ids)
-        self.held_while_read.append(not self.release.is_set())
-        if len(self.loaded) == 2:
-            self.release.set()
-        return found
-
-
-async def test_a_meter_on_two_batches_diffs_against_the_commit_still_in_progress(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch commits while the next pages are diffed; what it is committing is laid over
-    what the store holds, so a meter listed again is diffed against its first copy."""
-    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
-    monkeypatch.setattr(poller, "BATCH_ROWS", 2)  # one opened obligation and its event
-    store = HeldStore(f"sqlite:///{tmp_path / 'state.db'}")
-    await store.open()
-    try:
-        m = _meter(1)
-        first = record(action(action_description="Sign the form."), meter_id=m)
-        second = record(action(action_description="Sign the new form."), meter_id=m)
-        await Poller(store, ListSource([[first], [second]], gate=store), PollConfig()).run_cycle(T0)
-        assert store.held_while_read == [True, True]  # the second page was read and diffed meanwhile
-        assert store.commits == [1, 1]
-        assert await _kinds(store, m) == [("opened", 1), ("changed", 2)]
-        (ob,) = (await store.load_obligations([m])).values()
-        assert (ob.action_description, ob.version) == ("Sign the new form.", 2)
-    finally:
-        await store.close()
-
-
 async def test_a_meter_twice_in_one_group_is_diffed_as_its_later_copy(store: CountingStore) -> None:
     m = _meter(1)
     first = record(action(action_description="Sign the form."), meter_id=m)

@@ -61,7 +61,6 @@ _PRAGMAS = (
     "PRAGMA journal_size_limit = 67108864",
     "PRAGMA temp_store = MEMORY",
 )
-_READER_PRAGMAS = ("PRAGMA busy_timeout = 5000", "PRAGMA cache_size = -8192", "PRAGMA query_only = 1")
 
 
 @lru_cache(maxsize=512)
@@ -149,9 +148,6 @@ class SqliteStore(SqlStore, Store):
         self.path = sqlite_path(url)
         self._conn: aiosqlite.Connection | None = None
         self._tx: _SqliteTx | None = None
-        self._reader: aiosqlite.Connection | None = None
-        """A second connection for `_snapshot` reads (opened on first use; not for `:memory:`)."""
-        self._opening = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
 
@@ -199,9 +195,6 @@ class SqliteStore(SqlStore, Store):
         self._lock_fd = fd
 
     async def close(self) -> None:
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await reader.close()
         if self._conn is not None:
             conn, self._conn, self._tx = self._conn, None, None
             with suppress(sqlite3.Error):
@@ -293,26 +286,6 @@ class SqliteStore(SqlStore, Store):
                 yield self._connection()
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
-
-    @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[Tx]:
-        """On its own connection (WAL: readers never wait for the writer), in its own thread."""
-        if self.path == ":memory:":
-            async with self._read() as tx:
-                yield tx
-            return
-        self._connection()  # open
-        try:
-            async with self._opening:
-                if self._reader is None:
-                    conn = await aiosqlite.connect(self.path, isolation_level=None)
-                    conn.row_factory = sqlite3.Row
-                    for pragma in _READER_PRAGMAS:
-                        await conn.execute(pragma)
-                    self._reader = conn
-            yield _SqliteTx(self._reader)
-        except sqlite3.Error as err:
-            raise StoreError(f"state file {self.path}: {err}") from err
 
     @asynccontextmanager
     async def _write(self, fenced: bool = False) -> AsyncIterator[Tx]:

@@ -52,7 +52,7 @@ class ObligationSql(SqlHooks, ObligationStore):
         if not meter_ids:
             return {}
         sql = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE meter_id {self._in(1)}"
-        async with self._snapshot() as tx:
+        async with self._read() as tx:
             found = await tx.fetch(sql, self._ids(list(dict.fromkeys(meter_ids))))
         return {o.key: o for o in map(rows.obligation_from_row, found)}
 

@@ -35,12 +35,6 @@ class SqlHooks(ABC):
     @abstractmethod
     def _read(self) -> AbstractAsyncContextManager[Tx]: ...
 
-    def _snapshot(self) -> AbstractAsyncContextManager[Tx]:
-        """A read of what is committed, which need not wait for a write in progress (SQLite: its
-        own connection; by default `_read`). A poll reads stored obligations so while it commits
-        the pages before (`poller._Batch` lays what it is committing over what it reads)."""
-        return self._read()
-
     @abstractmethod
     def _write(self, fenced: bool = False) -> AbstractAsyncContextManager[Tx]:
         """A transaction; `fenced` checks the fencing token inside it (FencedError)."""
