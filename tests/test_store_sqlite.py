@@ -11,9 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.errors import StoreError
+from alerter.models import RoutingWrite
 from alerter.store import open_store, schema
+from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
 from tests.support.stores import event, obligation, opened
@@ -23,6 +26,7 @@ CHILD = """
 import asyncio, sys
 from datetime import UTC, datetime
 from alerter.errors import StoreError
+from alerter.models import RoutingWrite
 from alerter.models import Event, Meter, Obligation, event_id
 from alerter.store import open_store
 
@@ -200,6 +204,31 @@ async def test_a_page_commits_whole_or_not_at_all(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="naive"):  # rows are built before the transaction starts
             await store.commit_page([obligation("m3", deadline=datetime(2026, 1, 1))], [])
         assert await store.commit_page([obligation("m3")], []) == 0
+
+
+async def test_rows_bound_a_few_hundred_a_statement_keep_their_order_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's rows go in several multi-row statements (the last one shorter): rows keep their
+    order, one already stored is not counted again, an obligation written again is updated."""
+    monkeypatch.setattr(sqlite_store, "ROWS_PER_STATEMENT", 7)
+    async with opened(SqliteStore(f"sqlite:///{tmp_path / 'state.db'}")) as store:
+        obligations = [obligation(f"m{i:02}") for i in range(30)]
+        events = [event(o) for o in obligations]
+        assert await store.commit_page(obligations, events) == 30
+        assert [e.id for e in await store.pending_events(100)] == [e.id for e in events]
+        assert await store.commit_page(obligations[:3], [events[12], *events[:3]]) == 0  # all stored already
+        changed = [replace(o, version=2, action_description="Sign again.") for o in obligations[5:20]]
+        assert await store.commit_page([*changed, *obligations[:2]], [event(o, "changed") for o in changed]) == 15
+        stored = await store.load_obligations([o.meter_id for o in obligations])
+        assert sorted(o.meter_id for o in stored.values() if o.version == 2) == [f"m{i:02}" for i in range(5, 20)]
+        assert all(o.action_description == "Sign again." for o in stored.values() if o.version == 2)
+        routed = RoutingWrite(consumed=(), appended=[("g", e.id) for e in reversed(events)] + [("g", events[0].id)])
+        await store.commit_routing(routed)
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            members = [r[0] for r in db.execute("SELECT event_id FROM group_members ORDER BY seq")]
+        db.close()
+        assert members == [e.id for e in reversed(events)]
 
 
 async def test_the_instance_starting_on_a_file_releases_every_lease(tmp_path: Path) -> None:
