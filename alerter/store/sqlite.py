@@ -69,12 +69,13 @@ def _sqlite_sql(sql: str) -> str:
     return re.sub(r"\$(\d+)", r"?\1", sql)
 
 
-ROWS_PER_STATEMENT = 500
-"""Rows one multi-row `INSERT` binds (`_insert_rows`)."""
+ROWS_PER_STATEMENT = 256
+"""The most rows one multi-row `INSERT` binds (`_insert_rows`); fewer are bound by powers of
+two, so that each statement has at most nine shapes to prepare and keep in the cache."""
 _ROW = re.compile(r"VALUES \((\?\d+(?:, \?\d+)*)\)")
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=128)
 def _multi_row(sql: str, rows: int) -> str | None:
     """A one-row `INSERT ... VALUES (?1, ..., ?n) ...` for `rows` rows at once; None for any
     other statement (placeholders out of order, repeated, or outside the row)."""
@@ -90,22 +91,23 @@ def _multi_row(sql: str, rows: int) -> str | None:
 
 
 def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-    """`executemany`, a few hundred rows per statement where `_multi_row` can; returns the rows
-    changed. Row by row, the connection's thread takes the GIL back for every row: whenever
-    the main thread is busy (decoding the next pages during a poll's commit), each row then
-    waits for it (120,000 rows took 1.3 s alone and 520 s beside a busy thread; a few
-    hundred rows a statement, 1.1 s and 2.9 s)."""
+    """`executemany`, up to `ROWS_PER_STATEMENT` rows per statement where `_multi_row` can;
+    returns the rows changed. Row by row, the connection's thread takes the GIL back for every
+    row: whenever the main thread is busy (decoding the next pages during a poll's commit),
+    each row then waits for it (120,000 rows took 1.3 s alone and 520 s beside a busy thread;
+    a few hundred rows a statement, 1.1 s and 2.9 s)."""
     if not rows:
         return 0
     if _multi_row(sql, 1) is None:
         return int(db.executemany(sql, rows).rowcount)
-    per = max(1, min(ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0])))
-    changed = 0
-    for i in range(0, len(rows), per):
-        part = rows[i : i + per]
-        multi = _multi_row(sql, len(part))
+    most = max(1, min(ROWS_PER_STATEMENT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0])))
+    changed = at = 0
+    while at < len(rows):
+        n = min(most, 1 << ((len(rows) - at).bit_length() - 1))  # the largest power of two left
+        multi = _multi_row(sql, n)
         assert multi is not None
-        changed += db.execute(multi, [value for row in part for value in row]).rowcount
+        changed += db.execute(multi, [value for row in rows[at : at + n] for value in row]).rowcount
+        at += n
     return changed
 
 
