@@ -52,7 +52,7 @@ READ_AHEAD = 4
 """Pages fetched and decoded ahead of the diff."""
 GROUP_PAGES = 4
 """Pages diffed together, with one read of stored state (fewer only at the end of a read)."""
-BATCH_ROWS = 4000
+BATCH_ROWS = 12_000
 """Obligation and event rows a sweep gathers from consecutive pages before committing them."""
 BATCH_SECONDS = 1.0
 """The longest a page's events wait in memory for the pages after it before being committed."""
