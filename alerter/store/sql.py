@@ -4,7 +4,7 @@ How this works: queries are written once with PostgreSQL-style `$n` parameters (
 runs them as `?n`). A backend provides `_read()` / `_write(fenced)` transactions, how a
 datetime and a list of ids are bound, how migrations are locked against other instances
 (`_lock_migrations`), and the bulk writes of a `commit_page` (`_write_page`), where the
-fast path differs (executemany on SQLite, `unnest` arrays on PostgreSQL). Migrating and
+fast path differs (multi-row INSERTs on SQLite, `unnest` arrays on PostgreSQL). Migrating and
 what a page commits (one row per key or id, nothing for an empty page) are written here once.
 The queries of each concern are a part of their own, one per protocol of `store.base`
 (`sqlobligations`, `sqlrouting`, `sqlsilences`, `sqlledger`, over the hooks of `sqltx`):
