@@ -33,7 +33,7 @@ from alerter.models import (
     RoutingWrite,
     Silence,
 )
-from alerter.reminders import RemindPolicy, next_reminder_at, reminders_due
+from alerter.reminders import next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
 from alerter.store.base import META_REMIND_RULES, Store
@@ -73,21 +73,8 @@ def first_look(router: Router, ob: Obligation) -> datetime | None:
     attributes) is looked at on the next step."""
     if ob.opened_at != ob.last_seen:
         return ob.last_seen
-    look = router.look_policy(router.remind_policy(ob, ob.opened_at))
-    # the obligations a poll opens share their opening time, and their deadlines repeat
-    key = (id(look), ob.opened_at, ob.deadline, ob.status)
-    known = _FIRST_LOOKS.get(key)
-    if known is not None and known[0] is look:
-        return known[1]
-    at = next_reminder_at(ob, look, ob.opened_at)
-    if len(_FIRST_LOOKS) >= 4096:
-        _FIRST_LOOKS.clear()
-    _FIRST_LOOKS[key] = (look, at)
-    return at
-
-
-_FIRST_LOOKS: dict[tuple[int, datetime, datetime | None, str], tuple[RemindPolicy, datetime | None]] = {}
-"""`next_reminder_at` of an obligation opening now, by (its look policy, opening, deadline, status)."""
+    policy = router.remind_policy(ob, ob.opened_at)
+    return next_reminder_at(ob, router.look_policy(policy), ob.opened_at)
 
 
 async def check_remind_rules(steps: Steps, rules_digests: Mapping[Path, str | None], now: datetime) -> None:

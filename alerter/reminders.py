@@ -127,7 +127,13 @@ def next_reminder_at(obligation: Obligation, policy: RemindPolicy, now: datetime
     reminders step looks at the obligation again then, and not before."""
     if obligation.status != "open":
         return None
-    opened, deadline = obligation.opened_at, obligation.deadline
+    return _next_look(policy, obligation.opened_at, obligation.deadline, now)
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_look(policy: RemindPolicy, opened: datetime, deadline: datetime | None, now: datetime) -> datetime | None:
+    """`next_reminder_at` of an open obligation, a function of these alone: remembered, as the
+    obligations a poll opens share their opening time (`now`) and their deadlines repeat."""
     times: list[datetime] = []
     if policy.every is not None:
         n = max(0, (now - opened) // policy.every) if now > opened else 0

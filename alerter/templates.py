@@ -33,20 +33,15 @@ _VERB = {"opened": "New", "changed": "Changed", "reminder": "Reminder", "resolve
 
 
 def iso(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as in the webhook body. Remembered by value for the last few
-    thousand instants: a notification's events share a few (a poll's time, repeated deadlines)."""
-    if value is None:
-        return None
-    text = _ISO.get(value)
-    if text is None:
-        text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        if len(_ISO) >= 4096:
-            _ISO.clear()
-        _ISO[value] = text  # equal instants (whatever their zone) have the same text
-    return text
+    """RFC 3339 in UTC with a `Z`, as in the webhook body."""
+    return None if value is None else _utc_text(value)
 
 
-_ISO: dict[datetime, str] = {}
+@functools.lru_cache(maxsize=4096)
+def _utc_text(value: datetime) -> str:
+    """Remembered by value (equal instants, whatever their zone, have the same text): a
+    notification's events share a few instants (a poll's time, repeated deadlines)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _span(seconds: float) -> str:

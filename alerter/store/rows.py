@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 import msgspec
@@ -49,20 +50,16 @@ def iso(dt: datetime | None) -> str | None:
 
     Remembered by value for the last few thousand instants: the rows of one write share a few
     (the cycle's `now` is an obligation's opened_at, first_seen and last_seen; deadlines repeat)."""
-    if dt is None:
-        return None
-    text = _ISO.get(dt)
-    if text is None:
-        text = (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
-        if len(_ISO) >= _ISO_KEPT:
-            _ISO.clear()
-        _ISO[dt] = text  # equal instants (whatever their zone) have the same text
-    return text
+    return None if dt is None else _iso_text(dt)
+
+
+@lru_cache(maxsize=4096)
+def _iso_text(dt: datetime) -> str:
+    # equal instants (whatever their zone) have the same text; a naive one raises (not kept)
+    return (dt if dt.utcoffset() == _ZERO else utc(dt)).isoformat(timespec="microseconds")
 
 
 _ZERO = timedelta(0)
-_ISO: dict[datetime, str] = {}
-_ISO_KEPT = 4096
 
 
 def aware(dt: datetime | None) -> datetime | None:
