@@ -18,6 +18,7 @@ BENCHES = (
     "bench_console",
     "bench_push",
     "bench_cost",
+    "bench_insert",
 )
 
 
