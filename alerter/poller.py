@@ -24,6 +24,7 @@ only after the whole cycle is committed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import operator
 import time
@@ -56,6 +57,9 @@ BATCH_ROWS = 12_000
 """Obligation and event rows a sweep gathers from consecutive pages before committing them."""
 BATCH_SECONDS = 1.0
 """The longest a page's events wait in memory for the pages after it before being committed."""
+WRITTEN_BITS = 1 << 24
+"""Bits (2 MiB) marking the meters a read of a fresh state has written: with 245,000 written,
+one meter in 70 not written is read back for nothing."""
 NAMED = 20
 """Skipped meters a cycle report names (the log names every one)."""
 
@@ -126,6 +130,29 @@ class _Batch:
         self.by_meter: dict[str, list[Obligation]] = {}
         self.events: list[Event] = []
         self.since = 0.0
+        self.committing: asyncio.Future[None] | None = None
+        """The batch before this one, committing while this one is read and diffed."""
+        self.written: bytearray | None = None
+        """In a read of a state that held no obligation when it began: which meters it may have
+        written (a bit per hash of their id), the only ones whose stored state it reads back."""
+
+    def fresh(self) -> None:
+        """The state held no obligation when this read began, and only this read writes it."""
+        self.written = bytearray(WRITTEN_BITS // 8)
+
+    def to_load(self, meter_ids: Sequence[str]) -> Sequence[str]:
+        """The meters whose stored state may hold obligations (all of them unless `fresh`)."""
+        written = self.written
+        if written is None:
+            return meter_ids
+        mask = WRITTEN_BITS - 1
+        return [m for m in meter_ids if written[(h := hash(m) & mask) >> 3] & (1 << (h & 7))]
+
+    async def settled(self) -> None:
+        """Waits for the batch committing (its failure raised here)."""
+        committing, self.committing = self.committing, None
+        if committing is not None:
+            await committing
 
     def overlay(self, prior: dict[ObligationKey, Obligation], meter_ids: Sequence[str]) -> None:
         """Obligations this batch changed but has not committed replace what the store holds."""
@@ -139,22 +166,33 @@ class _Batch:
         if obligations or events:
             if not self.obligations and not self.events:
                 self.since = time.monotonic()
+            written, mask = self.written, WRITTEN_BITS - 1
             for ob in obligations:
                 key = ob.key
                 if key not in self.obligations:
                     self.by_meter.setdefault(ob.meter_id, []).append(ob)
                 self.obligations[key] = ob
+                if written is not None:
+                    h = hash(ob.meter_id) & mask
+                    written[h >> 3] |= 1 << (h & 7)
             self.events.extend(events)
         rows = len(self.obligations) + len(self.events)
         if rows and (rows >= BATCH_ROWS or time.monotonic() - self.since >= BATCH_SECONDS):
-            await self.flush()
+            await self.flush(wait=False)
 
-    async def flush(self) -> None:
+    async def flush(self, wait: bool = True) -> None:
+        """Commits the batch. With `wait=False` it commits while the caller reads and diffs the
+        next pages (the store's writer works beside this thread): before anything reads stored
+        state, or commits again, `settled` waits for it."""
+        await self.settled()
         if not self.obligations and not self.events:
             return
         obligations, events = list(self.obligations.values()), self.events
         self.obligations, self.by_meter, self.events = {}, {}, []
-        await self.commit(obligations, events)
+        if wait:
+            await self.commit(obligations, events)
+        else:
+            self.committing = asyncio.ensure_future(self.commit(obligations, events))
 
     async def commit(self, obligations: Sequence[Obligation], events: Sequence[Event]) -> None:
         """Commits in one transaction; a meter the store will not take is set apart. A quiet
@@ -226,9 +264,11 @@ class Poller:
         seen: set[str] = set()  # an incremental read's meters (bounded by its window)
 
         batch = _Batch(self.store, report, log, self.look, quiet=initial and self.poll.initial_sync == "silent")
-        bulk = self.store.bulk_load() if initial else contextlib.nullcontext()
+        bulk = self.store.bulk_load() if initial else contextlib.nullcontext(False)
         search = read_ahead_groups(select_pages(self.source.search(filters), tracked), READ_AHEAD, GROUP_PAGES)
-        async with bulk, contextlib.aclosing(search) as groups, self._committing(batch):
+        async with bulk as fresh, contextlib.aclosing(search) as groups, self._committing(batch):
+            if fresh:
+                batch.fresh()
             async for group in groups:
                 ids = await self._apply(group, now, initial, batch)
                 if sweep:
@@ -301,7 +341,7 @@ class Poller:
         """Commits the batch after a read; after a failed read too, keeping what its pages found."""
         try:
             yield
-        except Exception:
+        except BaseException:
             with contextlib.suppress(Exception):
                 await batch.flush()
             raise
@@ -333,10 +373,14 @@ class Poller:
             latest = dict(zip(ids, records, strict=True))
             records, ids = list(latest.values()), list(latest)
         if records:
-            prior, failed = await load_apart(self.store, ids, batch.probe)
-            if failed:
-                batch.failed(failed, "load")
-                records = [r for r in records if r.meter_id not in failed]
+            prior: dict[ObligationKey, Obligation] = {}
+            load = batch.to_load(ids)
+            if load:
+                await batch.settled()
+                prior, failed = await load_apart(self.store, load, batch.probe)
+                if failed:
+                    batch.failed(failed, "load")
+                    records = [r for r in records if r.meter_id not in failed]
             batch.overlay(prior, ids)
             result, failed = diff_apart(records, prior, now, initial, with_events=not batch.quiet)
             if failed:
@@ -347,6 +391,7 @@ class Poller:
         return ids + invalid_ids if invalid_ids else ids
 
     async def _resolve_unlisted(self, meter_ids: list[str], now: datetime, initial: bool, batch: _Batch) -> None:
+        await batch.settled()
         for i in range(0, len(meter_ids), RESOLVE_BATCH):
             prior, failed = await load_apart(self.store, meter_ids[i : i + RESOLVE_BATCH], batch.probe)
             if failed:

@@ -8,8 +8,9 @@ cycle's indexes; an initial sync writes without the secondary ones), in transact
 2,500 rows, from a
 worker thread as the store's connection thread does; "beside a busy thread", the main thread
 runs Python code meanwhile (as it decodes pages during a poll's commit). Row by row beside a
-busy thread is so slow that it writes fewer rows; every figure is µs per row. Results go to
-bench/results/insert.json.
+busy thread is so slow that it writes fewer rows; every figure is µs per row. "In key order"
+writes each transaction's rows sorted by primary key, as the store's page commit does.
+Results go to bench/results/insert.json.
 """
 
 from __future__ import annotations
@@ -73,25 +74,28 @@ def fresh_file(tmp: Path, name: str) -> sqlite3.Connection:
     return db
 
 
-def write(db: sqlite3.Connection, data: list[tuple[Any, ...]], multi_row: bool) -> None:
+def write(db: sqlite3.Connection, data: list[tuple[Any, ...]], multi_row: bool, ordered: bool = False) -> None:
     sql = sqlite_store._UPSERT_OBLIGATION_Q
     for i in range(0, len(data), BATCH):
         db.execute("BEGIN IMMEDIATE")
-        if multi_row:
+        if ordered:  # as the store's page commit does: each transaction's rows in key order
+            sqlite_store._commit_page(db, data[i : i + BATCH], [], [])
+        elif multi_row:
             sqlite_store._insert_rows(db, sql, data[i : i + BATCH])
         else:
             db.executemany(sql, data[i : i + BATCH])
         db.execute("COMMIT")
 
 
-def measure(tmp: Path, data: list[tuple[Any, ...]], multi_row: bool, busy: bool) -> float:
+def measure(tmp: Path, data: list[tuple[Any, ...]], multi_row: bool, busy: bool, ordered: bool = False) -> float:
     """µs per row, written from a worker thread while the main thread idles or spins."""
-    db = fresh_file(tmp, f"{'multi' if multi_row else 'single'}-{'busy' if busy else 'alone'}")
+    name = f"{'multi' if multi_row else 'single'}-{'busy' if busy else 'alone'}{'-ordered' if ordered else ''}"
+    db = fresh_file(tmp, name)
     took: list[float] = []
 
     def worker() -> None:
         started = time.perf_counter()
-        write(db, data, multi_row)
+        write(db, list(data), multi_row, ordered)
         took.append(time.perf_counter() - started)
 
     thread = threading.Thread(target=worker)
@@ -111,6 +115,7 @@ def run() -> dict[str, Any]:
             "rows_one_by_one_beside_busy": ROWS_BESIDE_BUSY_ONE_BY_ONE,
             "us_per_row": {
                 "multi_row_alone": measure(Path(tmp), data, True, False),
+                "multi_row_in_key_order_alone": measure(Path(tmp), data, True, False, ordered=True),
                 "one_by_one_alone": measure(Path(tmp), data, False, False),
                 "multi_row_beside_busy_thread": measure(Path(tmp), data, True, True),
                 "one_by_one_beside_busy_thread": measure(Path(tmp), data[:ROWS_BESIDE_BUSY_ONE_BY_ONE], False, True),

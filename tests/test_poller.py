@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from alerter import poller
+from alerter import isolation, poller
 from alerter.config import PollConfig
 from alerter.errors import SourceError
 from alerter.models import Record
@@ -94,8 +94,8 @@ class FakePage:
 
 class ListSource:
     """Serves fixed pages to the sweep; `fail_after` pages, then a SourceError. With `gate`,
-    page i is served only once the poller has read stored state i times (it has diffed the
-    page before), so each page is diffed on its own."""
+    page i is served only once the poller has diffed i groups (the page before), so each page
+    is diffed on its own."""
 
     def __init__(
         self, pages: list[list[Record]], fail_after: int | None = None, gate: CountingStore | None = None
@@ -106,7 +106,7 @@ class ListSource:
 
     async def _serve(self) -> AsyncIterator[FakePage]:
         for i, records in enumerate(self.pages):
-            while self.gate is not None and len(self.gate.loaded) < i:
+            while self.gate is not None and self.gate.diffed < i:
                 self.gate.progress.clear()
                 await self.gate.progress.wait()
             if i == self.fail_after:
@@ -125,6 +125,8 @@ class CountingStore(SqliteStore):
         super().__init__(url)
         self.commits: list[int] = []
         self.loaded: list[list[str]] = []
+        self.diffed = 0
+        """Groups the poller diffed against this store (counted by the `store` fixture)."""
         self.progress = asyncio.Event()
 
     async def commit_page(self, obligations: Any, events: Any, meta: Any = None, look: Any = None) -> int:
@@ -133,13 +135,20 @@ class CountingStore(SqliteStore):
 
     async def load_obligations(self, meter_ids: Sequence[str]) -> Any:
         self.loaded.append(list(meter_ids))
-        self.progress.set()
         return await super().load_obligations(meter_ids)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+async def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CountingStore]:
     s = CountingStore(f"sqlite:///{tmp_path / 'state.db'}")
+    diff = isolation.diff_apart
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        s.diffed += 1
+        s.progress.set()
+        return diff(*args, **kwargs)
+
+    monkeypatch.setattr(poller, "diff_apart", counted)
     await s.open()
     try:
         yield s
@@ -163,7 +172,8 @@ async def test_a_meter_on_two_pages_of_one_batch_diffs_against_the_uncommitted_f
     first = record(action(action_description="Sign the form."), meter_id=m)
     second = record(action(action_description="Sign the new form."), meter_id=m)
     await Poller(store, ListSource([[first], [second]], gate=store), PollConfig()).run_cycle(T0)
-    assert len(store.loaded) == 2  # diffed apart
+    assert store.diffed == 2  # diffed apart
+    assert store.loaded == [[m]]  # a fresh state: only what the sync wrote is read back
     assert store.commits == [2]  # committed together
     assert await _kinds(store, m) == [("opened", 1), ("changed", 2)]
     (ob,) = (await store.load_obligations([m])).values()
@@ -177,7 +187,7 @@ async def test_a_meter_twice_in_one_group_is_diffed_as_its_later_copy(store: Cou
     report = await Poller(store, ListSource([[first], [record(meter_id=_meter(2))], [second]]), PollConfig()).run_cycle(
         T0
     )
-    assert (report.pages, report.records, len(store.loaded)) == (3, 3, 1)  # one group of three pages
+    assert (report.pages, report.records, store.diffed) == (3, 3, 1)  # one group of three pages
     assert await _kinds(store, m) == [("opened", 1)]
     (ob,) = (await store.load_obligations([m])).values()
     assert ob.action_description == "Sign the new form."
@@ -232,6 +242,28 @@ async def test_a_failed_read_keeps_what_the_pages_before_it_found(store: Countin
     assert store.commits == [2]
     assert await store.open_meter_ids() == [_meter(0), _meter(1)]
     assert await store.get_meta(META_WATERMARK) is None  # the watermark did not move
+
+
+async def test_an_initial_sync_of_a_fresh_state_reads_back_only_meters_it_wrote(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
+    monkeypatch.setattr(poller, "BATCH_ROWS", 2)  # each page's obligation and event commit apart
+    m = _meter(1)
+    pages = [
+        [record(action(), meter_id=m)],
+        [record(action(), meter_id=_meter(2))],
+        [record(action(action_description="Sign the new form."), meter_id=m)],  # listed again
+    ]
+    await Poller(store, ListSource(pages, gate=store), PollConfig()).run_cycle(T0)
+    assert store.loaded == [[m]]
+    assert store.commits == [1, 1, 1]
+    assert await _kinds(store, m) == [("opened", 1), ("changed", 2)]
+    store.loaded.clear()
+    await Poller(store, ListSource([[record(action(), meter_id=_meter(3))]]), PollConfig()).run_cycle(
+        T0, force_reconcile=True
+    )
+    assert store.loaded[0] == [_meter(3)]  # the state holds obligations: a listed meter is read
 
 
 async def test_a_sweep_reads_state_only_for_meters_that_can_change(store: CountingStore) -> None:

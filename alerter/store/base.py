@@ -106,9 +106,11 @@ class Failed(NamedTuple):
 class ObligationStore(Protocol):
     """Obligations and the events they produce, cycle meta (watermark, ...) and history: what the poller writes."""
 
-    def bulk_load(self) -> AbstractAsyncContextManager[None]:
+    def bulk_load(self) -> AbstractAsyncContextManager[bool]:
         """Around an initial sync: a store may defer building its secondary indexes while it
-        holds no obligation yet, and build them at the end (or when next opened, after a stop)."""
+        holds no obligation yet, and build them at the end (or when next opened, after a stop).
+        Yields whether it held no obligation at the start: what the sync then reads back of
+        stored state is only what it wrote itself."""
 
     async def get_meta(self, key: str) -> str | None: ...
 

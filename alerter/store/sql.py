@@ -91,9 +91,11 @@ class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
         return await self._write_page(unique, looks, new, list(meta.items()) if meta else [])
 
     @asynccontextmanager
-    async def bulk_load(self) -> AsyncIterator[None]:
+    async def bulk_load(self) -> AsyncIterator[bool]:
         """Nothing deferred (see SqliteStore.bulk_load)."""
-        yield
+        async with self._read() as tx:
+            held = bool(await tx.fetchval("SELECT EXISTS (SELECT 1 FROM obligations)"))
+        yield not held
 
     def set_fence(self, token: int | None) -> None:
         self._fence = token
