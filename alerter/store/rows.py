@@ -12,6 +12,7 @@ import orjson
 
 from alerter.models import Event, GroupState, Meter, Notification, Obligation, Silence
 from alerter.store.base import Delivery
+from alerter.store.packing import unpack
 
 TsParam = Callable[[datetime | None], Any]
 """How a backend binds a datetime: ISO text on SQLite, the aware datetime on PostgreSQL."""
@@ -133,14 +134,17 @@ def obligation_from_row(r: Row) -> Obligation:
     )
 
 
-def event_params(e: Event, ts: TsParam) -> tuple[Any, ...]:
+def event_params(e: Event, ts: TsParam, payload: Callable[[bytes], Any] = bytes.decode) -> tuple[Any, ...]:
+    """An event's row; its payload is `payload` of its JSON (text by default; SQLite packs it,
+    see `packing`)."""
     o = e.obligation
-    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, encode(e))
+    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, payload(_encode(e)))
 
 
 def event_from_payload(payload: str | bytes) -> Event:
-    """A stored event (a malformed one raises `msgspec.ValidationError`, a ValueError)."""
-    return _EVENT.decode(payload)
+    """A stored event, its payload JSON text or packed (a malformed one raises
+    `msgspec.ValidationError` or ValueError)."""
+    return _EVENT.decode(unpack(payload))
 
 
 def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:

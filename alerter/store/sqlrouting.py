@@ -153,7 +153,7 @@ class RoutingSql(SqlHooks, RoutingStore):
                 await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
             if write.told:  # queued to be told: a resolution before the group flushes follows it
                 sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-                await tx.executemany(sql, list(dict.fromkeys(write.told)))
+                await tx.executemany(sql, sorted(set(write.told)))
 
     async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
         ts, notes = self._ts, write.notifications
@@ -170,16 +170,19 @@ class RoutingSql(SqlHooks, RoutingStore):
         if not write.events_stored:
             await self._keep_events(tx, notes)
         members = {n.id: n.members() for n in notes}
+        # Link and "told" rows are written in key order (their keys are hashes: in order, each
+        # page of their keys' B-trees is visited once per write, not once per row); the position
+        # column, not the order, keeps a notification's events in order.
         links = {(e.id, n.id): i for n in notes for i, e in enumerate(members[n.id])}
         await tx.executemany(
             "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING",
-            [(e, n, i) for (e, n), i in links.items()],
+            sorted((e, n, i) for (e, n), i in links.items()),
         )
-        told = {(e.key_id, n.receiver): None for n in notes for e in members[n.id] if e.kind in NOTIFIED_KINDS}
+        told = {(e.key_id, n.receiver) for n in notes for e in members[n.id] if e.kind in NOTIFIED_KINDS}
         if told:
             await tx.executemany(
-                "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", list(told)
+                "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", sorted(told)
             )
 
     async def _keep_events(self, tx: Tx, notes: Sequence[Notification]) -> None:
@@ -195,7 +198,7 @@ class RoutingSql(SqlHooks, RoutingStore):
             await tx.executemany(
                 f"INSERT INTO events ({rows.EVENT_COLUMNS}, routed) VALUES ($1, $2, $3, $4, $5, $6, $7, TRUE) "
                 "ON CONFLICT (id) DO NOTHING",
-                [rows.event_params(e, self._ts) for e in wanted.values()],
+                [rows.event_params(e, self._ts, self._payload) for e in wanted.values()],
             )
 
 

@@ -32,6 +32,10 @@ class Tx(Protocol):
 class SqlHooks(ABC):
     """The backend hooks every part of the SQL store queries through."""
 
+    def _payload(self, text: bytes) -> Any:
+        """How an event's payload (its JSON) is stored: as text (SQLite packs it, `packing`)."""
+        return text.decode()
+
     @abstractmethod
     def _read(self) -> AbstractAsyncContextManager[Tx]: ...
 
