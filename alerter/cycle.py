@@ -202,7 +202,7 @@ async def route(
         # window by window (whole parts each), one transaction each: a crash between two
         # leaves the rest of the members in the group, flushed next time under the same ids
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
-            by_id = {e.id: e for e in await store.load_event_refs(window.pending)}
+            by_id = {e.id: e for e in await store.load_event_refs(window.pending, group.key)}
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
 
 

@@ -147,6 +147,7 @@ def plan(
     placements = router.placements
     appended: list[tuple[str, str]] = []
     add = appended.append
+    refs: dict[str, EventRef] = {}
     where: dict[str, Placement] = {}
     """group key -> its placement, for the groups touched in this call."""
     consumed: dict[str, None] = {}
@@ -178,6 +179,8 @@ def plan(
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
+        if placed:
+            refs[ev_id] = EventRef(ev_id, ev.kind, ev.obligation.key_id, told=ev.kind != "resolved")
         for p in placed:
             key = p.key
             add((key, ev_id))
@@ -191,6 +194,7 @@ def plan(
         consumed=list(consumed),
         groups=heads,
         appended=appended,
+        refs=refs,
         notifications=digest(initial, router, now) if initial else [],
         silenced=silenced,
         unrouted=unrouted,

@@ -13,8 +13,8 @@ encoded and decoded on the hot path without validating again what the process it
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -238,6 +238,9 @@ class EventRef(NamedTuple):
     kind: EventKind
     key_id: str
     """Its obligation's key id."""
+    told: bool = False
+    """Read from its group's member row: routing recorded its receiver as told of the obligation
+    (`RoutingWrite.told`) when it queued it there, so its flush need not record it again."""
 
     @classmethod
     def of(cls, e: Event) -> EventRef:
@@ -322,6 +325,9 @@ class RoutingWrite:
     `pending` and `waiting` are not written: members change only through `appended` and `flushed`."""
     appended: Sequence[tuple[str, str]] = ()
     """(group key, event id) members added, in arrival order; one already in its group is ignored."""
+    refs: Mapping[str, EventRef] = field(default_factory=dict)
+    """What a flush needs of the appended events (kind and key id, by event id), kept with
+    their member rows so that it need not read the events for it."""
     flushed: Sequence[tuple[str, str]] = ()
     """(group key, event id) members a flush sent: removed from their group."""
     deleted_groups: Sequence[str] = ()

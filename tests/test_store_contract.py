@@ -119,6 +119,34 @@ async def test_routing_round_trip(store: Store) -> None:
     assert delivery.next_attempt_at == T0
 
 
+async def test_a_flush_reads_what_it_needs_of_members_from_their_rows(store: Store) -> None:
+    """Routing keeps each member's kind and key id in its row (`refs`), read back as `told`
+    refs by group; a member kept without them (as older versions appended) is read from its event."""
+    a, b = obligation("m1"), obligation("m2")
+    ea, eb = event(a), event(b)
+    await store.commit_page([a, b], [ea, eb])
+    group = GroupState("g", "r1", "ops", {}, T0, waiting=True)
+    await store.commit_routing(
+        RoutingWrite(
+            consumed=[ea.id, eb.id],
+            groups=[group],
+            appended=[("g", ea.id), ("g", eb.id)],
+            refs={ea.id: EventRef(ea.id, "opened", a.key_id, told=True)},  # eb's kept without
+            told=[(a.key_id, "ops")],
+        )
+    )
+    refs = await store.load_event_refs([eb.id, ea.id], "g")
+    assert refs == [EventRef(eb.id, "opened", b.key_id), EventRef(ea.id, "opened", a.key_id, told=True)]
+    assert [r.told for r in refs] == [False, True]
+    assert [r.told for r in await store.load_event_refs([ea.id])] == [False]  # by id alone: from the event
+    assert [r.told for r in await store.load_event_refs([ea.id], "other")] == [False]
+    assert await store.notified_receivers([a.key_id, b.key_id]) == {a.key_id: {"ops"}}
+    # the flush records the receiver as told of the member routing did not record
+    note = structs.replace(notification("n1", []), refs=tuple(refs))
+    await store.commit_routing(RoutingWrite(consumed=[], notifications=[note], flushed=[("g", ea.id), ("g", eb.id)]))
+    assert await store.notified_receivers([a.key_id, b.key_id]) == {a.key_id: {"ops"}, b.key_id: {"ops"}}
+
+
 async def test_group_members_are_appended_flushed_and_deleted(store: Store) -> None:
     """Membership is append-only: heads and members are written apart, and what the store
     returns is what the in-memory GroupBook makes of the same writes."""

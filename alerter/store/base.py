@@ -186,9 +186,10 @@ class RoutingStore(Protocol):
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
 
-    async def load_event_refs(self, ids: Sequence[str]) -> list[EventRef]:
+    async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         """What a group flush needs of these events (those stored, in the order given), without
-        reading them whole."""
+        reading them whole: from `group_key`'s member rows when routing kept it there (`told`),
+        else from the events."""
 
     async def load_groups(self) -> list[GroupState]:
         """Every group with its members (`pending`), by key."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, ClassVar
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from alerter.errors import FencedError, StoreError
-from alerter.models import Event, Obligation
+from alerter.models import Event, EventRef, Obligation
 from alerter.store import rows
 from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
@@ -48,8 +48,9 @@ _INSERT_EVENTS = (
     f"AS t({EVENT_COLUMNS}, ord) ORDER BY ord ON CONFLICT (id) DO NOTHING"
 )
 _APPEND_MEMBERS = (
-    "INSERT INTO group_members (group_key, event_id) SELECT k, e FROM unnest($1::text[], $2::text[]) "
-    "WITH ORDINALITY AS t(k, e, ord) ORDER BY ord ON CONFLICT DO NOTHING"
+    "INSERT INTO group_members (group_key, event_id, kind, key_id) SELECT k, e, kind, key_id "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+    "WITH ORDINALITY AS t(k, e, kind, key_id, ord) ORDER BY ord ON CONFLICT DO NOTHING"
 )
 _REMOVE_MEMBERS = (
     "DELETE FROM group_members m USING unnest($1::text[], $2::text[]) AS t(k, e) "
@@ -269,8 +270,15 @@ class PostgresStore(SqlStore, Store):
                 await tx.executemany(META_UPSERT, meta)
         return new
 
-    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
-        await tx.execute(_APPEND_MEMBERS, [k for k, _ in members], [e for _, e in members])
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]], refs: Mapping[str, EventRef]) -> None:
+        found = [refs.get(e) for _, e in members]
+        await tx.execute(
+            _APPEND_MEMBERS,
+            [k for k, _ in members],
+            [e for _, e in members],
+            [None if r is None else r.kind for r in found],
+            [None if r is None else r.key_id for r in found],
+        )
 
     async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         await tx.execute(_REMOVE_MEMBERS, [k for k, _ in members], [e for _, e in members])

@@ -270,6 +270,15 @@ DROP INDEX obligations_open
 keys' index copied the primary key's five columns, and every index costs each write."""
 
 
+_MEMBER_REFS = """
+ALTER TABLE group_members ADD COLUMN kind TEXT;
+ALTER TABLE group_members ADD COLUMN key_id TEXT
+"""
+"""What a flush needs of a member's event (its kind and obligation key id), kept in the member
+row as routing appends it: a flush reads its members in order rather than each event at random
+(NULL for members appended before: their events are read)."""
+
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -279,6 +288,7 @@ MIGRATIONS: tuple[str, ...] = (
     _EVENTS_BY_REFERENCE,
     _REMIND_AT,
     _OPEN_METERS,
+    _MEMBER_REFS,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite
@@ -30,13 +30,18 @@ _MEMBERS = "SELECT m.group_key, m.event_id FROM group_members m"
 class RoutingSql(SqlHooks, RoutingStore):
     """Routing's reads and its one-transaction writes, over the backend hooks."""
 
-    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
-        """Insert (group key, event id) rows in this order, ignoring those already present."""
-        sql = "INSERT INTO group_members (group_key, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-        await tx.executemany(sql, members)
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]], refs: Mapping[str, EventRef]) -> None:
+        """Insert (group key, event id) rows in this order, with what `refs` says of each event,
+        ignoring those already present."""
+        sql = (
+            "INSERT INTO group_members (group_key, event_id, kind, key_id) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING"
+        )
+        await tx.executemany(sql, [(k, e, *_ref_columns(refs.get(e))) for k, e in members])
 
     async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
-        await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", members)
+        # in key order: each page of the members' key index is visited once, not once per row
+        await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", sorted(members))
 
     # -- routing --
     async def pending_events(self, limit: int = 1000) -> list[Event]:
@@ -86,12 +91,23 @@ class RoutingSql(SqlHooks, RoutingStore):
         by_id = {r["id"]: r["payload"] for r in found}
         return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
 
-    async def load_event_refs(self, ids: Sequence[str]) -> list[EventRef]:
+    async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         if not ids:
             return []
+        by_id: dict[str, EventRef] = {}
         async with self._read() as tx:
-            found = await tx.fetch(f"SELECT id, kind, key_id FROM events WHERE id {self._in(1)}", self._ids(ids))
-        by_id = {r["id"]: EventRef(r["id"], r["kind"], r["key_id"]) for r in found}
+            if group_key is not None:
+                kept = await tx.fetch(
+                    f"SELECT event_id, kind, key_id FROM group_members WHERE group_key = $1 AND kind IS NOT NULL "
+                    f"AND event_id {self._in(2)}",
+                    group_key,
+                    self._ids(ids),
+                )
+                by_id = {r["event_id"]: EventRef(r["event_id"], r["kind"], r["key_id"], told=True) for r in kept}
+            rest = [i for i in ids if i not in by_id]
+            if rest:
+                found = await tx.fetch(f"SELECT id, kind, key_id FROM events WHERE id {self._in(1)}", self._ids(rest))
+                by_id.update((r["id"], EventRef(r["id"], r["kind"], r["key_id"])) for r in found)
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
 
     async def load_groups(self) -> list[GroupState]:
@@ -143,7 +159,7 @@ class RoutingSql(SqlHooks, RoutingStore):
             if write.groups:
                 await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
             if write.appended:
-                await self._append_members(tx, write.appended)
+                await self._append_members(tx, write.appended, write.refs)
             if write.flushed:
                 await self._remove_members(tx, write.flushed)
             if write.notifications:
@@ -179,7 +195,12 @@ class RoutingSql(SqlHooks, RoutingStore):
             "ON CONFLICT DO NOTHING",
             sorted((e, n, i) for (e, n), i in links.items()),
         )
-        told = {(e.key_id, n.receiver) for n in notes for e in members[n.id] if e.kind in NOTIFIED_KINDS}
+        told = {
+            (e.key_id, n.receiver)
+            for n in notes
+            for e in members[n.id]
+            if e.kind in NOTIFIED_KINDS and not (isinstance(e, EventRef) and e.told)  # routing recorded those
+        }
         if told:
             await tx.executemany(
                 "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", sorted(told)
@@ -200,6 +221,10 @@ class RoutingSql(SqlHooks, RoutingStore):
                 "ON CONFLICT (id) DO NOTHING",
                 [rows.event_params(e, self._ts, self._payload) for e in wanted.values()],
             )
+
+
+def _ref_columns(ref: EventRef | None) -> tuple[str | None, str | None]:
+    return (None, None) if ref is None else (ref.kind, ref.key_id)
 
 
 def _with_members(heads: Sequence[Row], members: Sequence[Row]) -> list[GroupState]:
