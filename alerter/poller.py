@@ -148,6 +148,12 @@ class _Batch:
         mask = WRITTEN_BITS - 1
         return [m for m in meter_ids if written[(h := hash(m) & mask) >> 3] & (1 << (h & 7))]
 
+    def abandon(self) -> None:
+        """Leaves the batch committing to itself (it commits whole or not at all)."""
+        if self.committing is not None:
+            self.committing.cancel()
+            self.committing = None
+
     async def settled(self) -> None:
         """Waits for the batch committing (its failure raised here)."""
         committing, self.committing = self.committing, None
@@ -341,9 +347,12 @@ class Poller:
         """Commits the batch after a read; after a failed read too, keeping what its pages found."""
         try:
             yield
-        except BaseException:
+        except Exception:
             with contextlib.suppress(Exception):
                 await batch.flush()
+            raise
+        except BaseException:  # cancelled: what was not committed is read again next time
+            batch.abandon()
             raise
         await batch.flush()
 

@@ -224,6 +224,42 @@ async def test_a_meter_listed_again_later_in_a_sweep_without_actions_is_resolved
     assert await store.open_meter_ids() == []
 
 
+async def test_a_cycle_cancelled_while_a_batch_commits_leaves_it_to_itself_and_loses_nothing(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller, "GROUP_PAGES", 1)
+    monkeypatch.setattr(poller, "BATCH_ROWS", 2)  # each page's obligation and event commit apart
+    pages = [[record(action(), meter_id=_meter(i))] for i in range(4)]
+    started, gate = asyncio.Event(), asyncio.Event()
+    commit = store.commit_page
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await gate.wait()
+        return await commit(*args, **kwargs)
+
+    class Stalling(ListSource):
+        async def _serve(self) -> AsyncIterator[FakePage]:
+            yield FakePage(pages[0])
+            await asyncio.Event().wait()  # Leap never answers the next page
+            yield FakePage(pages[1])
+
+    monkeypatch.setattr(store, "commit_page", held)
+    cycle = asyncio.create_task(Poller(store, Stalling(pages), PollConfig()).run_cycle(T0))
+    await started.wait()  # the first batch is committing while the sweep waits for a page
+    cycle.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cycle
+    gate.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert store.commits == []  # the batch left to itself did not commit after the cycle ended
+    monkeypatch.setattr(store, "commit_page", commit)
+    await Poller(store, ListSource(pages), PollConfig()).run_cycle(T0)  # read again, whole
+    assert await store.open_meter_ids() == [_meter(i) for i in range(4)]
+    assert [await _kinds(store, _meter(i)) for i in range(4)] == [[("opened", 1)]] * 4
+
+
 async def test_a_full_batch_commits_before_the_sweep_ends(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
