@@ -352,3 +352,13 @@ async def test_a_meter_whose_stored_state_cannot_be_read_is_set_apart(store: Cou
     (entry,) = [e for e in logs if e["event"] == "meter_failed"]
     assert (entry["meter_id"], entry["stage"]) == (bad, "load") and "ValidationError" in entry["error"]
     assert await store.get_meta(META_LAST_CYCLE) is not None  # the cycle completed
+
+
+def test_the_written_filter_knows_every_meter_added_and_few_others() -> None:
+    written = poller.Written()
+    added = [f"{n:08d}-0000-4000-8000-000000000000" for n in range(245_000)]
+    for meter_id in added:
+        written.add(meter_id)
+    assert all(map(written.might, added))
+    others = sum(map(written.might, (f"{n:08d}-1111-4000-8000-000000000000" for n in range(100_000))))
+    assert others <= 20  # ~2 expected: a group of 2,000 meters seldom reads stored state for nothing
