@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
+from itertools import chain
 from typing import Any, ClassVar
 
 import aiosqlite
@@ -107,7 +108,7 @@ def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
         n = min(most, 1 << ((len(rows) - at).bit_length() - 1))  # the largest power of two left
         multi = _multi_row(sql, n)
         assert multi is not None
-        changed += db.execute(multi, [value for row in rows[at : at + n] for value in row]).rowcount
+        changed += db.execute(multi, list(chain.from_iterable(rows[at : at + n]))).rowcount
         at += n
     return changed
 
