@@ -95,7 +95,7 @@ def measure(tmp: Path, data: list[tuple[Any, ...]], multi_row: bool, busy: bool,
 
     def worker() -> None:
         started = time.perf_counter()
-        write(db, list(data), multi_row, ordered)
+        write(db, data, multi_row, ordered)
         took.append(time.perf_counter() - started)
 
     thread = threading.Thread(target=worker)

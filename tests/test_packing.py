@@ -11,6 +11,7 @@ import pytest
 
 from alerter.store import packing, rows
 from alerter.store.sqlite import SqliteStore
+from tests.support.stores import opened
 from tests.test_rules import make_event
 
 
@@ -38,9 +39,7 @@ def test_a_damaged_or_unknown_payload_is_a_value_error(stored: bytes) -> None:
 
 async def test_sqlite_stores_events_packed_and_reads_older_json_text_rows(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = SqliteStore(f"sqlite:///{path}")
-    await store.open()
-    try:
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
         store.set_fence(1)
         new, old = make_event(meter_id="M-1"), make_event(meter_id="M-2")
         await store.commit_page([new.obligation, old.obligation], [new, old])
@@ -55,5 +54,3 @@ async def test_sqlite_stores_events_packed_and_reads_older_json_text_rows(tmp_pa
         assert [h.event for h in await store.history("M-1")] == [new]
         assert [h.event for h in await store.history("M-2")] == [old]
         assert await store.pending_events() == [new, old]
-    finally:
-        await store.close()

@@ -264,7 +264,7 @@ class PostgresStore(SqlStore, Store):
                 columns = list(zip(*params, strict=True))
                 await tx.execute(_UPSERT_OBLIGATIONS, *columns)
             if events:
-                columns = list(zip(*(rows.event_params(e, rows.aware) for e in events), strict=True))
+                columns = list(zip(*(rows.event_params(e, rows.aware, self._payload) for e in events), strict=True))
                 new = await tx.execute(_INSERT_EVENTS, *columns)
             if meta:
                 await tx.executemany(META_UPSERT, meta)

@@ -134,9 +134,8 @@ def obligation_from_row(r: Row) -> Obligation:
     )
 
 
-def event_params(e: Event, ts: TsParam, payload: Callable[[bytes], Any] = bytes.decode) -> tuple[Any, ...]:
-    """An event's row; its payload is `payload` of its JSON (text by default; SQLite packs it,
-    see `packing`)."""
+def event_params(e: Event, ts: TsParam, payload: Callable[[bytes], Any]) -> tuple[Any, ...]:
+    """An event's row; its payload is `payload` of its JSON (the backend's `_payload`)."""
     o = e.obligation
     return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, payload(_encode(e)))
 
