@@ -3,7 +3,7 @@
 alone and beside a busy main thread.
 
 `python -m bench.bench_insert` writes obligation rows (built by the store's own
-`rows.obligation_params`) into a fresh state file with its full schema (all of an incremental
+`sqlite.obligation_row`) into a fresh state file with its full schema (all of an incremental
 cycle's indexes; an initial sync writes without the secondary ones), in transactions of
 2,500 rows, from a
 worker thread as the store's connection thread does; "beside a busy thread", the main thread
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from alerter.models import Meter, Obligation
-from alerter.store import rows
 from alerter.store import sqlite as sqlite_store
 from alerter.store.sqlite import SqliteStore
 
@@ -55,7 +54,7 @@ def obligation_rows(n: int) -> list[tuple[Any, ...]]:
             first_seen=now,
             last_seen=now,
         )
-        out.append(rows.obligation_params(ob, rows.iso, now))
+        out.append(sqlite_store.obligation_row(ob, now))
     return out
 
 

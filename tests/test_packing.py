@@ -1,5 +1,6 @@
-"""SQLite keeps event payloads packed (zstd against a fixed dictionary); what older versions
-stored as JSON text still reads, and the dictionary, part of the file format, never changes."""
+"""SQLite keeps event payloads packed (zstd against a fixed dictionary) and obligations' meters as
+arrays; what older versions stored as JSON text still reads and is still found by the console's
+filters, and the dictionary, part of the file format, never changes."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
-from alerter.store import packing, rows
+from alerter.console.core import parse_obligation_query
+from alerter.models import Meter
+from alerter.store import packing, rows, schema
+from alerter.store.console import ConsoleStore
 from alerter.store.sqlite import SqliteStore
-from tests.support.stores import opened
+from tests.support.stores import T0, obligation, opened
 from tests.test_rules import make_event
 
 
@@ -54,3 +59,79 @@ async def test_sqlite_stores_events_packed_and_reads_older_json_text_rows(tmp_pa
         assert [h.event for h in await store.history("M-1")] == [new]
         assert [h.event for h in await store.history("M-2")] == [old]
         assert await store.pending_events() == [new, old]
+
+
+def _meter(i: int, region: str, tags: tuple[str, ...]) -> Meter:
+    return Meter(meter_id=f"m{i}", partner_reference=f"REF-{i}", transmission_region=region, tags=tags)
+
+
+def test_sqlites_meter_row_keeps_every_attribute_of_a_meter() -> None:
+    # every field set apart from its default: an attribute added to Meter and not to the row fails
+    defaults = Meter.__struct_defaults__
+    values: dict[str, object] = {"meter_id": "m-9"}
+    for i, (name, default) in enumerate(zip(Meter.__struct_fields__[-len(defaults) :], defaults, strict=True)):
+        values[name] = {str: f"v{i}", tuple: (f"v{i}", "b"), bool: not default}[type(default)]
+    assert len(values) == len(Meter.__struct_fields__)
+    meter = Meter(**values)  # type: ignore[arg-type]
+    stored = rows.meter_row(meter)
+    assert stored.startswith(b"[") and b"m-9" not in stored  # the id is the row's
+    assert len(stored) * 2 < len(rows.encode(meter))
+    assert rows.meter_from_row("m-9", stored) == meter
+    assert rows.meter_from_row("m-9", rows.encode(meter)) == meter  # the JSON object older rows keep
+
+
+async def test_sqlite_keeps_meters_as_arrays_and_finds_rows_older_versions_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "v9.db"
+    old = [
+        replace(obligation("m1"), meter=_meter(1, "NYISO", ("vip",))),
+        replace(obligation("m2"), meter=_meter(2, "CAISO", ())),
+    ]
+    with sqlite3.connect(path) as db:  # a state file as version 9 wrote it: meters as JSON text
+        db.execute(schema.CREATE_VERSION_TABLE)
+        for step in range(1, 10):
+            for statement in schema.statements(step, "sqlite"):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version VALUES (?)", (step,))
+        marks = ", ".join("?" * len(rows.WRITE_COLUMNS.split(", ")))
+        for o in old:
+            db.execute(
+                f"INSERT INTO obligations ({rows.WRITE_COLUMNS}) VALUES ({marks})",
+                rows.obligation_params(o, rows.iso, T0),
+            )
+    db.close()
+    new = replace(obligation("m3"), meter=_meter(3, "NYISO", ("vip", "solar")))
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        store.set_fence(1)
+        await store.commit_page([new], [])
+        with sqlite3.connect(path) as raw:
+            stored = raw.execute(
+                "SELECT meter_id, typeof(meter), length(meter), partner_reference, transmission_region "
+                "FROM obligations ORDER BY meter_id"
+            ).fetchall()
+            region = schema.expression("sqlite", "region")
+            plan = raw.execute(
+                f"EXPLAIN QUERY PLAN SELECT meter_id FROM obligations WHERE status = 'open' AND {region} = 'X'"
+            )
+            ref = schema.expression("sqlite", "ref")
+            by_ref = raw.execute(f"EXPLAIN QUERY PLAN SELECT meter_id FROM obligations WHERE {ref} = 'X'")
+            plans = str(plan.fetchall()) + str(by_ref.fetchall())
+        raw.close()
+        assert [s[:2] for s in stored] == [("m1", "text"), ("m2", "text"), ("m3", "blob")]
+        assert stored[2][2] * 2 < len(rows.encode(new.meter))  # under half its JSON object
+        assert [s[3:] for s in stored] == [(None, None), (None, None), ("REF-3", "NYISO")]
+        assert "obligations_by_region" in plans and "obligations_by_reference" in plans  # the indexes serve them
+        assert list((await store.load_obligations(["m1", "m2", "m3"])).values()) == [*old, new]
+        assert await store.meters_by_reference("REF-1") == ["m1"]
+        assert await store.meters_by_reference("REF-3") == ["m3"]
+        cs = ConsoleStore(store)
+
+        async def ids(**params: str) -> list[str]:
+            return [o.meter_id for o in (await cs.obligations(parse_obligation_query(params), T0)).obligations]
+
+        assert await ids(transmission_region="NYISO") == ["m1", "m3"]
+        assert await ids(tag="vip") == ["m1", "m3"]
+        assert await ids(q="REF-2") == ["m2"]
+        assert await ids(q="REF-3") == ["m3"]
+        assert (await cs.filter_values())["transmission_region"] == ["CAISO", "NYISO"]
+        assert (await cs.open_summary(T0))["transmission_region"] == {"NYISO": 2, "CAISO": 1}
+        assert (await cs.meter("REF-1")) is not None

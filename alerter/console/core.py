@@ -22,7 +22,7 @@ import orjson
 
 from alerter.durations import parse_duration
 from alerter.models import Obligation
-from alerter.store.schema import _TYPES, Dialect
+from alerter.store.schema import Dialect, expression
 
 State = Literal["open", "resolved"]
 Bucket = Literal["overdue", "24h", "7d", "later", "none"]
@@ -167,8 +167,9 @@ def parse_obligation_query(params: Mapping[str, str]) -> ObligationQuery:
 
 
 def expr(dialect: Dialect, name: str) -> str:
-    """A meter attribute of the obligation's JSON, spelled as the console's indexes spell it."""
-    return _TYPES[dialect][name]
+    """A meter attribute of an obligation (`ref`, `region`), spelled as the console's indexes
+    spell it, or its meter's tags as a JSON array (`meter_tags`)."""
+    return expression(dialect, name)
 
 
 @dataclass
@@ -196,14 +197,13 @@ def obligation_filter(q: ObligationQuery, dialect: Dialect, now: datetime, ts: C
         if value:
             s.conds.append(f"{name} = {s.arg(value)}")
     if q.transmission_region:
-        s.conds.append(f"{expr(dialect, 'meter_region')} = {s.arg(q.transmission_region)}")
+        s.conds.append(f"{expr(dialect, 'region')} = {s.arg(q.transmission_region)}")
     if q.tag:
+        tags, tag = expr(dialect, "meter_tags"), s.arg(q.tag)
         if dialect == "sqlite":
-            s.conds.append(f"EXISTS (SELECT 1 FROM json_each(meter, '$.tags') WHERE value = {s.arg(q.tag)})")
+            s.conds.append(f"EXISTS (SELECT 1 FROM json_each({tags}) WHERE value = {tag})")
         else:
-            s.conds.append(
-                f"EXISTS (SELECT 1 FROM json_array_elements_text(meter->'tags') AS t(v) WHERE t.v = {s.arg(q.tag)})"
-            )
+            s.conds.append(f"EXISTS (SELECT 1 FROM json_array_elements_text({tags}) AS t(v) WHERE t.v = {tag})")
     if q.receiver:
         s.conds.append(
             "EXISTS (SELECT 1 FROM notified n WHERE n.key_id = obligations.key_id "
@@ -211,7 +211,7 @@ def obligation_filter(q: ObligationQuery, dialect: Dialect, now: datetime, ts: C
         )
     if q.q:
         p = s.arg(q.q)
-        s.conds.append(f"(meter_id = {p} OR {expr(dialect, 'meter_ref')} = {p})")
+        s.conds.append(f"(meter_id = {p} OR {expr(dialect, 'ref')} = {p})")
     if q.deadline_within is not None:
         s.conds.append(f"deadline < {s.arg(ts(now + q.deadline_within))}")
     if q.bucket == "none":

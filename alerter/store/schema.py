@@ -12,6 +12,17 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
 
+_SQLITE_METER_COLUMNS = """
+ALTER TABLE obligations ADD COLUMN partner_reference TEXT;
+ALTER TABLE obligations ADD COLUMN transmission_region TEXT;
+DROP INDEX IF EXISTS obligations_by_reference;
+DROP INDEX IF EXISTS obligations_by_region;
+CREATE INDEX obligations_by_reference ON obligations
+    ((COALESCE(partner_reference, json_extract(meter, '$.partner_reference'))));
+CREATE INDEX obligations_by_region ON obligations
+    (status, (COALESCE(transmission_region, json_extract(meter, '$.transmission_region'))), deadline)
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     "sqlite": {
         "key": "TEXT",
@@ -26,6 +37,12 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         # a meter attribute kept in the obligation's JSON, as an expression (console filters)
         "meter_ref": "json_extract(meter, '$.partner_reference')",
         "meter_region": "json_extract(meter, '$.transmission_region')",
+        # since `_METER_COLUMNS`: the console's meter attributes, as its indexes spell them
+        "ref": "COALESCE(partner_reference, json_extract(meter, '$.partner_reference'))",
+        "region": "COALESCE(transmission_region, json_extract(meter, '$.transmission_region'))",
+        "meter_columns": _SQLITE_METER_COLUMNS,
+        # an obligation's meter's tags as a JSON array (a function the store's connection defines)
+        "meter_tags": "alerter_tags(meter)",
     },
     "postgres": {
         # Byte-order collation: keyset pagination and indexes behave like Python's sort.
@@ -39,6 +56,10 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "pending_ord": "j.ord",
         "meter_ref": "(meter->>'partner_reference')",
         "meter_region": "(meter->>'transmission_region')",
+        "ref": "(meter->>'partner_reference')",
+        "region": "(meter->>'transmission_region')",
+        "meter_columns": "",
+        "meter_tags": "(meter->'tags')",
     },
 }
 
@@ -279,6 +300,15 @@ row as routing appends it: a flush reads its members in order rather than each e
 (NULL for members appended before: their events are read)."""
 
 
+_METER_COLUMNS = """
+{meter_columns}
+"""
+"""SQLite keeps an obligation's meter as an array without its keys (`rows.meter_row`), so the two
+meter attributes the console's indexes read are columns; a row written before keeps its meter as
+a JSON object and NULL in both, which the indexes read through (`COALESCE`). No row is rewritten: each moves on when
+the poll next writes it. PostgreSQL keeps the meter as JSON and its indexes as they are."""
+
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -289,12 +319,18 @@ MIGRATIONS: tuple[str, ...] = (
     _REMIND_AT,
     _OPEN_METERS,
     _MEMBER_REFS,
+    _METER_COLUMNS,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 
 CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)"
 CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
 RECORD_VERSION = "INSERT INTO schema_version (version) VALUES ($1)"
+
+
+def expression(dialect: Dialect, name: str) -> str:
+    """The dialect's SQL for `name` (`ref`, `region`: a meter attribute of an obligation)."""
+    return _TYPES[dialect][name]
 
 
 def statements(step: int, dialect: Dialect) -> list[str]:

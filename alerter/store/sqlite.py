@@ -42,10 +42,13 @@ from alerter.store.sqlledger import RELEASE_LEASES
 from alerter.store.sqlobligations import META_UPSERT
 from alerter.store.sqltx import Tx
 
+_OBLIGATION_COLUMNS = f"{WRITE_COLUMNS}, partner_reference, transmission_region"
+"""What SQLite writes of an obligation: its meter as `rows.meter_row`, and the two meter
+attributes the console's indexes read as columns (schema `_METER_COLUMNS`)."""
 _UPSERT_OBLIGATION = (
-    f"INSERT INTO obligations ({WRITE_COLUMNS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, 18))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS.split(", ")[5:])
+    f"INSERT INTO obligations ({_OBLIGATION_COLUMNS}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, 20))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _OBLIGATION_COLUMNS.split(", ")[5:])
 )
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
 PAGE_SIZE = 16384
@@ -120,6 +123,14 @@ _INSERT_EVENT_Q = _sqlite_sql(_INSERT_EVENT)
 _META_UPSERT_Q = _sqlite_sql(META_UPSERT)
 
 
+def _meter_tags(stored: str | bytes | None) -> str | None:
+    """SQL `alerter_tags(meter)`: an obligation's meter's tags as a JSON array, whichever form
+    the meter is kept in (schema's `meter_tags`, for the console's tag filter)."""
+    if stored is None:
+        return None
+    return rows.dumps(rows.meter_from_row("", stored).tags)
+
+
 def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """Runs in the connection's thread: `fn(db, *args)` inside BEGIN IMMEDIATE ... COMMIT."""
     db = conn._conn
@@ -132,6 +143,12 @@ def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple
             db.execute("ROLLBACK")
         raise
     return result
+
+
+def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]:
+    """An obligation's row (`_OBLIGATION_COLUMNS`)."""
+    m = o.meter
+    return (*rows.obligation_params(o, rows.iso, remind_at, rows.meter_row), m.partner_reference, m.transmission_region)
 
 
 def _commit_page(
@@ -222,10 +239,12 @@ class SqliteStore(SqlStore, Store):
                     raise StoreError(f"state file {self.path}: cannot use WAL journal (got {mode})")
             for pragma in _PRAGMAS:
                 await self._conn.execute(pragma)
+            await self._conn.create_function("alerter_tags", 1, _meter_tags, deterministic=True)
             page_size = int(await self._tx.fetchval("PRAGMA page_size"))
             await self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
             await self._build_deferred()  # an initial sync stopped before it built them
-            await self._migrate()
+            async with self._sorting_on_disk():  # a migration may build an index
+                await self._migrate()
         except BaseException as err:
             await self.close()
             if isinstance(err, sqlite3.Error):
@@ -307,6 +326,18 @@ class SqliteStore(SqlStore, Store):
             if deferred:
                 await self._build_deferred()
 
+    @asynccontextmanager
+    async def _sorting_on_disk(self) -> AsyncIterator[None]:
+        """An index built meanwhile sorts its rows in a temporary file rather than in memory: on
+        a large state file, in memory would be a spike of its whole size."""
+        async with self._read() as tx:
+            await tx.execute("PRAGMA temp_store = FILE")
+        try:
+            yield
+        finally:
+            async with self._read() as tx:
+                await tx.execute("PRAGMA temp_store = MEMORY")
+
     async def _build_deferred(self) -> None:
         """One index per transaction (a transaction holds the pages it writes in memory), its
         sort spilling to a temporary file rather than to memory."""
@@ -316,15 +347,10 @@ class SqliteStore(SqlStore, Store):
             kept = await tx.fetchval("SELECT value FROM meta WHERE key = $1", META_DEFERRED)
         if kept is None:
             return
-        async with self._read() as tx:
-            await tx.execute("PRAGMA temp_store = FILE")
-        try:
+        async with self._sorting_on_disk():
             for statement in orjson.loads(kept):
                 async with self._write() as tx:
                     await tx.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
-        finally:
-            async with self._read() as tx:
-                await tx.execute("PRAGMA temp_store = MEMORY")
         async with self._write() as tx:
             await tx.execute("DELETE FROM meta WHERE key = $1", META_DEFERRED)
 
@@ -387,7 +413,7 @@ class SqliteStore(SqlStore, Store):
     ) -> int:
         count: int = await self._in_one_hop(
             _commit_page,
-            [rows.obligation_params(o, rows.iso, at) for o, at in zip(obligations, looks, strict=True)],
+            [obligation_row(o, at) for o, at in zip(obligations, looks, strict=True)],
             [rows.event_params(e, rows.iso, bytes) for e in events],  # `_payload`, in _commit_page
             meta,
         )

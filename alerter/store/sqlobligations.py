@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from alerter.models import Obligation, ObligationKey
-from alerter.store import base, rows
+from alerter.store import base, rows, schema
 from alerter.store.base import HistoryEntry, ObligationStore
 from alerter.store.rows import KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 from alerter.store.sqltx import SqlHooks
@@ -23,8 +23,8 @@ _OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status 
 class ObligationSql(SqlHooks, ObligationStore):
     """Cycle state, obligations and their history, over the backend hooks."""
 
-    partner_reference: ClassVar[str] = "json_extract(meter, '$.partner_reference')"
-    """SQL for an obligation's stored `meter.partner_reference` (PostgreSQL: `meter ->> ...`)."""
+    partner_reference: ClassVar[str] = schema.expression("sqlite", "ref")
+    """SQL for an obligation's `meter.partner_reference`, as its index spells it (PostgreSQL: `meter ->> ...`)."""
     unreadable: list[str]
     """Stored obligations `open_obligations` skipped because they cannot be read (the
     reader takes and clears them)."""
