@@ -100,7 +100,7 @@ def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
     returns the rows changed. Row by row, the connection's thread takes the GIL back for every
     row: whenever the main thread is busy (decoding the next pages during a poll's commit),
     each row then waits for it. `python -m bench.bench_insert` (obligation rows, full schema):
-    row by row 30 µs a row alone and 5,119 beside a busy thread; multi-row 41 and 71."""
+    row by row 45 µs a row alone and 5,908 beside a busy thread; multi-row 56 and 94."""
     if not rows:
         return 0
     if _multi_row(sql, 1) is None:
@@ -159,8 +159,8 @@ def _commit_page(
 ) -> int:
     """Obligations are written in primary-key order: their keys (a meter's UUID first) fall at
     random places in the key's B-tree, and in key order each of its pages is visited once per
-    write rather than once per row (`python -m bench.bench_insert`, full schema: 26 µs a row
-    against 41).
+    write rather than once per row (`python -m bench.bench_insert`, full schema: 34 µs a row
+    against 56).
     Each key is written once, so the order changes nothing else; events keep theirs, their
     payloads (JSON) packed here, in the connection's thread, which zstd leaves the GIL to."""
     obligations.sort(key=_KEY_OF_ROW)
