@@ -145,6 +145,38 @@ async def test_migrating_moves_pending_group_ids_to_member_rows(tmp_path: Path) 
     db.close()
 
 
+async def test_migrating_keeps_told_rows_and_links_clustered_on_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "v10.db"
+    with sqlite3.connect(path) as db:  # a state file written by a version-10 alerter
+        db.execute(schema.CREATE_VERSION_TABLE)
+        for step in range(1, 11):
+            for statement in schema.statements(step, "sqlite"):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version VALUES (?)", (step,))
+        db.executemany("INSERT INTO notified VALUES (?, ?)", [("k2", "ops"), ("k1", "ops"), ("k1", "crm")])
+        links = [("e2", "n1", 1), ("e1", "n1", 0), ("e1", "n2", 0)]
+        db.executemany("INSERT INTO notification_events VALUES (?, ?, ?)", links)
+    db.close()
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        assert await store.notified_receivers(["k1", "k2", "k3"]) == {"k1": {"ops", "crm"}, "k2": {"ops"}}
+        store.set_fence(1)
+        await store.commit_routing(RoutingWrite(consumed=(), told=[("k1", "ops"), ("k3", "ops")]))
+        assert await store.notified_receivers(["k1", "k3"]) == {"k1": {"ops", "crm"}, "k3": {"ops"}}
+    with sqlite3.connect(path) as db:
+        names = "('notified', 'notification_events')"
+        tables = dict(db.execute(f"SELECT name, sql FROM sqlite_schema WHERE name IN {names}"))
+        assert all("WITHOUT ROWID" in sql for sql in tables.values()) and len(tables) == 2
+        assert db.execute("SELECT * FROM notification_events ORDER BY notification_id, position").fetchall() == [
+            ("e1", "n1", 0),
+            ("e2", "n1", 1),
+            ("e1", "n2", 0),
+        ]
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT event_id FROM notification_events WHERE notification_id = 'n1'")
+        assert "notification_events_by_notification" in str(plan.fetchall())
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
 async def test_relative_absolute_and_memory_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     relative = open_store("sqlite:///./rel.db")
