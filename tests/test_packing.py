@@ -16,7 +16,7 @@ from alerter.models import Meter
 from alerter.store import packing, rows, schema
 from alerter.store.console import ConsoleStore
 from alerter.store.sqlite import SqliteStore
-from tests.support.stores import T0, obligation, opened
+from tests.support.stores import T0, obligation, opened, sqlite_state_at
 from tests.test_rules import make_event
 
 
@@ -86,12 +86,7 @@ async def test_sqlite_keeps_meters_as_arrays_and_finds_rows_older_versions_wrote
         replace(obligation("m1"), meter=_meter(1, "NYISO", ("vip",))),
         replace(obligation("m2"), meter=_meter(2, "CAISO", ())),
     ]
-    with sqlite3.connect(path) as db:  # a state file as version 9 wrote it: meters as JSON text
-        db.execute(schema.CREATE_VERSION_TABLE)
-        for step in range(1, 10):
-            for statement in schema.statements(step, "sqlite"):
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version VALUES (?)", (step,))
+    with sqlite_state_at(path, 9) as db:  # a state file as version 9 wrote it: meters as JSON text
         marks = ", ".join("?" * len(rows.WRITE_COLUMNS.split(", ")))
         for o in old:
             db.execute(

@@ -19,7 +19,7 @@ from alerter.store import open_store, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
-from tests.support.stores import event, obligation, opened
+from tests.support.stores import event, obligation, opened, sqlite_state_at
 
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
 CHILD = """
@@ -147,12 +147,7 @@ async def test_migrating_moves_pending_group_ids_to_member_rows(tmp_path: Path) 
 
 async def test_migrating_keeps_told_rows_and_links_clustered_on_their_keys(tmp_path: Path) -> None:
     path = tmp_path / "v10.db"
-    with sqlite3.connect(path) as db:  # a state file written by a version-10 alerter
-        db.execute(schema.CREATE_VERSION_TABLE)
-        for step in range(1, 11):
-            for statement in schema.statements(step, "sqlite"):
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version VALUES (?)", (step,))
+    with sqlite_state_at(path, 10) as db:  # a state file written by a version-10 alerter
         db.executemany("INSERT INTO notified VALUES (?, ?)", [("k2", "ops"), ("k1", "ops"), ("k1", "crm")])
         links = [("e2", "n1", 1), ("e1", "n1", 0), ("e1", "n2", 0)]
         db.executemany("INSERT INTO notification_events VALUES (?, ?, ?)", links)
@@ -173,6 +168,32 @@ async def test_migrating_keeps_told_rows_and_links_clustered_on_their_keys(tmp_p
         ]
         plan = db.execute("EXPLAIN QUERY PLAN SELECT event_id FROM notification_events WHERE notification_id = 'n1'")
         assert "notification_events_by_notification" in str(plan.fetchall())
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+async def test_group_members_keep_their_order_across_the_migration_and_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "v11.db"
+    with sqlite_state_at(path, 11) as db:  # a state file written by a version-11 alerter
+        group = "INSERT INTO groups VALUES (?, 'r1', 'ops', '{}', '2026-11-01T12:00:00.000000+00:00', NULL, '[]')"
+        db.executemany(group, [("g1",), ("g2",)])
+        members = [("g1", "e9"), ("g2", "e8"), ("g1", "e1"), ("g2", "e2"), ("g1", "e5")]
+        db.executemany("INSERT INTO group_members (group_key, event_id) VALUES (?, ?)", members)
+    db.close()
+
+    async def append(*members: tuple[str, str]) -> list[tuple[str, tuple[str, ...]]]:
+        async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+            store.set_fence(1)
+            await store.commit_routing(RoutingWrite(consumed=(), appended=list(members)))
+            return [(g.key, g.pending) for g in await store.load_groups()]
+
+    assert await append(("g2", "e3"), ("g1", "e4"), ("g1", "e1")) == [  # e1 is there already
+        ("g1", ("e9", "e1", "e5", "e4")),
+        ("g2", ("e8", "e2", "e3")),
+    ]
+    assert await append(("g1", "e0")) == [("g1", ("e9", "e1", "e5", "e4", "e0")), ("g2", ("e8", "e2", "e3"))]
+    with sqlite3.connect(path) as db:
+        assert "WITHOUT ROWID" in db.execute("SELECT sql FROM sqlite_schema WHERE name = 'group_members'").fetchone()[0]
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
 

@@ -45,6 +45,22 @@ ALTER TABLE notification_events_by_key RENAME TO notification_events;
 CREATE INDEX notification_events_by_notification ON notification_events (notification_id)
 """
 
+_SQLITE_MEMBERS_BY_GROUP = """
+CREATE TABLE group_members_by_group (
+    group_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT,
+    key_id TEXT,
+    PRIMARY KEY (group_key, seq),
+    UNIQUE (group_key, event_id)
+) WITHOUT ROWID;
+INSERT INTO group_members_by_group (group_key, seq, event_id, kind, key_id)
+    SELECT group_key, seq, event_id, kind, key_id FROM group_members ORDER BY group_key, seq;
+DROP TABLE group_members;
+ALTER TABLE group_members_by_group RENAME TO group_members
+"""
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     "sqlite": {
         "key": "TEXT",
@@ -64,6 +80,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "region": "COALESCE(transmission_region, json_extract(meter, '$.transmission_region'))",
         "meter_columns": _SQLITE_METER_COLUMNS,
         "links_without_rowid": _SQLITE_LINKS_WITHOUT_ROWID,
+        "members_by_group": _SQLITE_MEMBERS_BY_GROUP,
         # an obligation's meter's tags as a JSON array (a function the store's connection defines)
         "meter_tags": "alerter_tags(meter)",
     },
@@ -83,6 +100,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "region": "(meter->>'transmission_region')",
         "meter_columns": "",
         "links_without_rowid": "",
+        "members_by_group": "",
         "meter_tags": "(meter->'tags')",
     },
 }
@@ -341,6 +359,13 @@ key (`WITHOUT ROWID`): a row is kept once, in its key's B-tree, rather than in a
 again in its key's index (~100 B less per notified obligation, one B-tree less per write).
 The rows are copied over in key order, once. PostgreSQL's tables stay as they are."""
 
+_MEMBERS_BY_GROUP = """
+{members_by_group}
+"""
+"""On SQLite, group members are clustered on (group key, arrival), as a flush reads them: a
+member is kept in two B-trees rather than three (its row, its key, its group's order), and
+its arrival number is the store's own (`SqliteStore._append_members`). PostgreSQL's stay."""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -353,6 +378,7 @@ MIGRATIONS: tuple[str, ...] = (
     _MEMBER_REFS,
     _METER_COLUMNS,
     _LINKS_WITHOUT_ROWID,
+    _MEMBERS_BY_GROUP,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 

@@ -21,7 +21,7 @@ import operator
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
@@ -32,7 +32,7 @@ import aiosqlite
 import orjson
 
 from alerter.errors import StoreError
-from alerter.models import Event, Obligation
+from alerter.models import Event, EventRef, Obligation
 from alerter.store import packing, rows
 from alerter.store.base import META_DEFERRED, Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
@@ -40,6 +40,7 @@ from alerter.store.schema import Dialect
 from alerter.store.sql import SqlStore
 from alerter.store.sqlledger import RELEASE_LEASES
 from alerter.store.sqlobligations import META_UPSERT
+from alerter.store.sqlrouting import ref_columns
 from alerter.store.sqltx import Tx
 
 _OBLIGATION_COLUMNS = f"{WRITE_COLUMNS}, partner_reference, transmission_region"
@@ -221,8 +222,11 @@ class SqliteStore(SqlStore, Store):
         self._tx: _SqliteTx | None = None
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
+        self._member_seq: int | None = None
+        """The last group member's number (`_append_members`), read from the file at first use."""
 
     async def open(self) -> None:
+        self._member_seq = None
         if self.path != ":memory:" and not self.shared:
             self._take_file_lock()
         try:
@@ -421,6 +425,21 @@ class SqliteStore(SqlStore, Store):
 
     def _ts(self, dt: datetime | None) -> Any:
         return rows.iso(dt)
+
+    async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]], refs: Mapping[str, EventRef]) -> None:
+        """Members numbered by this store: their table is clustered on (group key, seq), so a
+        number is not given by SQLite (schema `_MEMBERS_BY_GROUP`); one process holds the file.
+        A number a rolled-back transaction took is skipped: only the order counts."""
+        if not members:
+            return
+        if self._member_seq is None:
+            self._member_seq = int(await tx.fetchval("SELECT COALESCE(MAX(seq), 0) FROM group_members"))
+        first, self._member_seq = self._member_seq + 1, self._member_seq + len(members)
+        await tx.executemany(
+            "INSERT INTO group_members (group_key, seq, event_id, kind, key_id) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (group_key, event_id) DO NOTHING",  # a number taken twice is an error, not a skip
+            [(k, n, e, *ref_columns(refs.get(e))) for n, (k, e) in enumerate(members, first)],
+        )
 
     @staticmethod
     def _payload(text: bytes) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -25,19 +26,17 @@ _GROUP_COLUMNS = "g.key, g.rule, g.receiver, g.group_values, g.flush_at, g.last_
 _GROUP_HEADS = f"SELECT {_GROUP_COLUMNS} FROM groups g"
 _HAS_MEMBERS = "EXISTS (SELECT 1 FROM group_members m WHERE m.group_key = g.key)"
 _MEMBERS = "SELECT m.group_key, m.event_id FROM group_members m"
+_IN_ORDER = "ORDER BY m.group_key, m.seq"
+"""Members group by group, each in arrival order (`_with_members`), as their index keeps them."""
 
 
 class RoutingSql(SqlHooks, RoutingStore):
     """Routing's reads and its one-transaction writes, over the backend hooks."""
 
+    @abstractmethod
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]], refs: Mapping[str, EventRef]) -> None:
-        """Insert (group key, event id) rows in this order, with what `refs` says of each event,
-        ignoring those already present."""
-        sql = (
-            "INSERT INTO group_members (group_key, event_id, kind, key_id) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING"
-        )
-        await tx.executemany(sql, [(k, e, *_ref_columns(refs.get(e))) for k, e in members])
+        """Insert (group key, event id) rows in this order, each after every member before it
+        (its `seq`), with what `refs` says of each event, ignoring those already present."""
 
     async def _remove_members(self, tx: Tx, members: Sequence[tuple[str, str]]) -> None:
         # in key order: each page of the members' key index is visited once, not once per row
@@ -113,7 +112,7 @@ class RoutingSql(SqlHooks, RoutingStore):
     async def load_groups(self) -> list[GroupState]:
         async with self._read() as tx:
             heads = await tx.fetch(f"{_GROUP_HEADS} ORDER BY g.key")
-            members = await tx.fetch(f"{_MEMBERS} ORDER BY m.seq")
+            members = await tx.fetch(f"{_MEMBERS} {_IN_ORDER}")
         return _with_members(heads, members)
 
     async def group_heads(self) -> list[GroupState]:
@@ -127,9 +126,7 @@ class RoutingSql(SqlHooks, RoutingStore):
         due, args = ("TRUE", ()) if force else ("g.flush_at <= $1", (self._ts(now),))
         async with self._read() as tx:
             heads = list(await tx.fetch(f"{_GROUP_HEADS} WHERE {due} AND {_HAS_MEMBERS}", *args))
-            members = await tx.fetch(
-                f"{_MEMBERS} JOIN groups g ON g.key = m.group_key WHERE {due} ORDER BY m.seq", *args
-            )
+            members = await tx.fetch(f"{_MEMBERS} JOIN groups g ON g.key = m.group_key WHERE {due} {_IN_ORDER}", *args)
             if idle_before is not None:
                 idle = f"{_GROUP_HEADS} WHERE COALESCE(g.last_flush_at, g.flush_at) < $1 AND NOT {_HAS_MEMBERS}"
                 heads += await tx.fetch(idle, self._ts(idle_before))
@@ -223,7 +220,7 @@ class RoutingSql(SqlHooks, RoutingStore):
             )
 
 
-def _ref_columns(ref: EventRef | None) -> tuple[str | None, str | None]:
+def ref_columns(ref: EventRef | None) -> tuple[str | None, str | None]:
     return (None, None) if ref is None else (ref.kind, ref.key_id)
 
 

@@ -7,6 +7,7 @@ are skipped, with the reason, when it is unset or the server does not answer.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import asyncpg
 import pytest
 
 from alerter.models import Event, EventKind, Meter, Notification, Obligation, RoutingWrite, event_id
+from alerter.store import schema
 from alerter.store.base import Store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import SqliteStore
@@ -68,6 +70,18 @@ async def opened(store: Store) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+def sqlite_state_at(path: Path, version: int) -> sqlite3.Connection:
+    """A SQLite state file as a version-`version` alerter left it (its schema steps applied),
+    open for the caller to put rows in; the caller commits and closes it."""
+    db = sqlite3.connect(path)
+    db.execute(schema.CREATE_VERSION_TABLE)
+    for step in range(1, version + 1):
+        for statement in schema.statements(step, "sqlite"):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (?)", (step,))
+    return db
 
 
 @asynccontextmanager
