@@ -166,12 +166,6 @@ def parse_obligation_query(params: Mapping[str, str]) -> ObligationQuery:
     )
 
 
-def expr(dialect: Dialect, name: str) -> str:
-    """A meter attribute of an obligation (`ref`, `region`), spelled as the console's indexes
-    spell it, or its meter's tags as a JSON array (`meter_tags`)."""
-    return expression(dialect, name)
-
-
 @dataclass
 class Sql:
     """A WHERE clause under construction: conditions and their `$n` arguments."""
@@ -197,9 +191,9 @@ def obligation_filter(q: ObligationQuery, dialect: Dialect, now: datetime, ts: C
         if value:
             s.conds.append(f"{name} = {s.arg(value)}")
     if q.transmission_region:
-        s.conds.append(f"{expr(dialect, 'region')} = {s.arg(q.transmission_region)}")
+        s.conds.append(f"{expression(dialect, 'region')} = {s.arg(q.transmission_region)}")
     if q.tag:
-        tags, tag = expr(dialect, "meter_tags"), s.arg(q.tag)
+        tags, tag = expression(dialect, "meter_tags"), s.arg(q.tag)
         if dialect == "sqlite":
             s.conds.append(f"EXISTS (SELECT 1 FROM json_each({tags}) WHERE value = {tag})")
         else:
@@ -211,7 +205,7 @@ def obligation_filter(q: ObligationQuery, dialect: Dialect, now: datetime, ts: C
         )
     if q.q:
         p = s.arg(q.q)
-        s.conds.append(f"(meter_id = {p} OR {expr(dialect, 'ref')} = {p})")
+        s.conds.append(f"(meter_id = {p} OR {expression(dialect, 'ref')} = {p})")
     if q.deadline_within is not None:
         s.conds.append(f"deadline < {s.arg(ts(now + q.deadline_within))}")
     if q.bucket == "none":

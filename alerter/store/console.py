@@ -24,7 +24,7 @@ from alerter.store import rows
 from alerter.store.base import Store
 from alerter.store.consoleledger import AUDIT, ConsoleLedger
 from alerter.store.rows import OBLIGATION_COLUMNS
-from alerter.store.schema import Dialect
+from alerter.store.schema import Dialect, expression
 from alerter.store.sql import SqlStore
 
 _SILENCE_INSERT = (
@@ -95,7 +95,7 @@ class ConsoleStore(ConsoleLedger):
 
     async def filter_values(self) -> dict[str, list[str]]:
         """Action types and regions among open obligations (each read from its own index)."""
-        region = core.expr(self.dialect, "region")
+        region = expression(self.dialect, "region")
         async with self.store._read() as tx:
             types = await tx.fetch("SELECT DISTINCT action_type AS v FROM obligations WHERE status = 'open' ORDER BY 1")
             regions = await tx.fetch(f"SELECT DISTINCT {region} AS v FROM obligations WHERE status = 'open' ORDER BY 1")
@@ -109,7 +109,7 @@ class ConsoleStore(ConsoleLedger):
         is its own grouped query, over an index where there is one."""
         s = Sql(self.ts)
         bucket = core.bucket_case(now, s)
-        region = core.expr(self.dialect, "region")
+        region = expression(self.dialect, "region")
         out: dict[str, dict[str, int]] = {}
         async with self.store._read() as tx:
             for name, column, args in (
@@ -128,7 +128,7 @@ class ConsoleStore(ConsoleLedger):
     # -- a meter --
     async def meter(self, ident: str) -> MeterView | None:
         """A meter by id, else by partner_reference; its obligations and its timeline."""
-        ref = core.expr(self.dialect, "ref")
+        ref = expression(self.dialect, "ref")
         async with self.store._read() as tx:
             meter_id = await tx.fetchval("SELECT meter_id FROM obligations WHERE meter_id = $1 LIMIT 1", ident)
             if meter_id is None:

@@ -114,7 +114,6 @@ class PostgresStore(SqlStore, Store):
 
     dialect: ClassVar[Dialect] = "postgres"
     skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"
-    partner_reference: ClassVar[str] = "meter ->> 'partner_reference'"
 
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
         super().__init__()

@@ -388,7 +388,8 @@ RECORD_VERSION = "INSERT INTO schema_version (version) VALUES ($1)"
 
 
 def expression(dialect: Dialect, name: str) -> str:
-    """The dialect's SQL for `name` (`ref`, `region`: a meter attribute of an obligation)."""
+    """The dialect's SQL for `name`: an obligation's meter attribute as its index spells it
+    (`ref`, `region`), or its meter's tags as a JSON array (`meter_tags`)."""
     return _TYPES[dialect][name]
 
 

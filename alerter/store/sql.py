@@ -17,7 +17,6 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import ClassVar
 
 from alerter.errors import StoreError
 from alerter.models import Event, FirstLook, Obligation
@@ -40,7 +39,6 @@ class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
     """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
 
     url: str
-    dialect: ClassVar[schema.Dialect]
     """Which rendering of the schema's migrations this backend applies."""
 
     def __init__(self) -> None:

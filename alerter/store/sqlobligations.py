@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import ClassVar
 
 from alerter.models import Obligation, ObligationKey
 from alerter.store import base, rows, schema
@@ -23,8 +22,6 @@ _OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status 
 class ObligationSql(SqlHooks, ObligationStore):
     """Cycle state, obligations and their history, over the backend hooks."""
 
-    partner_reference: ClassVar[str] = schema.expression("sqlite", "ref")
-    """SQL for an obligation's `meter.partner_reference`, as its index spells it (PostgreSQL: `meter ->> ...`)."""
     unreadable: list[str]
     """Stored obligations `open_obligations` skipped because they cannot be read (the
     reader takes and clears them)."""
@@ -125,7 +122,8 @@ class ObligationSql(SqlHooks, ObligationStore):
             return [(r["action_type"], rows.read_ts(r["deadline"]), r["n"]) for r in await tx.fetch(sql)]
 
     async def meters_by_reference(self, partner_reference: str) -> list[str]:
-        sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {self.partner_reference} = $1 ORDER BY meter_id"
+        ref = schema.expression(self.dialect, "ref")  # as its index spells it
+        sql = f"SELECT DISTINCT meter_id FROM obligations WHERE {ref} = $1 ORDER BY meter_id"
         async with self._read() as tx:
             return [r["meter_id"] for r in await tx.fetch(sql, partner_reference)]
 

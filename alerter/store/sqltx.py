@@ -11,9 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from alerter.store.rows import Row
+from alerter.store.schema import Dialect
 
 
 class Tx(Protocol):
@@ -31,6 +32,8 @@ class Tx(Protocol):
 
 class SqlHooks(ABC):
     """The backend hooks every part of the SQL store queries through."""
+
+    dialect: ClassVar[Dialect]
 
     def _payload(self, text: bytes) -> Any:
         """How an event's payload (its JSON) is stored: as text (SQLite packs it, `packing`)."""
