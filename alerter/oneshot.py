@@ -9,7 +9,7 @@ from alerter import logs
 from alerter.config import Config, load_config
 from alerter.errors import SourceError
 from alerter.service import Service
-from alerter.tuning import tune_gc
+from alerter.tuning import tune_process
 
 
 def once(config_path: str, *, deadline: float, verbose: bool = False) -> int:
@@ -19,7 +19,7 @@ def once(config_path: str, *, deadline: float, verbose: bool = False) -> int:
     failed = ("cycle_failed", "self_alert:auth_refused", "self_alert:source_down", "self_alert:stale")
     reported = () if verbose else failed
     logs.configure(config.log.format, "debug" if verbose else config.log.level, reported=reported)
-    tune_gc()
+    tune_process()
     return asyncio.run(_once(config, deadline))
 
 

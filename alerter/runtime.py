@@ -27,7 +27,7 @@ from alerter.config import Config, load_config
 from alerter.errors import AlerterError, SourceError
 from alerter.reloading import file_digests, rule_files
 from alerter.service import Service
-from alerter.tuning import tune_gc
+from alerter.tuning import tune_process
 from alerter.web import make_app, start_server
 
 GRACE_SECONDS = 20.0
@@ -36,7 +36,7 @@ GRACE_SECONDS = 20.0
 def run_service(config_path: str, *, verbose: bool = False) -> int:
     config = load_config(config_path)
     logs.configure(config.log.format, "debug" if verbose else config.log.level)
-    tune_gc()
+    tune_process()
     return asyncio.run(Runtime(config).run())
 
 

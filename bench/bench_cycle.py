@@ -38,7 +38,7 @@ from alerter.decoding import Page
 from alerter.poller import Poller, read_ahead
 from alerter.source import LeapClient
 from alerter.store.sqlite import SqliteStore
-from alerter.tuning import tune_gc
+from alerter.tuning import tune_process
 from bench.bench_source import API_KEY, Simulator
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cycle.json"
@@ -63,7 +63,7 @@ def peak_rss_mb() -> float:
 
 
 async def worker(mode: str, url: str, db: str, check: str) -> dict[str, Any]:
-    tune_gc()  # as `alerter run` and `alerter once` do
+    tune_process()  # as `alerter run` and `alerter once` do
     config = SourceConfig(base_url=url, api_key=API_KEY)
     async with LeapClient(config) as client:
         started = time.perf_counter()

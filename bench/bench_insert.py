@@ -9,7 +9,10 @@ cycle's indexes; an initial sync writes without the secondary ones), in transact
 worker thread as the store's connection thread does; "beside a busy thread", the main thread
 runs Python code meanwhile (as it decodes pages during a poll's commit). Row by row beside a
 busy thread is so slow that it writes fewer rows; every figure is µs per row. "In key order"
-writes each transaction's rows sorted by primary key, as the store's page commit does.
+writes each transaction's rows sorted by primary key, as the store's page commit does. The
+thread writes at the switch interval the product sets (`alerter.tuning`), and once more, multi-row
+beside a busy thread, at the interpreter's default (5 ms): every statement gives the GIL up,
+and taking it back waits for the busy thread to be asked to let go.
 Results go to bench/results/insert.json.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +33,10 @@ from typing import Any
 from alerter.models import Meter, Obligation
 from alerter.store import sqlite as sqlite_store
 from alerter.store.sqlite import SqliteStore
+from alerter.tuning import SWITCH_INTERVAL
 
+DEFAULT_SWITCH_INTERVAL = 0.005
+"""The interpreter's own switch interval, beside the product's (`SWITCH_INTERVAL`)."""
 RESULTS = Path(__file__).resolve().parent / "results" / "insert.json"
 ROWS = 100_000
 ROWS_BESIDE_BUSY_ONE_BY_ONE = 2_000
@@ -86,11 +93,21 @@ def write(db: sqlite3.Connection, data: list[tuple[Any, ...]], multi_row: bool, 
         db.execute("COMMIT")
 
 
-def measure(tmp: Path, data: list[tuple[Any, ...]], multi_row: bool, busy: bool, ordered: bool = False) -> float:
-    """µs per row, written from a worker thread while the main thread idles or spins."""
+def measure(
+    tmp: Path,
+    data: list[tuple[Any, ...]],
+    multi_row: bool,
+    busy: bool,
+    ordered: bool = False,
+    switch: float = SWITCH_INTERVAL,
+) -> float:
+    """µs per row, written from a worker thread while the main thread idles or spins, at the
+    interpreter's switch interval `switch` (the product's, set by `tune_process`, by default)."""
     name = f"{'multi' if multi_row else 'single'}-{'busy' if busy else 'alone'}{'-ordered' if ordered else ''}"
     db = fresh_file(tmp, name)
     took: list[float] = []
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(switch)
 
     def worker() -> None:
         started = time.perf_counter()
@@ -102,6 +119,7 @@ def measure(tmp: Path, data: list[tuple[Any, ...]], multi_row: bool, busy: bool,
     while busy and thread.is_alive():
         sum(range(1000))  # Python code holding the GIL, as a page's decode and diff do
     thread.join()
+    sys.setswitchinterval(before)
     db.close()
     return round(took[0] / len(data) * 1e6, 2)
 
@@ -117,6 +135,9 @@ def run() -> dict[str, Any]:
                 "multi_row_in_key_order_alone": measure(Path(tmp), data, True, False, ordered=True),
                 "one_by_one_alone": measure(Path(tmp), data, False, False),
                 "multi_row_beside_busy_thread": measure(Path(tmp), data, True, True),
+                "multi_row_beside_busy_thread_at_5_ms_switch": measure(
+                    Path(tmp), data, True, True, switch=DEFAULT_SWITCH_INTERVAL
+                ),
                 "one_by_one_beside_busy_thread": measure(Path(tmp), data[:ROWS_BESIDE_BUSY_ONE_BY_ONE], False, True),
             },
         }

@@ -31,7 +31,7 @@ from alerter.models import Event, EventKind, Meter, Obligation, event_id
 from alerter.routes import Router
 from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
-from alerter.tuning import tune_gc
+from alerter.tuning import tune_process
 from alerter.yamlload import parse_yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest counts")
     args = parser.parse_args()
-    tune_gc()  # as `alerter run` does before routing anything
+    tune_process()  # as `alerter run` does before routing anything
     result = run(args.events, args.repeat)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -30,7 +30,7 @@ from alerter.config import SourceConfig
 from alerter.decoding import SearchResponse
 from alerter.models import Record
 from alerter.source import LeapClient
-from alerter.tuning import tune_gc
+from alerter.tuning import tune_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "source.json"
 API_KEY = "bench-key"
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_source", description=__doc__)
     parser.add_argument("--meters", type=int, action="append", help="portfolio size (repeatable)")
     args = parser.parse_args(argv)
-    tune_gc()  # as `alerter run` and `alerter once` do
+    tune_process()  # as `alerter run` and `alerter once` do
     results = {str(n): run(n) for n in args.meters or [100_000, 1_000_000]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

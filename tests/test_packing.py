@@ -36,6 +36,15 @@ def test_a_payload_packs_into_a_third_and_unpacks_to_the_same_json() -> None:
     assert packing.unpack(text.decode()) == text.decode()  # JSON text is read as it is
 
 
+def test_a_batch_packs_each_payload_as_it_would_pack_alone() -> None:
+    # a page's events are packed in one call; each stays readable on its own, in its place
+    texts = [rows.encode(make_event(meter_id=f"M-{i}")).encode() for i in range(5)]
+    assert packing.pack_all(texts) == [packing.pack(t) for t in texts]
+    assert [packing.unpack(p) for p in packing.pack_all(texts)] == texts
+    assert packing.pack_all(texts[:1]) == [packing.pack(texts[0])]
+    assert packing.pack_all([]) == []
+
+
 @pytest.mark.parametrize("stored", [b"\x02abc", b"\x01not zstd", b"\x00"])
 def test_a_damaged_or_unknown_payload_is_a_value_error(stored: bytes) -> None:
     with pytest.raises(ValueError, match="stored payload"):

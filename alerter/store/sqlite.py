@@ -75,9 +75,9 @@ def _sqlite_sql(sql: str) -> str:
     return re.sub(r"\$(\d+)", r"?\1", sql)
 
 
-ROWS_PER_STATEMENT = 256
+ROWS_PER_STATEMENT = 1024
 """The most rows one multi-row `INSERT` binds (`_insert_rows`); fewer are bound by powers of
-two, so that each statement has at most nine shapes to prepare and keep in the cache."""
+two, so that each statement has at most eleven shapes to prepare and keep in the cache."""
 _ROW = re.compile(r"VALUES \((\?\d+(?:, \?\d+)*)\)")
 
 
@@ -100,8 +100,9 @@ def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
     """`executemany`, up to `ROWS_PER_STATEMENT` rows per statement where `_multi_row` can;
     returns the rows changed. Row by row, the connection's thread takes the GIL back for every
     row: whenever the main thread is busy (decoding the next pages during a poll's commit),
-    each row then waits for it. `python -m bench.bench_insert` (obligation rows, full schema):
-    row by row 45 µs a row alone and 5,908 beside a busy thread; multi-row 56 and 94."""
+    each row then waits for it. `python -m bench.bench_insert` (obligation rows, full schema, at
+    the switch interval `alerter.tuning` sets): row by row 41 µs a row alone and 833 beside a
+    busy thread; multi-row 48 and 54 (82 beside it at the interpreter's default interval)."""
     if not rows:
         return 0
     if _multi_row(sql, 1) is None:
@@ -160,14 +161,14 @@ def _commit_page(
 ) -> int:
     """Obligations are written in primary-key order: their keys (a meter's UUID first) fall at
     random places in the key's B-tree, and in key order each of its pages is visited once per
-    write rather than once per row (`python -m bench.bench_insert`, full schema: 34 µs a row
-    against 56).
+    write rather than once per row (`python -m bench.bench_insert`, full schema: 35 µs a row
+    against 48).
     Each key is written once, so the order changes nothing else; events keep theirs, their
-    payloads (JSON) packed here, in the connection's thread, which zstd leaves the GIL to."""
+    payloads (JSON) packed here, in the connection's thread, in one call (`packing.pack_all`)."""
     obligations.sort(key=_KEY_OF_ROW)
     _insert_rows(db, _UPSERT_OBLIGATION_Q, obligations)
-    pack = SqliteStore._payload
-    new = _insert_rows(db, _INSERT_EVENT_Q, [(*e[:-1], pack(e[-1])) for e in events])
+    packed = packing.pack_all([e[-1] for e in events])
+    new = _insert_rows(db, _INSERT_EVENT_Q, [(*e[:-1], p) for e, p in zip(events, packed, strict=True)])
     if meta:
         db.executemany(_META_UPSERT_Q, meta)
     return new
