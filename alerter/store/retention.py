@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from alerter.store.schema import Dialect
+
 
 class Executes(Protocol):
     """A connection inside a write transaction (the SQL store's `Tx`)."""
@@ -29,6 +31,18 @@ _OLD_EVENTS = (
     "AND NOT EXISTS (SELECT 1 FROM notification_events ne JOIN deliveries d ON d.notification_id = "
     "ne.notification_id WHERE ne.event_id = events.id AND d.status IN ('pending', 'dead'))"
 )
+_OLD_EVENTS_SQLITE = (
+    f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
+    "AND id NOT IN (SELECT event_id FROM group_members) "
+    "AND id NOT IN (SELECT ne.event_id FROM deliveries d JOIN notification_events ne "
+    "ON ne.notification_id = d.notification_id WHERE d.status IN ('pending', 'dead'))"
+)
+"""`_OLD_EVENTS` as SQLite runs it in time linear in the rows: each list read once (into a
+temporary index) rather than searched per event. Members are not indexed by event, and without
+the planner's statistics (a state file never closed cleanly) the correlated form scans every
+member, and every pending delivery, for each event: with 20,000 members waiting and 49,000 old
+events, 85 s inside the write lock against 1 s. PostgreSQL plans `NOT EXISTS` as an anti-join,
+while its `NOT IN` over more rows than `work_mem` holds would search per row."""
 _OLD_NOTIFICATIONS = (
     "notifications.created_at < $1 "
     "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = notifications.id "
@@ -38,12 +52,13 @@ _OLD_NOTIFICATIONS = (
 )
 
 
-async def purge(tx: Executes, at: Any) -> dict[str, int]:
+async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
     """Forget what is older than `at` (a cutoff as the store writes times; see the module note)
     inside the caller's write transaction, fenced (only the leader purges); returns rows
     removed per kind."""
-    await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {_OLD_EVENTS})", at)
-    events = await tx.execute(f"DELETE FROM events WHERE {_OLD_EVENTS}", at)
+    old_events = _OLD_EVENTS_SQLITE if dialect == "sqlite" else _OLD_EVENTS
+    await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {old_events})", at)
+    events = await tx.execute(f"DELETE FROM events WHERE {old_events}", at)
     deliveries = await tx.execute(
         f"DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM notifications WHERE {_OLD_NOTIFICATIONS})",
         at,

@@ -47,4 +47,4 @@ class RetentionSql(SqlHooks, RetentionStore):
 
     async def purge(self, before: datetime) -> dict[str, int]:
         async with self._write(fenced=True) as tx:
-            return await retention.purge(tx, self._ts(before))
+            return await retention.purge(tx, self._ts(before), self.dialect)
