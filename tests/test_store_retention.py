@@ -109,3 +109,16 @@ async def test_sqlite_purge_reads_members_and_pending_deliveries_once_whatever_t
     steps = [detail for *_, detail in plan]
     assert not any(s.startswith("CORRELATED") for s in steps), steps
     assert sum(s.startswith("LIST SUBQUERY") for s in steps) == 3, steps
+
+
+async def test_sqlite_purge_leaves_the_planner_statistics_behind(tmp_path: Path) -> None:
+    # a service killed, never closing its file, never ran `PRAGMA optimize`: the purge refreshes them
+    async with store_for("sqlite", tmp_path) as store:
+        store.set_fence(await store.try_acquire_leadership("t"))
+        await store.commit_page([e.obligation for e in _old_resolved("m1", "A_1")], _old_resolved("m1", "A_1"))
+        with sqlite3.connect(tmp_path / "state.db") as raw:
+            raw.execute("DROP TABLE IF EXISTS sqlite_stat1")
+        await store.purge(T0 + 90 * DAY)
+        with sqlite3.connect(tmp_path / "state.db") as raw:
+            analyzed = {t for (t,) in raw.execute("SELECT tbl FROM sqlite_stat1")}
+    assert {"obligations", "events"} <= analyzed  # the tables holding rows (empty ones have no statistics)
