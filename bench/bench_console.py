@@ -143,7 +143,15 @@ async def measure(url: str, rows: list[Obligation]) -> dict[str, Any]:
         started = time.perf_counter()
         await fill(store, rows)
         fill_s = time.perf_counter() - started
-        await analyze(url)
+    finally:
+        await store.close()
+    await analyze(url)
+    # opened again, as a service restarted over this state: a connection plans with the
+    # statistics it read at open (or gathered itself), not those another one gathered later
+    store = open_store(url)
+    await store.open()
+    try:
+        store.set_fence(await store.try_acquire_leadership("bench"))
         config = Config.model_validate({"source": {"api_key": "x"}, "state": {"url": url}})
         service = BenchService(store, config)
         app = make_app(service.health, _metrics(), lambda: NOW, console=service)

@@ -113,11 +113,17 @@ async def test_sqlite_keeps_meters_as_arrays_and_finds_rows_older_versions_wrote
                 "FROM obligations ORDER BY meter_id"
             ).fetchall()
             region = schema.expression("sqlite", "region")
+            # INDEXED BY fails ("no query solution") unless the index serves the expression: a table
+            # of three rows is read whole by choice, now that the store gathers its statistics
             plan = raw.execute(
-                f"EXPLAIN QUERY PLAN SELECT meter_id FROM obligations WHERE status = 'open' AND {region} = 'X'"
+                "EXPLAIN QUERY PLAN SELECT meter_id FROM obligations INDEXED BY obligations_by_region "
+                f"WHERE status = 'open' AND {region} = 'X'"
             )
             ref = schema.expression("sqlite", "ref")
-            by_ref = raw.execute(f"EXPLAIN QUERY PLAN SELECT meter_id FROM obligations WHERE {ref} = 'X'")
+            by_ref = raw.execute(
+                "EXPLAIN QUERY PLAN SELECT meter_id FROM obligations INDEXED BY obligations_by_reference "
+                f"WHERE {ref} = 'X'"
+            )
             plans = str(plan.fetchall()) + str(by_ref.fetchall())
         raw.close()
         assert [s[:2] for s in stored] == [("m1", "text"), ("m2", "text"), ("m3", "blob")]

@@ -19,6 +19,7 @@ from alerter.store import open_store, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
+from alerter.store.sqlobligations import _OPEN_OBLIGATIONS
 from tests.support.stores import event, obligation, opened, sqlite_state_at
 
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
@@ -338,3 +339,24 @@ async def test_an_initial_bulk_load_builds_the_deferred_indexes_at_its_end_or_at
     assert await again.get_meta("deferred_indexes") is None
     await again.close()
     await store.close()
+
+
+def _reminders_plan(path: Path) -> list[str]:
+    sql = sqlite_store._sqlite_sql(f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2")
+    with sqlite3.connect(path) as raw:
+        return [r[-1] for r in raw.execute(f"EXPLAIN QUERY PLAN {sql}", ("2026-12-01", 1000))]
+
+
+async def test_the_planner_has_statistics_after_an_initial_sync_and_at_every_open(tmp_path: Path) -> None:
+    # without them, the reminders' due query reads every open obligation and sorts them
+    path = tmp_path / "s.db"
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        async with store.bulk_load():
+            obs = [obligation(f"m{i}") for i in range(300)]
+            await store.commit_page(obs, [event(o) for o in obs])
+        assert _reminders_plan(path) == ["SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"]
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE sqlite_stat1")  # a file whose statistics were never gathered
+    assert "USE TEMP B-TREE FOR ORDER BY" in _reminders_plan(path)
+    async with opened(SqliteStore(f"sqlite:///{path}")):
+        assert _reminders_plan(path) == ["SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"]
