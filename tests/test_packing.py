@@ -36,8 +36,11 @@ def test_a_payload_packs_into_a_third_and_unpacks_to_the_same_json() -> None:
     assert packing.unpack(text.decode()) == text.decode()  # JSON text is read as it is
 
 
-def test_a_batch_packs_each_payload_as_it_would_pack_alone() -> None:
-    # a page's events are packed in one call; each stays readable on its own, in its place
+@pytest.mark.parametrize("batches", [True, False])
+def test_a_batch_packs_each_payload_as_it_would_pack_alone(monkeypatch: pytest.MonkeyPatch, batches: bool) -> None:
+    # a page's events are packed in one call (or one by one, where zstandard cannot batch);
+    # each stays readable on its own, in its place
+    monkeypatch.setattr(packing, "_BATCHES", batches and packing._BATCHES)
     texts = [rows.encode(make_event(meter_id=f"M-{i}")).encode() for i in range(5)]
     assert packing.pack_all(texts) == [packing.pack(t) for t in texts]
     assert [packing.unpack(p) for p in packing.pack_all(texts)] == texts

@@ -87,6 +87,8 @@ class _PerThread(threading.local):
 
 
 _LOCAL = _PerThread()
+_BATCHES = "multi_compress_to_buffer" in zstandard.backend_features
+"""Whether this build of zstandard packs a batch in one call (its bundled-libzstd C backend)."""
 
 
 def pack(text: bytes) -> bytes:
@@ -98,6 +100,8 @@ def pack_all(texts: Sequence[bytes]) -> list[bytes]:
     """Payloads packed in one call, each as `pack` packs it. zstd runs without the GIL: one
     call for a page's events hands the GIL over once, where a call each would wait for it
     (up to the interpreter's switch interval) once per event whenever the main thread is busy."""
+    if not _BATCHES:  # zstandard built against a system libzstd, or its CFFI backend
+        return [pack(t) for t in texts]
     if not texts:
         return []
     batch: list[bytes | bytearray | memoryview] = list(texts)
