@@ -66,8 +66,8 @@ _PRAGMAS = (
     # pages: set in `open` from the file's page size.)
     "PRAGMA journal_size_limit = 67108864",
     "PRAGMA temp_store = MEMORY",
-    # ANALYZE (`purge`, and `PRAGMA optimize` at close) samples this many rows of each index
-    # rather than reading it whole: statistics enough for the planner, in milliseconds.
+    # ANALYZE (`_analyze`, and `PRAGMA optimize` at close) samples this many rows of each
+    # index rather than reading it whole: statistics enough for the planner, in milliseconds.
     "PRAGMA analysis_limit = 1000",
 )
 
