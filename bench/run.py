@@ -19,6 +19,7 @@ BENCHES = (
     "bench_push",
     "bench_cost",
     "bench_insert",
+    "bench_purge",
 )
 
 
