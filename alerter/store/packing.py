@@ -100,10 +100,8 @@ def pack_all(texts: Sequence[bytes]) -> list[bytes]:
     """Payloads packed in one call, each as `pack` packs it. zstd runs without the GIL: one
     call for a page's events hands the GIL over once, where a call each would wait for it
     (up to the interpreter's switch interval) once per event whenever the main thread is busy."""
-    if not _BATCHES:  # zstandard built against a system libzstd, or its CFFI backend
+    if not _BATCHES or not texts:  # without: zstandard built against a system libzstd, or CFFI
         return [pack(t) for t in texts]
-    if not texts:
-        return []
     batch: list[bytes | bytearray | memoryview] = list(texts)
     packed = _LOCAL.compressor.multi_compress_to_buffer(batch)
     return [_PREFIX + packed[i].tobytes() for i in range(len(packed))]

@@ -24,16 +24,17 @@ class Executes(Protocol):
 
 
 _OLD_RESOLVED = "SELECT key_id FROM obligations WHERE status = 'resolved' AND resolved_at < $1"
+_OLD = f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
+"""Events old enough to forget, of obligations resolved before the cutoff; what is still in use
+of them is left out by `_OLD_EVENTS` (or `_OLD_EVENTS_SQLITE`)."""
 _OLD_EVENTS = (
-    f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
-    "AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = events.id) "
+    _OLD + "AND NOT EXISTS (SELECT 1 FROM group_members m WHERE m.event_id = events.id) "
     # a notification not yet delivered (or dead, to be replayed) reads its events from here
     "AND NOT EXISTS (SELECT 1 FROM notification_events ne JOIN deliveries d ON d.notification_id = "
     "ne.notification_id WHERE ne.event_id = events.id AND d.status IN ('pending', 'dead'))"
 )
 _OLD_EVENTS_SQLITE = (
-    f"routed AND occurred_at < $1 AND key_id IN ({_OLD_RESOLVED}) "
-    "AND id NOT IN (SELECT event_id FROM group_members) "
+    _OLD + "AND id NOT IN (SELECT event_id FROM group_members) "
     "AND id NOT IN (SELECT ne.event_id FROM deliveries d JOIN notification_events ne "
     "ON ne.notification_id = d.notification_id WHERE d.status IN ('pending', 'dead'))"
 )

@@ -335,6 +335,7 @@ class SqliteStore(SqlStore, Store):
         finally:
             if deferred:
                 await self._build_deferred()
+                await self._analyze()  # the tables went from empty to their whole size
 
     @asynccontextmanager
     async def _sorting_on_disk(self) -> AsyncIterator[None]:
@@ -363,15 +364,14 @@ class SqliteStore(SqlStore, Store):
                     await tx.execute(statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
         async with self._write() as tx:
             await tx.execute("DELETE FROM meta WHERE key = $1", META_DEFERRED)
-        await self._analyze()  # the tables went from empty to their whole size
 
     async def _analyze(self) -> None:
         """The query planner's statistics gathered (`ANALYZE`, each index sampled:
         `analysis_limit`): at open, at the end of an initial sync and after each purge. Without
-        them SQLite guesses, and guesses wrong on this schema: the reminders' "due" query read
-        every open obligation through the status index and sorted them (62 ms at 49,000 open
-        obligations, growing with them) instead of reading the few due through `remind_at`
-        (0.1 ms)."""
+        them SQLite guesses, and guesses wrong on this schema: the reminders' "due" query reads
+        every open obligation through the status index and sorts them, instead of the few due
+        through `remind_at` (the plans `test_store_sqlite` checks), and the console's meter
+        search reads every open obligation (`python -m bench.bench_console`, README)."""
         async with self._write() as tx:
             await tx.execute("ANALYZE")
 
