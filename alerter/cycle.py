@@ -10,6 +10,9 @@ call, since a reload replaces them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -167,29 +170,7 @@ async def route(
     store = steps.store
     if initial_sync == "digest":
         await digest(steps, router, ruleset, now)
-    while True:
-        events = await store.pending_events(ROUTE_BATCH)
-        if not events:
-            break
-        if initial_sync == "notify":
-            events = [replace(e, initial=False) if e.initial else e for e in events]
-        elif initial_sync == "silent":
-            quiet = [e.id for e in events if e.initial]
-            if quiet:
-                await store.commit_routing(RoutingWrite(consumed=quiet))
-                events = [e for e in events if not e.initial]
-        if not events:
-            continue
-        groups = await store.group_heads()
-        resolved = [e.obligation.key_id for e in events if e.kind == "resolved"]
-        notified = await store.notified_receivers(resolved) if resolved else {}
-        silences = _applicable(steps, await store.list_silences(now))
-        write = plan(events, router, groups, notified, silences, now)
-        await store.commit_routing(write)
-        _count_notifications(steps, write)
-        _count_unrouted(steps, write)
-        if len(events) < ROUTE_BATCH:
-            break
+    await _route_pending(steps, router, initial_sync, now)
     # idle groups come along so that flush can delete them (a later event opens a new group)
     due = await store.due_groups(now, force=flush_all, idle_before=idle_before(ruleset, now))
     if not due:
@@ -204,6 +185,66 @@ async def route(
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
             by_id = {e.id: e for e in await store.load_event_refs(window.pending, group.key)}
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
+
+
+async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: datetime) -> None:
+    """Pending events into groups, batch by batch. A batch's write commits while the next batch
+    is decoded and planned: everything that plan needs of the write in flight (the group heads it
+    creates or wakes, the receivers it records as told) comes from the write itself, and the next
+    batch is read, with its receivers told and the silences, before that write starts. A write
+    with notifications (an initial sync's digest routed here) commits before anything else is read.
+    """
+    store = steps.store
+    heads = {g.key: g for g in await store.group_heads()}
+    batch = await store.pending_after(0, ROUTE_BATCH)
+    committing: asyncio.Future[None] | None = None
+    carried: RoutingWrite | None = None
+    try:
+        while len(batch):
+            notified = await store.notified_receivers(batch.resolved) if batch.resolved else {}
+            silences = _applicable(steps, await store.list_silences(now))
+            if carried is not None:  # read before it commits: what it records of them
+                resolved = set(batch.resolved)
+                for key_id, receiver in carried.told:
+                    if key_id in resolved:
+                        notified.setdefault(key_id, set()).add(receiver)
+                committing = asyncio.ensure_future(_commit(steps, carried))
+                await asyncio.sleep(0)  # it reaches the store's writer before this decodes
+            events = batch.events()
+            quiet: list[str] = []
+            if initial_sync == "notify":
+                events = [replace(e, initial=False) if e.initial else e for e in events]
+            elif initial_sync == "silent":
+                quiet = [e.id for e in events if e.initial]
+                events = [e for e in events if not e.initial]
+            write = plan(events, router, heads, notified, silences, now)
+            if quiet:
+                write = dataclasses.replace(write, consumed=[*quiet, *write.consumed])
+            heads.update((g.key, g) for g in write.groups)  # waiting: each has members appended
+            if committing is not None:
+                done, committing = committing, None
+                await done
+            last = len(batch) < ROUTE_BATCH
+            if write.notifications or last:
+                await _commit(steps, write)
+                carried = None
+                if last:
+                    break
+            else:
+                carried = write
+            batch = await store.pending_after(batch.last, ROUTE_BATCH)
+        if carried is not None:
+            await _commit(steps, carried)
+    finally:
+        if committing is not None:  # a failure planning the next batch: the write still ends
+            with contextlib.suppress(Exception):
+                await committing
+
+
+async def _commit(steps: Steps, write: RoutingWrite) -> None:
+    await steps.store.commit_routing(write)
+    _count_notifications(steps, write)
+    _count_unrouted(steps, write)
 
 
 async def _flush(

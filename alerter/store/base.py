@@ -19,11 +19,11 @@ obligations, the deliverer the ledger, and only the composition root holds the w
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from alerter.models import (
     Event,
@@ -163,11 +163,35 @@ class ObligationStore(Protocol):
         """The ids of the meters with obligations whose `partner_reference` is this one."""
 
 
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """Events waiting for routing as the store holds them: routing reads the next batch before
+    the previous one's write commits, and decodes it (`events`) while that write runs."""
+
+    last: int
+    """The sequence number of the last event (`after`, when there is none)."""
+    resolved: Sequence[str]
+    """The obligation key ids of its `resolved` events (whom they go to is read before decoding)."""
+    payloads: Sequence[object]
+    decode: Callable[[Any], Event]
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def events(self) -> list[Event]:
+        decode = self.decode
+        return [decode(p) for p in self.payloads]
+
+
 class RoutingStore(Protocol):
     """Events waiting for routing, groups and their members, and what routing decided."""
 
     async def pending_events(self, limit: int = 1000) -> list[Event]:
         """Events not yet consumed by routing, oldest first."""
+
+    async def pending_after(self, after: int, limit: int) -> PendingBatch:
+        """Up to `limit` events not yet consumed by routing with a sequence number above
+        `after`, oldest first, read but not decoded (`PendingBatch`)."""
 
     async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
         """Pending events of an initial sync after sequence number `after`, with theirs, in order."""

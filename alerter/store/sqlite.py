@@ -21,7 +21,7 @@ import operator
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from functools import lru_cache
@@ -32,7 +32,7 @@ import aiosqlite
 import orjson
 
 from alerter.errors import StoreError
-from alerter.models import Event, EventRef, Obligation
+from alerter.models import Event, EventRef, Obligation, RoutingWrite
 from alerter.store import packing, rows
 from alerter.store.base import META_DEFERRED, Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
@@ -175,6 +175,40 @@ def _commit_page(
     if meta:
         db.executemany(_META_UPSERT_Q, meta)
     return new
+
+
+class _InThreadTx:
+    """A transaction's statements run straight on the connection, in its thread: a write built
+    whole beforehand goes there in one trip (`_in_one_hop`, `_run_through`). Its methods never
+    wait on anything."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Row]:
+        return list(self._db.execute(_sqlite_sql(sql), args).fetchall())
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        found = self._db.execute(_sqlite_sql(sql), args).fetchone()
+        return None if found is None else found[0]
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return int(self._db.execute(_sqlite_sql(sql), args).rowcount)
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        _insert_rows(self._db, _sqlite_sql(sql), args)
+
+
+def _run_through(db: sqlite3.Connection, body: Callable[[Tx], Coroutine[Any, Any, None]]) -> None:
+    """Runs in the connection's thread: `body`, written against `Tx`, on an `_InThreadTx`, to
+    its end (its awaits never suspend, so stepping it once runs it through)."""
+    steps = body(_InThreadTx(db))
+    try:
+        steps.send(None)
+    except StopIteration:
+        return
+    steps.close()
+    raise RuntimeError("a write run in the connection's thread waited on something else")
 
 
 class _SqliteTx:
@@ -434,6 +468,12 @@ class SqliteStore(SqlStore, Store):
                 return await run(_transaction, conn, fn, args)
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
+
+    async def commit_routing(self, write: RoutingWrite) -> None:
+        """In one trip to the connection's thread. Statement by statement through aiosqlite,
+        each would wait for the event loop, which routing keeps busy meanwhile: it decodes and
+        plans the next batch while this write commits (`cycle._route_pending`)."""
+        await self._in_one_hop(_run_through, lambda tx: self._write_routing(tx, write))
 
     async def _write_page(
         self,

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite
 from alerter.store import base, rows
-from alerter.store.base import META_CONSUMING, RoutingStore
+from alerter.store.base import META_CONSUMING, PendingBatch, RoutingStore
 from alerter.store.rows import Row
 from alerter.store.sqlobligations import META_UPSERT
 from alerter.store.sqltx import SqlHooks, Tx
@@ -44,9 +44,18 @@ class RoutingSql(SqlHooks, RoutingStore):
 
     # -- routing --
     async def pending_events(self, limit: int = 1000) -> list[Event]:
-        sql = "SELECT payload FROM events WHERE NOT routed ORDER BY seq LIMIT $1"
+        return (await self.pending_after(0, limit)).events()
+
+    async def pending_after(self, after: int, limit: int) -> PendingBatch:
+        sql = "SELECT seq, kind, key_id, payload FROM events WHERE NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
         async with self._read() as tx:
-            return [rows.event_from_payload(r["payload"]) for r in await tx.fetch(sql, limit)]
+            found = await tx.fetch(sql, after, limit)
+        return PendingBatch(
+            last=found[-1]["seq"] if found else after,
+            resolved=[r["key_id"] for r in found if r["kind"] == "resolved"],
+            payloads=[r["payload"] for r in found],
+            decode=rows.event_from_payload,
+        )
 
     async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
         sql = "SELECT seq, payload FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
@@ -144,29 +153,33 @@ class RoutingSql(SqlHooks, RoutingStore):
         return dict(out)
 
     async def commit_routing(self, write: RoutingWrite) -> None:
-        ts = self._ts
         async with self._write(fenced=True) as tx:
-            if write.consumed:
-                sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
-                await tx.execute(sql, self._ids(write.consumed))
-            if write.deleted_groups:
-                keys = self._ids(write.deleted_groups)
-                await tx.execute(f"DELETE FROM group_members WHERE group_key {self._in(1)}", keys)
-                await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", keys)
-            if write.groups:
-                await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
-            if write.appended:
-                await self._append_members(tx, write.appended, write.refs)
-            if write.flushed:
-                await self._remove_members(tx, write.flushed)
-            if write.notifications:
-                await self._insert_notifications(tx, write)
-            if write.silenced:
-                sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-                await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
-            if write.told:  # queued to be told: a resolution before the group flushes follows it
-                sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-                await tx.executemany(sql, sorted(set(write.told)))
+            await self._write_routing(tx, write)
+
+    async def _write_routing(self, tx: Tx, write: RoutingWrite) -> None:
+        """`commit_routing`'s statements, inside the transaction `tx`."""
+        ts = self._ts
+        if write.consumed:
+            sql = f"UPDATE events SET routed = TRUE WHERE id {self._in(1)} AND NOT routed"
+            await tx.execute(sql, self._ids(write.consumed))
+        if write.deleted_groups:
+            keys = self._ids(write.deleted_groups)
+            await tx.execute(f"DELETE FROM group_members WHERE group_key {self._in(1)}", keys)
+            await tx.execute(f"DELETE FROM groups WHERE key {self._in(1)}", keys)
+        if write.groups:
+            await tx.executemany(_GROUP_UPSERT, [rows.group_params(g, ts) for g in write.groups])
+        if write.appended:
+            await self._append_members(tx, write.appended, write.refs)
+        if write.flushed:
+            await self._remove_members(tx, write.flushed)
+        if write.notifications:
+            await self._insert_notifications(tx, write)
+        if write.silenced:
+            sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
+        if write.told:  # queued to be told: a resolution before the group flushes follows it
+            sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            await tx.executemany(sql, sorted(set(write.told)))
 
     async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
         ts, notes = self._ts, write.notifications
