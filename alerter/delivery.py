@@ -224,11 +224,19 @@ class Deliverer:
     async def _run(
         self, now: datetime, limit: int, *, receiver: str | None = None, other_than: list[str] | None = None
     ) -> DeliveryStats:
-        stats = DeliveryStats()
+        return await self._send(await self._claim(now, limit, receiver=receiver, other_than=other_than), now)
+
+    async def _claim(
+        self, now: datetime, limit: int, *, receiver: str | None = None, other_than: list[str] | None = None
+    ) -> list[Delivery]:
         stale = now - timedelta(seconds=self.instance_timeout)
-        rows = await self.store.claim_deliveries(
+        return await self.store.claim_deliveries(
             now, self.owner, limit, self.lease_seconds, receiver=receiver, other_than=other_than, stale_before=stale
         )
+
+    async def _send(self, rows: list[Delivery], now: datetime) -> DeliveryStats:
+        """Sends claimed rows concurrently and records every outcome."""
+        stats = DeliveryStats()
         stats.claimed = len(rows)
         if rows:
             outcomes = _Outcomes(self.store)
@@ -250,15 +258,31 @@ class Deliverer:
             total.add(await self.run_orphans(start))
 
             async def one(receiver: str) -> None:
-                while True:
-                    stats = await self.run_once(clock(), receiver)
-                    total.add(stats)
-                    if (clock() - start).total_seconds() >= deadline_s:
-                        return
-                    if not stats.claimed:
-                        if not await self.store.undelivered_count(receiver):
+                # A full claim is followed by the next one at once, claimed (read and leased)
+                # while its rows are sent; one left unsent when the deadline passes is released
+                # as the instance stops (`stop_instance`), or its lease lapses.
+                limit = self.claim_limit(receiver)
+                ahead: asyncio.Future[list[Delivery]] | None = None
+                try:
+                    while True:
+                        now = clock()
+                        claimed, ahead = ahead, None
+                        rows = await (claimed if claimed is not None else self._claim(now, limit, receiver=receiver))
+                        if len(rows) >= limit and (clock() - start).total_seconds() < deadline_s:
+                            ahead = asyncio.ensure_future(self._claim(clock(), limit, receiver=receiver))
+                            await asyncio.sleep(0)  # it reaches the store before these are sent
+                        stats = await self._send(rows, now)
+                        total.add(stats)
+                        if (clock() - start).total_seconds() >= deadline_s:
                             return
-                        await asyncio.sleep(poll_interval)
+                        if not stats.claimed:
+                            if not await self.store.undelivered_count(receiver):
+                                return
+                            await asyncio.sleep(poll_interval)
+                finally:
+                    if ahead is not None:
+                        with contextlib.suppress(Exception):
+                            await ahead
 
             await asyncio.gather(*(one(r) for r in list(self.notifiers)))
         finally:

@@ -244,6 +244,35 @@ async def test_drain_gives_up_at_the_deadline(store: Store) -> None:
     assert stats.undelivered == 1 and not stats.sent
 
 
+async def test_drain_claims_the_next_batch_while_sending_and_sends_each_once(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        n = webhook(hook)
+        await enqueue(store, *(notification(f"n{i:02d}", [event(i)], receiver="crm") for i in range(23)))
+        worker = Deliverer(store, {"crm": n}, "w1", batch=5)  # claims of 5: four full ones, then 3
+        stats = await worker.drain(60, poll_interval=0)
+        await n.close()
+    assert stats.sent == {"crm": 23} and stats.claimed == 23 and stats.undelivered == 0
+    ids = [r.headers["webhook-id"] for r in hook.delivered()]
+    assert len(ids) == len(set(ids)) == 23
+
+
+async def test_a_batch_claimed_ahead_when_the_deadline_passes_is_released_and_sent_later(store: Store) -> None:
+    async with webhook_collector([SECRET]) as hook:
+        n = webhook(hook)
+        await enqueue(store, *(notification(f"n{i:02d}", [event(i)], receiver="crm") for i in range(23)))
+        # the clock jumps past the deadline once the first batch is sent, the next one claimed ahead
+        stats = await Deliverer(store, {"crm": n}, "w1", batch=5).drain(
+            60, clock=lambda: T0 + timedelta(seconds=100 * len(hook.received)), poll_interval=0
+        )
+        assert stats.sent == {"crm": 5} and stats.undelivered == 18
+        assert await store.stop_instance("w1") == 5  # the batch claimed ahead, released as the instance stops
+        rest = await Deliverer(store, {"crm": n}, "w2", batch=5).drain(60, poll_interval=0)
+        await n.close()
+    assert rest.sent == {"crm": 18} and rest.undelivered == 0
+    ids = [r.headers["webhook-id"] for r in hook.delivered()]
+    assert len(ids) == len(set(ids)) == 23
+
+
 # -- backoff decisions (pure: no store involved) --
 
 
