@@ -18,8 +18,9 @@ from alerter.models import RoutingWrite
 from alerter.store import open_store, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
+from alerter.store.rows import KEY_COLUMNS
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
-from alerter.store.sqlobligations import _OPEN_OBLIGATIONS
+from alerter.store.sqlobligations import _OPEN_OBLIGATIONS, DUE_REMINDERS
 from tests.support.stores import event, obligation, opened, sqlite_state_at
 
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
@@ -341,22 +342,79 @@ async def test_an_initial_bulk_load_builds_the_deferred_indexes_at_its_end_or_at
     await store.close()
 
 
-def _reminders_plan(path: Path) -> list[str]:
-    sql = sqlite_store._sqlite_sql(f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2")
+def _reminders_plan(path: Path, sql: str = DUE_REMINDERS) -> list[str]:
     with sqlite3.connect(path) as raw:
-        return [r[-1] for r in raw.execute(f"EXPLAIN QUERY PLAN {sql}", ("2026-12-01", 1000))]
+        found = raw.execute(f"EXPLAIN QUERY PLAN {sqlite_store._sqlite_sql(sql)}", ("2026-12-01", 1000))
+        return [r[-1] for r in found]
+
+
+SAMPLED = {  # what a sampled ANALYZE (`analysis_limit`) left on a 61,288-obligation `silent` state
+    "obligations_by_deadline": "53808 1001 1001 2 2 2 1 1",
+    "obligations_by_reference": "62244 2",
+    "obligations_by_region": "61311 1001 1001 1001",
+    "obligations_by_type": "71456 1001 1001 1001",
+    "obligations_open_meters": "61420 2",
+    "obligations_remind_at": "250100 1001",
+    "sqlite_autoindex_obligations_1": "44992 2 2 2 1 1",
+}
+
+
+async def test_the_reminders_query_reads_only_what_is_due_whatever_the_sampled_statistics_say(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        obs = [obligation(f"m{i}") for i in range(50)]
+        await store.commit_page(obs, [event(o) for o in obs])
+    with sqlite3.connect(path) as raw:
+        raw.execute("DELETE FROM sqlite_stat1")
+        raw.executemany("INSERT INTO sqlite_stat1 VALUES ('obligations', ?, ?)", SAMPLED.items())
+    by_status = f"{_OPEN_OBLIGATIONS} AND remind_at <= $1 ORDER BY remind_at LIMIT $2"
+    assert "USE TEMP B-TREE FOR ORDER BY" in _reminders_plan(path, by_status)  # every open one, sorted
+    assert _reminders_plan(path) == ["SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"]
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        due = await store.reminder_candidates(datetime(2100, 1, 1, tzinfo=UTC))
+        assert sorted(o.meter_id for o in due) == sorted(o.meter_id for o in obs)
+
+
+async def test_statistics_are_gathered_whole_so_a_page_of_open_obligations_is_read_in_key_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    page = f"{_OPEN_OBLIGATIONS} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
+    args = ("m", "", "", "", "", 100)
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store, store.bulk_load():
+        obs = [obligation(f"m{i}") for i in range(3000)]  # more than a sample (1,000 rows) holds
+        await store.commit_page(obs, [event(o) for o in obs])
+    with sqlite3.connect(path) as raw:
+        stats = dict(raw.execute("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'obligations'"))
+        assert stats["obligations_by_type"].split()[:2] == ["3000", "3000"]  # one status: all of them
+        assert [r[-1] for r in raw.execute(f"EXPLAIN QUERY PLAN {sqlite_store._sqlite_sql(page)}", args)] == [
+            "SEARCH obligations USING INDEX sqlite_autoindex_obligations_1 "
+            "((meter_id,program_identifier,delivery_period,action_type,action_code)>(?,?,?,?,?))"
+        ]
+        raw.execute("DELETE FROM sqlite_stat1")
+        raw.executemany("INSERT INTO sqlite_stat1 VALUES ('obligations', ?, ?)", SAMPLED.items())
+    with sqlite3.connect(path) as raw:  # sampled statistics: every open obligation read and sorted
+        plan = [r[-1] for r in raw.execute(f"EXPLAIN QUERY PLAN {sqlite_store._sqlite_sql(page)}", args)]
+        assert "USE TEMP B-TREE FOR ORDER BY" in plan
+
+
+def _statistics(path: Path) -> set[str]:
+    with sqlite3.connect(path) as raw:
+        return {r[0] for r in raw.execute("SELECT idx FROM sqlite_stat1 WHERE tbl = 'obligations'")}
 
 
 async def test_the_planner_has_statistics_after_an_initial_sync_and_at_every_open(tmp_path: Path) -> None:
-    # without them, the reminders' due query reads every open obligation and sorts them
+    # without them, the console's meter search reads every open obligation
     path = tmp_path / "s.db"
     async with opened(SqliteStore(f"sqlite:///{path}")) as store:
         async with store.bulk_load():
             obs = [obligation(f"m{i}") for i in range(300)]
             await store.commit_page(obs, [event(o) for o in obs])
+        assert {"obligations_remind_at", "obligations_by_reference"} <= _statistics(path)
         assert _reminders_plan(path) == ["SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"]
     with sqlite3.connect(path) as raw:
         raw.execute("DROP TABLE sqlite_stat1")  # a file whose statistics were never gathered
-    assert "USE TEMP B-TREE FOR ORDER BY" in _reminders_plan(path)
     async with opened(SqliteStore(f"sqlite:///{path}")):
-        assert _reminders_plan(path) == ["SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"]
+        assert {"obligations_remind_at", "obligations_by_reference"} <= _statistics(path)
