@@ -16,7 +16,6 @@ from alerter.store.rows import KEY_COLUMNS, OBLIGATION_COLUMNS, Row
 from alerter.store.sqltx import SqlHooks
 
 META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-_OPEN_OBLIGATIONS = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status = 'open'"
 # The two queries below test the status on each row their own index yields (`remind_at`; the
 # key's), not through an index led by it: SQLite's statistics are sampled (`analysis_limit`),
 # and on a large state they say a status holds ~1,000 rows, so the planner would read and sort
