@@ -66,6 +66,52 @@ async def test_datetimes_come_back_aware_utc(store: Store) -> None:
         await store.commit_page([obligation(deadline=datetime(2026, 1, 1))], [])
 
 
+ODD_TEXT = (
+    "quote \" apostrophe ' backslash \\ slash / tab \t newline \n return \r",
+    'looks like JSON: {"a": [1, null]} and an escape written out: \\u0041 \\n',
+    "accents éàü, quotes “ ” « », CJK 漢字, right-to-left עברית, emoji 🔋⚡, a joiner 👩‍🔧",
+    "",
+)
+
+
+async def test_text_of_every_kind_comes_back_as_written(store: Store) -> None:
+    """Rows go to PostgreSQL as one JSON document a statement: quotes, escapes, non-ASCII and
+    empty text survive the page write, a routing write (members, "told" rows, links) and reading."""
+    obligations = [
+        structs.replace(
+            obligation(f"m{i} {text[:12]}", f"C{i}", action_description=text, deadline=None if i % 2 else DEADLINE),
+            meter=Meter(meter_id=f"m{i} {text[:12]}", partner_reference=text, customer_group=text, tags=(text, "b")),
+        )
+        for i, text in enumerate(ODD_TEXT)
+    ]
+    events = [event(o, detail=o.action_description) for o in obligations]
+    assert await store.commit_page(obligations, events) == len(events)
+    loaded = await store.load_obligations([o.meter_id for o in obligations])
+    assert loaded == {o.key: o for o in obligations}
+    assert await store.pending_events() == events
+    keys = [f"r1/ops/{text}" for text in ODD_TEXT]
+    heads = [GroupState(k, "r1", "ops", {"tag": t}, T0, waiting=True) for k, t in zip(keys, ODD_TEXT, strict=True)]
+    await store.commit_routing(
+        RoutingWrite(
+            consumed=[e.id for e in events],
+            groups=heads,
+            appended=[(k, e.id) for k, e in zip(keys, events, strict=True)],
+            told=[(o.key_id, "ops") for o in obligations],
+        )
+    )
+    groups = await store.load_groups()
+    assert {g.key: (g.values, g.pending) for g in groups} == {
+        k: ({"tag": t}, (e.id,)) for k, t, e in zip(keys, ODD_TEXT, events, strict=True)
+    }
+    note = notification("n1", events)
+    flushed = [(k, e.id) for k, e in zip(keys, events, strict=True)]
+    await store.commit_routing(RoutingWrite(consumed=[], notifications=[note], flushed=flushed))
+    assert all(not g.pending for g in await store.load_groups())
+    [delivery] = await store.claim_deliveries(T0, "w1", 10, 30)
+    assert delivery.notification == note
+    assert await store.notified_receivers([o.key_id for o in obligations]) == {o.key_id: {"ops"} for o in obligations}
+
+
 async def test_open_meter_ids_and_keyset_pages(store: Store) -> None:
     opened = [obligation(f"m{m}", f"C{c}") for m in range(7) for c in range(3)]
     resolved = [obligation(f"r{m}", "C0", status="resolved", resolution="cleared", resolved_at=T0) for m in range(3)]

@@ -42,6 +42,15 @@ class RoutingSql(SqlHooks, RoutingStore):
         # in key order: each page of the members' key index is visited once, not once per row
         await tx.executemany("DELETE FROM group_members WHERE group_key = $1 AND event_id = $2", sorted(members))
 
+    async def _insert_told(self, tx: Tx, told: Sequence[tuple[str, str]]) -> None:
+        """(key id, receiver) rows, in key order, ignoring those already present."""
+        await tx.executemany("INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", told)
+
+    async def _insert_links(self, tx: Tx, links: Sequence[tuple[str, str, int]]) -> None:
+        """(event id, notification id, position) rows, in key order, ignoring those already present."""
+        sql = "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
+        await tx.executemany(sql + "ON CONFLICT DO NOTHING", links)
+
     # -- routing --
     async def pending_events(self, limit: int = 1000) -> list[Event]:
         return (await self.pending_after(0, limit)).events()
@@ -178,8 +187,7 @@ class RoutingSql(SqlHooks, RoutingStore):
             sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
         if write.told:  # queued to be told: a resolution before the group flushes follows it
-            sql = "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            await tx.executemany(sql, sorted(set(write.told)))
+            await self._insert_told(tx, sorted(set(write.told)))
 
     async def _insert_notifications(self, tx: Tx, write: RoutingWrite) -> None:
         ts, notes = self._ts, write.notifications
@@ -200,11 +208,7 @@ class RoutingSql(SqlHooks, RoutingStore):
         # page of their keys' B-trees is visited once per write, not once per row); the position
         # column, not the order, keeps a notification's events in order.
         links = {(e.id, n.id): i for n in notes for i, e in enumerate(members[n.id])}
-        await tx.executemany(
-            "INSERT INTO notification_events (event_id, notification_id, position) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING",
-            sorted((e, n, i) for (e, n), i in links.items()),
-        )
+        await self._insert_links(tx, sorted((e, n, i) for (e, n), i in links.items()))
         told = {
             (e.key_id, n.receiver)
             for n in notes
@@ -212,9 +216,7 @@ class RoutingSql(SqlHooks, RoutingStore):
             if e.kind in NOTIFIED_KINDS and not (isinstance(e, EventRef) and e.told)  # routing recorded those
         }
         if told:
-            await tx.executemany(
-                "INSERT INTO notified (key_id, receiver) VALUES ($1, $2) ON CONFLICT DO NOTHING", sorted(told)
-            )
+            await self._insert_told(tx, sorted(told))
 
     async def _keep_events(self, tx: Tx, notes: Sequence[Notification]) -> None:
         """A notification links its events: routing builds it from stored events, and one given
