@@ -9,7 +9,9 @@ reported, with every run's time):
 - `digest` at 1,000,000 meters, 5 % with actions;
 - `silent` at 200,000 meters, all with actions, beside the bare fetch+decode loop on the
   same pages in the same run (bench.bench_cycle's `fetch` worker);
-and the SQLite file's bytes per open obligation. Results go to bench/results/cost.json.
+and the SQLite file's bytes per open obligation. Beside a PostgreSQL server
+(ALERTER_TEST_POSTGRES_URL set, as `make bench` does), `notify` at 100,000 meters also runs with
+its state there, in a schema of its own (`PG_SHAPES`). Results go to bench/results/cost.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,9 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 import alerter
@@ -67,7 +73,7 @@ class Collector:
         await self.runner.cleanup()
 
 
-def write_config(tmp: Path, sim_url: str, hook_url: str, mode: str) -> Path:
+def write_config(tmp: Path, sim_url: str, hook_url: str, mode: str, state: str = "") -> Path:
     (tmp / "rules.yaml").write_text(
         f"receivers:\n  - name: sink\n    webhook: {{url: {hook_url}}}\n"
         "rules:\n  - {name: all, group_by: [action_type], receivers: [sink]}\n"
@@ -75,7 +81,8 @@ def write_config(tmp: Path, sim_url: str, hook_url: str, mode: str) -> Path:
     path = tmp / f"config-{mode}.yaml"
     path.write_text(
         f"source: {{base_url: {sim_url}, api_key: {API_KEY}}}\npoll: {{initial_sync: {mode}}}\n"
-        f"state: {{url: 'sqlite:///{tmp}/state-{mode}.db'}}\nrules: rules.yaml\nlog: {{format: json, level: warning}}\n"
+        f"state: {{url: '{state or f'sqlite:///{tmp}/state-{mode}.db'}'}}\nrules: rules.yaml\n"
+        "log: {format: json, level: warning}\n"
     )
     return path
 
@@ -111,21 +118,56 @@ def compiled() -> None:
     compileall.compile_dir(Path(alerter.__file__).parent, quiet=1)
 
 
-async def one(meters: int, rate: float, mode: str, fetch_too: bool = False) -> dict[str, Any]:
+async def one(meters: int, rate: float, mode: str, fetch_too: bool = False, postgres: str = "") -> dict[str, Any]:
+    """One run; with `postgres` (a server's URL), the state is kept there, in a fresh schema."""
     compiled()
     with tempfile.TemporaryDirectory(prefix="alerter-bench-") as tmp:
-        async with Simulator(meters, action_rate=rate) as sim, Collector() as hook:
-            config = write_config(Path(tmp), sim.url, hook.url, mode)
+        async with Simulator(meters, action_rate=rate) as sim, Collector() as hook, pg_schema(postgres) as state:
+            config = write_config(Path(tmp), sim.url, hook.url, mode, state)
             out: dict[str, Any] = {"meters": meters, "action_rate": rate, "mode": mode}
+            out["store"] = "postgres" if state else "sqlite"
             if fetch_too:
                 out["fetch"] = await child("fetch", sim.url, "")
             out |= await asyncio.get_running_loop().run_in_executor(None, run_once, config)
-            out |= store_size(Path(tmp) / f"state-{mode}.db")
+            out |= await pg_size(state) if state else store_size(Path(tmp) / f"state-{mode}.db")
             out["webhooks"], out["events_sent"], out["largest_body"] = hook.requests, hook.events, hook.largest
             if fetch_too:
                 out["records_per_s"] = round(meters / out["seconds"])
                 out["ratio_to_fetch"] = round(out["records_per_s"] / out["fetch"]["records_per_s"], 2)
             return out
+
+
+@contextlib.asynccontextmanager
+async def pg_schema(server: str) -> AsyncIterator[str]:
+    """A state URL in a fresh schema of `server`, dropped afterwards ("" without a server)."""
+    if not server:
+        yield ""
+        return
+    schema = f"bench_cost_{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"{server}?schema={schema}"
+    finally:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def pg_size(state: str) -> dict[str, Any]:
+    """Open obligations and the bytes of the schema's tables (with their indexes and TOAST)."""
+    server, _, schema = state.partition("?schema=")
+    conn = await asyncpg.connect(server)
+    try:
+        open_ = await conn.fetchval(f"SELECT COUNT(*) FROM \"{schema}\".obligations WHERE status = 'open'")
+        size = await conn.fetchval(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+            schema,
+        )
+    finally:
+        await conn.close()
+    return {"obligations": open_, "bytes": size, "bytes_per_obligation": round(size / max(1, open_))}
 
 
 SHAPES = (
@@ -136,6 +178,10 @@ SHAPES = (
     (1_000_000, 0.05, "digest"),
     (200_000, 1.0, "silent"),
 )
+
+
+PG_SHAPES = ((100_000, 1.0, "notify"),)
+"""Run with the state on PostgreSQL too, when a server is at hand (ALERTER_TEST_POSTGRES_URL)."""
 
 
 RUNS = 3
@@ -150,10 +196,16 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def run(shapes: tuple[tuple[int, float, str], ...] = SHAPES, runs: int = RUNS) -> list[dict[str, Any]]:
+def run(
+    shapes: tuple[tuple[int, float, str], ...] = SHAPES,
+    runs: int = RUNS,
+    pg_shapes: tuple[tuple[int, float, str], ...] = PG_SHAPES,
+) -> list[dict[str, Any]]:
+    postgres = os.environ.get("ALERTER_TEST_POSTGRES_URL", "")
+    todo = [(shape, "") for shape in shapes] + ([(shape, postgres) for shape in pg_shapes] if postgres else [])
     results = [
-        median_of([asyncio.run(one(n, rate, mode, fetch_too=mode == "silent")) for _ in range(runs)])
-        for n, rate, mode in shapes
+        median_of([asyncio.run(one(n, rate, mode, fetch_too=mode == "silent", postgres=pg)) for _ in range(runs)])
+        for (n, rate, mode), pg in todo
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -162,10 +214,11 @@ def run(shapes: tuple[tuple[int, float, str], ...] = SHAPES, runs: int = RUNS) -
 
 def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(
-        f"{r['mode']:>6} {r['meters']:>9,} meters × {r['action_rate']:.0%}: {r['obligations']:,} obligations, "
+        f"{r['mode']:>6} {r['meters']:>9,} meters × {r['action_rate']:.0%} on {r.get('store', 'sqlite')}: "
+        f"{r['obligations']:,} obligations, "
         f"{r['seconds']} s wall (runs {r.get('runs_seconds', [r['seconds']])}), {r['cpu_seconds']} CPU-s, "
         f"peak RSS {r['peak_rss_mb']} MB, "
-        f"SQLite {r['bytes_per_obligation']} B/obligation, {r['webhooks']} webhooks (largest {r['largest_body']:,} B)"
+        f"{r['bytes_per_obligation']} B/obligation, {r['webhooks']} webhooks (largest {r['largest_body']:,} B)"
         + (f", {r['records_per_s']:,} rec/s = {r['ratio_to_fetch']} of bare fetch" if "fetch" in r else "")
         for r in results
     )
@@ -175,8 +228,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="only the smaller shapes, once each")
     args = parser.parse_args()
-    shapes = tuple(s for s in SHAPES if s[0] <= 20_000) if args.quick else SHAPES
-    print(summary(run(shapes, 1 if args.quick else RUNS)))
+    if args.quick:
+        print(summary(run(tuple(s for s in SHAPES if s[0] <= 20_000), 1, ())))
+    else:
+        print(summary(run()))
 
 
 if __name__ == "__main__":

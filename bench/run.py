@@ -146,8 +146,10 @@ def summary() -> str:
             push["burst_meter_rereads"] <= 1000,
         )
     for r in _load("cost") or []:
+        on_pg = r.get("store") == "postgres"
         shape = (
             f"`alerter once` {r['mode']}, {r['meters']:,} meters × {r['action_rate']:.0%} ({r['obligations']:,} open)"
+            + (", state on PostgreSQL" if on_pg else "")
         )
         rss_target = 250 if r["action_rate"] < 1 else 200
         add(f"{shape}: peak RSS", f"{r['peak_rss_mb']} MB", f"≤ {rss_target} MB", r["peak_rss_mb"] <= rss_target)
@@ -157,8 +159,8 @@ def summary() -> str:
             add(
                 f"{shape}: wall (median run)",
                 f"{r['seconds']} s (runs: {runs})",
-                f"≤ {target} s",
-                r["seconds"] <= target,
+                "—" if on_pg else f"≤ {target} s",  # the bar is for the default store
+                None if on_pg else r["seconds"] <= target,
             )
         if r["mode"] == "silent":
             ok = r["ratio_to_fetch"] >= 0.6 and r["records_per_s"] >= 30_000
@@ -168,8 +170,11 @@ def summary() -> str:
                 "≥ 0.6 and ≥ 30,000 rec/s",
                 ok,
             )
-        add(f"{shape}: SQLite per open obligation", f"{r['bytes_per_obligation']:,} B", "≤ 1,024 B",
-            r["bytes_per_obligation"] <= 1024)  # fmt: skip
+        if on_pg:
+            add(f"{shape}: tables and indexes per open obligation", f"{r['bytes_per_obligation']:,} B", "—", None)
+        else:
+            add(f"{shape}: SQLite per open obligation", f"{r['bytes_per_obligation']:,} B", "≤ 1,024 B",
+                r["bytes_per_obligation"] <= 1024)  # fmt: skip
     lines = ["| measure | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines) + "\n"
