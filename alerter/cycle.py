@@ -144,18 +144,43 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
         upto = batch[-1][0]
         batch = await store.initial_events(upto, DIGEST_BATCH)
     order = await store.initial_by_urgency(upto)
-    for i in range(0, len(order), DIGEST_BATCH):
-        notes = builder.add(await store.load_events(order[i : i + DIGEST_BATCH]))
-        await _write_digest(steps, notes, builder)
-    await _write_digest(steps, builder.finish(), builder)
+    # Batch by batch, in order; each batch is read before the write of the one before it starts,
+    # and decoded and added while that write commits (the store's thread writes while the main
+    # thread decodes). A failed write stops the batches after it.
+    committing: asyncio.Future[None] | None = None
+    try:
+        for i in range(0, len(order), DIGEST_BATCH):
+            stored = await store.read_events(order[i : i + DIGEST_BATCH])
+            if committing is not None:
+                await asyncio.sleep(0)  # it reaches the store's writer before this decodes
+            notes = builder.add(stored.events())
+            if committing is not None:
+                done, committing = committing, None
+                await done
+            committing = asyncio.ensure_future(_commit_digest(steps, _digest_write(notes, builder)))
+        if committing is not None:
+            done, committing = committing, None
+            await done
+    finally:
+        if committing is not None:  # a failure decoding or adding the next batch: the write still ends
+            with contextlib.suppress(Exception):
+                await committing
+    await _commit_digest(steps, _digest_write(builder.finish(), builder))
     await store.consume_initial(upto)
 
 
-async def _write_digest(steps: Steps, notes: list[Notification], builder: DigestBuilder) -> None:
+def _digest_write(notes: list[Notification], builder: DigestBuilder) -> RoutingWrite | None:
+    """What a digest's batch writes: its finished parts, and what the builder recorded since the
+    last write (silenced events, receivers told)."""
     silenced, builder.silenced = builder.silenced, []
     told, builder.told = builder.told, []
-    if notes or silenced or told:
-        write = RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told, events_stored=True)
+    if not (notes or silenced or told):
+        return None
+    return RoutingWrite(consumed=(), notifications=notes, silenced=silenced, told=told, events_stored=True)
+
+
+async def _commit_digest(steps: Steps, write: RoutingWrite | None) -> None:
+    if write is not None:
         await steps.store.commit_routing(write)
         _count_notifications(steps, write)
 

@@ -192,7 +192,7 @@ def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
 async def test_a_digest_read_in_batches_carries_the_whole_summary_and_is_rebuilt_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cycle, "ROUTE_BATCH", 4)  # the backlog is read 4 events at a time
+    monkeypatch.setattr(cycle, "DIGEST_BATCH", 4)  # the backlog is read 4 events at a time
     p = Portfolio(40, action_rate=0.0, seed=6)
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:13]
     for m in meters:

@@ -1,6 +1,7 @@
 """Routing a backlog batch by batch, each batch's write committing while the next one is decoded
 and planned: the same groups, members, "told" rows and consumed events as routing it in one
-batch, on both backends; a write that fails stops the batches after it."""
+batch, on both backends; a write that fails stops the batches after it. The same for an
+initial sync's digest, whose batches are decoded and added while the one before is written."""
 
 from __future__ import annotations
 
@@ -131,3 +132,74 @@ async def test_a_failed_write_stops_the_batches_after_it(
         assert await store.pending_events(100) == []
         [group] = [g for g in await store.load_groups() if g.receiver == "ops"]
         assert group.pending == tuple(e.id for e in evs)
+
+
+DIGEST_RULES = """\
+receivers:
+  - {name: ops, webhook: {url: "http://127.0.0.1:9/ops", max_events: 3}}
+  - {name: crm, webhook: {url: "http://127.0.0.1:9/crm"}}
+rules:
+  - {name: by-type, group_by: [action_type], receivers: [ops], continue: true}
+  - {name: by-meter, group_by: [meter_id], receivers: [crm]}
+"""
+
+
+def initial_backlog() -> list[Event]:
+    """An initial sync's backlog, deadlines out of arrival order (a digest lists the nearest first)."""
+    return [event(obligation(f"m{i}", deadline=T0 + timedelta(days=(i * 5) % 7)), initial=True) for i in range(9)]
+
+
+async def digested(store: Store, evs: list[Event]) -> dict[str, Any]:
+    """What digesting `evs` (routing them with `initial_sync: digest`) leaves in the store."""
+    rs = compile_rules([parse_yaml(DIGEST_RULES, "rules.yaml", env={})])
+    await cycle.route(steps(store), Router(rs), rs, "digest", NOW)
+    notes = [d.notification for d in await store.claim_deliveries(NOW, "w", 100, 30)]
+    return {
+        "notifications": sorted((n.id, n.receiver, n.part, tuple(e.id for e in n.events)) for n in notes),
+        "told": await store.notified_receivers(sorted({e.obligation.key_id for e in evs})),
+        "pending": await store.pending_events(100),
+    }
+
+
+async def digested_whole(backend: str, tmp_path: Path, evs: list[Event]) -> dict[str, Any]:
+    """`digested` on a store of its own, the backlog read in one batch."""
+    (tmp_path / "whole").mkdir()
+    async with store_for(backend, tmp_path / "whole") as store:
+        await store.commit_page([e.obligation for e in evs], evs)
+        return await digested(store, evs)
+
+
+async def test_a_digest_batch_by_batch_is_the_digest_of_one_batch(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evs = initial_backlog()
+    whole = await digested_whole(backend, tmp_path, evs)
+    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    (tmp_path / "batches").mkdir()
+    async with store_for(backend, tmp_path / "batches") as store:
+        await store.commit_page([e.obligation for e in evs], evs)
+        batches = await digested(store, evs)
+    assert batches == whole
+    assert whole["pending"] == []
+    assert whole["told"] == {e.obligation.key_id: {"ops", "crm"} for e in evs}
+    ops = [(part, ids) for _, receiver, part, ids in whole["notifications"] if receiver == "ops"]
+    assert [part for part, _ in sorted(ops)] == [(1, 3), (2, 3), (3, 3)]  # 9 events, 3 a part
+    by_urgency = sorted(evs, key=lambda e: (e.obligation.deadline, e.obligation.meter_id))
+    assert [i for _, ids in sorted(ops) for i in ids] == [e.id for e in by_urgency]
+
+
+async def test_a_failed_digest_write_stops_the_batches_after_it_and_the_next_run_writes_the_same(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evs = initial_backlog()
+    whole = await digested_whole(backend, tmp_path, evs)
+    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    (tmp_path / "failed").mkdir()
+    async with store_for(backend, tmp_path / "failed") as store:
+        await store.commit_page([e.obligation for e in evs], evs)
+        failing = FailingSecondWrite(store)
+        with pytest.raises(StoreError, match="fenced"):
+            await digested(failing, evs)
+        assert failing.writes == 2  # the third batch was read and added, never written
+        assert len(await store.pending_events(100)) == len(evs)  # nothing consumed
+        assert await digested(store, evs) == whole  # the next run: the same parts, then consumed

@@ -164,14 +164,11 @@ class ObligationStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class PendingBatch:
-    """Events waiting for routing as the store holds them: routing reads the next batch before
-    the previous one's write commits, and decodes it (`events`) while that write runs."""
+class StoredEvents:
+    """Events as the store holds them, read but not yet decoded (`events`): routing and a digest
+    read the next batch before the previous batch's write commits, and decode it while that
+    write runs."""
 
-    last: int
-    """The sequence number of the last event (`after`, when there is none)."""
-    resolved: Sequence[str]
-    """The obligation key ids of its `resolved` events (whom they go to is read before decoding)."""
     payloads: Sequence[object]
     decode: Callable[[Any], Event]
 
@@ -181,6 +178,16 @@ class PendingBatch:
     def events(self) -> list[Event]:
         decode = self.decode
         return [decode(p) for p in self.payloads]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch(StoredEvents):
+    """Events waiting for routing (`RoutingStore.pending_after`)."""
+
+    last: int
+    """The sequence number of the last event (`after`, when there is none)."""
+    resolved: Sequence[str]
+    """The obligation key ids of its `resolved` events (whom they go to is read before decoding)."""
 
 
 class RoutingStore(Protocol):
@@ -209,6 +216,9 @@ class RoutingStore(Protocol):
         """Fenced: carries out a `consume_initial` a stopped process left unfinished (if any)."""
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]: ...
+
+    async def read_events(self, ids: Sequence[str]) -> StoredEvents:
+        """`load_events`, read but not decoded."""
 
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         """What a group flush needs of these events (those stored, in the order given), without

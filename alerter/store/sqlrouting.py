@@ -9,7 +9,7 @@ from datetime import datetime
 
 from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite
 from alerter.store import base, rows
-from alerter.store.base import META_CONSUMING, PendingBatch, RoutingStore
+from alerter.store.base import META_CONSUMING, PendingBatch, RoutingStore, StoredEvents
 from alerter.store.rows import Row
 from alerter.store.sqlobligations import META_UPSERT
 from alerter.store.sqltx import SqlHooks, Tx
@@ -101,12 +101,15 @@ class RoutingSql(SqlHooks, RoutingStore):
                     return
 
     async def load_events(self, ids: Sequence[str]) -> list[Event]:
-        if not ids:
-            return []
-        async with self._read() as tx:
-            found = await tx.fetch(f"SELECT id, payload FROM events WHERE id {self._in(1)}", self._ids(ids))
+        return (await self.read_events(ids)).events()
+
+    async def read_events(self, ids: Sequence[str]) -> StoredEvents:
+        found: Sequence[Row] = ()
+        if ids:
+            async with self._read() as tx:
+                found = await tx.fetch(f"SELECT id, payload FROM events WHERE id {self._in(1)}", self._ids(ids))
         by_id = {r["id"]: r["payload"] for r in found}
-        return [rows.event_from_payload(by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
+        return StoredEvents([by_id[i] for i in dict.fromkeys(ids) if i in by_id], rows.event_from_payload)
 
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         if not ids:
