@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -144,27 +144,18 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
         upto = batch[-1][0]
         batch = await store.initial_events(upto, DIGEST_BATCH)
     order = await store.initial_by_urgency(upto)
-    # Batch by batch, in order; each batch is read before the write of the one before it starts,
-    # and decoded and added while that write commits (the store's thread writes while the main
-    # thread decodes). A failed write stops the batches after it.
-    committing: asyncio.Future[None] | None = None
-    try:
+    # Batch by batch, in order: each batch is decoded and added while the write of the one before
+    # it commits (`_WriteBehind`). A failed write stops the batches after it.
+    carried: RoutingWrite | None = None
+    async with _WriteBehind() as writing:
         for i in range(0, len(order), DIGEST_BATCH):
             stored = await store.read_events(order[i : i + DIGEST_BATCH])
-            if committing is not None:
-                await asyncio.sleep(0)  # it reaches the store's writer before this decodes
+            if carried is not None:
+                await writing.start(_commit_digest(steps, carried))
             notes = builder.add(stored.events())
-            if committing is not None:
-                done, committing = committing, None
-                await done
-            committing = asyncio.ensure_future(_commit_digest(steps, _digest_write(notes, builder)))
-        if committing is not None:
-            done, committing = committing, None
-            await done
-    finally:
-        if committing is not None:  # a failure decoding or adding the next batch: the write still ends
-            with contextlib.suppress(Exception):
-                await committing
+            await writing.settle()
+            carried = _digest_write(notes, builder)
+    await _commit_digest(steps, carried)
     await _commit_digest(steps, _digest_write(builder.finish(), builder))
     await store.consume_initial(upto)
 
@@ -222,9 +213,8 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
     store = steps.store
     heads = {g.key: g for g in await store.group_heads()}
     batch = await store.pending_after(0, ROUTE_BATCH)
-    committing: asyncio.Future[None] | None = None
     carried: RoutingWrite | None = None
-    try:
+    async with _WriteBehind() as writing:
         while len(batch):
             notified = await store.notified_receivers(batch.resolved) if batch.resolved else {}
             silences = _applicable(steps, await store.list_silences(now))
@@ -233,8 +223,7 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
                 for key_id, receiver in carried.told:
                     if key_id in resolved:
                         notified.setdefault(key_id, set()).add(receiver)
-                committing = asyncio.ensure_future(_commit(steps, carried))
-                await asyncio.sleep(0)  # it reaches the store's writer before this decodes
+                await writing.start(_commit(steps, carried))
             events = batch.events()
             quiet: list[str] = []
             if initial_sync == "notify":
@@ -246,9 +235,7 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
             if quiet:
                 write = dataclasses.replace(write, consumed=[*quiet, *write.consumed])
             heads.update((g.key, g) for g in write.groups)  # waiting: each has members appended
-            if committing is not None:
-                done, committing = committing, None
-                await done
+            await writing.settle()
             last = len(batch) < ROUTE_BATCH
             if write.notifications or last:
                 await _commit(steps, write)
@@ -260,10 +247,37 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
             batch = await store.pending_after(batch.last, ROUTE_BATCH)
         if carried is not None:
             await _commit(steps, carried)
-    finally:
-        if committing is not None:  # a failure planning the next batch: the write still ends
+
+
+class _WriteBehind:
+    """At most one store write in flight while the main thread decodes and plans the next batch:
+    `start` returns once the write has reached the store's thread (the work after it runs no
+    await, so a write started but not yet sent would wait for it), `settle` waits for the write
+    and raises its failure. Leaving the block on a failure of the work beside it, a write still
+    in flight ends first, its own failure not raised over the one leaving."""
+
+    def __init__(self) -> None:
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def start(self, write: Coroutine[Any, Any, None]) -> None:
+        assert self._inflight is None, "one write at a time"
+        self._inflight = asyncio.ensure_future(write)
+        await asyncio.sleep(0)
+
+    async def settle(self) -> None:
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            await done
+
+    async def __aenter__(self) -> _WriteBehind:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            await self.settle()
+        elif self._inflight is not None:
             with contextlib.suppress(Exception):
-                await committing
+                await self._inflight
 
 
 async def _commit(steps: Steps, write: RoutingWrite) -> None:

@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from alerter.rulefile import RuleSet
 from alerter.store import open_store
 from alerter.store.base import Store
 from alerter.web import Health, make_app, start_server
+from bench.pgstate import pg_schema
 
 RESULTS = Path(__file__).resolve().parent / "results" / "console.json"
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
@@ -198,15 +198,8 @@ async def run(n: int) -> dict[str, Any]:
         backends["sqlite"] = await measure(f"sqlite:///{tmp}/state.db", rows)
     pg = os.environ.get("ALERTER_TEST_POSTGRES_URL")
     if pg:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        try:
-            backends["postgres"] = await measure(f"{pg}?schema={schema}", rows)
-        finally:
-            import asyncpg
-
-            conn = await asyncpg.connect(pg)
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            await conn.close()
+        async with pg_schema(pg, "bench") as state:
+            backends["postgres"] = await measure(state, rows)
     worst = max(r["median_ms"] for b in backends.values() for r in b["requests"].values())
     return {
         "obligations": n,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
-import contextlib
 import json
 import os
 import sqlite3
@@ -27,8 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from aiohttp import web
 import alerter
 from bench.bench_cycle import child
 from bench.bench_source import API_KEY, Simulator
+from bench.pgstate import pg_schema
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cost.json"
 
@@ -122,7 +120,11 @@ async def one(meters: int, rate: float, mode: str, fetch_too: bool = False, post
     """One run; with `postgres` (a server's URL), the state is kept there, in a fresh schema."""
     compiled()
     with tempfile.TemporaryDirectory(prefix="alerter-bench-") as tmp:
-        async with Simulator(meters, action_rate=rate) as sim, Collector() as hook, pg_schema(postgres) as state:
+        async with (
+            Simulator(meters, action_rate=rate) as sim,
+            Collector() as hook,
+            pg_schema(postgres, "bench_cost") as state,
+        ):
             config = write_config(Path(tmp), sim.url, hook.url, mode, state)
             out: dict[str, Any] = {"meters": meters, "action_rate": rate, "mode": mode}
             out["store"] = "postgres" if state else "sqlite"
@@ -135,23 +137,6 @@ async def one(meters: int, rate: float, mode: str, fetch_too: bool = False, post
                 out["records_per_s"] = round(meters / out["seconds"])
                 out["ratio_to_fetch"] = round(out["records_per_s"] / out["fetch"]["records_per_s"], 2)
             return out
-
-
-@contextlib.asynccontextmanager
-async def pg_schema(server: str) -> AsyncIterator[str]:
-    """A state URL in a fresh schema of `server`, dropped afterwards ("" without a server)."""
-    if not server:
-        yield ""
-        return
-    schema = f"bench_cost_{uuid.uuid4().hex[:8]}"
-    try:
-        yield f"{server}?schema={schema}"
-    finally:
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def pg_size(state: str) -> dict[str, Any]:

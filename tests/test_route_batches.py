@@ -5,6 +5,8 @@ initial sync's digest, whose batches are decoded and added while the one before 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -161,23 +163,24 @@ async def digested(store: Store, evs: list[Event]) -> dict[str, Any]:
     }
 
 
-async def digested_whole(backend: str, tmp_path: Path, evs: list[Event]) -> dict[str, Any]:
-    """`digested` on a store of its own, the backlog read in one batch."""
-    (tmp_path / "whole").mkdir()
-    async with store_for(backend, tmp_path / "whole") as store:
+@asynccontextmanager
+async def with_backlog(backend: str, directory: Path, evs: list[Event]) -> AsyncIterator[Store]:
+    """A store of its own in `directory` (made by the test) holding the backlog `evs` and their obligations."""
+    async with store_for(backend, directory) as store:
         await store.commit_page([e.obligation for e in evs], evs)
-        return await digested(store, evs)
+        yield store
 
 
 async def test_a_digest_batch_by_batch_is_the_digest_of_one_batch(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evs = initial_backlog()
-    whole = await digested_whole(backend, tmp_path, evs)
-    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    (tmp_path / "whole").mkdir()
     (tmp_path / "batches").mkdir()
-    async with store_for(backend, tmp_path / "batches") as store:
-        await store.commit_page([e.obligation for e in evs], evs)
+    async with with_backlog(backend, tmp_path / "whole", evs) as store:
+        whole = await digested(store, evs)
+    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    async with with_backlog(backend, tmp_path / "batches", evs) as store:
         batches = await digested(store, evs)
     assert batches == whole
     assert whole["pending"] == []
@@ -192,11 +195,12 @@ async def test_a_failed_digest_write_stops_the_batches_after_it_and_the_next_run
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evs = initial_backlog()
-    whole = await digested_whole(backend, tmp_path, evs)
-    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    (tmp_path / "whole").mkdir()
     (tmp_path / "failed").mkdir()
-    async with store_for(backend, tmp_path / "failed") as store:
-        await store.commit_page([e.obligation for e in evs], evs)
+    async with with_backlog(backend, tmp_path / "whole", evs) as store:
+        whole = await digested(store, evs)
+    monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
+    async with with_backlog(backend, tmp_path / "failed", evs) as store:
         failing = FailingSecondWrite(store)
         with pytest.raises(StoreError, match="fenced"):
             await digested(failing, evs)
