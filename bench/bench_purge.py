@@ -110,7 +110,7 @@ def correlated(built: Path, copy: Path) -> float:
     with sqlite3.connect(copy) as raw:
         started = time.perf_counter()
         sql = _sqlite_sql(f"SELECT COUNT(*) FROM events WHERE {retention._OLD_EVENTS}")
-        raw.execute(sql, (rows.iso(T0 + timedelta(days=200)),)).fetchone()
+        raw.execute(sql, (rows.instant(T0 + timedelta(days=200)),)).fetchone()
         return round(time.perf_counter() - started, 1)
 
 

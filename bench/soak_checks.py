@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from alerter.models import key_id
+from alerter.store import rows
 from bench.soak_churn import Op
 from bench.soak_world import Receivers, Sample
 
@@ -49,8 +50,10 @@ RECEIVERS = ("slack", "email", "hook")
 def epoch(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return value.timestamp()
+    if isinstance(value, datetime | bytes):  # PostgreSQL's, or SQLite's 8 bytes (`rows.instant`)
+        at = rows.read_ts(value)
+        assert at is not None
+        return at.timestamp()
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 

@@ -14,13 +14,22 @@ import pytest
 from msgspec.structs import replace
 
 from alerter.errors import StoreError
-from alerter.models import Obligation, RoutingWrite
-from alerter.store import open_store, schema
+from alerter.models import Obligation, RoutingWrite, Silence
+from alerter.store import open_store, rows, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
 from alerter.store.sqlobligations import DUE_REMINDERS, OPEN_IN_KEY_ORDER
-from tests.support.stores import event, obligation, opened, sqlite_state_at
+from tests.support.stores import (
+    DEADLINE,
+    T0,
+    event,
+    notification,
+    obligation,
+    opened,
+    outbox,
+    sqlite_state_at,
+)
 
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
 CHILD = """
@@ -426,3 +435,65 @@ async def test_the_planner_has_statistics_after_an_initial_sync_and_at_every_ope
         raw.execute("DROP TABLE sqlite_stat1")  # a file whose statistics were never gathered
     async with opened(SqliteStore(f"sqlite:///{path}")):
         assert {"obligations_remind_at", "obligations_by_reference"} <= _statistics(path)
+
+
+async def test_migrating_packs_every_stored_instant_and_reads_each_back_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    due = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    early, late = obligation("m1", deadline=due), obligation("m2", deadline=DEADLINE)
+    gone = replace(obligation("m3"), status="resolved", resolution="cleared", resolved_at=T0, version=2)
+    silence = Silence(id="s1", matchers={"region": "CAISO"}, starts_at=T0, ends_at=DEADLINE, reason="r", created_at=T0)
+
+    async def state(store: SqliteStore) -> tuple[object, ...]:
+        return (
+            await store.load_obligations(["m1", "m2", "m3"]),
+            await store.reminder_candidates(T0),
+            await store.count_open(),
+            await store.pending_events(),
+            await store.dead_letters(),
+            await store.list_silences(T0),
+            await store.oldest_undelivered(),
+        )
+
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        assert isinstance(store, SqliteStore)
+        store.set_fence(1)
+        await store.commit_page([late, early, gone], [event(early), event(late, at=due)])
+        await outbox(store, notification("n1", [event(early)], at=due))
+        await store.add_silence(silence)
+        await store.start_instance("me", T0)
+        [claimed] = await store.claim_deliveries(DEADLINE, "me", 10, 60.0)
+        await store.mark_failed(claimed.notification.id, "ops", "boom", None, T0)
+        before = await state(store)
+    with sqlite3.connect(path) as db:  # as the version before wrote them: ISO text
+        db.create_function("iso", 1, lambda b: rows.iso(rows.read_ts(b)))
+        for table, columns in schema.INSTANT_COLUMNS.items():
+            db.execute(f"UPDATE {table} SET " + ", ".join(f"{c} = iso({c})" for c in columns))
+        db.execute("DELETE FROM schema_version WHERE version = ?", (len(schema.MIGRATIONS),))
+        assert db.execute("SELECT typeof(deadline) FROM obligations").fetchall() == [("text",)] * 3
+    db.close()
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        assert isinstance(store, SqliteStore)
+        assert await state(store) == before
+    with sqlite3.connect(path) as db:
+        kinds = {
+            (table, c): {k for (k,) in db.execute(f"SELECT DISTINCT typeof({c}) FROM {table} WHERE {c} IS NOT NULL")}
+            for table, columns in schema.INSTANT_COLUMNS.items()
+            for c in columns
+        }
+        assert all(k == {"blob"} for k in kinds.values() if k)
+        kept = {
+            ("obligations", "deadline"),
+            ("obligations", "resolved_at"),
+            ("obligations", "remind_at"),
+            ("events", "occurred_at"),
+            ("notifications", "created_at"),
+            ("deliveries", "updated_at"),
+            ("silences", "ends_at"),
+            ("instances", "last_seen"),
+        }
+        assert kept <= {k for k, v in kinds.items() if v}
+        assert db.execute("SELECT length(deadline) FROM obligations").fetchall() == [(8,)] * 3
+        in_order = db.execute("SELECT meter_id FROM obligations ORDER BY deadline, meter_id").fetchall()
+        assert in_order == [("m1",), ("m2",), ("m3",)]
+    db.close()

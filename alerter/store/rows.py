@@ -15,7 +15,7 @@ from alerter.store.base import Delivery
 from alerter.store.packing import unpack
 
 TsParam = Callable[[datetime | None], Any]
-"""How a backend binds a datetime: ISO text on SQLite, the aware datetime on PostgreSQL."""
+"""How a backend binds a datetime: 8 bytes on SQLite (`instant`), the aware datetime on PostgreSQL."""
 
 
 class Row(Protocol):
@@ -47,7 +47,8 @@ def utc(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    """Fixed-width ISO text, so that SQLite compares instants as strings.
+    """Fixed-width ISO text, as SQLite kept instants before the schema's `_PACKED_TIMES` (and
+    as its migration reads them).
 
     Remembered by value for the last few thousand instants: the rows of one write share a few
     (the cycle's `now` is an obligation's opened_at, first_seen and last_seen; deadlines repeat)."""
@@ -63,6 +64,32 @@ def _iso_text(dt: datetime) -> str:
 _ZERO = timedelta(0)
 
 
+def instant(dt: datetime | None) -> bytes | None:
+    """An instant as SQLite keeps it: its microseconds since the epoch, offset by 2**63, as 8
+    big-endian bytes, so that SQLite compares instants as it compares blobs, byte by byte (9
+    bytes stored where ISO text took 33, in each row and each index that holds the instant).
+
+    Remembered by value for the last few thousand instants, as `iso` does."""
+    return None if dt is None else _instant(dt)
+
+
+@lru_cache(maxsize=4096)
+def _instant(dt: datetime) -> bytes:
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt.isoformat()} given to the state store")
+    d = dt - _EPOCH
+    return ((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds + _OFFSET).to_bytes(8, "big")
+
+
+def instant_of(value: str | bytes | None) -> bytes | None:
+    """A stored instant in `instant`'s form, whichever form it was kept in (ISO text before)."""
+    return None if value is None or isinstance(value, bytes) else _instant(datetime.fromisoformat(value))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OFFSET = 1 << 63
+
+
 def aware(dt: datetime | None) -> datetime | None:
     return None if dt is None else utc(dt)
 
@@ -70,6 +97,8 @@ def aware(dt: datetime | None) -> datetime | None:
 def read_ts(value: Any) -> datetime | None:
     if value is None:
         return None
+    if isinstance(value, bytes):
+        return _EPOCH + timedelta(microseconds=int.from_bytes(value, "big") - _OFFSET)
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)

@@ -61,6 +61,27 @@ DROP TABLE group_members;
 ALTER TABLE group_members_by_group RENAME TO group_members
 """
 
+INSTANT_COLUMNS = {
+    "leader": ("acquired_at",),
+    "obligations": ("deadline", "opened_at", "first_seen", "last_seen", "resolved_at", "remind_at"),
+    "events": ("occurred_at",),
+    "groups": ("flush_at", "last_flush_at"),
+    "notifications": ("created_at",),
+    "deliveries": ("next_attempt_at", "sent_at", "lease_until", "updated_at"),
+    "silences": ("starts_at", "ends_at", "created_at"),
+    "receivers_state": ("at",),
+    "instances": ("started_at", "last_seen"),
+    "console_audit": ("at",),
+    "console_sessions": ("created_at", "expires_at"),
+    "webhook_inbox": ("received_at", "next_attempt_at", "processed_at"),
+}
+"""Every column that holds an instant, by table."""
+
+_SQLITE_PACKED_TIMES = ";\n".join(
+    f"UPDATE {table} SET " + ", ".join(f"{c} = alerter_instant({c})" for c in columns)
+    for table, columns in INSTANT_COLUMNS.items()
+)
+
 _TYPES: dict[Dialect, dict[str, str]] = {
     "sqlite": {
         "key": "TEXT",
@@ -81,6 +102,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "meter_columns": _SQLITE_METER_COLUMNS,
         "links_without_rowid": _SQLITE_LINKS_WITHOUT_ROWID,
         "members_by_group": _SQLITE_MEMBERS_BY_GROUP,
+        "packed_times": _SQLITE_PACKED_TIMES,
         # an obligation's meter's tags as a JSON array (a function the store's connection defines)
         "meter_tags": "alerter_tags(meter)",
     },
@@ -101,6 +123,7 @@ _TYPES: dict[Dialect, dict[str, str]] = {
         "meter_columns": "",
         "links_without_rowid": "",
         "members_by_group": "",
+        "packed_times": "",
         "meter_tags": "(meter->'tags')",
     },
 }
@@ -366,6 +389,14 @@ _MEMBERS_BY_GROUP = """
 member is kept in two B-trees rather than three (its row, its key, its group's order), and
 its arrival number is the store's own (`SqliteStore._append_members`). PostgreSQL's stay."""
 
+_PACKED_TIMES = """
+{packed_times}
+"""
+"""On SQLite, an instant is 8 bytes that compare as the instants do (`rows.instant`) instead of
+33 bytes of ISO text: ~230 B less per open obligation, in its row and the four indexes that
+hold its deadline or next look. Every stored instant is rewritten once, in place (the columns'
+declared type stays: SQLite keeps a blob as it is given). PostgreSQL's are `TIMESTAMPTZ`."""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -379,6 +410,7 @@ MIGRATIONS: tuple[str, ...] = (
     _METER_COLUMNS,
     _LINKS_WITHOUT_ROWID,
     _MEMBERS_BY_GROUP,
+    _PACKED_TIMES,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 

@@ -156,7 +156,11 @@ def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple
 def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]:
     """An obligation's row (`_OBLIGATION_COLUMNS`)."""
     m = o.meter
-    return (*rows.obligation_params(o, rows.iso, remind_at, rows.meter_row), m.partner_reference, m.transmission_region)
+    return (
+        *rows.obligation_params(o, rows.instant, remind_at, rows.meter_row),
+        m.partner_reference,
+        m.transmission_region,
+    )
 
 
 def _commit_page(
@@ -285,6 +289,7 @@ class SqliteStore(SqlStore, Store):
             for pragma in _PRAGMAS:
                 await self._conn.execute(pragma)
             await self._conn.create_function("alerter_tags", 1, _meter_tags, deterministic=True)
+            await self._conn.create_function("alerter_instant", 1, rows.instant_of, deterministic=True)
             page_size = int(await self._tx.fetchval("PRAGMA page_size"))
             await self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
             await self._build_deferred()  # an initial sync stopped before it built them
@@ -486,13 +491,13 @@ class SqliteStore(SqlStore, Store):
         count: int = await self._in_one_hop(
             _commit_page,
             [obligation_row(o, at) for o, at in zip(obligations, looks, strict=True)],
-            [rows.event_params(e, rows.iso, bytes) for e in events],  # `_payload`, in _commit_page
+            [rows.event_params(e, rows.instant, bytes) for e in events],  # `_payload`, in _commit_page
             meta,
         )
         return count
 
     def _ts(self, dt: datetime | None) -> Any:
-        return rows.iso(dt)
+        return rows.instant(dt)
 
     async def _append_members(self, tx: Tx, members: Sequence[tuple[str, str]], refs: Mapping[str, EventRef]) -> None:
         """Members numbered by this store: their table is clustered on (group key, seq), so a
