@@ -9,31 +9,67 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import zstandard
 from msgspec.structs import replace
 
 from alerter.console.core import parse_obligation_query
-from alerter.models import Meter
+from alerter.models import Event, Meter
 from alerter.store import packing, rows, schema
 from alerter.store.console import ConsoleStore
 from alerter.store.sqlite import SqliteStore
-from tests.support.stores import T0, obligation, opened, sqlite_state_at
-from tests.test_rules import make_event
+from tests.support.stores import T0, notification, obligation, opened, outbox, sqlite_state_at
+from tests.test_rules import NOW, make_event
 
 
-def test_format_1s_dictionary_never_changes() -> None:
-    # packed payloads in every state file are read with it: a new dictionary is a new format
+def test_the_formats_dictionaries_never_change() -> None:
+    # packed payloads in every state file are read with them: a new dictionary is a new format
     assert hashlib.sha256(packing.DICTIONARY_1).hexdigest() == (
         "ac8cc2c40f973c8431825232fc6e50dc427489e4f48655790ffd5094237811f1"
     )
+    assert hashlib.sha256(packing.DICTIONARY_2).hexdigest() == (
+        "c0a6ac6ab177d9f9441fe57d6cf9baf694c021a19b849109acba9b34b6f8d46b"
+    )
 
 
-def test_a_payload_packs_into_a_third_and_unpacks_to_the_same_json() -> None:
-    text = rows.encode(make_event(meter_id="M-1")).encode()
-    packed = packing.pack(text)
-    assert packed[0] == packing.FORMAT_1
-    assert len(packed) * 2 < len(text)
-    assert packing.unpack(packed) == text
-    assert packing.unpack(text.decode()) == text.decode()  # JSON text is read as it is
+def _row(e: Event, payload: bytes | str) -> dict[str, object]:
+    """An event's row as the store reads it (`rows.EVENT_READ`)."""
+    return dict(zip(("id", "meter_id", "key_id", "occurred_at"), rows.event_refs(e), strict=True)) | {
+        "payload": payload
+    }
+
+
+def _format_1(text: bytes) -> bytes:
+    """A payload as a version before format 2 packed it."""
+    dictionary = zstandard.ZstdCompressionDict(packing.DICTIONARY_1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    compressor = zstandard.ZstdCompressor(dict_data=dictionary, level=-1, write_checksum=False, write_dict_id=False)
+    return bytes([packing.FORMAT_1]) + compressor.compress(text)
+
+
+def test_a_payload_packs_into_a_fifth_without_its_rows_values_and_unpacks_to_the_same_json() -> None:
+    e = make_event(meter_id="0f8e2d9c-3b4a-4c5d-8e6f-7a8b9c0d1e2f", partner_reference="site-0000001")
+    text = rows.encode(e).encode()
+    packed = packing.pack(text, rows.event_refs(e))
+    assert packed[0] == packing.FORMAT_2
+    assert len(packed) * 5 < len(text)
+    assert all(v.encode() not in packed for v in rows.event_refs(e)[:3])  # the row holds them
+    assert packing.unpack(packed, lambda: rows.event_refs(e)) == text
+    assert rows.event_from_row(_row(e, packed)) == e
+    assert rows.event_from_row(_row(e, _format_1(text))) == e  # as a version before packed it
+    assert rows.event_from_row(_row(e, text.decode())) == e  # JSON text is read as it is
+
+
+@pytest.mark.parametrize(
+    "meter_id",
+    ['M "1"', "M\\1", "Mètre-1", "M-1\n", "site-0000001", "tag", "IS_AUTHORIZED", "2026-11-28T10:00:00Z"],
+)
+def test_values_cut_out_of_a_payload_come_back_wherever_they_stood(meter_id: str) -> None:
+    # the meter's id also as a tag, a reference and a description; its event id in a detail;
+    # values JSON escapes, and values equal to other fields' text, or to when the event occurred
+    e = make_event(meter_id=meter_id, partner_reference=meter_id, tags=(meter_id, "tag"), occurred_at=NOW)
+    e = replace(e, detail=e.id, obligation=replace(e.obligation, action_description=f'"{meter_id}"'))
+    text = rows.encode(e).encode()
+    assert rows.event_from_row(_row(e, packing.pack(text, rows.event_refs(e)))) == e
+    assert packing.unpack(packing.pack(text, rows.event_refs(e)), lambda: rows.event_refs(e)) == text
 
 
 @pytest.mark.parametrize("batches", [True, False])
@@ -41,36 +77,50 @@ def test_a_batch_packs_each_payload_as_it_would_pack_alone(monkeypatch: pytest.M
     # a page's events are packed in one call (or one by one, where zstandard cannot batch);
     # each stays readable on its own, in its place
     monkeypatch.setattr(packing, "_BATCHES", batches and packing._BATCHES)
-    texts = [rows.encode(make_event(meter_id=f"M-{i}")).encode() for i in range(5)]
-    assert packing.pack_all(texts) == [packing.pack(t) for t in texts]
-    assert [packing.unpack(p) for p in packing.pack_all(texts)] == texts
-    assert packing.pack_all(texts[:1]) == [packing.pack(texts[0])]
+    events = [make_event(meter_id=f"M-{i}") for i in range(5)]
+    texts, refs = [rows.encode(e).encode() for e in events], [rows.event_refs(e) for e in events]
+    cut = [packing.cut(t, r) for t, r in zip(texts, refs, strict=True)]
+    assert packing.pack_all(cut) == [packing.pack(t, r) for t, r in zip(texts, refs, strict=True)]
+    assert [rows.event_from_row(_row(e, p)) for e, p in zip(events, packing.pack_all(cut), strict=True)] == events
+    assert packing.pack_all(cut[:1]) == [packing.pack(texts[0], refs[0])]
     assert packing.pack_all([]) == []
 
 
-@pytest.mark.parametrize("stored", [b"\x02abc", b"\x01not zstd", b"\x00"])
+@pytest.mark.parametrize("stored", [b"\x03abc", b"\x02not zstd", b"\x01not zstd", b"\x00"])
 def test_a_damaged_or_unknown_payload_is_a_value_error(stored: bytes) -> None:
     with pytest.raises(ValueError, match="stored payload"):
-        rows.event_from_payload(stored)
+        rows.event_from_row(_row(make_event(), stored))
 
 
 async def test_sqlite_stores_events_packed_and_reads_older_json_text_rows(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with opened(SqliteStore(f"sqlite:///{path}")) as store:
         store.set_fence(1)
-        new, old = make_event(meter_id="M-1"), make_event(meter_id="M-2")
-        await store.commit_page([new.obligation, old.obligation], [new, old])
+        new, old, older = (
+            make_event(meter_id="M-1"),
+            make_event(meter_id="M-2"),
+            make_event(meter_id="M-3", initial=True),
+        )
+        await store.commit_page([new.obligation, old.obligation, older.obligation], [new, old, older])
         with sqlite3.connect(path) as raw:
-            # M-2's event as a version before packing wrote it
+            # M-2's event as a version before packing wrote it, M-3's as one before format 2
             raw.execute("UPDATE events SET payload = ? WHERE id = ?", (rows.encode(old), old.id))
+            raw.execute(
+                "UPDATE events SET payload = ? WHERE id = ?", (_format_1(rows.encode(older).encode()), older.id)
+            )
             kinds = dict(raw.execute("SELECT id, typeof(payload) FROM events").fetchall())
             size = raw.execute("SELECT length(payload) FROM events WHERE id = ?", (new.id,)).fetchone()[0]
-        assert kinds == {new.id: "blob", old.id: "text"}
-        assert size * 2 < len(rows.encode(new))
-        assert await store.load_events([new.id, old.id]) == [new, old]
+        assert kinds == {new.id: "blob", old.id: "text", older.id: "blob"}
+        assert size * 5 < len(rows.encode(new))
+        assert await store.load_events([new.id, old.id, older.id]) == [new, old, older]
         assert [h.event for h in await store.history("M-1")] == [new]
         assert [h.event for h in await store.history("M-2")] == [old]
-        assert await store.pending_events() == [new, old]
+        assert [h.event for h in await store.history("M-3")] == [older]
+        assert await store.pending_events() == [new, old, older]
+        assert [e for _, e in await store.initial_events()] == [older]
+        await outbox(store, notification("n1", [older, new, old]))
+        [claimed] = await store.claim_deliveries(NOW, "me", 10, 60.0)
+        assert claimed.notification.events == (older, new, old)
 
 
 def _meter(i: int, region: str, tags: tuple[str, ...]) -> Meter:

@@ -16,7 +16,7 @@ from alerter.render.email import render_email
 from alerter.render.samples import check_templates, sample_notifications
 from alerter.render.slack import render_slack
 from alerter.render.webhook import webhook_body
-from alerter.store import rows
+from alerter.store import packing, rows
 from tests.support.notifications import T0, event, notification
 
 DAY = timedelta(days=1)
@@ -186,7 +186,10 @@ def test_mixed_group_titles_count_what_they_hold(kinds: list[Any], title: str) -
 @pytest.mark.parametrize("old", [T0 - 7 * DAY, "2026-11-21T10:00:00+00:00", "2026-11-21T10:00:00Z"])
 def test_a_change_reads_old_to_new_in_every_form_it_is_kept(old: Any) -> None:
     changed = event(1, "changed", previous={"deadline": old, "action_description": "Old text"})
-    for e in (changed, rows.event_from_payload(rows.encode(changed))):  # fresh, and as stored
+    text, refs = rows.encode(changed), rows.event_refs(changed)
+    row = dict(zip(("id", "meter_id", "key_id", "occurred_at"), refs, strict=True))
+    stored = [rows.event_from_row(row | {"payload": p}) for p in (text, packing.pack(text.encode(), refs))]
+    for e in (changed, *stored):  # fresh, and as each backend stores it
         assert templates.changes(e) == [
             "deadline 2026-11-21 10:00 UTC → 2026-12-01 10:00 UTC",
             "description “Old text” → “Customer must re-authorize”",

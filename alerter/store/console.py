@@ -147,7 +147,8 @@ class ConsoleStore(ConsoleLedger):
 
     async def _history(self, tx: Any, meter_id: str) -> list[dict[str, Any]]:
         events = await tx.fetch(
-            "SELECT id, kind, occurred_at, routed, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id
+            f"SELECT kind, routed, {rows.EVENT_READ} FROM events WHERE meter_id = $1 ORDER BY seq",
+            meter_id,
         )
         notes = await tx.fetch(
             "SELECT l.event_id, n.id, n.rule, n.receiver, n.kind, n.created_at, d.status, d.attempts, d.last_error, "
@@ -204,7 +205,7 @@ class ConsoleStore(ConsoleLedger):
             )
         out: list[dict[str, Any]] = []
         for r in events:
-            ev = rows.event_from_payload(r["payload"])
+            ev = rows.event_from_row(r)
             o = ev.obligation
             base = {
                 "at": core.iso(ev.occurred_at),

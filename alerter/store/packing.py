@@ -1,22 +1,26 @@
 """Event payloads as the SQLite store keeps them: zstd-compressed against a fixed dictionary.
 
 An event's JSON copies its obligation and meter (about 1 KB); compressed against a dictionary
-of the same JSON's shape, it takes about a third as much. The dictionary is part of the file
-format: a packed payload starts with the number of the dictionary it was packed with, and a
-dictionary, once released, never changes (a new one takes the next number, and the old ones
-stay readable). A payload stored as JSON text (PostgreSQL's, or SQLite's before packing) is
-read as it is.
+of the same JSON's shape, it takes about a fifth as much once the values its row holds beside
+it (ids, when it occurred) are cut out. The dictionary is part of the file format: a packed
+payload starts with the number of the format it was packed in, and a format's dictionary, once
+released, never changes (a new one takes the next number, and the old ones stay readable). A
+payload stored as JSON text (PostgreSQL's, or SQLite's before packing) is read as it is.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
 
+import msgspec
 import zstandard
 
 FORMAT_1 = 1
-"""Packed with `DICTIONARY_1`."""
+"""Packed with `DICTIONARY_1` (read only: events are packed in format 2)."""
 
 DICTIONARY_1 = (
     # Leap's enumerations (action types, regions, classifications, meter and load types,
@@ -66,13 +70,50 @@ DICTIONARY_1 = (
 )
 """Format 1's dictionary. Never change it: packed payloads are read with it."""
 
-LEVEL = -1
-"""zstd's level (the reader does not need it): payloads of ~1 KB pack into ~310 B in ~3 µs
-and unpack in ~1 µs; level 1 packs them into ~270 B, but unpacks three times as slowly."""
+FORMAT_2 = 2
+"""Packed with `DICTIONARY_2`, the values the event's row holds beside its payload (`Refs`)
+cut out of its JSON: ids in hex and UUIDs are the JSON's least compressible bytes. An event
+that format 1 packs into ~310 B takes ~170 B (the events of a `notify` state of
+`bench.bench_cost`'s shape, 20,000 meters); restoring the values costs a read ~2 µs."""
 
-_DICTIONARY = zstandard.ZstdCompressionDict(DICTIONARY_1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+Refs = tuple[str, str, str, datetime]
+"""What an event's row holds beside its payload: its id, its meter's id, its obligation's key
+id, and when it occurred."""
+
+_MARKS = (b'"\x00e"', b'"\x00m"', b'"\x00k"', b'"\x00t"')
+"""Where a value of `Refs` stood in the JSON. A raw NUL byte never occurs in JSON (encoders
+escape it), so a mark stands only where a value was cut."""
+
+
+def _marked(dictionary: bytes) -> bytes:
+    for value, mark in zip(
+        (
+            b'"00000000000000000000000000000000"',
+            b'"00000000-0000-0000-0000-000000000000"',
+            b'"7e9b15be38a45105130b9caa"',
+        ),
+        _MARKS,
+        strict=False,
+    ):
+        dictionary = dictionary.replace(value, mark)
+    for key in (b"occurred_at", b"opened_at", b"first_seen", b"last_seen"):  # a deadline is its own
+        dictionary = dictionary.replace(b'"%s":"2026-01-01T00:00:00.000001Z"' % key, b'"%s":%s' % (key, _MARKS[3]))
+    return dictionary
+
+
+DICTIONARY_2 = _marked(DICTIONARY_1)
+"""Format 2's dictionary: format 1's, with the marks where its events hold those values. Never change it."""
+
+
+LEVEL = -1
+"""zstd's level (the reader does not need it): payloads of ~1 KB packed in format 1 into ~310 B
+in ~3 µs, unpacked in ~1 µs; level 1 packed them into ~270 B, but unpacked three times as slowly."""
+
+_DICTIONARY = zstandard.ZstdCompressionDict(DICTIONARY_2, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _DICTIONARY.precompute_compress(level=LEVEL)
-_PREFIX = bytes([FORMAT_1])
+_DICTIONARY_1 = zstandard.ZstdCompressionDict(DICTIONARY_1, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_PREFIX_1 = bytes([FORMAT_1])
+_PREFIX_2 = bytes([FORMAT_2])
 
 
 class _PerThread(threading.local):
@@ -84,6 +125,7 @@ class _PerThread(threading.local):
             dict_data=_DICTIONARY, write_checksum=False, write_content_size=True, write_dict_id=False
         )
         self.decompressor = zstandard.ZstdDecompressor(dict_data=_DICTIONARY)
+        self.decompressor_1 = zstandard.ZstdDecompressor(dict_data=_DICTIONARY_1)
 
 
 _LOCAL = _PerThread()
@@ -91,30 +133,74 @@ _BATCHES = "multi_compress_to_buffer" in zstandard.backend_features
 """Whether this build of zstandard packs a batch in one call (its bundled-libzstd C backend)."""
 
 
-def pack(text: bytes) -> bytes:
-    """A payload's JSON, packed (format 1)."""
-    return _PREFIX + _LOCAL.compressor.compress(text)
+def pack(text: bytes, refs: Refs) -> bytes:
+    """A payload's JSON, packed (format 2) with the values of its row (`refs`) cut out."""
+    return _PREFIX_2 + _LOCAL.compressor.compress(cut(text, refs))
 
 
 def pack_all(texts: Sequence[bytes]) -> list[bytes]:
-    """Payloads packed in one call, each as `pack` packs it. zstd runs without the GIL: one
-    call for a page's events hands the GIL over once, where a call each would wait for it
-    (up to the interpreter's switch interval) once per event whenever the main thread is busy."""
+    """Payloads already `cut`, packed in one call, each as `pack` packs it. zstd runs without
+    the GIL: one call for a page's events hands the GIL over once, where a call each would wait
+    for it (up to the interpreter's switch interval) once per event whenever the main thread is
+    busy; so the cutting, Python's work, is done before, where the JSON is encoded."""
     if not _BATCHES or not texts:  # without: zstandard built against a system libzstd, or CFFI
-        return [pack(t) for t in texts]
+        return [_PREFIX_2 + _LOCAL.compressor.compress(t) for t in texts]
     batch: list[bytes | bytearray | memoryview] = list(texts)
     packed = _LOCAL.compressor.multi_compress_to_buffer(batch)
-    return [_PREFIX + packed[i].tobytes() for i in range(len(packed))]
+    return [_PREFIX_2 + packed[i].tobytes() for i in range(len(packed))]
 
 
-def unpack(value: str | bytes) -> str | bytes:
-    """A stored payload's JSON: packed bytes unpacked, JSON text as it is. Raises ValueError
-    for bytes that are neither."""
+def unpack(value: str | bytes, refs: Callable[[], Refs]) -> str | bytes:
+    """A stored payload's JSON: packed bytes unpacked (format 2 with the values `refs` gives),
+    JSON text as it is. Raises ValueError for bytes that are neither."""
     if isinstance(value, str) or value[:1] == b"{":
         return value
-    if value[:1] != _PREFIX:
-        raise ValueError(f"stored payload in an unknown format ({value[:1]!r})")
     try:
-        return _LOCAL.decompressor.decompress(value[1:])
+        if value[:1] == _PREFIX_2:
+            return _restore(_LOCAL.decompressor.decompress(value[1:]), refs())
+        if value[:1] == _PREFIX_1:
+            return _LOCAL.decompressor_1.decompress(value[1:])
     except zstandard.ZstdError as err:
         raise ValueError(f"stored payload cannot be unpacked: {err}") from None
+    raise ValueError(f"stored payload in an unknown format ({value[:1]!r})")
+
+
+_PLAIN = re.compile(rb"[ !#-\[\]-~]+")
+"""Printable ASCII but a quote or a backslash: a value JSON holds as it is, between quotes."""
+_INSTANT = msgspec.json.Encoder()
+
+
+@lru_cache(maxsize=1024)
+def _instant_text(at: datetime) -> bytes:
+    """When an event occurred as its JSON holds it (the rows of a cycle share a few)."""
+    return _INSTANT.encode(at.astimezone(UTC))[1:-1]
+
+
+def _values(refs: Refs) -> tuple[bytes, bytes, bytes, bytes]:
+    event_id, meter_id, key_id, at = refs
+    return event_id.encode(), meter_id.encode(), key_id.encode(), _instant_text(at)
+
+
+def cut(text: bytes, refs: Refs) -> bytes:
+    """An event's JSON with the values its row holds (`refs`) replaced by marks (format 2)."""
+    for value, mark in zip(_values(refs), _MARKS, strict=True):
+        if _PLAIN.fullmatch(value):
+            text = text.replace(b'"%s"' % value, mark)
+    return text
+
+
+def _restore(text: bytes, refs: Refs) -> bytes:
+    """`text` with each mark back to its value: one pass, where a `replace` each would copy
+    the whole text four times."""
+    parts = text.split(b"\x00")
+    if len(parts) == 1:
+        return text
+    values = dict(zip(_LETTERS, _values(refs), strict=True))
+    out = [parts[0]]
+    for part in parts[1:]:
+        out += (values[part[0]], part[1:])
+    return b"".join(out)
+
+
+_LETTERS = tuple(mark[2] for mark in _MARKS)
+"""Each mark's letter, after its NUL byte."""

@@ -12,7 +12,7 @@ import orjson
 
 from alerter.models import Event, GroupState, Meter, Notification, Obligation, Silence
 from alerter.store.base import Delivery
-from alerter.store.packing import unpack
+from alerter.store.packing import Refs, unpack
 
 TsParam = Callable[[datetime | None], Any]
 """How a backend binds a datetime: 8 bytes on SQLite (`instant`), the aware datetime on PostgreSQL."""
@@ -86,6 +86,12 @@ def instant_of(value: str | bytes | None) -> bytes | None:
     return None if value is None or isinstance(value, bytes) else _instant(datetime.fromisoformat(value))
 
 
+@lru_cache(maxsize=4096)
+def _from_instant(value: bytes) -> datetime:
+    """`instant`'s inverse, remembered as it is (a cycle's rows share a few instants)."""
+    return _EPOCH + timedelta(microseconds=int.from_bytes(value, "big") - _OFFSET)
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OFFSET = 1 << 63
 
@@ -98,7 +104,7 @@ def read_ts(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, bytes):
-        return _EPOCH + timedelta(microseconds=int.from_bytes(value, "big") - _OFFSET)
+        return _from_instant(value)
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
@@ -210,16 +216,31 @@ def obligation_from_row(r: Row) -> Obligation:
     )
 
 
-def event_params(e: Event, ts: TsParam, payload: Callable[[bytes], Any]) -> tuple[Any, ...]:
-    """An event's row; its payload is `payload` of its JSON (the backend's `_payload`)."""
+def event_params(e: Event, ts: TsParam, payload: Callable[[bytes, Event], Any]) -> tuple[Any, ...]:
+    """An event's row; its payload is `payload` of its JSON and itself (the backend's `_payload`)."""
     o = e.obligation
-    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, payload(_encode(e)))
+    return (e.id, o.key_id, o.meter_id, e.kind, ts(e.occurred_at), e.initial, payload(_encode(e), e))
 
 
-def event_from_payload(payload: str | bytes) -> Event:
-    """A stored event, its payload JSON text or packed (a malformed one raises
-    `msgspec.ValidationError` or ValueError)."""
-    return _EVENT.decode(unpack(payload))
+def event_refs(e: Event) -> Refs:
+    """What an event's row holds beside its payload (`packing.Refs`)."""
+    return (e.id, e.obligation.meter_id, e.obligation.key_id, e.occurred_at)
+
+
+EVENT_READ = "id, meter_id, key_id, occurred_at, payload"
+"""The columns `event_from_row` reads (a packed payload holds the others' values only in its row)."""
+
+
+def event_from_row(r: Row) -> Event:
+    """A stored event from its row (`EVENT_READ`), its payload JSON text or packed (a malformed
+    one raises `msgspec.ValidationError` or ValueError)."""
+
+    def refs() -> Refs:
+        at = read_ts(r["occurred_at"])
+        assert at is not None
+        return (r["id"], r["meter_id"], r["key_id"], at)
+
+    return _EVENT.decode(unpack(r["payload"], refs))
 
 
 def group_params(g: GroupState, ts: TsParam) -> tuple[Any, ...]:

@@ -163,6 +163,11 @@ def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]
     )
 
 
+def _to_pack(text: bytes, event: Event) -> bytes:
+    """An event's payload as `_commit_page` packs it, in the connection's thread."""
+    return packing.cut(text, rows.event_refs(event))
+
+
 def _commit_page(
     db: sqlite3.Connection,
     obligations: list[tuple[Any, ...]],
@@ -491,7 +496,7 @@ class SqliteStore(SqlStore, Store):
         count: int = await self._in_one_hop(
             _commit_page,
             [obligation_row(o, at) for o, at in zip(obligations, looks, strict=True)],
-            [rows.event_params(e, rows.instant, bytes) for e in events],  # `_payload`, in _commit_page
+            [rows.event_params(e, rows.instant, _to_pack) for e in events],  # `_payload`, in _commit_page
             meta,
         )
         return count
@@ -515,8 +520,8 @@ class SqliteStore(SqlStore, Store):
         )
 
     @staticmethod
-    def _payload(text: bytes) -> Any:
-        return packing.pack(text)
+    def _payload(text: bytes, event: Event) -> Any:
+        return packing.pack(text, rows.event_refs(event))
 
     def _in(self, n: int) -> str:
         return f"IN (SELECT value FROM json_each(${n}))"

@@ -106,11 +106,12 @@ class LedgerSql(SqlHooks, LedgerStore):
         events: dict[str, list[Event]] = {i: [] for i in linked}
         if linked:
             sql = (
-                "SELECT l.notification_id, e.payload FROM notification_events l JOIN events e ON e.id = l.event_id "
+                "SELECT l.notification_id, e.id, e.meter_id, e.key_id, e.occurred_at, e.payload "
+                "FROM notification_events l JOIN events e ON e.id = l.event_id "
                 f"WHERE l.notification_id {self._in(1)} ORDER BY l.notification_id, l.position"
             )
             for r in await tx.fetch(sql, self._ids(linked)):
-                events[r["notification_id"]].append(rows.event_from_payload(r["payload"]))
+                events[r["notification_id"]].append(rows.event_from_row(r))
         return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
 
     async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:

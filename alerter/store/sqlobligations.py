@@ -135,7 +135,7 @@ class ObligationSql(SqlHooks, ObligationStore):
 
     async def history(self, meter_id: str) -> list[HistoryEntry]:
         async with self._read() as tx:
-            events = await tx.fetch("SELECT id, payload FROM events WHERE meter_id = $1 ORDER BY seq", meter_id)
+            events = await tx.fetch(f"SELECT {rows.EVENT_READ} FROM events WHERE meter_id = $1 ORDER BY seq", meter_id)
             silenced = await tx.fetch(
                 "SELECT s.event_id, s.silence_id FROM silenced s JOIN events e ON e.id = s.event_id "
                 "WHERE e.meter_id = $1 ORDER BY s.silence_id",
@@ -162,6 +162,6 @@ class ObligationSql(SqlHooks, ObligationStore):
             outcomes[r["event_id"]].append(f"notified {r['receiver']} in {r['id']} ({r['status'] or 'no ledger'})")
         entries = []
         for r in events:
-            event = rows.event_from_payload(r["payload"])
+            event = rows.event_from_row(r)
             entries.append(HistoryEntry(at=event.occurred_at, event=event, outcomes=tuple(outcomes[r["id"]])))
         return entries

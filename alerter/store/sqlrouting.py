@@ -56,20 +56,22 @@ class RoutingSql(SqlHooks, RoutingStore):
         return (await self.pending_after(0, limit)).events()
 
     async def pending_after(self, after: int, limit: int) -> PendingBatch:
-        sql = "SELECT seq, kind, key_id, payload FROM events WHERE NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        sql = f"SELECT seq, kind, {rows.EVENT_READ} FROM events WHERE NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
         async with self._read() as tx:
             found = await tx.fetch(sql, after, limit)
         return PendingBatch(
             last=found[-1]["seq"] if found else after,
             resolved=[r["key_id"] for r in found if r["kind"] == "resolved"],
-            payloads=[r["payload"] for r in found],
-            decode=rows.event_from_payload,
+            payloads=found,
+            decode=rows.event_from_row,
         )
 
     async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
-        sql = "SELECT seq, payload FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        sql = (
+            f"SELECT seq, {rows.EVENT_READ} FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
+        )
         async with self._read() as tx:
-            return [(r["seq"], rows.event_from_payload(r["payload"])) for r in await tx.fetch(sql, after, limit)]
+            return [(r["seq"], rows.event_from_row(r)) for r in await tx.fetch(sql, after, limit)]
 
     async def initial_by_urgency(self, upto: int) -> list[str]:
         sql = (
@@ -107,9 +109,9 @@ class RoutingSql(SqlHooks, RoutingStore):
         found: Sequence[Row] = ()
         if ids:
             async with self._read() as tx:
-                found = await tx.fetch(f"SELECT id, payload FROM events WHERE id {self._in(1)}", self._ids(ids))
-        by_id = {r["id"]: r["payload"] for r in found}
-        return StoredEvents([by_id[i] for i in dict.fromkeys(ids) if i in by_id], rows.event_from_payload)
+                found = await tx.fetch(f"SELECT {rows.EVENT_READ} FROM events WHERE id {self._in(1)}", self._ids(ids))
+        by_id = {r["id"]: r for r in found}
+        return StoredEvents([by_id[i] for i in dict.fromkeys(ids) if i in by_id], rows.event_from_row)
 
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         if not ids:

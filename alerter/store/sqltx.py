@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from alerter.models import Event
 from alerter.store.rows import Row
 from alerter.store.schema import Dialect
 
@@ -35,7 +36,7 @@ class SqlHooks(ABC):
 
     dialect: ClassVar[Dialect]
 
-    def _payload(self, text: bytes) -> Any:
+    def _payload(self, text: bytes, event: Event) -> Any:
         """How an event's payload (its JSON) is stored: as text (SQLite packs it, `packing`)."""
         return text.decode()
 
