@@ -86,7 +86,10 @@ def test_a_batch_packs_each_payload_as_it_would_pack_alone(monkeypatch: pytest.M
     assert packing.pack_all([]) == []
 
 
-@pytest.mark.parametrize("stored", [b"\x03abc", b"\x02not zstd", b"\x01not zstd", b"\x00"])
+@pytest.mark.parametrize(  # the last two: format 2 with a mark's letter damaged, and cut short after its NUL
+    "stored",
+    [b"\x03abc", b"\x02not zstd", b"\x01not zstd", b"\x00", *packing.pack_all([b'{"id":"\x00z"}', b'{"id":"\x00'])],
+)
 def test_a_damaged_or_unknown_payload_is_a_value_error(stored: bytes) -> None:
     with pytest.raises(ValueError, match="stored payload"):
         rows.event_from_row(_row(make_event(), stored))

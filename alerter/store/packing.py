@@ -86,15 +86,12 @@ escape it), so a mark stands only where a value was cut."""
 
 
 def _marked(dictionary: bytes) -> bytes:
-    for value, mark in zip(
-        (
-            b'"00000000000000000000000000000000"',
-            b'"00000000-0000-0000-0000-000000000000"',
-            b'"7e9b15be38a45105130b9caa"',
-        ),
-        _MARKS,
-        strict=False,
-    ):
+    ids = (
+        b'"00000000000000000000000000000000"',
+        b'"00000000-0000-0000-0000-000000000000"',
+        b'"7e9b15be38a45105130b9caa"',
+    )
+    for value, mark in zip(ids, _MARKS[:3], strict=True):
         dictionary = dictionary.replace(value, mark)
     for key in (b"occurred_at", b"opened_at", b"first_seen", b"last_seen"):  # a deadline is its own
         dictionary = dictionary.replace(b'"%s":"2026-01-01T00:00:00.000001Z"' % key, b'"%s":%s' % (key, _MARKS[3]))
@@ -162,6 +159,8 @@ def unpack(value: str | bytes, refs: Callable[[], Refs]) -> str | bytes:
             return _LOCAL.decompressor_1.decompress(value[1:])
     except zstandard.ZstdError as err:
         raise ValueError(f"stored payload cannot be unpacked: {err}") from None
+    except (KeyError, IndexError):  # a NUL byte not followed by a mark's letter
+        raise ValueError("stored payload cannot be unpacked: a damaged mark") from None
     raise ValueError(f"stored payload in an unknown format ({value[:1]!r})")
 
 
