@@ -397,6 +397,14 @@ _PACKED_TIMES = """
 hold its deadline or next look. Every stored instant is rewritten once, in place (the columns'
 declared type stays: SQLite keeps a blob as it is given). PostgreSQL's are `TIMESTAMPTZ`."""
 
+_LINKS_IN_ORDER = """
+DROP INDEX notification_events_by_notification;
+CREATE INDEX notification_events_by_notification ON notification_events (notification_id, position)
+"""
+"""A notification's event links in their order: a drain reads a claimed batch's links through
+this index alone, in order (`sqlledger.LINKED_EVENTS`), where it looked up each link's row for
+its position and sorted them."""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -411,6 +419,7 @@ MIGRATIONS: tuple[str, ...] = (
     _LINKS_WITHOUT_ROWID,
     _MEMBERS_BY_GROUP,
     _PACKED_TIMES,
+    _LINKS_IN_ORDER,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 

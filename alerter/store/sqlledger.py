@@ -23,6 +23,12 @@ _MARK_FAILED = (
     "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
 )
 _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+LINKED_EVENTS = (
+    "SELECT l.notification_id, e.id, e.meter_id, e.key_id, e.occurred_at, e.payload "  # `rows.EVENT_READ`
+    "FROM notification_events l JOIN events e ON e.id = l.event_id "
+    "WHERE l.notification_id {notifications} ORDER BY l.notification_id, l.position"
+)
+"""The events of notifications that link them, in order (`{notifications}`: the backend's `IN`)."""
 RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
 FORGET_INSTANCES = timedelta(days=1)
 """An instance not seen for this long is forgotten (its leases expired long before)."""
@@ -105,12 +111,7 @@ class LedgerSql(SqlHooks, LedgerStore):
         linked = list(dict.fromkeys(r["notification_id"] for r in found if rows.by_reference(r["payload"])))
         events: dict[str, list[Event]] = {i: [] for i in linked}
         if linked:
-            sql = (
-                "SELECT l.notification_id, e.id, e.meter_id, e.key_id, e.occurred_at, e.payload "
-                "FROM notification_events l JOIN events e ON e.id = l.event_id "
-                f"WHERE l.notification_id {self._in(1)} ORDER BY l.notification_id, l.position"
-            )
-            for r in await tx.fetch(sql, self._ids(linked)):
+            for r in await tx.fetch(LINKED_EVENTS.format(notifications=self._in(1)), self._ids(linked)):
                 events[r["notification_id"]].append(rows.event_from_row(r))
         return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
 
