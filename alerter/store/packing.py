@@ -194,12 +194,13 @@ def _restore(text: bytes, refs: Refs) -> bytes:
     parts = text.split(b"\x00")
     if len(parts) == 1:
         return text
-    values = dict(zip(_LETTERS, _values(refs), strict=True))
+    event_id, meter_id, key_id, at = refs
+    values = {_E: event_id.encode(), _M: meter_id.encode(), _K: key_id.encode(), _T: _instant_text(at)}
     out = [parts[0]]
     for part in parts[1:]:
         out += (values[part[0]], part[1:])
     return b"".join(out)
 
 
-_LETTERS = tuple(mark[2] for mark in _MARKS)
+_E, _M, _K, _T = (mark[2] for mark in _MARKS)
 """Each mark's letter, after its NUL byte."""
