@@ -20,6 +20,7 @@ BENCHES = (
     "bench_cost",
     "bench_insert",
     "bench_purge",
+    "bench_upgrade",
 )
 
 
