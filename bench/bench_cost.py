@@ -106,8 +106,14 @@ def store_size(db: Path) -> dict[str, Any]:
     with sqlite3.connect(db) as c:
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         open_ = c.execute("SELECT COUNT(*) FROM obligations WHERE status = 'open'").fetchone()[0]
+        payload = c.execute("SELECT AVG(LENGTH(payload)) FROM events").fetchone()[0]
     size = db.stat().st_size
-    return {"obligations": open_, "bytes": size, "bytes_per_obligation": round(size / max(1, open_))}
+    return {
+        "obligations": open_,
+        "bytes": size,
+        "bytes_per_obligation": round(size / max(1, open_)),
+        "payload_bytes": round(payload or 0),  # an event's stored payload, on average
+    }
 
 
 def compiled() -> None:

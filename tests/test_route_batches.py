@@ -171,14 +171,19 @@ async def with_backlog(backend: str, directory: Path, evs: list[Event]) -> Async
         yield store
 
 
+async def digested_whole(backend: str, tmp_path: Path, evs: list[Event]) -> dict[str, Any]:
+    """What a digest of `evs` in one batch leaves, in a store of its own in `tmp_path / "whole"`."""
+    async with with_backlog(backend, tmp_path / "whole", evs) as store:
+        return await digested(store, evs)
+
+
 async def test_a_digest_batch_by_batch_is_the_digest_of_one_batch(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evs = initial_backlog()
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "batches").mkdir()
-    async with with_backlog(backend, tmp_path / "whole", evs) as store:
-        whole = await digested(store, evs)
+    for name in ("whole", "batches"):
+        (tmp_path / name).mkdir()
+    whole = await digested_whole(backend, tmp_path, evs)
     monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
     async with with_backlog(backend, tmp_path / "batches", evs) as store:
         batches = await digested(store, evs)
@@ -195,10 +200,9 @@ async def test_a_failed_digest_write_stops_the_batches_after_it_and_the_next_run
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evs = initial_backlog()
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "failed").mkdir()
-    async with with_backlog(backend, tmp_path / "whole", evs) as store:
-        whole = await digested(store, evs)
+    for name in ("whole", "failed"):
+        (tmp_path / name).mkdir()
+    whole = await digested_whole(backend, tmp_path, evs)
     monkeypatch.setattr(cycle, "DIGEST_BATCH", 2)
     async with with_backlog(backend, tmp_path / "failed", evs) as store:
         failing = FailingSecondWrite(store)

@@ -169,15 +169,15 @@ class StoredEvents:
     read the next batch before the previous batch's write commits, and decode it while that
     write runs."""
 
-    payloads: Sequence[object]
+    rows: Sequence[object]
     decode: Callable[[Any], Event]
 
     def __len__(self) -> int:
-        return len(self.payloads)
+        return len(self.rows)
 
     def events(self) -> list[Event]:
         decode = self.decode
-        return [decode(p) for p in self.payloads]
+        return [decode(r) for r in self.rows]
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,9 +72,8 @@ DICTIONARY_1 = (
 
 FORMAT_2 = 2
 """Packed with `DICTIONARY_2`, the values the event's row holds beside its payload (`Refs`)
-cut out of its JSON: ids in hex and UUIDs are the JSON's least compressible bytes. An event
-that format 1 packs into ~310 B takes ~170 B (the events of a `notify` state of
-`bench.bench_cost`'s shape, 20,000 meters); restoring the values costs a read ~2 µs."""
+cut out of its JSON: ids in hex and UUIDs are the JSON's least compressible bytes. Putting
+them back costs each read a pass over the JSON (`_restore`)."""
 
 Refs = tuple[str, str, str, datetime]
 """What an event's row holds beside its payload: its id, its meter's id, its obligation's key

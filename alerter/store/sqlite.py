@@ -164,7 +164,8 @@ def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]
 
 
 def _to_pack(text: bytes, event: Event) -> bytes:
-    """An event's payload as `_commit_page` packs it, in the connection's thread."""
+    """An event's payload as `_commit_page` packs it: cut here, on the main thread (Python's
+    work), packed there, in the connection's thread, outside the GIL."""
     return packing.cut(text, rows.event_refs(event))
 
 
@@ -179,7 +180,8 @@ def _commit_page(
     write rather than once per row (`python -m bench.bench_insert`, full schema: 35 µs a row
     against 48).
     Each key is written once, so the order changes nothing else; events keep theirs, their
-    payloads (JSON) packed here, in the connection's thread, in one call (`packing.pack_all`)."""
+    payloads (JSON, already cut: `_to_pack`) packed here, in the connection's thread, in one
+    call (`packing.pack_all`)."""
     obligations.sort(key=_KEY_OF_ROW)
     _insert_rows(db, _UPSERT_OBLIGATION_Q, obligations)
     packed = packing.pack_all([e[-1] for e in events])

@@ -24,7 +24,7 @@ _MARK_FAILED = (
 )
 _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
 LINKED_EVENTS = (
-    "SELECT l.notification_id, e.id, e.meter_id, e.key_id, e.occurred_at, e.payload "  # `rows.EVENT_READ`
+    f"SELECT l.notification_id, {', '.join(f'e.{c}' for c in rows.EVENT_READ.split(', '))} "
     "FROM notification_events l JOIN events e ON e.id = l.event_id "
     "WHERE l.notification_id {notifications} ORDER BY l.notification_id, l.position"
 )

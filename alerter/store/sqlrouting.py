@@ -62,7 +62,7 @@ class RoutingSql(SqlHooks, RoutingStore):
         return PendingBatch(
             last=found[-1]["seq"] if found else after,
             resolved=[r["key_id"] for r in found if r["kind"] == "resolved"],
-            payloads=found,
+            rows=found,
             decode=rows.event_from_row,
         )
 
