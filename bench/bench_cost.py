@@ -151,6 +151,7 @@ async def pg_size(state: str) -> dict[str, Any]:
     conn = await asyncpg.connect(server)
     try:
         open_ = await conn.fetchval(f"SELECT COUNT(*) FROM \"{schema}\".obligations WHERE status = 'open'")
+        payload = await conn.fetchval(f'SELECT AVG(octet_length(payload)) FROM "{schema}".events')
         size = await conn.fetchval(
             "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
@@ -158,7 +159,12 @@ async def pg_size(state: str) -> dict[str, Any]:
         )
     finally:
         await conn.close()
-    return {"obligations": open_, "bytes": size, "bytes_per_obligation": round(size / max(1, open_))}
+    return {
+        "obligations": open_,
+        "bytes": size,
+        "bytes_per_obligation": round(size / max(1, open_)),
+        "payload_bytes": round(payload or 0),
+    }
 
 
 SHAPES = (

@@ -56,6 +56,9 @@ def test_a_payload_packs_into_a_fifth_without_its_rows_values_and_unpacks_to_the
     assert rows.event_from_row(_row(e, packed)) == e
     assert rows.event_from_row(_row(e, _format_1(text))) == e  # as a version before packed it
     assert rows.event_from_row(_row(e, text.decode())) == e  # JSON text is read as it is
+    whole = packing.pack_whole(text)  # PostgreSQL's: format 1, nothing cut out
+    assert whole[0] == packing.FORMAT_1 and len(whole) * 3 < len(text)
+    assert rows.event_from_row(_row(e, whole)) == e
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,10 @@ def test_a_batch_packs_each_payload_as_it_would_pack_alone(monkeypatch: pytest.M
     assert [rows.event_from_row(_row(e, p)) for e, p in zip(events, packing.pack_all(cut), strict=True)] == events
     assert packing.pack_all(cut[:1]) == [packing.pack(texts[0], refs[0])]
     assert packing.pack_all([]) == []
+    whole = packing.pack_whole_all(texts)
+    assert whole == [packing.pack_whole(t) for t in texts]
+    assert [rows.event_from_row(_row(e, p)) for e, p in zip(events, whole, strict=True)] == events
+    assert packing.pack_whole_all([]) == []
 
 
 @pytest.mark.parametrize(  # the last two: format 2 with a mark's letter damaged, and cut short after its NUL

@@ -11,7 +11,7 @@ from msgspec.structs import replace
 
 from alerter.errors import FencedError, StoreError
 from alerter.models import RoutingWrite
-from alerter.store import schema
+from alerter.store import packing, rows, schema
 from alerter.store.postgres import PostgresStore
 from alerter.store.schema import MIGRATIONS
 from tests.support.stores import T0, event, notification, obligation, opened, outbox, postgres_schema
@@ -114,16 +114,24 @@ async def test_replicas_starting_together_migrate_once() -> None:
             await PostgresStore(url, schema=schema).open()
 
 
+async def state_at(url: str, name: str, version: int) -> asyncpg.Connection:
+    """A schema as a version-`version` alerter left it (its steps applied), open for the caller
+    to put rows in; the caller closes it."""
+    conn = await asyncpg.connect(url)
+    await conn.execute(f'CREATE SCHEMA "{name}"')
+    await conn.execute(f'SET search_path TO "{name}"')
+    await conn.execute(schema.CREATE_VERSION_TABLE)
+    for step in range(1, version + 1):
+        for statement in schema.statements(step, "postgres"):
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO schema_version VALUES ($1)", step)
+    return conn
+
+
 async def test_migrating_moves_pending_group_ids_to_member_rows() -> None:
     async with postgres_schema() as (url, name):
-        conn = await asyncpg.connect(url)
-        try:  # a schema written by a version-1 alerter
-            await conn.execute(f'CREATE SCHEMA "{name}"')
-            await conn.execute(f'SET search_path TO "{name}"')
-            await conn.execute(schema.CREATE_VERSION_TABLE)
-            for statement in schema.statements(1, "postgres"):
-                await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn = await state_at(url, name, 1)
+        try:
             group = "INSERT INTO groups VALUES ($1, 'r1', 'ops', '{}', $2, NULL, $3)"
             await conn.execute(group, "g1", T0, '["e3", "e1", "e2"]')
             await conn.execute(group, "g2", T0, "[]")
@@ -143,3 +151,44 @@ async def test_connection_errors_do_not_leak_the_password() -> None:
     assert "hunter2" not in str(err.value)
     with pytest.raises(StoreError, match="is not open"):
         await store.undelivered_count()
+
+
+async def test_events_are_stored_packed_and_those_older_versions_wrote_as_json_still_read() -> None:
+    old = event(obligation("m1"), initial=True)
+    new, kept = event(obligation("m2")), event(obligation("m3"), "resolved")
+    async with postgres_schema() as (url, name):
+        conn = await state_at(url, name, 14)
+        try:  # m1's event as the version before packing wrote it: its JSON, as text
+            marks = ", ".join(f"${i}" for i in range(1, 8))
+            await conn.execute(
+                f"INSERT INTO events ({rows.EVENT_COLUMNS}) VALUES ({marks})",
+                *rows.event_params(old, rows.aware, lambda text, _: text.decode()),
+            )
+        finally:
+            await conn.close()
+        async with opened(PostgresStore(url, schema=name)) as store:
+            assert isinstance(store, PostgresStore)
+            await acquire_within(store, "me")
+            await store.commit_page([new.obligation], [new])
+            await outbox(store, notification("n1", [new, old, kept]))  # kept: a notification's own event
+            conn = await asyncpg.connect(url, server_settings={"search_path": name})
+            try:
+                stored = {
+                    r["id"]: (r["head"], r["size"])
+                    for r in await conn.fetch(
+                        "SELECT id, get_byte(payload, 0) AS head, octet_length(payload) AS size FROM events"
+                    )
+                }
+            finally:
+                await conn.close()
+            assert stored[old.id] == (ord("{"), len(rows.encode(old).encode()))
+            for e in (new, kept):
+                head, size = stored[e.id]
+                assert head == packing.FORMAT_1 and size * 3 < len(rows.encode(e).encode())
+            assert await store.load_events([new.id, old.id, kept.id]) == [new, old, kept]
+            assert [h.event for h in await store.history("m1")] == [old]
+            assert [h.event for h in await store.history("m2")] == [new]
+            assert await store.pending_events() == [old, new]
+            assert [e for _, e in await store.initial_events()] == [old]
+            [claimed] = await store.claim_deliveries(T0, "me", 10, 60.0)
+            assert claimed.notification.events == (new, old, kept)

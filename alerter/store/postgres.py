@@ -16,6 +16,7 @@ database and schema, so stores in different schemas never contend.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -28,7 +29,7 @@ import orjson
 
 from alerter.errors import FencedError, StoreError
 from alerter.models import Event, EventRef, Obligation
-from alerter.store import rows
+from alerter.store import packing, rows
 from alerter.store.base import Store
 from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
@@ -38,14 +39,22 @@ from alerter.store.sqlrouting import ref_columns
 from alerter.store.sqltx import Tx
 
 _OBLIGATION_TYPES = ["text"] * 8 + ["timestamptz", "json"] + ["timestamptz"] * 4 + ["text", "int", "timestamptz"]
-_EVENT_TYPES = ["text"] * 4 + ["timestamptz", "bool", "json"]
+_EVENT_TYPES = ["text"] * 4 + ["timestamptz", "bool", "bytea"]
 
 
 def _sent_rows(types: Sequence[str]) -> str:
     """A `SELECT` of the rows sent as `$1` (`_rows`), in the order sent, each value cast to its
-    column's type."""
-    values = ", ".join(f"(r->>{i})::{t}" for i, t in enumerate(types))
+    column's type (bytes are sent in base64: `_base64`)."""
+    values = ", ".join(f"decode(r->>{i}, 'base64')" if t == "bytea" else f"(r->>{i})::{t}" for i, t in enumerate(types))
     return f"SELECT {values} FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, ord) ORDER BY ord"
+
+
+def _base64(value: bytes) -> str:
+    return binascii.b2a_base64(value, newline=False).decode()
+
+
+def _as_is(text: bytes, _: Event) -> bytes:
+    return text
 
 
 def _rows(values: Iterable[Sequence[Any]]) -> str:
@@ -261,6 +270,10 @@ class PostgresStore(SqlStore, Store):
     def _ts(self, dt: datetime | None) -> Any:
         return rows.aware(dt)
 
+    @staticmethod
+    def _payload(text: bytes, event: Event) -> Any:
+        return packing.pack_whole(text)
+
     def _in(self, n: int) -> str:
         return f"= ANY(${n}::text[])"
 
@@ -279,8 +292,10 @@ class PostgresStore(SqlStore, Store):
             if obligations:
                 params = (rows.obligation_params(o, rows.aware, at) for o, at in zip(obligations, looks, strict=True))
                 await tx.execute(_UPSERT_OBLIGATIONS, _rows(params))
-            if events:
-                event_rows = (rows.event_params(e, rows.aware, self._payload) for e in events)
+            if events:  # the page's payloads packed in one call
+                unpacked = [rows.event_params(e, rows.aware, _as_is) for e in events]
+                packed = packing.pack_whole_all([e[-1] for e in unpacked])
+                event_rows = ((*e[:-1], _base64(p)) for e, p in zip(unpacked, packed, strict=True))
                 new = await tx.execute(_INSERT_EVENTS, _rows(event_rows))
             if meta:
                 await tx.executemany(META_UPSERT, meta)
