@@ -67,6 +67,30 @@ async def test_resolution_updates_original_and_replies_in_thread() -> None:
     assert result.threads == {}
 
 
+async def test_a_resolution_grouped_with_other_events_still_ticks_its_original_and_replies_in_its_thread() -> None:
+    # a group holds every kind of event: an opening and resolutions flushed together
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        threads = Threads()
+        first = await notifier.send(notification("n1", [event(1), event(2)]), threads, T0)
+        threads.roots.update(first.threads)
+        mixed = notification("n2", [event(3), event(1, "resolved"), event(4, "resolved"), event(2, "reminder")])
+        result = await notifier.send(mixed, threads, T0)
+        await notifier.close()
+    channel, ts = str(first.external_id).split(":")
+    [update] = slack.updates()
+    assert (update.args["channel"], update.args["ts"]) == (channel, ts)
+    ticked = [b for b in update.args["blocks"] if b.get("text", {}).get("text", "").startswith(":white_check_mark:")]
+    assert len(ticked) == 1 and "ACME-0001" in ticked[0]["text"]["text"]
+    _, reply, post = slack.posted()
+    assert reply.args["thread_ts"] == ts
+    assert "ACME-0001" in reply.args["text"] and "ACME-0002" in reply.args["text"]
+    assert "ACME-0003" not in reply.args["text"] and "ACME-0004" not in reply.args["text"]
+    assert "thread_ts" not in post.args
+    assert "ACME-0003" in post.args["text"] and "ACME-0004" in post.args["text"]
+    assert set(result.threads) == {event(3).obligation.key_id}  # a resolution starts no thread
+
+
 async def test_reminder_replies_in_thread_or_starts_one() -> None:
     async with fake_slack() as slack:
         notifier = make(slack)

@@ -178,21 +178,24 @@ class SlackNotifier:
         self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
     ) -> SendResult:
         """Every message is a step (`post`, `update:<root>`, `reply:<root>`) recorded in `steps`
-        as soon as Slack accepts it; a retry skips the steps already done."""
+        as soon as Slack accepts it; a retry skips the steps already done. A resolution or a
+        reminder of an obligation with a thread answers in it (a resolution ticks the original
+        message first), whatever else the notification holds; the rest is one new message, the
+        thread of its obligations (but those it tells resolved)."""
         steps = steps if steps is not None else Steps()
-        kinds = {e.kind for e in notification.events}
-        if notification.kind == "digest" or len(kinds) != 1 or not kinds <= {"resolved", "reminder"}:
+        if notification.kind != "notification" or not notification.events:  # a digest, an alert of its own
             ext = await self._post_step(steps, "post", notification, notification.events, now)
             return SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
         by_root: dict[str, list[Event]] = {}
         loose: list[Event] = []
         for e in notification.events:
-            root = await threads(e.obligation.key_id)
+            root = await threads(e.obligation.key_id) if e.kind in _IN_THREAD else None
             by_root.setdefault(root, []).append(e) if root else loose.append(e)
         first: str | None = None
         for root, events in by_root.items():
-            if kinds == {"resolved"} and steps.get(f"update:{root}") is None:
-                await self._tick_original(root, events, now)
+            resolved = [e for e in events if e.kind == "resolved"]
+            if resolved and steps.get(f"update:{root}") is None:
+                await self._tick_original(root, resolved, now)
                 await steps.done(f"update:{root}", root)
             ext = await self._post_step(steps, f"reply:{root}", notification, tuple(events), now, root)
             first = first or ext
@@ -200,9 +203,12 @@ class SlackNotifier:
         if loose:
             ext = await self._post_step(steps, "post", notification, tuple(loose), now)
             first = first or ext
-            if kinds == {"reminder"}:
-                new_roots = {e.obligation.key_id: ext for e in loose}
+            new_roots = {e.obligation.key_id: ext for e in loose if e.kind != "resolved"}
         return SendResult(first, dict(new_roots))
+
+
+_IN_THREAD = frozenset({"resolved", "reminder"})
+"""Kinds that answer in the thread of their obligation's first message, where it has one."""
 
 
 def _retry_after(headers: Mapping[str, Any], now: datetime) -> float:
