@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--action-rate", type=_number_in(0, 1), default=0.05, help="share of meters needing partner action, 0 to 1"
     )
     sim.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same portfolio")
-    sim.add_argument("--api-key", default="sim-key", help="the x-api-key the simulator accepts")
+    sim.add_argument("--api-key", default="sim-key", help="the API key the simulator accepts (as a Bearer token)")
     sim.add_argument("--churn", type=_number_in(0), default=0.0, help="partner changes a second (0: static)")
 
     demo_help = "simulator + service + console receiver on loopback: nothing to configure"
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from alerter.leapwebhooks import add_parser as add_leap_webhooks
 
-    add_leap_webhooks(sub, _Parser)
+    add_leap_webhooks(sub, _SubParser)
 
     hist = with_config("history", "a meter's transitions and where they went")
     hist.add_argument("--meter", required=True, help="the meter id or its partner_reference")

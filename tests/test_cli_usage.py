@@ -93,6 +93,20 @@ async def test_verbose_is_taken_before_or_after_the_subcommand(where: str, busy_
     assert "Traceback" in result.stderr  # --verbose shows what an error came from
 
 
+def test_every_command_takes_verbose_after_it() -> None:
+    commands = dict(subparsers(build_parser()))
+    assert {"leap-webhooks list", "rules test", "silence add", "receivers enable"} <= set(commands)
+    for name, sub in commands.items():
+        if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):  # a command, not a group
+            assert "--verbose" in sub._option_string_actions, f"alerter {name} ... --verbose is refused"
+
+
+async def test_leap_webhooks_takes_verbose_after_its_subcommand(tmp_path: Path) -> None:
+    result = await alerter("leap-webhooks", "list", "-c", str(tmp_path / "missing.yaml"), "--verbose")
+    assert result.code == 2 and "unrecognized arguments" not in result.stderr
+    assert "missing.yaml" in result.stderr
+
+
 # -- bad input: one line, exit 2 --
 
 BAD_ARGUMENTS = [
