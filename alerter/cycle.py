@@ -39,7 +39,7 @@ from alerter.models import (
 from alerter.reminders import next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
-from alerter.store.base import META_REMIND_RULES, Store
+from alerter.store.base import META_REMIND_RULES, Store, StoredEvents
 
 ROUTE_BATCH = 4000
 """Pending events routed per step."""
@@ -133,15 +133,15 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
     store = steps.store
     await store.finish_initial()  # a digest written before a stop: its consumption goes on
     batch = await store.initial_events(0, DIGEST_BATCH)
-    if not batch:
+    if not len(batch):
         return
     limits = Limits.of(ruleset)
     silences = active_silences(_applicable(steps, await store.list_silences(now)), now)
     builder = DigestBuilder(router, now, dict(limits.max_events), dict(limits.listed), silences)
     upto = 0
-    while batch:
-        builder.count(e for _, e in batch)
-        upto = batch[-1][0]
+    while len(batch):
+        builder.count(batch.events())  # one that cannot be read is named below, as it is read again
+        upto = batch.last
         batch = await store.initial_events(upto, DIGEST_BATCH)
     order = await store.initial_by_urgency(upto)
     # Batch by batch, in order: each batch is decoded and added while the write of the one before
@@ -153,6 +153,7 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
             if carried is not None:
                 await writing.start(_commit_digest(steps, carried))
             notes = builder.add(stored.events())
+            _skipped(steps, stored, "digest")  # consumed with the rest (`consume_initial`)
             await writing.settle()
             carried = _digest_write(notes, builder)
     await _commit_digest(steps, carried)
@@ -225,11 +226,11 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
                         notified.setdefault(key_id, set()).add(receiver)
                 await writing.start(_commit(steps, carried))
             events = batch.events()
-            quiet: list[str] = []
+            quiet = _skipped(steps, batch, "routing")  # consumed, nothing sent: it cannot be read
             if initial_sync == "notify":
                 events = [replace(e, initial=False) if e.initial else e for e in events]
             elif initial_sync == "silent":
-                quiet = [e.id for e in events if e.initial]
+                quiet += [e.id for e in events if e.initial]
                 events = [e for e in events if not e.initial]
             write = plan(events, router, heads, notified, silences, now)
             if quiet:
@@ -299,6 +300,15 @@ async def _flush(
     write = result.write()
     await steps.store.commit_routing(write)
     _count_notifications(steps, write)
+
+
+def _skipped(steps: Steps, stored: StoredEvents, step: str) -> list[str]:
+    """The ids of the events `stored.events()` skipped, each named and counted: one stored event
+    that cannot be read (a damaged file, a write cut short) must not stop the others."""
+    for event_id, why in stored.unreadable:
+        steps.log.error("event_unreadable", event_id=event_id, error=why, skipped_by=step)
+        steps.metrics.events_unreadable.labels(step).inc()
+    return [event_id for event_id, _ in stored.unreadable]
 
 
 def _unreadable(steps: Steps) -> None:

@@ -78,6 +78,8 @@ class DeliveryStats:
     failed: Counter[str] = field(default_factory=Counter)
     """Retryable failures rescheduled (including deferrals)."""
     dead: Counter[str] = field(default_factory=Counter)
+    unreadable: int = 0
+    """Stored parts of claimed notifications that could not be read (left out, named)."""
     disabled: set[str] = field(default_factory=set)
     undelivered: int | None = None
     """Pending rows left after `drain` (None after a single run)."""
@@ -87,6 +89,7 @@ class DeliveryStats:
         self.sent.update(other.sent)
         self.failed.update(other.failed)
         self.dead.update(other.dead)
+        self.unreadable += other.unreadable
         self.disabled |= other.disabled
 
 
@@ -303,9 +306,15 @@ class Deliverer:
 
     async def _deliver(self, d: Delivery, now: datetime, stats: DeliveryStats, outcomes: _Outcomes) -> None:
         n = d.notification
+        for why in d.unreadable:  # left out: the rest is sent
+            log.error("stored_part_unreadable", receiver=d.receiver, notification_id=n.id, error=why)
+        stats.unreadable += len(d.unreadable)
         notifier = self.notifiers.get(d.receiver)
-        if notifier is None:
-            outcomes.failed(Failed(n.id, d.receiver, "receiver not configured", None, now))
+        dead = "receiver not configured" if notifier is None else None
+        if d.unreadable and not n.events:
+            dead = f"nothing of it can be read: {d.unreadable[0]}"[:MAX_ERROR]
+        if dead is not None or notifier is None:
+            outcomes.failed(Failed(n.id, d.receiver, dead or "", None, now))
             stats.dead[d.receiver] += 1
             log.error(
                 "delivery_failed",
@@ -313,7 +322,7 @@ class Deliverer:
                 notification_id=n.id,
                 attempt=d.attempts + 1,
                 retryable=False,
-                error="receiver not configured",
+                error=dead,
                 dead=True,
             )
             return

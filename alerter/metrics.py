@@ -92,6 +92,12 @@ class Metrics:
         self.silences_skipped = Counter(
             "alerter_silences_skipped", "Stored silences that cannot be applied (counted once each)", registry=r
         )
+        self.events_unreadable = Counter(
+            "alerter_events_unreadable",
+            "Stored events (or notifications) that cannot be read, by the step that skipped them",
+            ["step"],
+            registry=r,
+        )
 
     def receiver_health(self, receiver: str, healthy: bool, failures: int) -> None:
         self.receiver_healthy.labels(receiver).set(1 if healthy else 0)

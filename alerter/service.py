@@ -334,6 +334,8 @@ class Service:
             m.retries.labels(receiver).inc(count)
         for receiver, count in stats.dead.items():
             m.deliveries.labels(receiver, "dead").inc(count)
+        if stats.unreadable:
+            m.events_unreadable.labels("delivery").inc(stats.unreadable)
         for receiver in {*stats.sent, *stats.failed, *stats.dead}:
             if (health := self.deliverer.health.get(receiver)) is not None:
                 m.receiver_health(receiver, health.healthy, health.consecutive_failures)

@@ -127,7 +127,7 @@ async def test_sqlite_stores_events_packed_and_reads_older_json_text_rows(tmp_pa
         assert [h.event for h in await store.history("M-2")] == [old]
         assert [h.event for h in await store.history("M-3")] == [older]
         assert await store.pending_events() == [new, old, older]
-        assert [e for _, e in await store.initial_events()] == [older]
+        assert (await store.initial_events()).events() == [older]
         await outbox(store, notification("n1", [older, new, old]))
         [claimed] = await store.claim_deliveries(NOW, "me", 10, 60.0)
         assert claimed.notification.events == (older, new, old)

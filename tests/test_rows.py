@@ -1,5 +1,6 @@
-"""A stored obligation that cannot be read is skipped and named by the open-obligation walk
-(the reminders go on with the others) instead of stopping it."""
+"""A stored row that cannot be read is skipped and named instead of stopping the others: an
+obligation by the open-obligation walk (the reminders go on with the others), an event by
+routing and by delivery (the rest of its notification is sent)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,91 @@ async def test_a_notification_stored_with_its_events_copied_is_still_delivered_w
         assert d.notification == old
     finally:
         await store.close()
+
+
+def _opened_and_polled(p: Portfolio, meters: list[str]) -> None:
+    for m in meters:
+        p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+
+
+def _damage(path: Path, meter_id: str) -> str:
+    """The id of the meter's latest event, whose stored payload is now damaged."""
+    with sqlite3.connect(path) as raw:
+        [(event_id,)] = raw.execute("SELECT id FROM events WHERE meter_id = ? ORDER BY seq DESC LIMIT 1", (meter_id,))
+        raw.execute("UPDATE events SET payload = x'02deadbeef' WHERE id = ?", (event_id,))
+    return str(event_id)
+
+
+async def test_routing_and_delivery_go_on_past_a_stored_event_that_cannot_be_read(tmp_path: Path) -> None:
+    p = Portfolio(20, action_rate=0.0, seed=3)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:6]
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url()))
+        async with running(load(cfg)) as service:
+            await service.run_cycle(flush_all=True)
+            metric = service.metrics.registry.get_sample_value
+            # a pending event damaged before routing reads it: the others are routed and sent
+            _opened_and_polled(p, meters[:3])
+            now = service.clock()
+            await service.poller.run_cycle(now, force_reconcile=True)
+            pending = _damage(tmp_path / "s.db", meters[1])
+            with capture_logs() as logs:
+                await service.run_cycle(now, flush_all=True)
+                await service.run_cycle(now, flush_all=True)  # consumed: not read, nor named, again
+                await service.drain(5)
+            [entry] = [e for e in logs if e["event"] == "event_unreadable"]
+            assert entry["event_id"] == pending and entry["skipped_by"] == "routing"
+            assert metric("alerter_events_unreadable_total", {"step": "routing"}) == 1
+            [body] = [r.body for r in hook.delivered()]
+            assert sorted(e["meter"]["meter_id"] for e in body["data"]["events"]) == sorted([meters[0], meters[2]])
+            # an event damaged after routing linked it, while its receiver was down: the rest is sent
+            hook.script.append(503)
+            _opened_and_polled(p, meters[3:])
+            await service.run_cycle(now, flush_all=True, force_reconcile=True)
+            await service.deliver_step(now)  # refused: retried later
+            linked = _damage(tmp_path / "s.db", meters[4])
+            with capture_logs() as logs:
+                await service.deliver_step(now + timedelta(hours=1))
+            [entry] = [e for e in logs if e["event"] == "stored_part_unreadable"]
+            assert entry["error"].startswith(f"{linked}: stored payload cannot be unpacked")
+            assert metric("alerter_events_unreadable_total", {"step": "delivery"}) == 1
+            _, last = hook.delivered()
+            assert sorted(e["meter"]["meter_id"] for e in last.body["data"]["events"]) == sorted([meters[3], meters[5]])
+            # a notification whose own row is damaged: set apart as a dead letter, named
+            hook.script.append(503)
+            p.open_action(meters[0], action_type="IS_AUTHORIZED", action_code="AUTH_0002")
+            await service.run_cycle(now, flush_all=True, force_reconcile=True)
+            await service.deliver_step(now)
+            with sqlite3.connect(tmp_path / "s.db") as raw:
+                raw.execute(
+                    "UPDATE notifications SET payload = '{' WHERE id NOT IN (SELECT notification_id "
+                    "FROM deliveries WHERE status = 'sent')"
+                )
+            await service.deliver_step(now + timedelta(hours=1))
+            [dead] = await service.store.dead_letters()
+            assert dead.last_error is not None and dead.last_error.startswith(
+                "nothing of it can be read: notification:"
+            )
+            assert len(hook.delivered()) == 2
+
+
+async def test_an_initial_digest_goes_on_past_a_stored_event_that_cannot_be_read(tmp_path: Path) -> None:
+    p = Portfolio(20, action_rate=0.0, seed=3)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:3]
+    _opened_and_polled(p, meters)
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        state = f"sqlite:///{tmp_path}/s.db"
+        cfg = write_config(tmp_path, config_yaml(sim.url, state, initial_sync="digest"), rules_yaml(hook.url()))
+        async with running(load(cfg)) as service:
+            now = service.clock()
+            await service.poller.run_cycle(now)  # the initial sync's events, not yet routed
+            damaged = _damage(tmp_path / "s.db", meters[1])
+            with capture_logs() as logs:
+                await service.run_cycle(now, flush_all=True)
+                await service.drain(5)
+            [entry] = [e for e in logs if e["event"] == "event_unreadable"]
+            assert entry["event_id"] == damaged and entry["skipped_by"] == "digest"
+            [digest] = [r.body for r in hook.delivered()]
+            assert digest["type"] == "alerter.digest"
+            assert sorted(e["meter"]["meter_id"] for e in digest["data"]["events"]) == sorted([meters[0], meters[2]])
+            assert await service.store.pending_events() == []  # consumed with the rest

@@ -483,13 +483,13 @@ async def test_an_initial_backlog_is_read_in_batches_most_urgent_first_and_consu
     later = event(obligation("m4", "D"))
     await store.commit_page([*obs, later.obligation], [*initial, later])
     first = await store.initial_events(0, 2)
-    assert [e.id for _, e in first] == [e.id for e in initial[:2]]
-    rest = await store.initial_events(first[-1][0], 2)
-    assert [e.id for _, e in rest] == [initial[2].id]
-    upto = rest[-1][0]
+    assert [e.id for e in first.events()] == [e.id for e in initial[:2]]
+    rest = await store.initial_events(first.last, 2)
+    assert [e.id for e in rest.events()] == [initial[2].id]
+    upto = rest.last
     assert await store.initial_by_urgency(upto) == [initial[2].id, initial[1].id, initial[0].id]
     await store.consume_initial(upto)
-    assert await store.initial_events(0, 10) == []
+    assert len(await store.initial_events(0, 10)) == 0
     assert [e.id for e in await store.pending_events(10)] == [later.id]  # not initial: left to routing
 
 
@@ -501,12 +501,12 @@ async def test_a_consumption_left_unfinished_is_carried_out_and_bulk_updates_go_
     obs = [obligation(f"m{i}", "A") for i in range(5)]
     initial = [event(o, initial=True) for o in obs]
     await store.commit_page(obs, initial)
-    upto = (await store.initial_events(0, 10))[-1][0]
+    upto = (await store.initial_events(0, 10)).last
     # a process stopped after deciding (the marker is written first) and before carrying it out
     await store.set_meta({META_CONSUMING: str(upto)})
     assert len(await store.initial_events(0, 10)) == 5
     await store.finish_initial()
-    assert await store.initial_events(0, 10) == []
+    assert len(await store.initial_events(0, 10)) == 0
     assert await store.get_meta(META_CONSUMING) is None
     await store.finish_initial()  # nothing left: a no-op
 

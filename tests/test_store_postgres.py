@@ -189,6 +189,6 @@ async def test_events_are_stored_packed_and_those_older_versions_wrote_as_json_s
             assert [h.event for h in await store.history("m1")] == [old]
             assert [h.event for h in await store.history("m2")] == [new]
             assert await store.pending_events() == [old, new]
-            assert [e for _, e in await store.initial_events()] == [old]
+            assert (await store.initial_events()).events() == [old]
             [claimed] = await store.claim_deliveries(T0, "me", 10, 60.0)
             assert claimed.notification.events == (new, old, kept)

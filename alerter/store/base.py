@@ -72,6 +72,9 @@ class Delivery:
     external_id: str | None = None
     steps: Mapping[str, str] = field(default_factory=dict)
     """The messages of this notification already sent (step name -> external id): a retry sends only the rest."""
+    unreadable: tuple[str, ...] = ()
+    """Its stored parts that cannot be read (`<event id>: <why>`, or `notification: <why>`): left
+    out, and named by the delivery, which sends the rest (a notification with nothing left is dead)."""
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,28 @@ class StoredEvents:
     read the next batch before the previous batch's write commits, and decode it while that
     write runs."""
 
-    rows: Sequence[object]
+    rows: Sequence[Any]
     decode: Callable[[Any], Event]
+    unreadable: list[tuple[str, str]] = field(default_factory=list, kw_only=True)
+    """(event id, why) of each row `events` skipped because it cannot be read."""
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def events(self) -> list[Event]:
+        """The rows' events; a row that cannot be read is skipped and named in `unreadable`."""
         decode = self.decode
-        return [decode(r) for r in self.rows]
+        try:  # the common case: every row reads
+            return [decode(r) for r in self.rows]
+        except ValueError:
+            pass
+        out = []
+        for r in self.rows:
+            try:
+                out.append(decode(r))
+            except ValueError as err:  # msgspec's errors are ValueErrors too
+                self.unreadable.append((r["id"], str(err)))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +216,9 @@ class RoutingStore(Protocol):
         """Up to `limit` events not yet consumed by routing with a sequence number above
         `after`, oldest first, read but not decoded (`PendingBatch`)."""
 
-    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
-        """Pending events of an initial sync after sequence number `after`, with theirs, in order."""
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> PendingBatch:
+        """Up to `limit` pending events of an initial sync with a sequence number above `after`,
+        in order, read but not decoded (`PendingBatch`)."""
 
     async def initial_by_urgency(self, upto: int) -> list[str]:
         """The ids of the pending initial-sync events up to sequence number `upto`, the nearest

@@ -291,9 +291,16 @@ def notification_from_row(payload: str, events: Sequence[Event] | None) -> Notif
     return n if events is None else msgspec.structs.replace(n, events=tuple(events))
 
 
-def delivery_from_row(r: Row, events: Sequence[Event] | None = None) -> Delivery:
+def delivery_from_row(r: Row, events: Sequence[Event] | None = None, unreadable: tuple[str, ...] = ()) -> Delivery:
+    """A ledger row with its notification; one whose notification cannot be read holds only what
+    the delivery needs to name it and set it apart (`Delivery.unreadable`)."""
+    try:
+        n = notification_from_row(r["payload"], events)
+    except ValueError as err:
+        n = Notification(id=r["notification_id"], rule="", receiver=r["receiver"], events=(), created_at=_EPOCH)
+        unreadable = (f"notification: {err}",)
     return Delivery(
-        notification=notification_from_row(r["payload"], events),
+        notification=n,
         receiver=r["receiver"],
         status=r["status"],
         attempts=r["attempts"],
@@ -302,6 +309,7 @@ def delivery_from_row(r: Row, events: Sequence[Event] | None = None) -> Delivery
         sent_at=read_ts(r["sent_at"]),
         external_id=r["external_id"],
         steps=orjson.loads(r["steps"]) if r["steps"] else {},
+        unreadable=unreadable,
     )
 
 

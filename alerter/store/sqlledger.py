@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from alerter.models import Event
 from alerter.store import rows
-from alerter.store.base import Delivery, Failed, LedgerStore, Sent
+from alerter.store.base import Delivery, Failed, LedgerStore, Sent, StoredEvents
 from alerter.store.rows import DELIVERY_COLUMNS, Row
 from alerter.store.sqltx import SqlHooks, Tx
 
@@ -103,17 +103,20 @@ class LedgerSql(SqlHooks, LedgerStore):
                     "WHERE notification_id = $3 AND receiver = $4",
                     [(owner, until, r["notification_id"], r["receiver"]) for r in found],
                 )
-            return await self._deliveries(tx, found)
+            linked = await self._linked(tx, found)
+        return _deliveries(found, linked)  # decoded after the commit: the store is free meanwhile
 
-    async def _deliveries(self, tx: Tx, found: Sequence[Row]) -> list[Delivery]:
-        """Ledger rows with their notifications, the events of those stored by reference
-        loaded in order (at most a claim's worth: each notification holds up to `max_events`)."""
-        linked = list(dict.fromkeys(r["notification_id"] for r in found if rows.by_reference(r["payload"])))
-        events: dict[str, list[Event]] = {i: [] for i in linked}
+    async def _linked(self, tx: Tx, found: Sequence[Row]) -> dict[str, list[Row]]:
+        """The rows of the events of these ledger rows' notifications stored by reference, in
+        order (at most a claim's worth: each notification holds up to `max_events`)."""
+        linked: dict[str, list[Row]] = {}
+        for r in found:
+            if r["notification_id"] not in linked and _by_reference(r["payload"]):
+                linked[r["notification_id"]] = []
         if linked:
-            for r in await tx.fetch(LINKED_EVENTS.format(notifications=self._in(1)), self._ids(linked)):
-                events[r["notification_id"]].append(rows.event_from_row(r))
-        return [rows.delivery_from_row(r, events.get(r["notification_id"])) for r in found]
+            for r in await tx.fetch(LINKED_EVENTS.format(notifications=self._in(1)), self._ids(list(linked))):
+                linked[r["notification_id"]].append(r)
+        return linked
 
     async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
         sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
@@ -157,7 +160,8 @@ class LedgerSql(SqlHooks, LedgerStore):
         where = self._dead_filter(receiver, since, args, "d.")
         async with self._read() as tx:
             found = await tx.fetch(f"{_DELIVERIES} WHERE {where} ORDER BY d.updated_at, d.notification_id", *args)
-            return await self._deliveries(tx, found)
+            linked = await self._linked(tx, found)
+        return _deliveries(found, linked)
 
     async def replay_dead_letters(
         self, now: datetime, receiver: str | None = None, since: datetime | None = None
@@ -221,3 +225,25 @@ class LedgerSql(SqlHooks, LedgerStore):
         async with self._read() as tx:
             found = await tx.fetch("SELECT name, disabled_reason FROM receivers_state ORDER BY name")
         return {r["name"]: r["disabled_reason"] for r in found}
+
+
+def _by_reference(payload: str) -> bool:
+    try:
+        return rows.by_reference(payload)
+    except ValueError:  # read, and named, as the delivery is built (`_deliveries`)
+        return False
+
+
+def _deliveries(found: Sequence[Row], linked: Mapping[str, Sequence[Row]]) -> list[Delivery]:
+    """Ledger rows as deliveries, with their notifications and the events of those stored by
+    reference (`linked`). What cannot be read is left out and named in the delivery
+    (`Delivery.unreadable`): one damaged stored row must not stop a receiver's deliveries."""
+    events: dict[str, tuple[list[Event], tuple[str, ...]]] = {}
+    for notification_id, found_events in linked.items():
+        stored = StoredEvents(found_events, rows.event_from_row)
+        events[notification_id] = (stored.events(), tuple(f"{i}: {why}" for i, why in stored.unreadable))
+    out = []
+    for r in found:
+        these, unreadable = events.get(r["notification_id"], (None, ()))
+        out.append(rows.delivery_from_row(r, these, unreadable))
+    return out

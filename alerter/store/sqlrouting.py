@@ -66,12 +66,15 @@ class RoutingSql(SqlHooks, RoutingStore):
             decode=rows.event_from_row,
         )
 
-    async def initial_events(self, after: int = 0, limit: int = 1000) -> list[tuple[int, Event]]:
+    async def initial_events(self, after: int = 0, limit: int = 1000) -> PendingBatch:
         sql = (
             f"SELECT seq, {rows.EVENT_READ} FROM events WHERE initial AND NOT routed AND seq > $1 ORDER BY seq LIMIT $2"
         )
         async with self._read() as tx:
-            return [(r["seq"], rows.event_from_row(r)) for r in await tx.fetch(sql, after, limit)]
+            found = await tx.fetch(sql, after, limit)
+        return PendingBatch(
+            last=found[-1]["seq"] if found else after, resolved=(), rows=found, decode=rows.event_from_row
+        )
 
     async def initial_by_urgency(self, upto: int) -> list[str]:
         sql = (
