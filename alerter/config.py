@@ -137,7 +137,9 @@ class StateConfig(BaseModel):
     @classmethod
     def _scheme(cls, v: str) -> str:
         if not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {v.split('://')[0]}://...")
+            scheme, sep, _ = v.partition("://")
+            got = f"{scheme}://..." if sep else "a URL without a scheme"  # the rest may hold a password
+            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {got}")
         return v
 
 

@@ -39,7 +39,7 @@ from alerter.models import (
 from alerter.reminders import next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
-from alerter.store.base import META_REMIND_RULES, Store, StoredEvents
+from alerter.store.base import META_INITIALIZED, META_REMIND_RULES, Store, StoredEvents
 
 ROUTE_BATCH = 4000
 """Pending events routed per step."""
@@ -65,6 +65,8 @@ class Steps:
     silences: SilenceCheck = field(default_factory=SilenceCheck)
     remind_rules: str | None = None
     """The rules digest the stored `remind_at` times are known to be computed under."""
+    synced: bool = False
+    """The initial sync is known to be complete (`META_INITIALIZED`)."""
     reminded: set[str] = field(default_factory=set)
     """Reminder event ids known to be in the store, so each is serialized and offered once."""
 
@@ -161,6 +163,14 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
     await store.consume_initial(upto)
 
 
+async def _synced(steps: Steps) -> bool:
+    """Whether the first sweep (the initial sync) is complete: until then, a sweep stopped midway
+    (Leap failing) has committed only the pages it read, and the next one reads the rest."""
+    if not steps.synced:
+        steps.synced = await steps.store.get_meta(META_INITIALIZED) == "1"
+    return steps.synced
+
+
 def _digest_write(notes: list[Notification], builder: DigestBuilder) -> RoutingWrite | None:
     """What a digest's batch writes: its finished parts, and what the builder recorded since the
     last write (silenced events, receivers told)."""
@@ -186,6 +196,8 @@ async def route(
         return
     store = steps.store
     if initial_sync == "digest":
+        if not await _synced(steps):  # one digest of the whole backlog, not of the pages read so far
+            return
         await digest(steps, router, ruleset, now)
     await _route_pending(steps, router, initial_sync, now)
     # idle groups come along so that flush can delete them (a later event opens a new group)

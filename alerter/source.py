@@ -54,6 +54,24 @@ class _Ahead:
     task: asyncio.Future[tuple[int, bytes]]
 
 
+class MeterNotFound(SourceError):
+    """Leap answered a search naming `meter_id` with 404 "Meter not found"."""
+
+    def __init__(self, meter_id: str, message: str) -> None:
+        super().__init__(message, status=404)
+        self.meter_id = meter_id
+
+
+def _meter_not_found(raw: bytes) -> str | None:
+    """The meter a 404 body (Leap's `ErrorResponse`) names in its `details`, if any."""
+    try:
+        details = orjson.loads(raw).get("details")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    meter_id = details.get("meter_id") if isinstance(details, dict) else None
+    return meter_id if isinstance(meter_id, str) else None
+
+
 async def _discard(task: asyncio.Future[Any]) -> None:
     """Cancels a request no one will read and waits for it, its error (if any) retrieved."""
     task.cancel()
@@ -177,6 +195,9 @@ class LeapClient:
             else:
                 status, raw = await self._request("POST", SEARCH_PATH, request)
             if status == 404:
+                missing = _meter_not_found(raw)
+                if missing is not None and missing in request.get("meter_ids", ()):
+                    raise MeterNotFound(missing, f"Leap does not know meter {missing} (404 to the search)")
                 raise SourceError(f"Leap answered 404 to the search at {self._where}: is base_url right?")
             ahead = None if body is None else await self._request_ahead(raw, body, request.get("page_token"))
             try:
@@ -222,14 +243,22 @@ class LeapClient:
         ids = list(dict.fromkeys(meter_ids))
         number = 0
         for start in range(0, len(ids), MAX_METER_IDS):
-            chunk = {
-                **(filters or {}),
-                "meter_ids": ids[start : start + MAX_METER_IDS],
-                "last_modified_date_time": last_modified,
-            }
-            async for page in self.search(chunk):
-                number += 1
-                yield replace(page, number=number)
+            chunk = ids[start : start + MAX_METER_IDS]
+            while chunk:
+                request = {**(filters or {}), "meter_ids": chunk, "last_modified_date_time": last_modified}
+                read = number
+                try:
+                    async for page in self.search(request):
+                        number += 1
+                        yield replace(page, number=number)
+                    break
+                except MeterNotFound as err:
+                    # Leap's definition of the search answers 404 for a meter it does not know: the
+                    # others are asked again without it, and it reads as absent (`run_meters`)
+                    if number != read:  # pages already given out: the search cannot start over
+                        raise
+                    log.warning("meter_not_found", meter_id=err.meter_id)
+                    chunk = [i for i in chunk if i != err.meter_id]
 
     async def get_enrollment(self, meter_id: str) -> Record | None:
         """`GET /v2/meters/{meter_id}/enrollments`; None when Leap does not know the meter."""

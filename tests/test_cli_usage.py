@@ -284,3 +284,31 @@ async def test_library_log_records_become_one_json_line_each() -> None:
     thread = by_logger["alerter.threads"]
     assert thread["event"] == "thread_crashed" and thread["thread"] == "worker"
     assert "RuntimeError: in a thread" in thread["exception"]
+
+
+SECRET_IN_A_FRAME = """
+import structlog
+from alerter import logs
+logs.configure({fmt!r}, "info")
+def call(api_key):
+    headers = {{"Authorization": f"Bearer {{api_key}}"}}
+    raise RuntimeError("the call failed")
+try:
+    call("sk-live-hunter2")
+except RuntimeError:
+    structlog.get_logger("alerter.test").error("job_crashed", exc_info=True)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+async def test_a_logged_traceback_shows_no_local_values(fmt: str) -> None:
+    # a frame's locals may hold a key, a token or a password: the trace says where, not what
+    code = SECRET_IN_A_FRAME.format(fmt=fmt)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = err.decode()
+    assert "RuntimeError: the call failed" in text and "job_crashed" in text
+    assert "hunter2" not in text

@@ -14,7 +14,7 @@ from yarl import URL
 
 from alerter.models import Meter
 from alerter.store.base import Store
-from tests.support.console import AUTH, HOOK_SECRET_URL_TOKEN, TOKEN, console
+from tests.support.console import AUTH, HOOK_SECRET_PATH_TOKEN, HOOK_SECRET_URL_TOKEN, TOKEN, console
 from tests.support.service import WEBHOOK_SECRET
 from tests.support.stores import BACKENDS, T0, event, notification, obligation, outbox
 
@@ -127,8 +127,21 @@ async def test_receivers_never_show_secrets(tmp_path: Path) -> None:
             page = await get(browser, "/receivers")
         for text in (str(api), page):
             assert "127.0.0.1" in text
-            for secret in (HOOK_SECRET_URL_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET[6:], "header-secret-value", TOKEN):
+            secrets = (HOOK_SECRET_URL_TOKEN, HOOK_SECRET_PATH_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET[6:])
+            for secret in (*secrets, "header-secret-value", TOKEN):
                 assert secret not in text
+
+
+async def test_a_reload_that_revokes_a_token_refuses_it_at_the_next_request(tmp_path: Path) -> None:
+    fresh = "test-token-fedcba9876543210"
+    async with console(tmp_path) as c, c.session(**BEARER) as old, c.session(Authorization=f"Bearer {fresh}") as new:
+        assert "obligations" in await get(old, "/api/v1/obligations")
+        await get(new, "/api/v1/obligations", 401)
+        path = tmp_path / "config.yaml"
+        path.write_text(path.read_text().replace(TOKEN, fresh))
+        assert c.service.reload() == "ok"
+        await get(old, "/api/v1/obligations", 401)
+        assert "obligations" in await get(new, "/api/v1/obligations")
 
 
 async def test_credentials_decide_401_and_csrf_decides_403(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from alerter.errors import SourceError
 from alerter.service import Service
@@ -174,6 +175,41 @@ async def test_initial_sync_modes(tmp_path: Path, mode: str) -> None:
         # and a new action afterwards is notified normally in every mode
         w.portfolio.open_action(w.meters[5], action_type="HAS_AMI", action_code="AMI_0009")
         assert events_of(await w.cycle()) == [("action.opened", "AMI_0009")]
+
+
+async def test_a_first_sync_that_fails_midway_still_sends_one_digest_of_the_whole_backlog(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", meters=30, page_size="2", initial_sync="digest") as w:
+        for m in w.meters[:6]:  # three pages of two
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        recovered = _fail_nth_request(w.sim, 2, times=10)
+        with pytest.raises(SourceError):
+            await w.service.run_cycle(flush_all=True)
+        recovered()
+        await w.service.route_step()  # the every-second routing, meanwhile: it waits for the sync
+        assert (await w.service.drain(5)).sent == {}
+        [digest] = await w.cycle()
+        assert digest["type"] == "alerter.digest"
+        assert sorted(e["meter"]["meter_id"] for e in digest["data"]["events"]) == sorted(w.meters[:6])
+        assert await w.cycle() == []
+
+
+async def test_a_meter_leap_answers_404_for_in_a_recheck_leaves_the_others_rechecked(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", overlap="0s") as w:
+        gone, cleared, kept = w.meters[1:4]
+        for m in (gone, cleared, kept):
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert len(events_of(await w.cycle())) == 3
+        w.portfolio.resolve_action(cleared)  # the incremental query lists meters with actions: the recheck sees it
+        w.sim.faults.add("not_found", times=2, meter_id=gone)  # the incremental search, then the recheck
+        with capture_logs() as logs:
+            bodies = await w.cycle()
+        assert [(e["type"], e["meter"]["meter_id"]) for b in bodies for e in b["data"]["events"]] == [
+            ("action.resolved", cleared)
+        ]
+        assert [e["meter_id"] for e in logs if e["event"] == "meter_not_found"] == [gone]
+        searches = [r for r in w.sim.requests if r.path.endswith("/search") and "meter_ids" in (r.body or {})]
+        assert [(r.status, gone in r.body["meter_ids"]) for r in searches[-2:]] == [(404, True), (200, False)]
+        assert set(await w.service.store.open_meter_ids()) == {gone, kept}  # left to the next sweep
 
 
 async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:

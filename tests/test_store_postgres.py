@@ -12,7 +12,7 @@ from msgspec.structs import replace
 from alerter.errors import FencedError, StoreError
 from alerter.models import RoutingWrite
 from alerter.store import packing, rows, schema
-from alerter.store.postgres import PostgresStore
+from alerter.store.postgres import PostgresStore, redact
 from alerter.store.schema import MIGRATIONS
 from tests.support.stores import T0, event, notification, obligation, opened, outbox, postgres_schema
 
@@ -142,6 +142,32 @@ async def test_migrating_moves_pending_group_ids_to_member_rows() -> None:
                 ("g1", ("e3", "e1", "e2"), True),
                 ("g2", (), False),
             ]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://alerter:hunter2@db:5432/alerter", "postgresql://alerter:***@db:5432/alerter"),
+        ("postgresql://alerter@db/alerter?password=hunter2", "postgresql://alerter@db/alerter?password=***"),
+        ("postgres://db/a?sslmode=require&sslpassword=hunter2", "postgres://db/a?sslmode=require&sslpassword=***"),
+        ("postgresql://alerter:hun/ter?2#x@db/alerter", "postgresql://alerter:***@db/alerter"),
+        (
+            "postgresql://alerter:hunter2@db/alerter?password=hunter2",
+            "postgresql://alerter:***@db/alerter?password=***",
+        ),
+        ("alerter:hunter2@db/alerter", "(a URL without a scheme)"),
+        ("postgresql://db/alerter", "postgresql://db/alerter"),
+    ],
+)
+def test_a_state_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+async def test_a_url_asyncpg_cannot_read_is_named_without_its_password() -> None:
+    store = PostgresStore("postgresql://alerter:hun#ter2@127.0.0.1:1/alerter")
+    with pytest.raises(StoreError) as err:
+        await store.open()
+    assert "ter2" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
 
 
 async def test_connection_errors_do_not_leak_the_password() -> None:

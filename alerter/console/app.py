@@ -63,7 +63,8 @@ class Console:
     def __init__(self, service: ServiceView) -> None:
         self.service = service
         self.store = ConsoleStore(service.store)
-        self.access = Access(service.config.http.auth, service.config.http.listen, self.store)
+        self._listen = service.config.http.listen  # the socket bound at start: a reload cannot move it
+        self._access = Access(service.config.http.auth, self._listen, self.store)
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("alerter.console", "templates"),
             autoescape=True,
@@ -72,6 +73,15 @@ class Console:
         )
         self.env.filters["when"] = _when
         self.log = structlog.get_logger("alerter.console")
+
+    @property
+    def access(self) -> Access:
+        """Who may do what, under the config in force: a reload that revokes a token or a user
+        (or changes a password) applies at the next request."""
+        auth = self.service.config.http.auth
+        if self._access.auth is not auth:
+            self._access = Access(auth, self._listen, self.store)
+        return self._access
 
     def now(self) -> datetime:
         return self.service.clock()

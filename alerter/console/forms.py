@@ -120,15 +120,15 @@ def ids_from(raw: Any) -> list[str] | None:
 
 
 def redact_url(url: str) -> str:
-    """A URL without userinfo, query or fragment (where tokens hide)."""
+    """A URL's scheme, host and port: its user info, path and query, where tokens hide (a
+    Slack or Teams incoming webhook's path is its secret), show only as `…`."""
     try:
         parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "(unreadable url)"
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    query = "…" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    path = "/…" if parts.path not in ("", "/") else parts.path
+    return urlunsplit((parts.scheme, (parts.hostname or "") + port, path, "…" if parts.query else "", ""))
 
 
 def describe_receiver(receiver: Any) -> dict[str, Any]:

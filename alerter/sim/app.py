@@ -109,7 +109,7 @@ async def _answer(request: web.Request, handler: Handler, state: _State) -> web.
             return web.Response(status=599)
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-        elif fault.kind == "invalid_record":
+        elif fault.kind in ("invalid_record", "not_found"):
             request[INVALID] = fault
         else:
             injected = _fault_response(fault)
@@ -130,6 +130,10 @@ async def _search(request: web.Request) -> web.Response:
         raise BadRequest("Bad Request", {"error": "the request body is not valid JSON"})
     search = parse_search({} if body is None else body)
     fault = request.get(INVALID)
+    if fault is not None and fault.kind == "not_found":
+        if isinstance(body, dict) and fault.meter_id in body.get("meter_ids", ()):
+            return _error(404, "Meter not found", {"meter_id": fault.meter_id})
+        fault = None
     if fault is None:
         return web.Response(body=state.searcher.page_json(search), content_type="application/json")
     meters, token = state.searcher.page(search)
@@ -151,7 +155,7 @@ async def _get(request: web.Request) -> web.Response:
     if index is None:
         return _error(404, "Meter not found", {"meter_id": meter_id})
     fault = request.get(INVALID)
-    if fault is None or fault.meter_id not in (None, meter_id):
+    if fault is None or fault.kind != "invalid_record" or fault.meter_id not in (None, meter_id):
         return web.Response(body=state.portfolio.json(index).encode(), content_type="application/json")
     return _json(corrupt(state.portfolio.record(index), fault.invalid))
 

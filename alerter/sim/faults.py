@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-KINDS = frozenset({"429", "500", "502", "503", "504", "401", "403", "slow", "invalid_record", "disconnect"})
+KINDS = frozenset(
+    {"429", "500", "502", "503", "504", "401", "403", "slow", "invalid_record", "disconnect", "not_found"}
+)
 INVALID_MODES = frozenset(
     {"missing_meter_id", "bad_action_type", "not_an_object", "naive_deadline", "date_deadline", "naive_updated_at"}
 )
@@ -20,7 +22,9 @@ class Fault:
     kinds: `429` (with Retry-After), `500` (a bare JSON string body, as Leap documents), `502`,
     `503`, `504` (HTML bodies, as a load balancer sends), `401`, `403`, `slow` (answer normally after
     `delay` seconds), `invalid_record` (records of the page break the definition, see below),
-    `disconnect` (close the connection without answering).
+    `disconnect` (close the connection without answering), `not_found` (a search naming `meter_id`
+    among its `meter_ids` answers 404 "Meter not found" naming it, as Leap's definition of the
+    search documents; one that does not name it is answered as usual).
 
     `invalid_record` breaks `count` records from the page's `record`-th on, or, with `meter_id`,
     that meter's record wherever it is served (search pages and `GET`); `invalid` says how:
@@ -44,7 +48,8 @@ class Fault:
     count: int = 1
     """For `invalid_record`: how many consecutive records to break."""
     meter_id: str | None = None
-    """For `invalid_record`: break this meter's record (wherever served) instead."""
+    """For `invalid_record`: break this meter's record (wherever served) instead; for
+    `not_found`, the meter a search is answered 404 for."""
 
     def breaks(self, index: int, meter: Any) -> bool:
         """Whether the `index`-th record of a page (the meter's JSON object) is to be broken."""

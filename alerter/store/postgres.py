@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -98,13 +97,24 @@ _DB_ERRORS = (
 _KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 
 
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """The URL without its password, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, fit for logs and error messages: the user info's password
+    (everything up to the last `@`, as a password may hold an unencoded `/`, `?` or `#`) and the
+    query's `password` and `sslpassword`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(a URL without a scheme)"
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        rest = f"{rest[: rest.index(':')]}:***@{rest[at + 1 :]}"
+    where, question, query = rest.partition("?")
+    if question:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(k + eq + ("***" if k.lower() in _SECRET_PARAMETERS else v) for k, eq, v in pairs)
+    return f"{scheme}://{where}{question}{query}"
 
 
 def _lock_key(*parts: str) -> int:
@@ -169,6 +179,8 @@ class PostgresStore(SqlStore, Store):
             )
         except _DB_ERRORS as err:
             raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {err}") from err
+        except ValueError:  # asyncpg's words may quote the URL, password and all
+            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: the URL cannot be read") from None
         try:
             async with self._read() as tx:
                 where = (await tx.fetch("SELECT current_database() AS db, current_schema() AS s"))[0]

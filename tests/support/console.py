@@ -25,6 +25,7 @@ AUTH = f"""\
     trusted_user_header: X-Forwarded-User
 """
 HOOK_SECRET_URL_TOKEN = "hook-url-token-s3cr3t"
+HOOK_SECRET_PATH_TOKEN = "hook-path-token-s3cr3t"
 
 
 def rules(webhook_url: str, remind: str = "{}") -> str:
@@ -32,7 +33,7 @@ def rules(webhook_url: str, remind: str = "{}") -> str:
 receivers:
   - name: crm
     webhook:
-      url: {webhook_url}?token={HOOK_SECRET_URL_TOKEN}
+      url: {webhook_url}/{HOOK_SECRET_PATH_TOKEN}?token={HOOK_SECRET_URL_TOKEN}
       secret: {WEBHOOK_SECRET}
       headers: {{X-Api-Key: header-secret-value}}
   - name: ops
