@@ -383,7 +383,7 @@ class Deliverer:
         at = self.next_attempt(d, channel, err, now)
         if at is None and err.retryable:
             message = f"gave up after {d.attempts + 1} attempts: {message}"[:MAX_ERROR]
-        outcomes.failed(Failed(n.id, d.receiver, message, at, now))
+        outcomes.failed(Failed(n.id, d.receiver, message, at, now, attempted=not isinstance(err, Deferred)))
         if not isinstance(err, Deferred):
             self.health.setdefault(d.receiver, ReceiverHealth()).failed(now, message)
         if isinstance(err, ReceiverGone):

@@ -17,10 +17,12 @@ from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
 from alerter.notifiers.email import EmailNotifier
 from alerter.notifiers.slack import SlackNotifier
 from alerter.notifiers.webhook import WebhookNotifier
+from alerter.pacing import Pacers
 from alerter.receivers import EmailConfig, SlackConfig, WebhookConfig
 from alerter.store import open_store
 from alerter.store.base import Delivery, Failed, Sent, Store
 from tests.support.channels import WebhookCollector, fake_slack, smtp_server, webhook_collector
+from tests.support.clock import FakeClock
 from tests.support.notifications import T0, event, notification
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
@@ -66,6 +68,28 @@ async def test_retryable_failure_backs_off_and_honours_retry_after(store: Store)
         assert (await worker.run_once(T0 + timedelta(seconds=121))).sent == {"crm": 1}
         await n.close()
     assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n1"]
+
+
+async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:
+    # twelve deferrals (Slack allows 10 attempts), then a real failure: attempt 1, retried, sent
+    clock = FakeClock()
+    async with fake_slack() as slack:
+        args = {"token": slack.token, "channel": "#c", "api_url": slack.api_url, "max_wait": "1s", "min_interval": "0s"}
+        n = SlackNotifier("ops", SlackConfig.model_validate(args), Pacers(clock, clock.sleep))
+        slack.fail("ratelimited", times=12, retry_after=30)
+        slack.fail("500")
+        await enqueue(store, notification("n1", [event(1)], receiver="ops"))
+        worker = Deliverer(store, {"ops": n}, "w1")
+        now = T0
+        for _ in range(13):
+            assert (await worker.run_once(now)).failed == {"ops": 1}
+            now, clock.now = now + timedelta(seconds=31), clock.now + 31
+        [row] = await store.claim_deliveries(now + timedelta(hours=1), "peek", 10, 0.001)
+        assert row.attempts == 1 and row.last_error is not None and "500" in row.last_error
+        assert (await worker.run_once(now + timedelta(hours=2))).sent == {"ops": 1}
+        await n.close()
+    assert await store.delivery_counts() == {("ops", "sent"): 1}
+    assert not slack.faults and len(slack.posted()) == 1  # Slack was asked 14 times, and posted once
 
 
 async def test_permanent_failure_is_dead_at_once(store: Store) -> None:

@@ -104,6 +104,8 @@ class Failed(NamedTuple):
     error: str
     next_attempt_at: datetime | None
     failed_at: datetime
+    attempted: bool = True
+    """False for a deferral (the channel busy, paced or rate limited): not counted as an attempt."""
 
 
 class ObligationStore(Protocol):

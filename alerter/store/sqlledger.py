@@ -18,7 +18,7 @@ _MARK_SENT = (
     "WHERE notification_id = $1 AND receiver = $2"
 )
 _MARK_FAILED = (
-    "UPDATE deliveries SET status = $3, attempts = attempts + 1, last_error = $4, "
+    "UPDATE deliveries SET status = $3, attempts = attempts + $7, last_error = $4, "
     "next_attempt_at = $5, lease_owner = NULL, lease_until = NULL, updated_at = $6 "
     "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
 )
@@ -141,7 +141,10 @@ class LedgerSql(SqlHooks, LedgerStore):
             if failed:
                 await tx.executemany(
                     _MARK_FAILED,
-                    [(f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), ts(f[4])) for f in failed],
+                    [
+                        (f[0], f[1], "dead" if f[3] is None else "pending", f[2], ts(f[3]), ts(f[4]), int(f[5]))
+                        for f in failed
+                    ],
                 )
 
     def _dead_filter(self, receiver: str | None, since: datetime | None, args: list[Any], p: str = "") -> str:
