@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from alerter.durations import Duration, format_duration, parse_duration
+from alerter.durations import Duration, PositiveDuration, format_duration, parse_duration
 from alerter.errors import ConfigError
 from alerter.yamlload import YamlDoc, load_yaml, sort_problems, validation_problems
 
@@ -103,7 +103,7 @@ class SourceConfig(BaseModel):
     )
     api_key: SecretStr
     page_size: int = Field(500, ge=1, le=500)
-    timeout: Duration = timedelta(seconds=30)
+    timeout: PositiveDuration = timedelta(seconds=30)
     filters: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = Field(5, ge=0, le=20)
     webhooks: WebhooksConfig | None = None
@@ -113,9 +113,9 @@ class SourceConfig(BaseModel):
 class PollConfig(BaseModel):
     model_config = STRICT
 
-    interval: Duration = timedelta(minutes=5)
+    interval: PositiveDuration = timedelta(minutes=5)
     overlap: Duration = timedelta(minutes=10)
-    reconcile_interval: Duration = timedelta(hours=24)
+    reconcile_interval: PositiveDuration = timedelta(hours=24)
     initial_sync: Literal["digest", "notify", "silent"] = "digest"
     resolution_check: Literal["meter_ids", "unfiltered"] = "meter_ids"
     """How an incremental cycle sees actions that cleared (the filtered query hides those meters):

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from alerter import templates
-from alerter.durations import Duration
+from alerter.durations import Duration, PositiveDuration
 
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,7 +54,7 @@ class SmtpConfig(BaseModel):
     """Implicit TLS (usually port 465)."""
     username: str | None = None
     password: SecretStr | None = None
-    timeout: Duration = timedelta(seconds=30)
+    timeout: PositiveDuration = timedelta(seconds=30)
     cert_bundle: str | None = None
     """A CA bundle to verify the server with (a private CA); the system store otherwise."""
 
@@ -90,7 +90,7 @@ class WebhookConfig(BaseModel):
     secret: SecretStr | list[SecretStr] | None = None
     """`whsec_<base64>`; a list while a secret rotates (one signature per secret)."""
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration = timedelta(seconds=15)
+    timeout: PositiveDuration = timedelta(seconds=15)
     max_events: int = Field(500, ge=1)
     """A larger group or digest is sent as several notifications (`data.part`)."""
 

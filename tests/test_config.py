@@ -32,6 +32,7 @@ BAD = [
     ("unknown_section.yaml", ["unknown_section.yaml:4:1: unknown key 'polling'"]),
     ("missing_api_key.yaml", ["missing_api_key.yaml:1:1: missing required key 'api_key' in source"]),
     ("bad_duration.yaml", ["bad_duration.yaml:4:13: poll.interval: not a duration: 'five minutes'"]),
+    ("zero_interval.yaml", ["zero_interval.yaml:4:13: poll.interval: must be longer than 0s, got 0s"]),
     ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
     ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
     ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: expected a mapping, got a list"]),
