@@ -369,7 +369,7 @@ class Deliverer:
         if err.retry_after is not None:
             delay = max(delay, err.retry_after) if not isinstance(err, Deferred) else err.retry_after
         at = now + timedelta(seconds=delay)
-        if (at - d.notification.created_at).total_seconds() > policy.budget:
+        if (at - (d.retry_from or d.notification.created_at)).total_seconds() > policy.budget:
             return None
         if attempt >= policy.max_attempts and not isinstance(err, Deferred):
             return None

@@ -77,6 +77,7 @@ async def build(path: Path) -> None:
             db.execute(f"UPDATE {table} SET " + ", ".join(f"{c} = iso({c})" for c in columns))
         db.execute("DROP INDEX notification_events_by_notification")
         db.execute("CREATE INDEX notification_events_by_notification ON notification_events (notification_id)")
+        db.execute("ALTER TABLE deliveries DROP COLUMN retry_from")  # step 16's
         db.execute("DELETE FROM schema_version WHERE version >= ?", (BEFORE,))
     db.close()
     with sqlite3.connect(path) as db:

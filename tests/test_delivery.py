@@ -199,6 +199,23 @@ async def test_retry_budget_ends_in_dead_letter_then_replay_delivers(store: Stor
     assert len(hook.delivered()) == 1 and {r.headers["webhook-id"] for r in hook.received} == {"n1"}
 
 
+async def test_a_replayed_dead_letter_gets_its_whole_retry_budget_again(store: Store) -> None:
+    # dead for a day: its notification is older than the channel's 12 h budget when it is replayed
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.extend([400, 503, 503])
+        n = webhook(hook)
+        await enqueue(store, notification("n1", [event(1)], receiver="crm", created_at=T0))
+        worker = Deliverer(store, {"crm": n}, "w1")
+        await worker.run_once(T0)
+        later = T0 + timedelta(days=1)
+        assert await store.replay_dead_letters(later) == 1
+        assert (await worker.run_once(later)).failed == {"crm": 1}  # retried, not dead at once
+        assert (await worker.run_once(later + timedelta(hours=1))).failed == {"crm": 1}
+        assert (await worker.run_once(later + timedelta(hours=3))).sent == {"crm": 1}
+        await n.close()
+    assert await store.dead_letters() == []
+
+
 async def test_worker_killed_between_send_and_commit_resends_same_ids(store: Store) -> None:
     """Worker A sends, then dies before mark_sent; its lease expires; worker B resends."""
     async with webhook_collector([SECRET]) as hook, smtp_server() as smtp:

@@ -72,6 +72,8 @@ class Delivery:
     external_id: str | None = None
     steps: Mapping[str, str] = field(default_factory=dict)
     """The messages of this notification already sent (step name -> external id): a retry sends only the rest."""
+    retry_from: datetime | None = None
+    """When its retry budget started, if a replay started it again (else: its notification's creation)."""
     unreadable: tuple[str, ...] = ()
     """Its stored parts that cannot be read (`<event id>: <why>`, or `notification: <why>`): left
     out, and named by the delivery, which sends the rest (a notification with nothing left is dead)."""

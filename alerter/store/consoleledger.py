@@ -27,8 +27,8 @@ _DELIVERY_VIEW = (
 )
 AUDIT = "INSERT INTO console_audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
 _REPLAY = (
-    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_owner = NULL, "
-    "lease_until = NULL, updated_at = $1 WHERE status = 'dead' AND notification_id = $2"
+    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE status = 'dead' AND notification_id = $2"
 )
 
 

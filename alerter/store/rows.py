@@ -35,7 +35,7 @@ obligation: the write time (looked at on the next step) unless the writer says w
 EVENT_COLUMNS = "id, key_id, meter_id, kind, occurred_at, initial, payload"
 DELIVERY_COLUMNS = (
     "d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, "
-    "d.sent_at, d.external_id, d.steps, n.payload"
+    "d.sent_at, d.external_id, d.steps, d.retry_from, n.payload"
 )
 
 
@@ -309,6 +309,7 @@ def delivery_from_row(r: Row, events: Sequence[Event] | None = None, unreadable:
         sent_at=read_ts(r["sent_at"]),
         external_id=r["external_id"],
         steps=orjson.loads(r["steps"]) if r["steps"] else {},
+        retry_from=read_ts(r["retry_from"]),
         unreadable=unreadable,
     )
 

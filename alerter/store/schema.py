@@ -75,7 +75,8 @@ INSTANT_COLUMNS = {
     "console_sessions": ("created_at", "expires_at"),
     "webhook_inbox": ("received_at", "next_attempt_at", "processed_at"),
 }
-"""Every column that holds an instant, by table."""
+"""Every column that held an instant when schema step 13 packed SQLite's (columns added since,
+such as `deliveries.retry_from`, are written packed from the start)."""
 
 _SQLITE_PACKED_TIMES = ";\n".join(
     f"UPDATE {table} SET " + ", ".join(f"{c} = alerter_instant({c})" for c in columns)
@@ -417,6 +418,12 @@ postgres=URL)`) where its JSON kept as written took ~1 KB; each event's row is w
 (its insert, and the update that marks it routed). Payloads written before stay their JSON
 text, as UTF-8 bytes, and read as they are. SQLite keeps any value in the column as it is given."""
 
+_RETRY_FROM = """
+ALTER TABLE deliveries ADD COLUMN retry_from {ts}
+"""
+"""When a delivery's retry budget starts, once a replay has started it again (NULL: when its
+notification was created): a dead letter replayed gets its channel's whole budget."""
+
 MIGRATIONS: tuple[str, ...] = (
     _V1,
     _V2,
@@ -433,6 +440,7 @@ MIGRATIONS: tuple[str, ...] = (
     _PACKED_TIMES,
     _LINKS_IN_ORDER,
     _PACKED_PAYLOADS,
+    _RETRY_FROM,
 )
 """Append-only. Each step is `;`-separated DDL with `{type}` placeholders."""
 

@@ -172,7 +172,7 @@ class LedgerSql(SqlHooks, LedgerStore):
         args: list[Any] = [self._ts(now)]
         where = self._dead_filter(receiver, since, args)
         sql = (
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, "
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
             f"lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE {where}"
         )
         async with self._write() as tx:
