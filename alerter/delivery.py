@@ -55,9 +55,11 @@ class RetryPolicy:
 
 
 DEFAULT_POLICIES: Mapping[str, RetryPolicy] = {
-    "webhook": RetryPolicy(base=10, cap=3600, max_attempts=20, budget=12 * 3600, in_flight=32),
-    "slack": RetryPolicy(base=2, cap=300, max_attempts=10, budget=6 * 3600, in_flight=2),
-    "email": RetryPolicy(base=30, cap=1800, max_attempts=12, budget=12 * 3600, in_flight=4),
+    # enough attempts for the budget to be what ends the retries: with full jitter an attempt
+    # after the ramp waits cap/2 on average (10 attempts of Slack's lasted ~9 min of its 6 h)
+    "webhook": RetryPolicy(base=10, cap=3600, max_attempts=36, budget=12 * 3600, in_flight=32),
+    "slack": RetryPolicy(base=2, cap=300, max_attempts=150, budget=6 * 3600, in_flight=2),
+    "email": RetryPolicy(base=30, cap=1800, max_attempts=56, budget=12 * 3600, in_flight=4),
     "console": RetryPolicy(base=1, cap=10, max_attempts=3, budget=600, in_flight=1),
 }
 MAX_ERROR = 500

@@ -332,12 +332,27 @@ def test_full_jitter_stays_under_the_exponential_cap(channel: str) -> None:
         assert 0 <= (at - T0).total_seconds() <= min(policy.cap, policy.base * 2**attempts)
 
 
+@pytest.mark.parametrize("channel", ["webhook", "slack", "email"])
+def test_a_failing_receiver_is_retried_for_most_of_its_channels_budget(channel: str) -> None:
+    # an outage shorter than the budget loses nothing: the attempts run out only near its end
+    policy = DEFAULT_POLICIES[channel]
+    for seed in range(5):
+        worker = Deliverer(cast(Store, None), {}, "w", rng=random.Random(seed))
+        now, attempts = T0, 0
+        while (
+            at := worker.next_attempt(pending(attempts), channel, DeliveryError("x", retryable=True), now)
+        ) is not None:
+            now, attempts = at, attempts + 1
+        assert (now - T0).total_seconds() > 0.8 * policy.budget, (seed, attempts)
+
+
 def test_retry_after_budget_and_deferral() -> None:
     worker = Deliverer(cast(Store, None), {}, "w", rng=random.Random(1))
     at = worker.next_attempt(pending(0), "slack", DeliveryError("x", retryable=True, retry_after=90), T0)
     assert at is not None and (at - T0).total_seconds() >= 90
-    assert worker.next_attempt(pending(9), "slack", DeliveryError("x", retryable=True), T0) is None
-    assert worker.next_attempt(pending(9), "slack", Deferred("busy", 3), T0) == T0 + timedelta(seconds=3)
+    last = DEFAULT_POLICIES["slack"].max_attempts - 1
+    assert worker.next_attempt(pending(last), "slack", DeliveryError("x", retryable=True), T0) is None
+    assert worker.next_attempt(pending(last), "slack", Deferred("busy", 3), T0) == T0 + timedelta(seconds=3)
     old = pending(1, created=T0 - timedelta(hours=13))
     assert worker.next_attempt(old, "webhook", DeliveryError("x", retryable=True), T0) is None
     assert worker.next_attempt(pending(0), "webhook", ReceiverGone("gone"), T0) is None
