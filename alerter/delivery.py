@@ -56,7 +56,8 @@ class RetryPolicy:
 
 DEFAULT_POLICIES: Mapping[str, RetryPolicy] = {
     # enough attempts for the budget to be what ends the retries: with full jitter an attempt
-    # after the ramp waits cap/2 on average (10 attempts of Slack's lasted ~9 min of its 6 h)
+    # after the ramp waits cap/2 on average (Slack's 10 attempts before: half of each delay's
+    # cap, summed, ~9 min of its 6 h)
     "webhook": RetryPolicy(base=10, cap=3600, max_attempts=36, budget=12 * 3600, in_flight=32),
     "slack": RetryPolicy(base=2, cap=300, max_attempts=150, budget=6 * 3600, in_flight=2),
     "email": RetryPolicy(base=30, cap=1800, max_attempts=56, budget=12 * 3600, in_flight=4),
@@ -312,11 +313,10 @@ class Deliverer:
             log.error("stored_part_unreadable", receiver=d.receiver, notification_id=n.id, error=why)
         stats.unreadable += len(d.unreadable)
         notifier = self.notifiers.get(d.receiver)
-        dead = "receiver not configured" if notifier is None else None
-        if d.unreadable and not n.events:
-            dead = f"nothing of it can be read: {d.unreadable[0]}"[:MAX_ERROR]
-        if dead is not None or notifier is None:
-            outcomes.failed(Failed(n.id, d.receiver, dead or "", None, now))
+        if notifier is None or (d.unreadable and not n.events):
+            why = "receiver not configured" if notifier is None else f"nothing of it can be read: {d.unreadable[0]}"
+            dead = why[:MAX_ERROR]
+            outcomes.failed(Failed(n.id, d.receiver, dead, None, now))
             stats.dead[d.receiver] += 1
             log.error(
                 "delivery_failed",

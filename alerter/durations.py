@@ -56,10 +56,5 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
-PositiveDuration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    AfterValidator(_positive),
-    PlainSerializer(format_duration, return_type=str),
-]
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 """A duration that must be longer than zero (an interval, a timeout)."""

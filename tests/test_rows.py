@@ -89,7 +89,7 @@ async def test_a_notification_stored_with_its_events_copied_is_still_delivered_w
         await store.close()
 
 
-def _opened_and_polled(p: Portfolio, meters: list[str]) -> None:
+def _open_actions(p: Portfolio, meters: list[str]) -> None:
     for m in meters:
         p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
 
@@ -111,7 +111,7 @@ async def test_routing_and_delivery_go_on_past_a_stored_event_that_cannot_be_rea
             await service.run_cycle(flush_all=True)
             metric = service.metrics.registry.get_sample_value
             # a pending event damaged before routing reads it: the others are routed and sent
-            _opened_and_polled(p, meters[:3])
+            _open_actions(p, meters[:3])
             now = service.clock()
             await service.poller.run_cycle(now, force_reconcile=True)
             pending = _damage(tmp_path / "s.db", meters[1])
@@ -126,7 +126,7 @@ async def test_routing_and_delivery_go_on_past_a_stored_event_that_cannot_be_rea
             assert sorted(e["meter"]["meter_id"] for e in body["data"]["events"]) == sorted([meters[0], meters[2]])
             # an event damaged after routing linked it, while its receiver was down: the rest is sent
             hook.script.append(503)
-            _opened_and_polled(p, meters[3:])
+            _open_actions(p, meters[3:])
             await service.run_cycle(now, flush_all=True, force_reconcile=True)
             await service.deliver_step(now)  # refused: retried later
             linked = _damage(tmp_path / "s.db", meters[4])
@@ -158,7 +158,7 @@ async def test_routing_and_delivery_go_on_past_a_stored_event_that_cannot_be_rea
 async def test_an_initial_digest_goes_on_past_a_stored_event_that_cannot_be_read(tmp_path: Path) -> None:
     p = Portfolio(20, action_rate=0.0, seed=3)
     meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]][:3]
-    _opened_and_polled(p, meters)
+    _open_actions(p, meters)
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         state = f"sqlite:///{tmp_path}/s.db"
         cfg = write_config(tmp_path, config_yaml(sim.url, state, initial_sync="digest"), rules_yaml(hook.url()))

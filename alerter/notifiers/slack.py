@@ -199,12 +199,12 @@ class SlackNotifier:
                 await steps.done(f"update:{root}", root)
             ext = await self._post_step(steps, f"reply:{root}", notification, tuple(events), now, root)
             first = first or ext
-        new_roots: Mapping[str, str] = {}
+        new_roots: dict[str, str] = {}
         if loose:
             ext = await self._post_step(steps, "post", notification, tuple(loose), now)
             first = first or ext
             new_roots = {e.obligation.key_id: ext for e in loose if e.kind != "resolved"}
-        return SendResult(first, dict(new_roots))
+        return SendResult(first, new_roots)
 
 
 _IN_THREAD = frozenset({"resolved", "reminder"})

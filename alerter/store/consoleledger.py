@@ -16,6 +16,7 @@ from alerter.console import core
 from alerter.console.core import Sql
 from alerter.store import rows
 from alerter.store.sql import SqlStore
+from alerter.store.sqlledger import REPLAY
 
 _DELIVERY_VIEW = (
     "SELECT d.notification_id, d.receiver, d.status, d.attempts, d.next_attempt_at, d.last_error, d.sent_at, "
@@ -26,10 +27,7 @@ _DELIVERY_VIEW = (
     "FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
 )
 AUDIT = "INSERT INTO console_audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
-_REPLAY = (
-    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
-    "lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE status = 'dead' AND notification_id = $2"
-)
+_REPLAY = REPLAY + "notification_id = $2"
 
 
 @dataclass(frozen=True)

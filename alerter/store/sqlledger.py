@@ -30,6 +30,12 @@ LINKED_EVENTS = (
 )
 """The events of notifications that link them, in order (`{notifications}`: the backend's `IN`)."""
 RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
+REPLAY = (
+    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE status = 'dead' AND "
+)
+"""A replay of dead letters at `$1`, as their first try with the channel's whole budget again;
+the caller ends it with which (`alerter dlq replay`, the console)."""
 FORGET_INSTANCES = timedelta(days=1)
 """An instance not seen for this long is forgotten (its leases expired long before)."""
 
@@ -171,12 +177,8 @@ class LedgerSql(SqlHooks, LedgerStore):
     ) -> int:
         args: list[Any] = [self._ts(now)]
         where = self._dead_filter(receiver, since, args)
-        sql = (
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
-            f"lease_owner = NULL, lease_until = NULL, updated_at = $1 WHERE {where}"
-        )
         async with self._write() as tx:
-            return await tx.execute(sql, *args)
+            return await tx.execute(REPLAY + where, *args)
 
     async def undelivered_count(self, receiver: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
