@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from datetime import UTC, datetime
@@ -9,22 +10,27 @@ from email.utils import parsedate_to_datetime
 
 from alerter.errors import AlerterError
 
+RETRY_AFTER_MAX = 7 * 86400.0
+"""The longest Retry-After taken as given: a week, past every channel's retry budget (a longer
+one, or `inf`, would overflow the instant it is added to)."""
+
 
 def retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After in seconds (delta-seconds, or an HTTP date counted from `now`); None when absent or unreadable."""
+    """Retry-After in seconds (delta-seconds, or an HTTP date counted from `now`), at most
+    `RETRY_AFTER_MAX`; None when absent or unreadable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return None if math.isnan(seconds) else min(max(0.0, seconds), RETRY_AFTER_MAX)
 
 
 def listen_error(host: str, port: int, err: OSError) -> AlerterError:

@@ -70,6 +70,23 @@ async def test_retryable_failure_backs_off_and_honours_retry_after(store: Store)
     assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n1"]
 
 
+async def test_a_retry_after_of_centuries_ends_in_a_dead_letter_and_the_worker_goes_on(store: Store) -> None:
+    # delta-seconds past what a datetime holds: read as a week, past the budget, so a dead letter
+    async with webhook_collector([SECRET]) as hook:
+        hook.script.append(429)
+        hook.retry_after = "100000000000000"
+        n = webhook(hook)
+        worker = Deliverer(store, {"crm": n}, "w1")
+        await enqueue(store, notification("n1", [event(1)], receiver="crm"))
+        assert (await worker.run_once(T0)).dead == {"crm": 1}
+        await enqueue(store, notification("n2", [event(2)], receiver="crm"))
+        assert (await worker.run_once(T0 + timedelta(seconds=1))).sent == {"crm": 1}
+        await n.close()
+    [dead] = await store.dead_letters()
+    assert dead.notification.id == "n1" and dead.last_error is not None and "429" in dead.last_error
+    assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n2"]
+
+
 async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:
     # twelve deferrals (Slack allows 10 attempts), then a real failure: attempt 1, retried, sent
     clock = FakeClock()
