@@ -137,7 +137,11 @@ def _decode_each(raw: bytes, number: int) -> Page:
     invalid = len(meters) - len(records)
     ids = [r.meter_id for r in records]
     acting = [r for r in records if r.partner_actions]
-    token = token if isinstance(token, str) and token else None
+    if token is not None and not isinstance(token, str):
+        # read as the last page, it would end the sweep early, and a reconcile sweep would then
+        # resolve every meter on the pages never read
+        raise SourceError(f"Leap returned a next_page_token that is not a string (page {number})")
+    token = token or None
     return Page(number, records, invalid, token, latest, ids, acting, invalid_ids)
 
 

@@ -65,6 +65,12 @@ class RequiredAction(BaseModel):
     action_code: str
 
 
+class _Stated(BaseModel):
+    """An object, whatever it holds (`Record.required_actions`)."""
+
+    model_config = _RECORD
+
+
 class Record(BaseModel):
     """One meter enrollment as returned by `POST /v2/meters/enrollments/search`.
 
@@ -92,6 +98,10 @@ class Record(BaseModel):
         default=(), validation_alias=AliasPath("required_actions", "partner")
     )
     """`required_actions.partner[]`: the obligations this product tracks."""
+    required_actions: _Stated = Field(repr=False)
+    """That `required_actions` is an object, as Leap's definition requires: a record without it
+    (or with `null` or anything else there) cannot say that its meter's actions cleared, and
+    read as listing none it would resolve every one of them. Its content is read above."""
 
     def meter(self) -> Meter:
         return Meter(

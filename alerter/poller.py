@@ -30,9 +30,9 @@ import operator
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import structlog
@@ -60,6 +60,10 @@ BATCH_SECONDS = 1.0
 WRITTEN_BITS = 1 << 24
 """Bits (2 MiB) of the filter of meters a read of a fresh state has written (`Written`)."""
 _WRITTEN_MASK = WRITTEN_BITS - 1
+FUTURE_SKEW = timedelta(minutes=5)
+"""A record dated this far past the cycle's clock is logged (`updated_at_in_future`). The
+watermark never passes the cycle's clock: one record dated in the future would otherwise move
+it there for good, and every incremental read until then would find nothing."""
 NAMED = 20
 """Skipped meters a cycle report names (the log names every one)."""
 
@@ -325,7 +329,9 @@ class Poller:
                 unidentified=report.unidentified,
             )
         elif unlisted:
-            await self._resolve_unlisted(sorted(unlisted), now, initial, batch)
+            # pages that shift while a sweep reads them can leave a meter out of every page: each is
+            # asked for by id before its absence resolves anything
+            await self._reread(sorted(unlisted), now, initial, batch, {"partner_action_required": True})
 
         meta = {META_LAST_CYCLE: _iso(now)}
         if report.watermark is not None:
@@ -358,16 +364,31 @@ class Poller:
         """
         started = time.perf_counter()
         report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind="push")
-        unlisted = set(meter_ids)
         batch = _Batch(self.store, report, self.log.bind(cycle_id=report.cycle_id, cycle="push"), self.look)
-        found = read_ahead_groups(select_pages(self.source.search_meters(meter_ids), None), READ_AHEAD, GROUP_PAGES)
-        async with contextlib.aclosing(found) as groups, self._committing(batch):
-            async for group in groups:
-                unlisted.difference_update(await self._apply(group, now, False, batch))
-        if unlisted and not report.unidentified:  # an invalid record with a readable id still lists its meter
-            await self._resolve_unlisted(sorted(unlisted), now, False, batch)
+        await self._reread(meter_ids, now, False, batch)
         report.duration = time.perf_counter() - started
         return report
+
+    async def _reread(
+        self,
+        meter_ids: Sequence[str],
+        now: datetime,
+        initial: bool,
+        batch: _Batch,
+        filters: Mapping[str, object] | None = None,
+    ) -> None:
+        """These meters read again by `meter_ids` (with `filters`) and what changed committed as a
+        poll would; those the complete read no longer lists have their open obligations resolved
+        (`reconcile`), unless a record without a readable meter id failed validation (an invalid
+        record with a readable id still lists its meter)."""
+        unlisted = set(meter_ids)
+        pages = self.source.search_meters(meter_ids, None, filters)
+        found = read_ahead_groups(select_pages(pages, None), READ_AHEAD, GROUP_PAGES)
+        async with contextlib.aclosing(found) as groups, self._committing(batch):
+            async for group in groups:
+                unlisted.difference_update(await self._apply(group, now, initial, batch))
+        if unlisted and not batch.report.unidentified:
+            await self._resolve_unlisted(sorted(unlisted), now, initial, batch)
 
     @contextlib.asynccontextmanager
     async def _committing(self, batch: _Batch) -> AsyncIterator[None]:
@@ -402,7 +423,9 @@ class Poller:
                 report.skipped(page.invalid_ids)
                 invalid_ids.extend(page.invalid_ids)
             if page.max_updated_at and (report.watermark is None or page.max_updated_at > report.watermark):
-                report.watermark = page.max_updated_at
+                report.watermark = min(page.max_updated_at, now)
+                if page.max_updated_at > now + FUTURE_SKEW:
+                    batch.log.warning("updated_at_in_future", updated_at=_iso(page.max_updated_at), now=_iso(now))
             records.extend(page.records)
         ids = list(map(_METER_ID, records))
         if len(set(ids)) < len(ids):

@@ -7,10 +7,10 @@ dropped here, while the page is fresh in memory, and never read, diffed or kept.
 from __future__ import annotations
 
 import operator
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from alerter.models import Record
 
@@ -40,7 +40,10 @@ class PageLike(Protocol):
 class SourceLike(Protocol):
     def search(self, filters: dict[str, object]) -> AsyncIterator[PageLike]: ...
     def search_meters(
-        self, meter_ids: Sequence[str], last_modified: datetime | None = None
+        self,
+        meter_ids: Sequence[str],
+        last_modified: datetime | None = None,
+        filters: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[PageLike]: ...
 
 

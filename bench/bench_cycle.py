@@ -26,7 +26,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,10 @@ class Unfiltered:
     def search(self, filters: dict[str, object]) -> AsyncIterator[Page]:
         return self.client.search({k: v for k, v in filters.items() if k != "partner_action_required"})
 
-    def search_meters(self, meter_ids: Sequence[str], last_modified: datetime | None = None) -> AsyncIterator[Page]:
-        return self.client.search_meters(meter_ids, last_modified)
+    def search_meters(
+        self, meter_ids: Sequence[str], last_modified: datetime | None = None, filters: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[Page]:
+        return self.client.search_meters(meter_ids, last_modified, filters)
 
 
 def peak_rss_mb() -> float:

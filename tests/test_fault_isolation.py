@@ -178,6 +178,22 @@ async def test_an_invalid_record_with_a_readable_id_keeps_its_meter_open_while_o
         assert await w.service.store.open_meter_ids() == []
 
 
+@pytest.mark.parametrize("invalid", ["no_required_actions", "null_required_actions"])
+async def test_a_record_that_does_not_state_its_actions_resolves_nothing(tmp_path: Path, invalid: str) -> None:
+    async with world(tmp_path, "sqlite", page_size="5") as w:
+        await w.cycle()
+        m = w.meters[3]
+        w.portfolio.open_action(m, action_code="AUTH_0001")
+        assert events_of((await w.cycle())[1]) == [("action.opened", m)]
+        w.portfolio.touch(m)  # the incremental read lists it again
+        w.sim.faults.add("invalid_record", times=100, invalid=invalid, meter_id=m)
+        for kw in ({}, {"force_reconcile": True}):
+            report, bodies = await w.cycle(**kw)
+            assert report.invalid == 1 and events_of(bodies) == []
+            assert await w.service.store.open_meter_ids() == [m]
+        assert w.metric("invalid_records") == 2
+
+
 async def test_two_bad_records_on_one_page_count_two_and_each_is_named(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", page_size="10") as w:
         await w.cycle()

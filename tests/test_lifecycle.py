@@ -212,6 +212,39 @@ async def test_a_meter_leap_answers_404_for_in_a_recheck_leaves_the_others_reche
         assert set(await w.service.store.open_meter_ids()) == {gone, kept}  # left to the next sweep
 
 
+async def test_a_meter_a_shifting_page_left_out_of_a_sweep_is_asked_for_before_it_is_resolved(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", overlap="0s") as w:
+        skipped, cleared = w.meters[1:3]
+        for m in (skipped, cleared):
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert len(events_of(await w.cycle())) == 2
+        resolve_quietly(w.portfolio, cleared)
+        w.sim.faults.add("skipped", times=1, meter_id=skipped)  # the sweep's one page leaves it out
+        bodies = await w.cycle(force_reconcile=True)
+        assert [(e["type"], e["meter"]["meter_id"]) for b in bodies for e in b["data"]["events"]] == [
+            ("action.resolved", cleared)
+        ]
+        assert set(await w.service.store.open_meter_ids()) == {skipped}
+        [reread] = [r for r in w.sim.requests if r.path.endswith("/search") and (r.body or {}).get("meter_ids")]
+        assert sorted(reread.body["meter_ids"]) == sorted([skipped, cleared])
+        assert reread.body["partner_action_required"] is True
+        assert (await w.service.store.history(cleared))[-1].event.obligation.resolution == "reconcile"
+
+
+async def test_a_record_dated_in_the_future_does_not_stop_the_incremental_reads(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", overlap="0s") as w:
+        early, later = w.meters[1:3]
+        assert await w.cycle() == []
+        w.portfolio.offset = timedelta(days=365 * 70)  # Leap dates this change decades ahead
+        w.portfolio.open_action(early, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        w.portfolio.offset = timedelta(0)
+        with capture_logs() as logs:
+            assert events_of(await w.cycle()) == [("action.opened", "AUTH_0001")]
+        assert [e["event"] for e in logs if e["event"] == "updated_at_in_future"] == ["updated_at_in_future"]
+        w.portfolio.open_action(later, action_type="NO_MISSING_FIELDS", action_code="SERV_0005")
+        assert events_of(await w.cycle()) == [("action.opened", "SERV_0005")]
+
+
 async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", overlap="0s") as w:
         m = w.meters[2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -116,7 +116,9 @@ class ListSource:
     def search(self, filters: dict[str, object]) -> AsyncIterator[FakePage]:
         return self._serve()
 
-    def search_meters(self, meter_ids: Sequence[str], last_modified: datetime | None = None) -> AsyncIterator[FakePage]:
+    def search_meters(
+        self, meter_ids: Sequence[str], last_modified: datetime | None = None, filters: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[FakePage]:
         return ListSource([]).search({})
 
 

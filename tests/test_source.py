@@ -366,7 +366,12 @@ def test_a_lone_surrogate_fails_its_record_alone() -> None:
     read leniently, the record holding it (text no store can keep) is skipped, the others go on."""
     fine = Portfolio(5, action_rate=1.0, seed=12).record(3)
     raw = orjson.dumps(
-        {"meters": [fine, {"meter_id": "44444444-4444-4444-4444-444444444444", "partner_reference": "x"}]}
+        {
+            "meters": [
+                fine,
+                {"meter_id": "44444444-4444-4444-4444-444444444444", "partner_reference": "x", "required_actions": {}},
+            ]
+        }
     )
     raw = raw.replace(b'"partner_reference":"x"', b'"partner_reference":"x\\ud800"')
     with capture_logs() as logs:
@@ -378,18 +383,41 @@ def test_a_lone_surrogate_fails_its_record_alone() -> None:
 
 
 def test_missing_optional_keys_read_as_empty() -> None:
-    raw = orjson.dumps({"meters": [{"meter_id": "11111111-1111-1111-1111-111111111111"}]})
-    (record,) = decode_page(raw, 1).records
+    meter = {"meter_id": "11111111-1111-1111-1111-111111111111", "required_actions": {}}
+    (record,) = decode_page(orjson.dumps({"meters": [meter]}), 1).records
     assert (record.partner_reference, record.tags, record.partner_actions) == ("", (), ())
     assert record.updated_at is None
 
 
-def test_null_containers_read_as_empty_but_a_null_action_list_is_invalid() -> None:
-    meter = {"meter_id": "11111111-1111-1111-1111-111111111111", "audit": None, "required_actions": None}
-    broken = {"meter_id": "22222222-2222-2222-2222-222222222222", "required_actions": {"partner": None}}
-    page = decode_page(orjson.dumps({"meters": [meter, broken]}), 1)
+@pytest.mark.parametrize("actions", [None, "none", [], 0], ids=["null", "a string", "a list", "a number"])
+def test_a_record_that_does_not_state_its_actions_is_invalid_and_its_meter_named(actions: object) -> None:
+    # read as listing no action, it would resolve every open obligation of its meter
+    stated: dict[str, Any] = {
+        "meter_id": "11111111-1111-1111-1111-111111111111",
+        "audit": None,
+        "required_actions": {"partner": []},
+    }
+    silent = {"meter_id": "22222222-2222-2222-2222-222222222222"}
+    broken = [{**silent, "required_actions": actions}, silent]
+    with capture_logs() as logs:
+        page = decode_page(orjson.dumps({"meters": [stated, *broken]}), 1)
     ((record,), invalid) = page.records, page.invalid
-    assert (record.meter_id, record.partner_actions, record.updated_at, invalid) == (meter["meter_id"], (), None, 1)
+    assert (record.meter_id, record.partner_actions, record.updated_at, invalid) == (stated["meter_id"], (), None, 2)
+    assert page.invalid_ids == [silent["meter_id"]] * 2
+    assert all("required_actions" in e["error"] for e in logs if e["event"] == "record_invalid")
+
+
+def test_a_null_action_list_is_invalid() -> None:
+    broken = {"meter_id": "22222222-2222-2222-2222-222222222222", "required_actions": {"partner": None}}
+    assert decode_page(orjson.dumps({"meters": [broken]}), 1).invalid == 1
+
+
+@pytest.mark.parametrize("token", [12345, {"page": 2}, ["x"], True])
+def test_a_page_token_that_is_not_a_string_is_an_error_not_the_last_page(token: object) -> None:
+    # read as the end, it would cut the sweep short, and a reconcile sweep would then resolve
+    # every meter on the pages it never read
+    with pytest.raises(SourceError, match="next_page_token"):
+        decode_page(orjson.dumps({"meters": [], "next_page_token": token}), 4)
 
 
 @pytest.mark.parametrize("raw", [b"<html>oops</html>", b'{"next_page_token": "x"}', b'"a string"'])

@@ -13,7 +13,7 @@ from alerter.config import SourceConfig
 from alerter.errors import SourceError
 from alerter.source import LeapClient
 
-METER = {"meter_id": "11111111-1111-1111-1111-111111111111", "is_archived": False}
+METER = {"meter_id": "11111111-1111-1111-1111-111111111111", "is_archived": False, "required_actions": {"partner": []}}
 
 
 @asynccontextmanager

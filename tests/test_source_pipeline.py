@@ -64,7 +64,11 @@ class Leap:
             return web.json_response({"title": "no"}, status=fault)
         n = self.page(token)
         meters = [
-            {"meter_id": f"m{n}-{i}", "audit": {"updated_at": f"2024-01-{n % 28 + 1:02d}T00:00:0{i}Z"}}
+            {
+                "meter_id": f"m{n}-{i}",
+                "audit": {"updated_at": f"2024-01-{n % 28 + 1:02d}T00:00:0{i}Z"},
+                "required_actions": {"partner": []},
+            }
             for i in range(3)
         ]
         after = token_of(n + 1) if n + 1 < self.pages else None

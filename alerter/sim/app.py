@@ -109,7 +109,7 @@ async def _answer(request: web.Request, handler: Handler, state: _State) -> web.
             return web.Response(status=599)
         if fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-        elif fault.kind in ("invalid_record", "not_found"):
+        elif fault.kind in ("invalid_record", "not_found", "skipped"):
             request[INVALID] = fault
         else:
             injected = _fault_response(fault)
@@ -134,9 +134,13 @@ async def _search(request: web.Request) -> web.Response:
         if isinstance(body, dict) and fault.meter_id in body.get("meter_ids", ()):
             return _error(404, "Meter not found", {"meter_id": fault.meter_id})
         fault = None
-    if fault is None:
+    named = isinstance(body, dict) and bool(body.get("meter_ids"))
+    if fault is None or (fault.kind == "skipped" and named):
         return web.Response(body=state.searcher.page_json(search), content_type="application/json")
     meters, token = state.searcher.page(search)
+    if fault.kind == "skipped":
+        meters = [m for m in meters if m.get("meter_id") != fault.meter_id]
+        fault = replace(fault, count=0)  # nothing else broken
     if meters and fault.meter_id is None and fault.record >= len(meters):
         fault = replace(fault, record=len(meters) - 1, count=1)  # a short page: its last record
     meters = [corrupt(m, fault.invalid) if fault.breaks(i, m) else m for i, m in enumerate(meters)]

@@ -8,10 +8,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 KINDS = frozenset(
-    {"429", "500", "502", "503", "504", "401", "403", "slow", "invalid_record", "disconnect", "not_found"}
+    {"429", "500", "502", "503", "504", "401", "403", "slow", "invalid_record", "disconnect", "not_found", "skipped"}
 )
 INVALID_MODES = frozenset(
-    {"missing_meter_id", "bad_action_type", "not_an_object", "naive_deadline", "date_deadline", "naive_updated_at"}
+    {
+        "missing_meter_id",
+        "bad_action_type",
+        "not_an_object",
+        "no_required_actions",
+        "null_required_actions",
+        "naive_deadline",
+        "date_deadline",
+        "naive_updated_at",
+    }
 )
 
 
@@ -24,7 +33,9 @@ class Fault:
     `delay` seconds), `invalid_record` (records of the page break the definition, see below),
     `disconnect` (close the connection without answering), `not_found` (a search naming `meter_id`
     among its `meter_ids` answers 404 "Meter not found" naming it, as Leap's definition of the
-    search documents; one that does not name it is answered as usual).
+    search documents; one that does not name it is answered as usual), `skipped` (a search that
+    does not name meters leaves `meter_id` out of its page, as a page shifting under a sweep does;
+    one naming it by `meter_ids` lists it).
 
     `invalid_record` breaks `count` records from the page's `record`-th on, or, with `meter_id`,
     that meter's record wherever it is served (search pages and `GET`); `invalid` says how:
@@ -32,6 +43,8 @@ class Fault:
     - `not_an_object`: the record is a JSON string instead of an object (no meter id either);
     - `bad_action_type`: a partner action's `action_type` is a number (one is added when the
       meter lists none); the `meter_id` stays readable;
+    - `no_required_actions`, `null_required_actions`: the record has no `required_actions`, or
+      `null` there; the `meter_id` stays readable;
     - `naive_deadline`: every partner deadline loses its UTC offset (`2027-03-01T08:00:00.000`);
     - `date_deadline`: every partner deadline is a date (`2027-03-01`);
     - `naive_updated_at`: `audit.updated_at` loses its UTC offset.
@@ -49,7 +62,7 @@ class Fault:
     """For `invalid_record`: how many consecutive records to break."""
     meter_id: str | None = None
     """For `invalid_record`: break this meter's record (wherever served) instead; for
-    `not_found`, the meter a search is answered 404 for."""
+    `not_found`, the meter a search is answered 404 for; for `skipped`, the meter left out."""
 
     def breaks(self, index: int, meter: Any) -> bool:
         """Whether the `index`-th record of a page (the meter's JSON object) is to be broken."""
@@ -111,6 +124,12 @@ def corrupt(meter: dict[str, Any], mode: str) -> Any:
         return broken
     if mode == "not_an_object":
         return "this is not a meter"
+    if mode == "no_required_actions":
+        broken.pop("required_actions", None)
+        return broken
+    if mode == "null_required_actions":
+        broken["required_actions"] = None
+        return broken
     if mode == "naive_updated_at":
         broken["audit"] = {**meter["audit"], "updated_at": _naive(meter["audit"]["updated_at"])}
         return broken
