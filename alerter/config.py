@@ -14,11 +14,12 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -95,6 +96,67 @@ class WebhooksConfig(BaseModel):
         return None if v is None else _host_port(v)
 
 
+_SET_BY_ALERTER = {
+    "last_modified_date_time": "alerter sets it from its watermark",
+    "partner_action_required": "alerter sets it (its sweeps read the meters that need the partner)",
+    "meter_ids": "alerter sets it when it reads meters again",
+    "page_token": "alerter pages through the results itself",
+    "page_size": "it is source.page_size",
+}
+"""Search fields the poller sets: as filters they would change what a sweep means (an old
+`last_modified_date_time` kept in a reconcile sweep would resolve every meter it leaves out)."""
+_LIST_FILTERS = {
+    "partner_references": 1000,
+    "global_enrollment_statuses": 5,
+    "meter_types": 20,
+    "load_types": 20,
+    "customer_groups": 20,
+    "tags": 20,
+    "connection_reference_ids": 100,
+    "action_type": 20,
+}
+"""Leap's search fields that take a list, and the most values each takes."""
+_ONE_VALUE_FILTERS = ("transmission_region", "customer_classification")
+_TIME_FILTERS = ("created_after_date_time", "created_before_date_time")
+_FLAG_FILTERS = ("exclude_archived",)
+
+
+def _search_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """`source.filters` as Leap's search definition takes them, but for the fields alerter sets."""
+    known = sorted([*_LIST_FILTERS, *_ONE_VALUE_FILTERS, *_TIME_FILTERS, *_FLAG_FILTERS])
+    for name, value in filters.items():
+        if name in _SET_BY_ALERTER:
+            raise ValueError(f"{name!r} cannot be a filter: {_SET_BY_ALERTER[name]}")
+        if name in _LIST_FILTERS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name!r} takes a list of strings")
+            if len(value) > _LIST_FILTERS[name]:
+                raise ValueError(f"{name!r} takes at most {_LIST_FILTERS[name]} values, got {len(value)}")
+        elif name in _ONE_VALUE_FILTERS:
+            if not isinstance(value, str):
+                raise ValueError(f"{name!r} takes one value (a string)")
+        elif name in _TIME_FILTERS:
+            when = value if isinstance(value, datetime) else _instant(value)
+            if when is None or when.tzinfo is None:
+                raise ValueError(f"{name!r} takes an instant with its offset, such as 2024-11-01T00:00:00Z")
+            filters[name] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        elif name in _FLAG_FILTERS:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name!r} takes true or false")
+        else:
+            raise ValueError(f"unknown filter {name!r}; Leap's search takes {', '.join(known)}")
+    return filters
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 class SourceConfig(BaseModel):
     model_config = STRICT
 
@@ -104,7 +166,8 @@ class SourceConfig(BaseModel):
     api_key: SecretStr
     page_size: int = Field(500, ge=1, le=500)
     timeout: PositiveDuration = timedelta(seconds=30)
-    filters: dict[str, Any] = Field(default_factory=dict)
+    filters: Annotated[dict[str, Any], AfterValidator(_search_filters)] = Field(default_factory=dict)
+    """Leap search fields every read adds (`_search_filters`)."""
     max_retries: int = Field(5, ge=0, le=20)
     webhooks: WebhooksConfig | None = None
     """Leap's webhooks in (push); polling goes on as reconciliation."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from alerter.config import Config, load_config
+from alerter.config import Config, SourceConfig, load_config
 from alerter.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -36,6 +38,14 @@ BAD = [
     ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
     ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
     ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: expected a mapping, got a list"]),
+    (
+        "poller_filter.yaml",
+        [
+            "poller_filter.yaml:4:5: source.filters: 'last_modified_date_time' cannot be a filter: "
+            "alerter sets it from its watermark"
+        ],
+    ),
+    ("unknown_filter.yaml", ["unknown_filter.yaml:3:12: source.filters: unknown filter 'region'; Leap's search takes"]),
     (
         "section_not_a_mapping.yaml",
         ["section_not_a_mapping.yaml:4:7: poll: expected a mapping of settings, got a string"],
@@ -230,3 +240,32 @@ def test_an_unset_variable_in_a_flow_mapping_keeps_its_position(tmp_path: Path) 
         load_config(tmp_path / "c.yaml", env={})
     (problem,) = info.value.problems
     assert problem.startswith(f"{tmp_path / 'c.yaml'}:2:34: environment variable UNSET_KEY is not set")
+
+
+@pytest.mark.parametrize(
+    ("filters", "problem"),
+    [
+        ({"partner_action_required": False}, "'partner_action_required' cannot be a filter"),
+        ({"meter_ids": ["x"]}, "'meter_ids' cannot be a filter"),
+        ({"page_size": 10}, "'page_size' cannot be a filter: it is source.page_size"),
+        ({"transmission_region": ["CAISO", "NYISO"]}, "'transmission_region' takes one value"),
+        ({"tags": "vip"}, "'tags' takes a list of strings"),
+        ({"global_enrollment_statuses": ["A"] * 6}, "'global_enrollment_statuses' takes at most 5 values, got 6"),
+        ({"created_after_date_time": "2024-01-01T00:00:00"}, "'created_after_date_time' takes an instant with its"),
+        ({"exclude_archived": "yes"}, "'exclude_archived' takes true or false"),
+        ({"modified_after": "2024-01-01T00:00:00Z"}, "unknown filter 'modified_after'"),
+    ],
+)
+def test_search_filters_are_leaps_and_not_those_alerter_sets(filters: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        SourceConfig.model_validate({"api_key": "k", "filters": filters})
+
+
+def test_search_filters_keep_leaps_shapes() -> None:
+    filters = {"tags": [], "transmission_region": "CAISO", "created_after_date_time": "2024-11-01T02:00:00+02:00"}
+    config = SourceConfig.model_validate({"api_key": "k", "filters": {**filters, "exclude_archived": True}})
+    assert config.filters == {
+        **filters,
+        "created_after_date_time": "2024-11-01T00:00:00.000000Z",
+        "exclude_archived": True,
+    }
