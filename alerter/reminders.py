@@ -54,10 +54,14 @@ class RemindPolicy(BaseModel):
     def empty(self) -> bool:
         return self.every is None and not self.before_deadline and not self.overdue
 
-    def accepts(self, detail: str) -> bool:
-        """Whether a rule with this policy receives a reminder with this detail."""
+    def accepts(self, detail: str, elapsed: timedelta | None = None) -> bool:
+        """Whether a rule with this policy receives a reminder with this detail; an `every:N` one
+        made `elapsed` after the obligation opened only at a whole number of its own `every`.
+        The reminders of an obligation are made at the shortest `every` of the rules they could
+        reach (`merge_policies`): a rule asking for fewer takes those that fall on its own pace
+        (each, when its `every` is a multiple of the shortest) and passes the others on."""
         if detail.startswith("every:"):
-            return self.every is not None
+            return self.every is not None and (elapsed is None or not elapsed % self.every)
         if detail.startswith("before:"):
             return detail in self._before_details
         if detail == "overdue":

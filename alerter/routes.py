@@ -87,6 +87,11 @@ class Target(NamedTuple):
     receiver: str
 
 
+def _elapsed(event: Any) -> timedelta | None:
+    """How long after its obligation opened a reminder was made (None for other events)."""
+    return event.occurred_at - event.obligation.opened_at if event.kind == "reminder" else None
+
+
 def route_in_order(table: RuleTable, event: Any, now: datetime) -> list[Target]:
     """The specification of routing, without the index: every rule in order, the first match
     stopping unless `continue`, the fallback when nothing matched; a reminder reaches a rule only
@@ -94,17 +99,18 @@ def route_in_order(table: RuleTable, event: Any, now: datetime) -> list[Target]:
     property test holds them equal)."""
     out: list[Target] = []
     matched = False
+    elapsed = _elapsed(event)
     for rule in table.rules:
         if not rule.matcher.matches(event, now):
             continue
         matched = True
-        if event.kind == "reminder" and not rule.remind.accepts(event.detail):
+        if event.kind == "reminder" and not rule.remind.accepts(event.detail, elapsed):
             continue
         out.extend(Target(rule, r) for r in rule.receivers)
         if not rule.continue_:
             break
     fb = table.fallback
-    if not matched and fb is not None and (event.kind != "reminder" or fb.remind.accepts(event.detail)):
+    if not matched and fb is not None and (event.kind != "reminder" or fb.remind.accepts(event.detail, elapsed)):
         out.extend(Target(fb, r) for r in fb.receivers)
     return out
 
@@ -266,6 +272,7 @@ class Router:
         goes to are appended there instead (what `route` and `rules_for` read), and nothing is
         placed. One walk for both keeps `plan`'s path free of a call per event."""
         detail = event.detail if event.kind == "reminder" else None
+        elapsed = _elapsed(event) if detail is not None else None
         out: tuple[Placement, ...] = ()
         matched = False
         candidates = self._candidates.get(self._key(event))
@@ -276,7 +283,7 @@ class Router:
             if check is not None and not check(event, now):
                 continue
             matched = True
-            if detail is not None and not e.rule.remind.accepts(detail):
+            if detail is not None and not e.rule.remind.accepts(detail, elapsed):
                 continue  # a reminder this rule does not ask for passes on
             if into is not None:
                 into.append(e)
@@ -287,7 +294,7 @@ class Router:
             if e.stop:
                 break
         fb = self._fallback
-        if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail)):
+        if not matched and fb is not None and (detail is None or fb.rule.remind.accepts(detail, elapsed)):
             if into is not None:
                 into.append(fb)
             else:

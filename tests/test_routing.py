@@ -9,7 +9,8 @@ import pytest
 from alerter.grouping import SilenceCheck, digest, flush, idle_before, notification_id, plan
 from alerter.matchers import compile_matcher
 from alerter.models import Event, EventRef, GroupState, RoutingWrite, Silence
-from alerter.routes import Router
+from alerter.reminders import reminders_due
+from alerter.routes import Router, route_in_order
 from alerter.rulefile import RuleSet, compile_rules
 from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
@@ -95,6 +96,32 @@ def test_a_rule_only_receives_the_reminders_its_policy_asks_for(
 ) -> None:
     ev = make_event("reminder", detail=detail, deadline=NOW + timedelta(days=days_left))
     assert [r.name for r in Router(ESCALATION).rules_for(ev, NOW)] == expected
+
+
+PACED = ruleset(
+    """
+  - {name: caiso-hourly, match: {transmission_region: CAISO}, receivers: [a], remind: {every: 1h}}
+  - {name: others, receivers: [b], remind: {every: 20m}}
+"""
+)
+
+
+@pytest.mark.parametrize("region", ["CAISO", "PJM"])
+def test_a_rule_is_reminded_at_its_own_pace_not_at_a_shorter_one_another_rule_asks_for(region: str) -> None:
+    router = Router(PACED)
+    opened = NOW - timedelta(hours=3)
+    o = make_event(transmission_region=region, opened_at=opened).obligation
+    policy = router.remind_policy(o, NOW)
+    assert policy.every == timedelta(minutes=20)  # reminders are made at the shortest pace
+    got = {}
+    for minutes in range(20, 181, 20):
+        [reminder] = reminders_due(o, policy, opened + timedelta(minutes=minutes))
+        got[minutes] = [r.name for r in router.rules_for(reminder, NOW)]
+        assert got[minutes] == [t.rule.name for t in route_in_order(PACED, reminder, NOW)]
+    if region == "CAISO":  # the hourly rule takes those on its pace; the others pass on
+        assert got == {m: ["caiso-hourly" if m % 60 == 0 else "others"] for m in range(20, 181, 20)}
+    else:
+        assert got == {m: ["others"] for m in range(20, 181, 20)}
 
 
 def test_remind_policy_is_the_union_of_the_rules_a_reminder_could_reach() -> None:
