@@ -191,6 +191,19 @@ async def test_login_sets_a_safe_session_cookie(tmp_path: Path) -> None:
             assert r.status == 403
         from tests.support.console import PASSWORD
 
+        for hostile in (
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+        ):
+            async with s.get("/login", params={"next": hostile}) as r:
+                assert 'name="next" value="/"' in await r.text()
+            async with s.post(
+                "/login", data={**form, "password": PASSWORD, "next": hostile}, allow_redirects=False
+            ) as r:
+                assert r.status == 303 and r.headers["Location"] == "/"
         https = {"X-Forwarded-Proto": "https"}  # behind a TLS-terminating proxy the cookie is Secure
         for headers, secure in (({}, False), (https, True)):
             async with s.post(

@@ -164,8 +164,18 @@ class Console:
 
 
 def safe_next(value: str) -> str:
-    """A local path to go back to after logging in (never another site)."""
-    if not value.startswith("/") or value.startswith("//") or "\\" in value or value.startswith("/login"):
+    """A local path to go back to after logging in (never another site): a path alone, of
+    printable ASCII without spaces (a browser drops a tab or a newline between the two slashes of
+    `/<tab>/evil.example`, and follows `//evil.example` to that site)."""
+    if (
+        not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or value.startswith("/login")
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
         return "/"
     return value
 
