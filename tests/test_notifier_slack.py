@@ -91,6 +91,24 @@ async def test_a_resolution_grouped_with_other_events_still_ticks_its_original_a
     assert set(result.threads) == {event(3).obligation.key_id}  # a resolution starts no thread
 
 
+@pytest.mark.parametrize("refusal", ["cant_update_message", "edit_window_closed", "msg_too_long"])
+async def test_an_original_slack_will_not_let_be_edited_still_gets_its_reply_and_the_rest_is_posted(
+    refusal: str,
+) -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        threads = Threads()
+        first = await notifier.send(notification("n1", [event(1)]), threads, T0)
+        threads.roots.update(first.threads)
+        slack.fail(refusal, method="chat.update")
+        result = await notifier.send(notification("n2", [event(1, "resolved"), event(3)]), threads, T0)
+        await notifier.close()
+    _, reply, post = slack.posted()
+    assert reply.args["thread_ts"] == str(first.external_id).split(":")[1] and "ACME-0001" in reply.args["text"]
+    assert "thread_ts" not in post.args and "ACME-0003" in post.args["text"]
+    assert set(result.threads) == {event(3).obligation.key_id}
+
+
 async def test_reminder_replies_in_thread_or_starts_one() -> None:
     async with fake_slack() as slack:
         notifier = make(slack)

@@ -170,9 +170,16 @@ class SlackNotifier:
             return
         when = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
         blocks = slack_blocks.mark_resolved(original.get("blocks", []), resolved, when)
-        await self._call(
-            "chat.update", paced=True, now=now, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
-        )
+        try:
+            await self._call(
+                "chat.update", paced=True, now=now, channel=channel, ts=ts, text=original.get("text", ""), blocks=blocks
+            )
+        except DeliveryError as e:
+            # the tick is a courtesy: a message Slack will not let be edited (too old, not the
+            # bot's, too long) must not hold back the reply in its thread, nor the rest
+            if e.retryable:
+                raise
+            log.warning("slack_update_skipped", receiver=self.receiver, reason=str(e))
 
     async def send(
         self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
