@@ -347,7 +347,7 @@ class Deliverer:
                 await self._failed(d, notifier.channel, err, now, stats, outcomes)
                 return
         for key_id, external_id in result.threads.items():
-            await self.store.set_thread(d.receiver, key_id, external_id)
+            await self.store.set_thread(d.receiver, key_id, external_id, replace=key_id in result.restarted)
         outcomes.sent(Sent(n.id, d.receiver, now, result.external_id))
         stats.sent[d.receiver] += 1
         self.health.setdefault(d.receiver, ReceiverHealth()).succeeded(now)

@@ -9,10 +9,11 @@ from datetime import datetime, timedelta
 from typing import cast
 
 import pytest
+from msgspec.structs import replace
 
 from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
 from alerter.errors import DeliveryError, StoreError
-from alerter.models import Notification, RoutingWrite
+from alerter.models import Event, EventKind, Notification, RoutingWrite, event_id
 from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
 from alerter.notifiers.email import EmailNotifier
 from alerter.notifiers.slack import SlackNotifier
@@ -85,6 +86,28 @@ async def test_a_retry_after_of_centuries_ends_in_a_dead_letter_and_the_worker_g
     [dead] = await store.dead_letters()
     assert dead.notification.id == "n1" and dead.last_error is not None and "429" in dead.last_error
     assert [r.headers["webhook-id"] for r in hook.received] == ["n1", "n2"]
+
+
+async def test_an_obligation_opened_again_is_answered_in_its_new_thread(store: Store) -> None:
+    # opened, resolved, opened again, resolved again: the second resolution ticks the second
+    # opening's message and replies in its thread, not in the first one's
+    async with fake_slack() as slack:
+        args = {"token": slack.token, "channel": "#c", "api_url": slack.api_url, "min_interval": "0s"}
+        n = SlackNotifier("ops", SlackConfig.model_validate(args))
+        worker = Deliverer(store, {"ops": n}, "w1")
+        ob = event(1).obligation
+        kinds: list[EventKind] = ["opened", "resolved", "opened", "resolved"]
+        for version, kind in enumerate(kinds, 1):
+            o = replace(ob, version=version, status="resolved" if kind == "resolved" else "open")
+            e = Event(id=event_id(o.key, kind, version), kind=kind, occurred_at=T0, obligation=o)
+            await enqueue(store, notification(f"n{version}", [e], receiver="ops"))
+            assert (await worker.run_once(T0 + timedelta(minutes=version))).sent == {"ops": 1}
+        await n.close()
+    first, reply1, second, reply2 = [m for _, m in sorted(slack.messages.items(), key=lambda kv: kv[0][1])]
+    assert "thread_ts" not in first and "thread_ts" not in second
+    assert reply1["thread_ts"] == first["ts"] and reply2["thread_ts"] == second["ts"]
+    assert [u.args["ts"] for u in slack.updates()] == [first["ts"], second["ts"]]
+    assert await store.get_thread("ops", ob.key_id) == f"{second['channel']}:{second['ts']}"
 
 
 async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:

@@ -417,6 +417,9 @@ async def test_threads_keep_the_first(store: Store) -> None:
     await store.set_thread("email", "k1", "<m@x>")
     assert await store.get_thread("slack", "k1") == "C1:1.0"
     assert await store.get_thread("email", "k1") == "<m@x>"
+    await store.set_thread("slack", "k1", "C1:3.0", replace=True)  # opened again: a new thread
+    assert await store.get_thread("slack", "k1") == "C1:3.0"
+    assert await store.get_thread("email", "k1") == "<m@x>"
 
 
 async def test_silences(store: Store) -> None:

@@ -20,7 +20,11 @@ class SendResult:
     external_id: str | None = None
     """Slack `channel:ts`, email Message-ID, webhook-id."""
     threads: dict[str, str] = field(default_factory=dict)
-    """New thread roots: obligation key id -> external id, for later updates and replies."""
+    """New thread roots: obligation key id -> external id, for later updates and replies (a root
+    already stored is kept)."""
+    restarted: dict[str, str] = field(default_factory=dict)
+    """Those of `threads` that replace the stored ones: an obligation opened again after its
+    resolution starts a new thread, which its next resolution and reminders answer in."""
 
 
 class Steps:

@@ -206,12 +206,13 @@ class SlackNotifier:
                 await steps.done(f"update:{root}", root)
             ext = await self._post_step(steps, f"reply:{root}", notification, tuple(events), now, root)
             first = first or ext
-        new_roots: dict[str, str] = {}
-        if loose:
-            ext = await self._post_step(steps, "post", notification, tuple(loose), now)
-            first = first or ext
-            new_roots = {e.obligation.key_id: ext for e in loose if e.kind != "resolved"}
-        return SendResult(first, new_roots)
+        if not loose:
+            return SendResult(first)
+        ext = await self._post_step(steps, "post", notification, tuple(loose), now)
+        # an opening starts its obligation's thread, replacing one a resolved earlier version had
+        new_roots = {e.obligation.key_id: ext for e in loose if e.kind != "resolved"}
+        opened = {e.obligation.key_id: ext for e in loose if e.kind == "opened"}
+        return SendResult(first or ext, new_roots, opened)
 
 
 _IN_THREAD = frozenset({"resolved", "reminder"})

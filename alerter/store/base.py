@@ -342,10 +342,11 @@ class LedgerStore(Protocol):
 
     async def get_thread(self, receiver: str, key_id: str) -> str | None:
         """The external id (Slack channel:ts, email Message-ID) of the first message that told
-        `receiver` about this obligation."""
+        `receiver` about this obligation (since it last opened)."""
 
-    async def set_thread(self, receiver: str, key_id: str, external_id: str) -> None:
-        """Keep the first one: an existing thread is not overwritten."""
+    async def set_thread(self, receiver: str, key_id: str, external_id: str, *, replace: bool = False) -> None:
+        """Keep the first one: an existing thread is not overwritten, unless `replace` (an
+        obligation opened again starts a new thread)."""
 
     async def set_receiver_disabled(self, receiver: str, reason: str | None, now: datetime) -> None:
         """reason=None re-enables."""

@@ -207,8 +207,9 @@ class LedgerSql(SqlHooks, LedgerStore):
             value: str | None = await tx.fetchval(sql, receiver, key_id)
             return value
 
-    async def set_thread(self, receiver: str, key_id: str, external_id: str) -> None:
-        sql = "INSERT INTO threads (receiver, key_id, external_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+    async def set_thread(self, receiver: str, key_id: str, external_id: str, *, replace: bool = False) -> None:
+        sql = "INSERT INTO threads (receiver, key_id, external_id) VALUES ($1, $2, $3) ON CONFLICT (receiver, key_id) "
+        sql += "DO UPDATE SET external_id = excluded.external_id" if replace else "DO NOTHING"
         async with self._write() as tx:
             await tx.execute(sql, receiver, key_id, external_id)
 
