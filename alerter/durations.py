@@ -11,6 +11,9 @@ from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _BARE = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+LONGEST = timedelta(days=36500)
+"""The longest duration taken (about a century): a longer one would overflow the instants it is
+added to (a silence's end, a deadline window)."""
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -29,7 +32,11 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            if seconds > LONGEST.total_seconds():
+                longest = format_duration(LONGEST)
+                raise ValueError(f"{value.strip()} is longer than {longest}, the longest duration taken")
+            return timedelta(seconds=seconds)
     raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 24h, 7d)")
 
 

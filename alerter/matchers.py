@@ -185,7 +185,7 @@ def _compile_spec(
 
 def did_you_mean(word: str, choices: Sequence[str], what: str) -> str:
     """`(did you mean 'action_type'?)`, or the list of choices when nothing is close."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)  # a YAML key can be a number
     return f"(did you mean '{close[0]}'?)" if close else f"({what}: {', '.join(choices)})"
 
 

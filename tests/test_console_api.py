@@ -85,6 +85,10 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
             assert r.status == 400 and "unknown field 'colour'" in (await r.json())["error"]
         async with s.post("/api/v1/silences", json={"matchers": ["meter_id=m03"], "reason": "x"}) as r:
             assert r.status == 400 and "duration" in (await r.json())["error"]
+        for too_long in ({"duration": "9999999d"}, {"duration": "1000d", "starts_at": "9999-12-01T00:00:00Z"}):
+            async with s.post("/api/v1/silences", json={**body, **too_long}) as r:
+                assert r.status == 400 and "duration" in (await r.json())["error"]
+        assert "longer than" in (await get(s, "/api/v1/obligations?deadline_within=9999999d", 400))["error"]
         async with s.post("/api/v1/silences", json=body) as r:
             assert r.status == 201
             sid = (await r.json())["id"]

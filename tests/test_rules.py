@@ -192,6 +192,15 @@ BAD_FILES: list[tuple[str | list[str], list[str]]] = [
     ("bad_duration.yaml", ["bad_duration.yaml:7:26: bad duration for 'within': not a duration: 'soon'"]),
     ("bad_group_wait.yaml", ["bad_group_wait.yaml:5:15: defaults.group_wait: not a duration: '5 parsecs'"]),
     (
+        "overlong_duration.yaml",  # each once a traceback: an overflow, a number handed to difflib
+        [
+            "overlong_duration.yaml:7:26: bad duration for 'within': 99999999999d is longer than 36500d",
+            "overlong_duration.yaml:8:7: unknown field '5' (fields: event, meter_id,",
+            "overlong_duration.yaml:8:10: rules[0].match[5]: Input should be a valid string",
+            "overlong_duration.yaml:10:17: rules[0].group_wait: 1000000w is longer than 36500d",
+        ],
+    ),
+    (
         "no_receivers.yaml",
         ["no_receivers.yaml:5:5: rule 'r' has no receivers", "no_receivers.yaml:7:5: rule 's' has no receivers"],
     ),

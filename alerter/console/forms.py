@@ -72,6 +72,8 @@ def silence_from(body: Mapping[str, Any], actor: str, now: datetime, silence_id:
             ends = starts + parse_duration(duration)
         except ValueError as err:
             problems.append(f"duration: {err}")
+        except OverflowError:
+            problems.append("duration: it would end past the year 9999")
     elif ends is None and not any(p.startswith("ends_at") for p in problems):
         problems.append("expiry: give a duration (e.g. 24h) or ends_at")
     if ends is not None and ends <= max(starts, now):
