@@ -33,6 +33,7 @@ from pydantic import (
 
 from alerter.durations import Duration, PositiveDuration, format_duration, parse_duration
 from alerter.errors import ConfigError
+from alerter.receivers import http_url
 from alerter.yamlload import YamlDoc, load_yaml, sort_problems, validation_problems
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ STRICT = ConfigDict(extra="forbid", frozen=True)
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value
+    return http_url(value, "the URL")
 
 
 def _host_port(value: str) -> str:

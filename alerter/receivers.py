@@ -12,6 +12,7 @@ import binascii
 import re
 from datetime import timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -21,6 +22,24 @@ from alerter.durations import Duration, PositiveDuration
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def http_url(value: str, what: str) -> str:
+    """`value` if it is an http:// or https:// URL that can be sent to (a host, a port in range,
+    no space or control character); else ValueError saying what is wrong without repeating the
+    URL, whose path or query can be a secret (an incoming webhook's token)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{what} must start with http:// or https://")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{what} holds a space or a control character")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError as err:
+        raise ValueError(f"{what} cannot be read: {err}") from None
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host")
+    return value
 
 
 class SlackConfig(BaseModel):
@@ -42,6 +61,11 @@ class SlackConfig(BaseModel):
     @classmethod
     def _template_compiles(cls, value: str | None) -> str | None:
         return templates.validate_template(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return http_url(value, "slack api_url")
 
 
 class SmtpConfig(BaseModel):
@@ -97,9 +121,7 @@ class WebhookConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("webhook url must start with http:// or https://")
-        return value
+        return http_url(value, "webhook url")
 
     @field_validator("secret")
     @classmethod

@@ -22,11 +22,11 @@ import structlog
 from alerter import cycle
 from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
-from alerter.errors import FencedError, SourceError
+from alerter.errors import AlerterError, FencedError, SourceError
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Obligation
 from alerter.notifiers import build_notifier
-from alerter.notifiers.base import Notifier
+from alerter.notifiers.base import Notifier, scrub
 from alerter.pacing import Pacers
 from alerter.poller import CycleReport, Poller
 from alerter.pushwork import PushWorker
@@ -155,11 +155,15 @@ class Service:
             return self._reloaded(got.result, got.problems)
         fresh = got.config
         old = self.notifiers
+        try:  # built before anything is swapped: a receiver that cannot be built keeps the old rules
+            notifiers = build_notifiers(fresh.ruleset, self.stream, self.pacers)
+        except (AlerterError, ValueError) as err:
+            return self._reloaded("rejected", [f"a receiver cannot be built: {scrub(str(err))}"])
         self.config = fresh
         self.ruleset = fresh.ruleset
         self.router = Router(self.ruleset)
         self.health.rules_loaded = True  # the loader refuses rules that route nothing
-        self.notifiers = build_notifiers(self.ruleset, self.stream, self.pacers)
+        self.notifiers = notifiers
         self.deliverer.notifiers = self.notifiers
         self.alerts.receiver = fresh.operations_receiver
         for notifier in old.values():

@@ -192,6 +192,14 @@ BAD_FILES: list[tuple[str | list[str], list[str]]] = [
     ("bad_duration.yaml", ["bad_duration.yaml:7:26: bad duration for 'within': not a duration: 'soon'"]),
     ("bad_group_wait.yaml", ["bad_group_wait.yaml:5:15: defaults.group_wait: not a duration: '5 parsecs'"]),
     (
+        "unusable_url.yaml",  # each passed alerter check, then failed at start-up or at each send
+        [
+            "unusable_url.yaml:2:30: receivers[0].webhook.url: webhook url cannot be read: Port out of range 0-65535",
+            "unusable_url.yaml:3:62: receivers[1].slack.api_url: slack api_url must start with http:// or https://",
+            "unusable_url.yaml:4:30: receivers[2].webhook.url: webhook url has no host",
+        ],
+    ),
+    (
         "overlong_duration.yaml",  # each once a traceback: an overflow, a number handed to difflib
         [
             "overlong_duration.yaml:7:26: bad duration for 'within': 99999999999d is longer than 36500d",

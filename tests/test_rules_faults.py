@@ -279,6 +279,31 @@ async def test_an_event_no_rule_takes_is_counted_not_silently_dropped(tmp_path: 
             assert 'alerter_events_unrouted_total{type="opened"} 1.0' in service.metrics.render().decode()
 
 
+async def test_a_reload_with_an_unusable_webhook_url_is_rejected_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = Portfolio(20, action_rate=0.0, seed=5)
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        path = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url()))
+        async with running(load(path)) as service:
+            before = (service.ruleset, service.notifiers)
+            (tmp_path / "rules.yaml").write_text(rules_yaml("http://127.0.0.1:99999/hook?token=SECRET123"))
+            assert service.reload() == "rejected"
+            assert service.health.last_reload is not None
+            [problem] = service.health.last_reload["problems"]
+            assert "webhook url cannot be read: Port out of range" in problem and "SECRET123" not in problem
+            # a receiver the loader passes but the notifiers cannot build: nothing is swapped either
+            monkeypatch.setattr("alerter.service.build_notifiers", _unbuildable)
+            (tmp_path / "rules.yaml").write_text(rules_yaml(hook.url()).replace("name: crm", "name: crm2"))
+            assert service.reload() == "rejected"
+            assert (service.ruleset, service.notifiers) == before
+            assert service.deliverer.notifiers is before[1]
+
+
+def _unbuildable(*_: object) -> dict[str, object]:
+    raise ValueError("cannot build it")
+
+
 async def test_a_reload_that_drops_a_receiver_dead_letters_its_queue_visibly(tmp_path: Path) -> None:
     p = Portfolio(20, action_rate=0.0, seed=5)
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
