@@ -118,7 +118,7 @@ async def _silence(store: Any, loaded: Any, args: argparse.Namespace) -> int:
         if not silences:
             print("no silences")
         for s in silences:
-            status = "active" if s.starts_at <= now < s.ends_at else "expired"
+            status = "pending" if now < s.starts_at else "active" if now < s.ends_at else "expired"
             shown = " ".join(matcher_args(s.matchers))
             print(f"{s.id}  {status:7}  until {_fmt(s.ends_at)}  {shown}  # {s.reason}")
         return EXIT_OK

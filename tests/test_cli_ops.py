@@ -7,11 +7,14 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from alerter.models import Silence
 from alerter.sim import Portfolio, SimServer
+from alerter.store import open_store
 from tests.support.channels import webhook_collector
 from tests.support.proc import alerter
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, rules_yaml, write_config
@@ -45,6 +48,13 @@ async def test_silence_add_list_expire_and_history(tmp_path: Path) -> None:
         silence_id = added.stdout.split()[0]
         listed = await alerter("silence", "list", "-c", cfg)
         assert silence_id in listed.stdout and "migrating" in listed.stdout
+        store = open_store(f"sqlite:///{tmp_path}/s.db")  # one scheduled through the console, for next year
+        await store.open()
+        later = datetime.now(UTC) + timedelta(days=365)
+        await store.add_silence(Silence("s-later", {"tags": ["x"]}, later, later + timedelta(hours=1), "maintenance"))
+        await store.close()
+        [line] = [x for x in (await alerter("silence", "list", "-c", cfg)).stdout.splitlines() if "s-later" in x]
+        assert line.split()[1] == "pending"
 
         p.open_action(a, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
         p.open_action(b, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
