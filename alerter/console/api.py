@@ -182,6 +182,8 @@ def add_routes(app: web.Application, console: Console) -> None:
         except forms.FormError as err:
             return _bad(err.problems)
         receiver = body.get("receiver") or None
+        if receiver is not None and not isinstance(receiver, str):
+            return _bad(['receiver: a receiver\'s name (a string)'])
         if ids is None and not receiver and body.get("all") is not True:
             return _bad(['name what to replay: "ids", a "receiver", or "all": true for every dead letter'])
         matched = await console.store.dead_matching(ids, receiver)
