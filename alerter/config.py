@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -173,6 +174,13 @@ class SourceConfig(BaseModel):
     webhooks: WebhooksConfig | None = None
     """Leap's webhooks in (push); polling goes on as reconciliation."""
 
+    @field_validator("api_key")
+    @classmethod
+    def _key_given(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("is empty (if it names an environment variable, is that set?)")
+        return v
+
 
 class PollConfig(BaseModel):
     model_config = STRICT
@@ -204,6 +212,14 @@ class StateConfig(BaseModel):
             scheme, sep, _ = v.partition("://")
             got = f"{scheme}://..." if sep else "a URL without a scheme"  # the rest may hold a password
             raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {got}")
+        if v.startswith("sqlite:///"):
+            if not v.removeprefix("sqlite:///").partition("?")[0]:
+                raise ValueError("expected sqlite:///PATH, got no path")
+            return v
+        try:  # the port and host as a server URL's reader takes them; the rest may hold a password
+            urlsplit(v).port  # noqa: B018 - reading it checks it
+        except ValueError:
+            raise ValueError("the PostgreSQL URL's port is not a number from 1 to 65535") from None
         return v
 
 

@@ -38,6 +38,12 @@ BAD = [
     ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
     ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
     ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: expected a mapping, got a list"]),
+    ("empty_api_key.yaml", ["empty_api_key.yaml:2:12: source.api_key: is empty (if it names an environment"]),
+    (
+        "unreadable_state_url.yaml",
+        ["unreadable_state_url.yaml:4:8: state.url: the PostgreSQL URL's port is not a number from 1 to 65535"],
+    ),
+    ("no_state_path.yaml", ["no_state_path.yaml:4:8: state.url: expected sqlite:///PATH, got no path"]),
     (
         "poller_filter.yaml",
         [
