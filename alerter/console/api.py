@@ -183,7 +183,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             return _bad(err.problems)
         receiver = body.get("receiver") or None
         if receiver is not None and not isinstance(receiver, str):
-            return _bad(['receiver: a receiver\'s name (a string)'])
+            return _bad(["receiver: a receiver's name (a string)"])
         if ids is None and not receiver and body.get("all") is not True:
             return _bad(['name what to replay: "ids", a "receiver", or "all": true for every dead letter'])
         matched = await console.store.dead_matching(ids, receiver)
