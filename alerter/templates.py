@@ -62,6 +62,22 @@ def relative(deadline: datetime | None, now: datetime) -> str:
     return f"in {_span(seconds)}" if seconds >= 0 else f"overdue by {_span(-seconds)}"
 
 
+NAMED_CHARACTERS = 38_000
+"""How long a list of names (`named`) grows: Slack cuts a message's text at 40,000 characters."""
+
+
+def named(names: Sequence[str], limit: int = NAMED_CHARACTERS) -> str:
+    """`a, b, c`: every name, unless they run past `limit` characters (`a, b and 3 more`)."""
+    shown: list[str] = []
+    size = -2  # the first name has no ", " before it
+    for name in names:
+        size += len(name) + 2
+        if size > limit:
+            return f"{', '.join(shown)} and {len(names) - len(shown)} more"
+        shown.append(name)
+    return ", ".join(shown)
+
+
 def _make_env(autoescape: bool) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         loader=FileSystemLoader(Path(__file__).with_name("templates")),
@@ -72,6 +88,7 @@ def _make_env(autoescape: bool) -> SandboxedEnvironment:
     )
     env.filters["relative"] = relative
     env.filters["iso"] = iso
+    env.filters["named"] = named
     return env
 
 

@@ -10,6 +10,7 @@ from alerter.notifiers.base import Deferred
 from alerter.notifiers.slack import SlackNotifier
 from alerter.pacing import Pacers
 from alerter.receivers import SlackConfig
+from alerter.templates import named
 from tests.support.channels import FakeSlack, fake_slack
 from tests.support.clock import FakeClock, on_fake_time
 from tests.support.notifications import T0, event, notification
@@ -44,6 +45,21 @@ async def test_post_names_each_meter_and_records_thread_roots() -> None:
     assert call.args["blocks"][0]["type"] == "header"
     assert result.external_id is not None and result.external_id.startswith("CLEAPACTION:")
     assert set(result.threads) == {e.obligation.key_id for e in n.events}
+
+
+async def test_the_text_names_every_meter_of_a_large_notification() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack)
+        await notifier.send(notification("n1", [event(i) for i in range(1, 61)]), Threads(), T0)
+        await notifier.close()
+    [call] = slack.posted()
+    assert all(f"ACME-{i:04}" in call.args["text"] for i in range(1, 61)) and "more" not in call.args["text"]
+
+
+def test_names_run_up_to_a_limit_then_say_how_many_more() -> None:
+    names = [f"m{i}" for i in range(10)]
+    assert named(names) == ", ".join(names)
+    assert named(names, limit=14) == "m0, m1, m2, m3 and 6 more"  # the first four are 14 characters
 
 
 async def test_resolution_updates_original_and_replies_in_thread() -> None:
