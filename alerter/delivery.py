@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -331,8 +332,13 @@ class Deliverer:
         policy = self.policy(notifier.channel)
         gate = self._per_receiver.setdefault(d.receiver, asyncio.Semaphore(policy.in_flight))
 
+        started = time.monotonic()
+
         async def save(done: dict[str, str]) -> None:
-            await self.store.set_delivery_steps(n.id, d.receiver, done)
+            # a lease from now on, on the pass's clock: another instance leaves the row alone
+            # while its messages go out, however many there are
+            until = now + timedelta(seconds=time.monotonic() - started + self.lease_seconds)
+            await self.store.set_delivery_steps(n.id, d.receiver, done, (self.owner, until))
 
         async with gate:
             try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import cast
@@ -14,7 +16,7 @@ from msgspec.structs import replace
 from alerter.delivery import DEFAULT_POLICIES, Deliverer, RetryPolicy
 from alerter.errors import DeliveryError, StoreError
 from alerter.models import Event, EventKind, Notification, RoutingWrite, event_id
-from alerter.notifiers.base import Deferred, Notifier, ReceiverGone
+from alerter.notifiers.base import Deferred, Notifier, ReceiverGone, SendResult, Steps
 from alerter.notifiers.email import EmailNotifier
 from alerter.notifiers.slack import SlackNotifier
 from alerter.notifiers.webhook import WebhookNotifier
@@ -108,6 +110,61 @@ async def test_an_obligation_opened_again_is_answered_in_its_new_thread(store: S
     assert reply1["thread_ts"] == first["ts"] and reply2["thread_ts"] == second["ts"]
     assert [u.args["ts"] for u in slack.updates()] == [first["ts"], second["ts"]]
     assert await store.get_thread("ops", ob.key_id) == f"{second['channel']}:{second['ts']}"
+
+
+async def test_an_address_refused_for_now_is_sent_the_mail_alone_on_the_retry(store: Store) -> None:
+    async with smtp_server() as smtp:
+        to = ["ops@example.com", "Full <full@example.com>", "gone@example.com"]
+        smtp.refuse = {"full@example.com": deque(["452 4.2.2 mailbox full"])}
+        cfg = EmailConfig.model_validate({"to": to, "from": "b@x", "smtp": {"host": smtp.host, "port": smtp.port}})
+        mail = EmailNotifier("mail", cfg)
+        worker = Deliverer(store, {"mail": mail}, "w1")
+        await enqueue(store, notification("n1", [event(1)], receiver="mail"))
+        assert (await worker.run_once(T0)).failed == {"mail": 1}
+        [row] = await store.claim_deliveries(T0 + timedelta(hours=1), "peek", 10, 0.001)
+        assert row.last_error is not None and "recipients refused ([452]), 1 of 3; 2 took it" in row.last_error
+        assert (await worker.run_once(T0 + timedelta(hours=2))).sent == {"mail": 1}
+        # a permanent refusal is a dead letter that says so; those that took it are not sent it again
+        smtp.refuse = {"gone@example.com": deque(["550 5.1.1 no such user"])}
+        await enqueue(store, notification("n2", [event(2)], receiver="mail"))
+        assert (await worker.run_once(T0 + timedelta(hours=3))).dead == {"mail": 1}
+    assert [sorted(e.rcpt_tos) for e in smtp.envelopes] == [
+        ["gone@example.com", "ops@example.com"],
+        ["full@example.com"],
+        ["full@example.com", "ops@example.com"],
+    ]
+    [dead] = await store.dead_letters()
+    assert dead.last_error is not None and "recipients refused ([550]), 1 of 3" in dead.last_error
+
+
+class _Slow:
+    """A channel that sends a notification as three messages, 0.4 s apart, another instance
+    trying to claim it after each: its lease (1 s) would have run out during the last one."""
+
+    channel = "slack"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.taken: list[int] = []
+
+    async def send(self, n: Notification, threads: object, now: datetime, steps: Steps | None = None) -> SendResult:
+        assert steps is not None
+        for i in range(3):
+            await asyncio.sleep(0.4)
+            await steps.done(f"post:{i}", f"C1:{i}")
+            elapsed = timedelta(seconds=0.4 * (i + 1) + 0.1)
+            self.taken.append(len(await self.store.claim_deliveries(now + elapsed, "other", 10, 1)))
+        return SendResult("C1:0")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_notification_of_many_messages_keeps_its_lease_while_they_go_out(store: Store) -> None:
+    slow = _Slow(store)
+    await enqueue(store, notification("n1", [event(1)], receiver="ops"))
+    stats = await Deliverer(store, {"ops": cast(Notifier, slow)}, "w1", lease_seconds=1).run_once(T0)
+    assert stats.sent == {"ops": 1} and slow.taken == [0, 0, 0]
 
 
 async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:

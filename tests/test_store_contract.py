@@ -410,6 +410,17 @@ async def test_steps_of_a_notification_survive_with_its_row(store: Store) -> Non
     assert retry.steps == {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"}
 
 
+async def test_a_step_saved_by_the_lease_holder_extends_its_lease(store: Store) -> None:
+    await outbox(store, notification("n1", [event(obligation())]))
+    assert len(await store.claim_deliveries(T0, "w", 10, 30)) == 1  # leased until T0 + 30 s
+    await store.set_delivery_steps("n1", "ops", {"post": "C1:1.0"}, ("other", T0 + timedelta(hours=1)))
+    assert len(await store.claim_deliveries(T0 + timedelta(seconds=31), "x", 10, 30)) == 1  # not its lease
+    await store.set_delivery_steps("n1", "ops", {"post": "C1:1.0", "reply": "C1:2.0"}, ("x", T0 + timedelta(hours=1)))
+    assert await store.claim_deliveries(T0 + timedelta(minutes=59), "y", 10, 30) == []
+    [row] = await store.claim_deliveries(T0 + timedelta(minutes=61), "y", 10, 30)
+    assert row.steps == {"post": "C1:1.0", "reply": "C1:2.0"}
+
+
 async def test_threads_keep_the_first(store: Store) -> None:
     assert await store.get_thread("slack", "k1") is None
     await store.set_thread("slack", "k1", "C1:1.0")

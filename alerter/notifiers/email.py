@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
 
@@ -60,13 +60,22 @@ class EmailNotifier:
     async def send(
         self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
     ) -> SendResult:
+        """One mail to every address of `to`; each address the server takes is a step, so a retry
+        after some were refused (a full mailbox, greylisting) goes to the others alone."""
+        steps = steps if steps is not None else Steps()
+        ext = message_id(notification.id)
+        result = SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
+        recipients = [a for a in self.recipients if steps.get(f"to:{a}") is None]
+        if not recipients:  # every address took it on an earlier attempt
+            return result
         msg = await self.build(notification, threads, now)
         smtp = self.config.smtp
         secrets = [smtp.password.get_secret_value()] if smtp.password else []
         context = ssl.create_default_context(cafile=smtp.cert_bundle) if smtp.cert_bundle else None
         try:
-            await aiosmtplib.send(
+            errors, _ = await aiosmtplib.send(
                 msg,
+                recipients=recipients,
                 hostname=smtp.host,
                 port=smtp.port,
                 username=smtp.username,
@@ -76,16 +85,13 @@ class EmailNotifier:
                 tls_context=context,
                 timeout=smtp.timeout.total_seconds(),
             )
+            refused = {address: response.code for address, response in errors.items()}
         except aiosmtplib.SMTPAuthenticationError as e:
             raise DeliveryError(
                 scrub(f"smtp {smtp.host}: authentication refused ({e.code})", secrets), retryable=False
             ) from None
         except aiosmtplib.SMTPRecipientsRefused as e:
-            codes = sorted({r.code for r in e.recipients})
-            retryable = all(400 <= c < 500 for c in codes)
-            raise DeliveryError(
-                scrub(f"smtp {smtp.host}: recipients refused ({codes})", secrets), retryable=retryable
-            ) from None
+            refused = {r.recipient: r.code for r in e.recipients}
         except aiosmtplib.SMTPResponseException as e:
             text = scrub(f"smtp {smtp.host}: {e.code} {e.message}"[:300], secrets)
             raise DeliveryError(text, retryable=not 500 <= e.code < 600) from None
@@ -93,5 +99,20 @@ class EmailNotifier:
             raise DeliveryError(
                 scrub(f"smtp {smtp.host}:{smtp.port}: {type(e).__name__}", secrets), retryable=True
             ) from None
-        ext = message_id(notification.id)
-        return SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
+        for address in recipients:
+            if address not in refused:
+                await steps.done(f"to:{address}", ext)
+        if refused:  # the others have it; a retry goes to these alone
+            codes = sorted(set(refused.values()))
+            took = len(recipients) - len(refused)
+            text = f"smtp {smtp.host}: recipients refused ({codes}), {len(refused)} of {len(recipients)}"
+            raise DeliveryError(
+                scrub(text + (f"; {took} took it" if took else ""), secrets),
+                retryable=all(400 <= c < 500 for c in codes),
+            )
+        return result
+
+    @property
+    def recipients(self) -> list[str]:
+        """The addresses of `to` (`Ops <ops@example.com>` is ops@example.com)."""
+        return [parseaddr(text)[1] or text for text in self.config.to]

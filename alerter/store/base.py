@@ -304,8 +304,16 @@ class LedgerStore(Protocol):
         has not expired is claimable only when `stale_before` is given and its holder (another
         instance) was last seen before it."""
 
-    async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
-        """Record the messages of a notification sent so far (all of them, step -> external id)."""
+    async def set_delivery_steps(
+        self,
+        notification_id: str,
+        receiver: str,
+        steps: Mapping[str, str],
+        lease: tuple[str, datetime] | None = None,
+    ) -> None:
+        """Record the messages of a notification sent so far (all of them, step -> external id);
+        with `lease` (owner, until), the row's lease runs to `until` if that owner still holds it:
+        a notification of many messages outlasts one lease."""
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         """`record_outcomes` of one sent row."""

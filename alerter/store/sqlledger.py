@@ -124,10 +124,21 @@ class LedgerSql(SqlHooks, LedgerStore):
                 linked[r["notification_id"]].append(r)
         return linked
 
-    async def set_delivery_steps(self, notification_id: str, receiver: str, steps: Mapping[str, str]) -> None:
-        sql = "UPDATE deliveries SET steps = $3 WHERE notification_id = $1 AND receiver = $2"
+    async def set_delivery_steps(
+        self,
+        notification_id: str,
+        receiver: str,
+        steps: Mapping[str, str],
+        lease: tuple[str, datetime] | None = None,
+    ) -> None:
+        owner, until = lease if lease is not None else (None, None)
+        sql = (
+            "UPDATE deliveries SET steps = $3, lease_until = CASE WHEN lease_owner = $4 THEN $5 ELSE lease_until END "
+            "WHERE notification_id = $1 AND receiver = $2"
+        )
         async with self._write() as tx:
-            await tx.execute(sql, notification_id, receiver, rows.dumps(dict(steps)))
+            args = (rows.dumps(dict(steps)), owner, None if until is None else self._ts(until))
+            await tx.execute(sql, notification_id, receiver, *args)
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])

@@ -226,6 +226,17 @@ class SmtpServer:
     envelopes: list[Envelope] = field(default_factory=list)
     script: deque[str] = field(default_factory=deque)
     cert_file: str | None = None
+    refuse: dict[str, deque[str]] = field(default_factory=dict)
+    """Replies to the next RCPT TO of an address (e.g. `452 4.2.2 mailbox full`); others are taken."""
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        replies = self.refuse.get(address)
+        if replies:
+            return replies.popleft()
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
         if self.script:
