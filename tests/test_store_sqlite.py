@@ -7,6 +7,8 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -517,3 +519,22 @@ async def test_a_drain_reads_a_notifications_links_in_order_through_their_index_
     plan = _plan(path, links, ('["n1", "n2"]',))
     assert any("COVERING INDEX notification_events_by_notification" in step for step in plan)
     assert not any("TEMP B-TREE" in step for step in plan)  # read in order, not sorted
+
+
+def test_a_state_file_that_cannot_be_opened_leaves_no_thread_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a short CLI command opens the file shared (no lock file first): the open fails in
+    # aiosqlite's thread, and the command's event loop closes right after its one-line error
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+
+    async def fail() -> None:
+        store = open_store(f"sqlite:///{tmp_path}/missing/state.db", shared=True)
+        with pytest.raises(StoreError, match="cannot open state file"):
+            await store.open()
+
+    for _ in range(20):
+        asyncio.run(fail())
+    time.sleep(0.2)
+    assert errors == []

@@ -139,6 +139,19 @@ def _meter_tags(stored: str | bytes | None) -> str | None:
     return rows.dumps(rows.meter_from_row("", stored).tags)
 
 
+async def _connect(path: str) -> aiosqlite.Connection:
+    """The connection, its thread started. When the file cannot be opened, aiosqlite stops that
+    thread without waiting for it, and the thread then answers a future on the event loop: were
+    the loop closed by then (a CLI command that ends on the error), it would print a traceback
+    of its own after the command's one-line error. So its end is waited for."""
+    conn = aiosqlite.connect(path, isolation_level=None)
+    try:
+        return await conn
+    except BaseException:
+        await asyncio.to_thread(conn._thread.join, 5)
+        raise
+
+
 def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """Runs in the connection's thread: `fn(db, *args)` inside BEGIN IMMEDIATE ... COMMIT."""
     db = conn._conn
@@ -282,7 +295,7 @@ class SqliteStore(SqlStore, Store):
         if self.path != ":memory:" and not self.shared:
             self._take_file_lock()
         try:
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            self._conn = await _connect(self.path)
             self._conn.row_factory = sqlite3.Row
             self._tx = _SqliteTx(self._conn)
             if self.path != ":memory:":
