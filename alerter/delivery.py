@@ -341,6 +341,12 @@ class Deliverer:
             await self.store.set_delivery_steps(n.id, d.receiver, done, (self.owner, until))
 
         async with gate:
+            waited = time.monotonic() - started
+            if waited > self.lease_seconds / 3:  # queued behind others: its lease may be running out
+                until = now + timedelta(seconds=waited + self.lease_seconds)
+                if not await self.store.renew_lease(n.id, d.receiver, self.owner, until):
+                    log.info("delivery_lease_lost", receiver=d.receiver, notification_id=n.id)
+                    return  # another instance has claimed it since: it sends it
             try:
                 result = await notifier.send(
                     n, lambda kid: self.store.get_thread(d.receiver, kid), now, Steps(d.steps, save)

@@ -167,6 +167,41 @@ async def test_a_notification_of_many_messages_keeps_its_lease_while_they_go_out
     assert stats.sent == {"ops": 1} and slow.taken == [0, 0, 0]
 
 
+class _OneAtATime:
+    """A channel that sends one notification at a time, 0.5 s each; before the third is sent,
+    another instance claims what it can of the rows (their 1 s leases ran out meanwhile)."""
+
+    channel = "console"  # one in flight
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sent: list[str] = []
+        self.other: list[str] = []
+
+    async def send(self, n: Notification, threads: object, now: datetime, steps: Steps | None = None) -> SendResult:
+        self.sent.append(n.id)
+        await asyncio.sleep(0.5)
+        if len(self.sent) == 2:  # the third has waited 1 s: its lease ran out
+            taken = await self.store.claim_deliveries(now + timedelta(seconds=1.2), "other", 10, 60)
+            self.other = [d.notification.id for d in taken]
+        return SendResult(n.id)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_row_whose_lease_ran_out_while_it_waited_is_left_to_the_instance_that_claimed_it(
+    store: Store,
+) -> None:
+    slow = _OneAtATime(store)
+    await enqueue(store, *(notification(f"n{i}", [event(i)], receiver="ops") for i in range(1, 4)))
+    stats = await Deliverer(store, {"ops": cast(Notifier, slow)}, "w1", lease_seconds=1).run_once(T0)
+    # the third was renewed before its turn (it had waited past a third of its lease), unless
+    # another instance had claimed it first: either way one instance sends it
+    assert sorted(slow.sent + slow.other) == ["n1", "n2", "n3"] and not set(slow.sent) & set(slow.other)
+    assert stats.sent["ops"] == len(slow.sent)
+
+
 async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:
     # twelve deferrals (Slack allows 10 attempts), then a real failure: attempt 1, retried, sent
     clock = FakeClock()

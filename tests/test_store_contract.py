@@ -410,6 +410,15 @@ async def test_steps_of_a_notification_survive_with_its_row(store: Store) -> Non
     assert retry.steps == {"update:C1:1.0": "C1:1.0", "reply:C1:1.0": "C1:2.0"}
 
 
+async def test_a_lease_is_renewed_by_its_holder_alone(store: Store) -> None:
+    await outbox(store, notification("n1", [event(obligation())]))
+    assert len(await store.claim_deliveries(T0, "w", 10, 30)) == 1
+    assert await store.renew_lease("n1", "ops", "w", T0 + timedelta(minutes=10))
+    assert await store.claim_deliveries(T0 + timedelta(minutes=9), "x", 10, 30) == []
+    assert len(await store.claim_deliveries(T0 + timedelta(minutes=11), "x", 10, 30)) == 1
+    assert not await store.renew_lease("n1", "ops", "w", T0 + timedelta(hours=1))  # x holds it now
+
+
 async def test_a_step_saved_by_the_lease_holder_extends_its_lease(store: Store) -> None:
     await outbox(store, notification("n1", [event(obligation())]))
     assert len(await store.claim_deliveries(T0, "w", 10, 30)) == 1  # leased until T0 + 30 s

@@ -315,6 +315,10 @@ class LedgerStore(Protocol):
         with `lease` (owner, until), the row's lease runs to `until` if that owner still holds it:
         a notification of many messages outlasts one lease."""
 
+    async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
+        """Extend a pending row's lease to `until` if `owner` still holds it; False when another
+        instance has claimed it since (a row that waited behind others for longer than its lease)."""
+
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         """`record_outcomes` of one sent row."""
 

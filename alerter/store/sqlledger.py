@@ -140,6 +140,14 @@ class LedgerSql(SqlHooks, LedgerStore):
             args = (rows.dumps(dict(steps)), owner, None if until is None else self._ts(until))
             await tx.execute(sql, notification_id, receiver, *args)
 
+    async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
+        sql = (
+            "UPDATE deliveries SET lease_until = $4 "
+            "WHERE notification_id = $1 AND receiver = $2 AND lease_owner = $3 AND status = 'pending'"
+        )
+        async with self._write() as tx:
+            return bool(await tx.execute(sql, notification_id, receiver, owner, self._ts(until)))
+
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
 
