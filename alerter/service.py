@@ -264,7 +264,9 @@ class Service:
     def start_delivery(self) -> None:
         """One worker per receiver, in the background (`alerter run`); polling only wakes them."""
         if self.workers is None:
-            self.workers = DeliveryWorkers(self.deliverer, lambda: self.clock(), self._count_deliveries)
+            self.workers = DeliveryWorkers(
+                self.deliverer, lambda: self.clock(), self._count_deliveries, sweeps=lambda: self.leader
+            )
             self.workers.start()
 
     async def stop_delivery(self, grace: float) -> None:

@@ -47,11 +47,16 @@ class DeliveryWorkers:
         report: Callable[[DeliveryStats], None],
         *,
         idle: float = 1.0,
+        sweeps: Callable[[], bool] = lambda: True,
     ) -> None:
         self.deliverer = deliverer
         self.clock = clock
         self.report = report
         self.idle = idle
+        self.sweeps = sweeps
+        """Whether this instance dead-letters the rows of receivers its rules do not name: the
+        leader alone, whose rules are those routing (a replica that has not reloaded yet would
+        dead-letter a receiver the new rules just added)."""
         self._workers: dict[str, _Worker] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
@@ -120,7 +125,7 @@ class DeliveryWorkers:
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + beat_every
                     await self.deliverer.heartbeat(self.clock())
-                if loop.time() >= next_sweep:
+                if loop.time() >= next_sweep and self.sweeps():
                     next_sweep = loop.time() + ORPHAN_SWEEP_SECONDS
                     self.report(await self.deliverer.run_orphans(self.clock()))
             except Exception as err:  # the store is down: workers report it too; try again next turn

@@ -116,3 +116,22 @@ async def test_workers_follow_the_receivers_a_reload_names(store: Store) -> None
             await workers.stop(grace=5)
             await to_a.close()
             await to_b.close()
+
+
+async def test_only_the_leader_dead_letters_the_rows_of_a_receiver_its_rules_do_not_name(store: Store) -> None:
+    # a follower that has not reloaded yet does not know the receiver the leader's new rules
+    # route to: its rows wait for a replica that knows it, not in the dead letters
+    leader = False
+    reports: list[DeliveryStats] = []
+    workers = DeliveryWorkers(Deliverer(store, {}, "w1"), now, reports.append, idle=0.05, sweeps=lambda: leader)
+    await enqueue(store, note("n-new", "added"))
+    workers.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert await store.dead_letters() == [] and not any(r.dead for r in reports)
+        leader = True  # its rules route: a receiver they do not name is gone
+        await wait_until(lambda: any(r.dead for r in reports))
+    finally:
+        await workers.stop(grace=1)
+    [dead] = await store.dead_letters()
+    assert (dead.receiver, dead.last_error) == ("added", "receiver not configured")
