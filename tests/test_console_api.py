@@ -12,6 +12,7 @@ from msgspec.structs import replace
 from structlog.testing import capture_logs
 from yarl import URL
 
+from alerter.console import core
 from alerter.models import Meter
 from alerter.store.base import Store
 from tests.support.console import AUTH, HOOK_SECRET_PATH_TOKEN, HOOK_SECRET_URL_TOKEN, TOKEN, console
@@ -69,6 +70,11 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
         bad = await get(s, "/api/v1/obligations?state=closed", 400)
         assert "state" in bad["error"]
         assert "cursor" in (await get(s, "/api/v1/obligations?cursor=nonsense", 400))["error"]
+        naive = core.b64('{"d":"2026-01-01T00:00:00","k":["a","b","c","d","e"]}')  # a deadline without an offset
+        assert "cursor" in (await get(s, f"/api/v1/obligations?cursor={naive}", 400))["error"]
+        for garbage in (core.b64("garbage|x"), core.b64("2026-01-01T00:00:00|n1")):
+            assert "cursor" in (await get(s, f"/api/v1/deliveries?cursor={garbage}", 400))["error"]
+            await get(s, f"/deliveries?cursor={garbage}")  # the page starts over
 
         meter = await get(s, "/api/v1/meters/REF-03")
         assert meter["meter"]["meter_id"] == "m03" and len(meter["obligations"]) == 1
@@ -87,7 +93,11 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
             assert r.status == 400 and "duration" in (await r.json())["error"]
         for too_long in ({"duration": "9999999d"}, {"duration": "1000d", "starts_at": "9999-12-01T00:00:00Z"}):
             async with s.post("/api/v1/silences", json={**body, **too_long}) as r:
-                assert r.status == 400 and "duration" in (await r.json())["error"]
+                assert r.status == 400 and ("duration" in (error := (await r.json())["error"]) or "starts_at" in error)
+        # instants with no UTC form: written, they could not be read back, and routing would stop
+        for when in ({"ends_at": "9999-12-31T23:59:59-12:00"}, {"starts_at": "0001-01-01T00:00:00+14:00"}):
+            async with s.post("/api/v1/silences", json={**body, **when, "duration": "2h"}) as r:
+                assert r.status == 400 and "out of range" in (await r.json())["error"]
         assert "longer than" in (await get(s, "/api/v1/obligations?deadline_within=9999999d", 400))["error"]
         async with s.post("/api/v1/silences", json=body) as r:
             assert r.status == 201
@@ -241,6 +251,11 @@ async def test_no_auth_is_read_only_on_loopback(tmp_path: Path) -> None:
     async with console(tmp_path, auth="") as c, c.session() as s:
         await seed(c.service.store, 4)
         assert (await get(s, "/api/v1/obligations"))["total"] == 4
+        # another site's name pointed at 127.0.0.1 (DNS rebinding) reads nothing
+        for host in ("rebind.attacker.example", "rebind.attacker.example:8080", "10.1.2.3"):
+            async with s.get("/api/v1/obligations", headers={"Host": host}) as r:
+                assert r.status == 401
+        assert (await get(s, "/api/v1/obligations", headers={"Host": "localhost"}))["total"] == 4
         assert "read-only" in await get(s, "/")
         async with s.post(
             "/api/v1/silences", json={"matchers": {"meter_id": "m1"}, "duration": "1h", "reason": "x"}

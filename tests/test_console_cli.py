@@ -40,6 +40,25 @@ async def test_hash_password_prints_an_argon2_hash_that_logs_in(tmp_path: Path) 
     assert not await access.check_password("nobody", "s3cret pass")
 
 
+async def test_a_password_check_does_the_same_work_whether_the_user_exists_or_how_it_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a fast answer for a plain password, a slow one for others, would tell which usernames exist
+    checked: list[str] = []
+
+    def counted(stored: str, password: str) -> bool:
+        checked.append(password)
+        return verify_hash(stored, password)
+
+    monkeypatch.setattr("alerter.console.auth.verify_hash", counted)
+    auth = AuthConfig.model_validate({"users": [{"username": "demo", "password": "plain pass"}]})
+    access = Access(auth, "0.0.0.0:8080", store=None)  # type: ignore[arg-type]  # passwords need no store
+    assert await access.check_password("demo", "plain pass")
+    assert not await access.check_password("demo", "wrong")
+    assert not await access.check_password("nobody", "plain pass")
+    assert checked == ["plain pass", "wrong", "plain pass"]  # one argon2 check each
+
+
 @pytest.mark.parametrize("stdin", [b"", b"\n"])
 async def test_hash_password_without_a_password_is_a_usage_error(stdin: bytes) -> None:
     code, out, err = await hash_password(stdin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -225,7 +226,7 @@ def _delivery_cursor(text: str | None) -> tuple[str, str] | None:
     if not text:
         return None
     at, sep, nid = core.unb64(text).partition("|")
-    if not sep:
+    if not sep or datetime.fromisoformat(at).tzinfo is None:  # ValueError for a time that is not one
         raise ValueError(text)
     return at, nid
 

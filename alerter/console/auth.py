@@ -62,6 +62,18 @@ def verify_hash(password_hash: str, password: str) -> bool:
         return False
 
 
+def _to_loopback(host: str) -> bool:
+    """Whether a Host header names this machine (`localhost`, `127.0.0.1:8080`, `[::1]:8080`)."""
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    name = name.lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def is_loopback(listen: str) -> bool:
     host = listen.rpartition(":")[0].strip("[]")
     if host == "localhost":
@@ -110,6 +122,10 @@ class Access:
         if bearer[:7].lower() == "bearer ":
             return self._bearer(bearer[7:].strip())
         if self.mode == "loopback":
+            # a page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) reaches this
+            # listener with its name in Host: only a request addressed to this machine is served
+            if not _to_loopback(headers.get("host", "")):
+                return None
             return _anonymous(cookies, "anonymous", can_write=False)
         assert self.auth is not None
         session_id = cookies.get(SESSION_COOKIE)
@@ -135,12 +151,14 @@ class Access:
         return Identity(f"api-token-{found + 1}", "token", None, can_write=self.mode == "auth")
 
     async def check_password(self, username: str, password: str) -> bool:
-        """Constant work whether or not the user exists; argon2 runs off the event loop."""
+        """Constant work whether or not the user exists, and whichever way its password is kept
+        (a plain one is checked after an argon2 check of the dummy hash, as an unknown user is:
+        otherwise its fast answer would tell which usernames exist); argon2 runs off the event loop."""
         user = self._users.get(username)
-        if user is not None and user.password is not None:
-            return hmac.compare_digest(password.encode(), user.password.get_secret_value().encode())
         stored = user.password_hash.get_secret_value() if user and user.password_hash else _DUMMY_HASH
         ok = await asyncio.get_running_loop().run_in_executor(None, verify_hash, stored, password)
+        if user is not None and user.password is not None:
+            return hmac.compare_digest(password.encode(), user.password.get_secret_value().encode())
         return ok and user is not None
 
     async def open_session(self, username: str, now: datetime) -> str:

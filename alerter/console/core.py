@@ -77,8 +77,8 @@ class Cursor:
             deadline = data["d"]
             if len(key) != 5 or not (deadline is None or isinstance(deadline, str)):
                 raise ValueError
-            if deadline is not None:
-                datetime.fromisoformat(deadline)
+            if deadline is not None and datetime.fromisoformat(deadline).tzinfo is None:
+                raise ValueError(deadline)
         except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
             raise QueryError("cursor: not a cursor this console gave out") from None
         return cls(deadline, (key[0], key[1], key[2], key[3], key[4]))

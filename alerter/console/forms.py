@@ -29,10 +29,19 @@ def _time(value: Any, name: str, problems: list[str]) -> datetime | None:
         return None
     try:
         dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        # stored as UTC: an instant that has no UTC form (9999-12-31T23:59:59-12:00) could
+        # be written but not read back, and every read of the silences would fail
+        dt = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         problems.append(f"{name}: not an ISO time: {value!r}")
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    except OverflowError:
+        problems.append(f"{name}: {value!r} is out of range once read as UTC")
+        return None
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= dt <= datetime(9000, 1, 1, tzinfo=UTC):
+        problems.append(f"{name}: {value!r} is not between the years 2000 and 9000")
+        return None
+    return dt
 
 
 def matchers_from(raw: Any, problems: list[str]) -> dict[str, Any]:
