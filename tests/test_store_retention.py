@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
-from alerter.models import Event, GroupState, RoutingWrite
+from alerter.models import Event, GroupState, RoutingWrite, Silence
 from alerter.store import retention
 from alerter.store.sqlite import _sqlite_sql
 from tests.support.stores import BACKENDS, T0, event, notification, obligation, outbox, store_for
@@ -92,6 +92,37 @@ async def test_purge_keeps_events_still_waiting_in_a_group_or_a_pending_delivery
         assert [h.event.id for h in await store.history("m1")] == [grouped[1].id]
         assert [h.event.id for h in await store.history("m2")] == [pending[0].id]
         assert await store.history("m3") == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_purge_keeps_a_silence_a_kept_history_names_and_the_thread_a_dead_letter_answers_in(
+    tmp_path: Path, backend: str
+) -> None:
+    async with store_for(backend, tmp_path) as store:
+        store.set_fence(await store.try_acquire_leadership("t"))
+        # an open obligation whose reminder a silence, long expired, muted
+        ob = obligation("m1", "AUTH_1")
+        opened, reminder = event(ob), event(ob, "reminder", T0 + DAY, detail="every:1")
+        await store.commit_page([ob], [opened, reminder])
+        await store.add_silence(Silence("s1", {"meter_id": "m1"}, T0, T0 + 2 * DAY, "site visit"))
+        await store.commit_routing(RoutingWrite(consumed=[opened.id, reminder.id], silenced=[(reminder.id, "s1")]))
+        # a resolved obligation whose resolution is a dead letter to a receiver with its thread
+        gone = _old_resolved("m2", "A_2")
+        await store.commit_page([gone[1].obligation], gone)
+        await store.commit_routing(RoutingWrite(consumed=[e.id for e in gone]))
+        await store.set_thread("ops", gone[0].obligation.key_id, "C1:1.0")
+        await outbox(store, notification("n-resolved", gone[1:]))
+        await store.mark_failed("n-resolved", "ops", "HTTP 500", None, T0)
+
+        removed = await store.purge(T0 + 90 * DAY)
+
+        assert removed["silences"] == 0
+        assert [h.outcomes for h in await store.history("m1")][-1] == ("silenced s1",)
+        assert await store.get_thread("ops", gone[0].obligation.key_id) == "C1:1.0"
+        await store.replay_dead_letters(T0 + 91 * DAY)
+        await store.mark_sent("n-resolved", "ops", T0 + 91 * DAY, None)
+        await store.purge(T0 + 90 * DAY)  # nothing left to send: the thread goes
+        assert await store.get_thread("ops", gone[0].obligation.key_id) is None
 
 
 async def test_sqlite_purge_reads_members_and_pending_deliveries_once_whatever_the_statistics(

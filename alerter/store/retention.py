@@ -7,7 +7,9 @@ Forgotten, once older than the cutoff: the events of obligations resolved before
 would fire again — nor those of a notification still pending or dead, which reads its
 events from them), notifications all of whose events are gone and whose deliveries all
 went out (dead letters stay until replayed), the delivery rows of those, expired
-silences, and the thread and "told" records of the forgotten obligations.
+silences that no kept event names (an open obligation's history shows its silences), and
+the "told" records of the forgotten obligations, and their thread records once their
+receiver has nothing pending or dead (a dead letter replayed still answers in its thread).
 """
 
 from __future__ import annotations
@@ -72,7 +74,16 @@ async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
         "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
     )
     await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
-    await tx.execute(f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED})", at)
-    silences = await tx.execute("DELETE FROM silences WHERE ends_at < $1", at)
-    await tx.execute("DELETE FROM silenced WHERE NOT EXISTS (SELECT 1 FROM silences s WHERE s.id = silence_id)")
+    # a thread root stays while its receiver has anything left to send: a dead letter replayed
+    # later (a resolution) still ticks the original and answers in its thread
+    await tx.execute(
+        f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED}) AND NOT EXISTS (SELECT 1 FROM deliveries d "
+        "WHERE d.receiver = threads.receiver AND d.status IN ('pending', 'dead'))",
+        at,
+    )
+    # a silence stays while an event it silenced does (an open obligation's history names it)
+    silences = await tx.execute(
+        "DELETE FROM silences WHERE ends_at < $1 AND NOT EXISTS (SELECT 1 FROM silenced x WHERE x.silence_id = silences.id)",
+        at,
+    )
     return {"events": events, "notifications": notifications, "deliveries": deliveries, "silences": silences}
