@@ -100,6 +100,7 @@ class Runtime:
         try:
             await svc.start()
             push = await svc.push.start() if svc.push is not None else None
+            svc.health.started = True  # /startedz: the store is open and migrated
         except BaseException:
             await runner.cleanup()
             raise

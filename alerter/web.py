@@ -1,4 +1,4 @@
-"""The operations HTTP server: /healthz, /readyz (JSON reason when not ready) and /metrics."""
+"""The operations HTTP server: /healthz, /startedz, /readyz (JSON reason when not ready) and /metrics."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class Health:
     last_error: str | None = None
     auth_refused: bool = False
     leader: bool = False
+    started: bool = False
+    """The state store is open and migrated (`/startedz`): the server answers before that."""
     last_reload: dict[str, Any] | None = None
     """The last rules reload: `result` (ok, rejected, unstable), `at`, and `problems` when rejected."""
 
@@ -38,7 +40,9 @@ class Health:
         if self.last_success_at is None:
             return False, "no successful cycle yet" + (f": {self.last_error}" if self.last_error else "")
         age = now - self.last_success_at
-        if age > 2 * self.interval:
+        # a follower reads the leader's last cycle (its start) once a poll interval, up to an
+        # interval after the leader's: it may see a cycle that old, and the next one then
+        if age > (2 if self.leader else 3) * self.interval:
             reason = f"no successful cycle for {int(age.total_seconds())}s"
             return False, reason + (f": {self.last_error}" if self.last_error else "")
         return True, "ok"
@@ -51,6 +55,13 @@ def make_app(
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def startedz(_: web.Request) -> web.Response:
+        # for a startup or readiness probe: a new pod whose migration still runs is not taken as
+        # ready, so a rolling update keeps the old pods until it is done
+        if health.started:
+            return web.json_response({"started": True})
+        return web.json_response({"started": False, "reason": "opening the state store (migrations)"}, status=503)
 
     async def readyz(_: web.Request) -> web.Response:
         now = clock()
@@ -74,6 +85,7 @@ def make_app(
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/startedz", startedz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     if console is not None:

@@ -120,6 +120,7 @@ async def test_run_health_ready_metrics_sighup_sigterm(tmp_path: Path) -> None:
             await svc.wait_for_log("cycle_done")
             status, body = await svc.get("/readyz")
             assert status == 200, body
+            assert (await svc.get("/startedz"))[0] == 200  # its store is open and migrated
             p.open_action(unarchived(p)[0], action_type="IS_AUTHORIZED", action_code="AUTH_0001")
             for _ in range(100):
                 if hook.delivered():

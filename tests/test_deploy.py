@@ -168,11 +168,12 @@ def test_deployment_replicas_and_probes() -> None:
     c = container()
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8080}
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/startedz"), ("startupProbe", "/startedz")):
         assert c[probe]["httpGet"]["port"] in ("http", 8080)
-        # "This process serves": /readyz turns 503 whenever Leap is down or refuses the key, which
-        # would take every replica out of the Service and, with the PDB, block node drains.
-        assert c[probe]["httpGet"]["path"] == "/healthz", probe
+        # "This process serves" (and, to start and be ready, has migrated its store): /readyz turns
+        # 503 whenever Leap is down or refuses the key, which would take every replica out of the
+        # Service and, with the PDB, block node drains.
+        assert c[probe]["httpGet"]["path"] == path, probe
     assert c["args"] == ["run", "-c", CONFIG_MOUNT]
 
 

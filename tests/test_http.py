@@ -1,12 +1,16 @@
-"""The HTTP details every edge shares: reading Retry-After against a given `now`."""
+"""HTTP details every edge shares (Retry-After read against a given `now`) and the ops endpoints."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from alerter.http import RETRY_AFTER_MAX, retry_after
+from alerter.metrics import Metrics
+from alerter.web import Health, make_app
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
@@ -20,3 +24,26 @@ NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 )  # fmt: skip
 def test_retry_after_is_seconds_or_a_date_counted_from_now(value: str | None, seconds: float | None) -> None:
     assert retry_after(value, NOW) == seconds
+
+
+def test_a_follower_is_ready_while_the_leaders_cycles_are_on_time() -> None:
+    # the follower reads the leader's last cycle start once an interval, up to an interval late
+    health = Health(interval=timedelta(minutes=5), last_success_at=NOW - timedelta(minutes=10, seconds=20))
+    assert health.readiness(NOW) == (True, "ok")
+    health.leader = True  # the leader's own cycles: two intervals
+    assert health.readiness(NOW)[0] is False
+    health.leader, health.last_success_at = False, NOW - timedelta(minutes=15, seconds=1)
+    assert health.readiness(NOW) == (False, "no successful cycle for 901s")
+
+
+async def test_startedz_answers_503_until_the_store_is_open_and_migrated() -> None:
+    health = Health(interval=timedelta(minutes=5))
+    app = make_app(health, Metrics(), lambda: NOW)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/startedz")) as r:
+            assert r.status == 503 and (await r.json())["started"] is False
+        async with session.get(server.make_url("/healthz")) as r:
+            assert r.status == 200  # the process runs: liveness holds meanwhile
+        health.started = True
+        async with session.get(server.make_url("/startedz")) as r:
+            assert r.status == 200 and await r.json() == {"started": True}
