@@ -83,7 +83,8 @@ async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
     )
     # a silence stays while an event it silenced does (an open obligation's history names it)
     silences = await tx.execute(
-        "DELETE FROM silences WHERE ends_at < $1 AND NOT EXISTS (SELECT 1 FROM silenced x WHERE x.silence_id = silences.id)",
+        "DELETE FROM silences WHERE ends_at < $1 "
+        "AND NOT EXISTS (SELECT 1 FROM silenced x WHERE x.silence_id = silences.id)",
         at,
     )
     return {"events": events, "notifications": notifications, "deliveries": deliveries, "silences": silences}
