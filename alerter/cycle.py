@@ -233,6 +233,8 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
             silences = _applicable(steps, await store.list_silences(now))
             if carried is not None:  # read before it commits: what it records of them
                 resolved = set(batch.resolved)
+                for key_id in carried.told_reset:
+                    notified.pop(key_id, None)
                 for key_id, receiver in carried.told:
                     if key_id in resolved:
                         notified.setdefault(key_id, set()).add(receiver)

@@ -157,11 +157,17 @@ def plan(
     queued: dict[str, set[str]] = {}
     """obligation key id -> receivers an event of it was queued to in this call (an opening
     still waiting in its group counts as told: its resolution must follow it)."""
+    reopened: dict[str, None] = {}
+    """Obligations opened again: who was told of an earlier opening is no longer told."""
     for ev in events:
         ev_id = ev.id
         if ev_id in consumed:
             continue
         consumed[ev_id] = None
+        if ev.kind == "opened" and ev.obligation.version > 1:
+            key_id = ev.obligation.key_id
+            reopened[key_id] = None
+            queued.pop(key_id, None)
         if silenced_by:
             sid = next((sid for sid, m in silenced_by if m.matches(ev, now)), None)
             if sid is not None:
@@ -175,7 +181,7 @@ def plan(
             unrouted.append((ev_id, ev.kind))
         if ev.kind == "resolved":
             key_id = ev.obligation.key_id
-            told = (notified.get(key_id) or set()) | queued.get(key_id, set())
+            told = (set() if key_id in reopened else notified.get(key_id) or set()) | queued.get(key_id, set())
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
@@ -199,6 +205,7 @@ def plan(
         silenced=silenced,
         unrouted=unrouted,
         told=[(key_id, receiver) for key_id, receivers in queued.items() for receiver in sorted(receivers)],
+        told_reset=list(reopened),
     )
 
 

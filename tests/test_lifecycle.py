@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from alerter.errors import SourceError
+from alerter.models import Silence
 from alerter.service import Service
 from alerter.sim import Portfolio, SimServer
 from tests.support.channels import WebhookCollector, webhook_collector
@@ -243,6 +244,26 @@ async def test_a_record_dated_in_the_future_does_not_stop_the_incremental_reads(
         assert [e["event"] for e in logs if e["event"] == "updated_at_in_future"] == ["updated_at_in_future"]
         w.portfolio.open_action(later, action_type="NO_MISSING_FIELDS", action_code="SERV_0005")
         assert events_of(await w.cycle()) == [("action.opened", "SERV_0005")]
+
+
+async def test_a_resolution_goes_only_to_receivers_told_of_the_latest_opening(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", overlap="0s") as w:
+        m = w.meters[2]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert events_of(await w.cycle()) == [("action.opened", "AUTH_0001")]
+        w.portfolio.resolve_action(m)
+        assert events_of(await w.cycle()) == [("action.resolved", "AUTH_0001")]
+        # opened again while a silence holds its meter: crm is not told of this opening
+        now = datetime.now(UTC)
+        silence = Silence("s-visit", {"meter_id": m}, now - timedelta(minutes=1), now + timedelta(hours=1), "visit")
+        await w.service.store.add_silence(silence)
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        assert await w.cycle() == []
+        assert await w.service.store.expire_silence("s-visit", datetime.now(UTC))
+        w.portfolio.resolve_action(m)
+        assert await w.cycle() == []  # so it is not told of its resolution either
+        history = await w.service.store.history(m)
+        assert [h.event.kind for h in history] == ["opened", "resolved", "opened", "resolved"]
 
 
 async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:
