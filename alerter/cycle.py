@@ -128,6 +128,10 @@ async def remind(steps: Steps, router: Router, rules_digests: Mapping[Path, str 
         await store.set_remind_at(looks)
 
 
+_EVERY_SEQ = 1 << 62
+"""A sequence number past every event's."""
+
+
 async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) -> None:
     """An initial sync's backlog as one digest per receiver, however large: read twice in
     batches (alerter.digests), written part by part, and consumed at the end. Killed
@@ -140,12 +144,15 @@ async def digest(steps: Steps, router: Router, ruleset: RuleSet, now: datetime) 
     limits = Limits.of(ruleset)
     silences = active_silences(_applicable(steps, await store.list_silences(now)), now)
     builder = DigestBuilder(router, now, dict(limits.max_events), dict(limits.listed), silences)
+    # a first sync stopped and read again: each obligation once, as it stands (the sync is
+    # complete: no initial event comes after these)
+    left_out = await store.initial_superseded(_EVERY_SEQ)
     upto = 0
     while len(batch):
-        builder.count(batch.events())  # one that cannot be read is named below, as it is read again
+        builder.count(e for e in batch.events() if e.id not in left_out)  # one unreadable is named below
         upto = batch.last
         batch = await store.initial_events(upto, DIGEST_BATCH)
-    order = await store.initial_by_urgency(upto)
+    order = [i for i in await store.initial_by_urgency(upto) if i not in left_out]
     # Batch by batch, in order: each batch is decoded and added while the write of the one before
     # it commits (`_WriteBehind`). A failed write stops the batches after it.
     carried: RoutingWrite | None = None

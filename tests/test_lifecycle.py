@@ -194,6 +194,26 @@ async def test_a_first_sync_that_fails_midway_still_sends_one_digest_of_the_whol
         assert await w.cycle() == []
 
 
+async def test_a_first_sync_read_again_digests_each_obligation_once_as_it_stands(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", meters=30, page_size="2", initial_sync="digest") as w:
+        for m in w.meters[:6]:  # three pages of two
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        recovered = _fail_nth_request(w.sim, 2, times=10)
+        with pytest.raises(SourceError):
+            await w.service.run_cycle(flush_all=True)
+        first_page = [m for m in w.meters[:6] if await w.service.store.history(m)]
+        assert len(first_page) == 2
+        recovered()
+        # meanwhile one action of the page read is cleared, the other one's description changes
+        w.portfolio.resolve_action(first_page[0])
+        w.portfolio.change_action(first_page[1], "AUTH_0001", description="Sign again, please")
+        [digest] = await w.cycle()
+        listed = [(e["type"], e["meter"]["meter_id"]) for e in digest["data"]["events"]]
+        assert sorted(m for _, m in listed) == sorted(set(w.meters[:6]) - {first_page[0]})
+        assert ("action.changed", first_page[1]) in listed and digest["data"]["counts"]["total"] == 5
+        assert await w.cycle() == []
+
+
 async def test_a_meter_leap_answers_404_for_in_a_recheck_leaves_the_others_rechecked(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", overlap="0s") as w:
         gone, cleared, kept = w.meters[1:4]

@@ -224,6 +224,11 @@ class RoutingStore(Protocol):
         """Up to `limit` pending events of an initial sync with a sequence number above `after`,
         in order, read but not decoded (`PendingBatch`)."""
 
+    async def initial_superseded(self, upto: int) -> set[str]:
+        """The ids of pending initial-sync events up to `upto` that a digest leaves out: a first
+        sync stopped midway and read again may have found an obligation changed or resolved
+        since; the digest tells its latest state, once, and nothing of one resolved."""
+
     async def initial_by_urgency(self, upto: int) -> list[str]:
         """The ids of the pending initial-sync events up to sequence number `upto`, the nearest
         deadline first (then meter, action type, id): the order a digest lists them in."""

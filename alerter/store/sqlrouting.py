@@ -76,6 +76,18 @@ class RoutingSql(SqlHooks, RoutingStore):
             last=found[-1]["seq"] if found else after, resolved=(), rows=found, decode=rows.event_from_row
         )
 
+    async def initial_superseded(self, upto: int) -> set[str]:
+        resumed = "SELECT EXISTS (SELECT 1 FROM events WHERE initial AND NOT routed AND seq <= $1 AND kind <> 'opened')"
+        superseded = (
+            "SELECT e.id FROM events e WHERE e.initial AND NOT e.routed AND e.seq <= $1 AND (e.kind = 'resolved' "
+            "OR EXISTS (SELECT 1 FROM events x WHERE x.meter_id = e.meter_id AND x.key_id = e.key_id "
+            "AND x.initial AND NOT x.routed AND x.seq > e.seq AND x.seq <= $1))"
+        )
+        async with self._read() as tx:
+            if not await tx.fetchval(resumed, upto):  # one sweep, one event per obligation: all told
+                return set()
+            return {r["id"] for r in await tx.fetch(superseded, upto)}
+
     async def initial_by_urgency(self, upto: int) -> list[str]:
         sql = (
             "SELECT e.id FROM events e LEFT JOIN obligations o ON o.meter_id = e.meter_id AND o.key_id = e.key_id "
