@@ -25,6 +25,7 @@ from msgspec.structs import replace
 
 from alerter.digests import DigestBuilder
 from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
+from alerter.matchers import Matcher
 from alerter.metrics import Metrics
 from alerter.models import (
     Event,
@@ -215,12 +216,35 @@ async def route(
     if idle:
         await _flush(steps, ruleset, idle, {}, now, flush_all)
     limits = Limits.of(ruleset)
-    for group in (g for g in due if g.pending):
+    pending = [g for g in due if g.pending]
+    silences = active_silences(_applicable(steps, await store.list_silences(now)), now) if pending else []
+    for group in pending:
+        if silences:
+            group = await _mute(steps, group, silences, now)
         # window by window (whole parts each), one transaction each: a crash between two
         # leaves the rest of the members in the group, flushed next time under the same ids
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
             by_id = {e.id: e for e in await store.load_event_refs(window.pending, group.key)}
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
+
+
+async def _mute(steps: Steps, group: GroupState, silences: list[tuple[str, Matcher]], now: datetime) -> GroupState:
+    """A due group without the members a silence made since they were queued: each is recorded
+    as silenced and taken out of the group, in one write before the flush (read again on a
+    restart, the flush finds them gone). Read only while a silence is in force."""
+    muted: list[tuple[str, str]] = []
+    for i in range(0, len(group.pending), DIGEST_BATCH):
+        for ev in (await steps.store.read_events(group.pending[i : i + DIGEST_BATCH])).events():
+            sid = next((sid for sid, m in silences if m.matches(ev, now)), None)
+            if sid is not None:
+                muted.append((ev.id, sid))
+    if not muted:
+        return group
+    await steps.store.commit_routing(
+        RoutingWrite(consumed=(), flushed=[(group.key, event_id) for event_id, _ in muted], silenced=muted)
+    )
+    gone = {event_id for event_id, _ in muted}
+    return dataclasses.replace(group, pending=tuple(i for i in group.pending if i not in gone))
 
 
 async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: datetime) -> None:

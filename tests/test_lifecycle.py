@@ -286,6 +286,22 @@ async def test_a_resolution_goes_only_to_receivers_told_of_the_latest_opening(tm
         assert [h.event.kind for h in history] == ["opened", "resolved", "opened", "resolved"]
 
 
+async def test_a_silence_made_while_an_event_waits_in_its_group_mutes_it(tmp_path: Path) -> None:
+    async with world(tmp_path, "sqlite", group_wait="5m") as w:
+        quiet, loud = w.meters[1:3]
+        for m in (quiet, loud):
+            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        t0 = datetime.now(UTC)
+        await w.service.run_cycle(now=t0)  # both queued, the group due in 5 minutes
+        assert (await w.service.drain(5)).sent == {}
+        silence = Silence("s-noisy", {"meter_id": quiet}, t0, t0 + timedelta(hours=1), "noisy meter")
+        await w.service.store.add_silence(silence)
+        bodies = await w.cycle(now=t0 + timedelta(minutes=6))
+        assert [e["meter"]["meter_id"] for b in bodies for e in b["data"]["events"]] == [loud]
+        [opened] = await w.service.store.history(quiet)
+        assert opened.outcomes == ("silenced s-noisy",)
+
+
 async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", overlap="0s") as w:
         m = w.meters[2]
