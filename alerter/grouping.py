@@ -183,6 +183,10 @@ def plan(
             key_id = ev.obligation.key_id
             told = (set() if key_id in reopened else notified.get(key_id) or set()) | queued.get(key_id, set())
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
+            missing = told - {p.receiver for p in placed}
+            if missing:  # a rule that matched as it opened (deadline: {within: 7d}) may not now
+                then = placements(ev, ev.obligation.opened_at)
+                placed += [p for p in then if p.rule.send_resolved and p.receiver in missing]
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
         if placed:

@@ -259,6 +259,21 @@ def test_resolved_goes_only_to_notified_receivers_of_rules_that_send_resolved() 
     assert list(write.consumed) == [resolved.id]
 
 
+def test_a_resolution_reaches_the_receiver_told_through_a_rule_that_no_longer_matches() -> None:
+    # the opening matched "due soon" (its deadline within 7 days); resolved an hour after the
+    # deadline, it matches only the rule below, whose receiver was never told
+    rs = ruleset(
+        "  - {name: due-soon, match: {deadline: {within: 7d}}, receivers: [a]}\n"
+        "  - {name: everything-else, receivers: [b]}\n"
+    )
+    opened_at = NOW - timedelta(hours=2)
+    resolved = make_event("resolved", opened_at=opened_at, deadline=NOW - timedelta(hours=1))
+    write = plan([resolved], Router(rs), {}, {resolved.obligation.key_id: {"a"}}, [], NOW)
+    assert [(g.rule, g.receiver) for g in write.groups] == [("due-soon", "a")]
+    nobody = plan([resolved], Router(rs), {}, {}, [], NOW)  # told of nothing: told nothing
+    assert nobody.groups == []
+
+
 def _silence(sid: str, matchers: dict[str, object], start: timedelta, end: timedelta) -> Silence:
     return Silence(sid, matchers, NOW + start, NOW + end, reason="test")
 
