@@ -233,16 +233,18 @@ async def _mute(steps: Steps, group: GroupState, silences: list[tuple[str, Match
     as silenced and taken out of the group, in one write before the flush (read again on a
     restart, the flush finds them gone). Read only while a silence is in force."""
     muted: list[tuple[str, str]] = []
+    untold: list[tuple[str, str]] = []  # the receiver is not told of an opening it never gets
     for i in range(0, len(group.pending), DIGEST_BATCH):
         for ev in (await steps.store.read_events(group.pending[i : i + DIGEST_BATCH])).events():
             sid = next((sid for sid, m in silences if m.matches(ev, now)), None)
             if sid is not None:
                 muted.append((ev.id, sid))
+                if ev.kind == "opened":
+                    untold.append((ev.obligation.key_id, group.receiver))
     if not muted:
         return group
-    await steps.store.commit_routing(
-        RoutingWrite(consumed=(), flushed=[(group.key, event_id) for event_id, _ in muted], silenced=muted)
-    )
+    flushed = [(group.key, event_id) for event_id, _ in muted]
+    await steps.store.commit_routing(RoutingWrite(consumed=(), flushed=flushed, silenced=muted, untold=untold))
     gone = {event_id for event_id, _ in muted}
     return dataclasses.replace(group, pending=tuple(i for i in group.pending if i not in gone))
 

@@ -354,6 +354,9 @@ class RoutingWrite:
     told: Sequence[tuple[str, str]] = ()
     """(obligation key id, receiver) of openings, changes and reminders queued in a group: the
     receiver will be told of them, so their resolution goes to it even before the group flushes."""
+    untold: Sequence[tuple[str, str]] = ()
+    """(obligation key id, receiver) recorded as told when an opening was queued, that it was
+    not: the opening was silenced in its group before the flush."""
     told_reset: Sequence[str] = ()
     """Obligation key ids opened again: the receivers told of an earlier opening are forgotten
     before `told` is recorded, so a resolution goes only to those told of this opening."""

@@ -300,6 +300,10 @@ async def test_a_silence_made_while_an_event_waits_in_its_group_mutes_it(tmp_pat
         assert [e["meter"]["meter_id"] for b in bodies for e in b["data"]["events"]] == [loud]
         [opened] = await w.service.store.history(quiet)
         assert opened.outcomes == ("silenced s-noisy",)
+        # crm never got that opening: once the silence is over, it is not sent its resolution
+        assert await w.service.store.expire_silence("s-noisy", t0 + timedelta(minutes=7))
+        w.portfolio.resolve_action(quiet)
+        assert await w.cycle(now=t0 + timedelta(minutes=20)) == []
 
 
 async def test_resolution_seen_only_by_reconcile(tmp_path: Path) -> None:

@@ -206,6 +206,8 @@ class RoutingSql(SqlHooks, RoutingStore):
         if write.silenced:
             sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
+        if write.untold:
+            await tx.executemany("DELETE FROM notified WHERE key_id = $1 AND receiver = $2", sorted(write.untold))
         if write.told_reset:  # opened again: who was told of an earlier opening is told no longer
             await tx.executemany("DELETE FROM notified WHERE key_id = $1", [(k,) for k in sorted(write.told_reset)])
         if write.told:  # queued to be told: a resolution before the group flushes follows it
