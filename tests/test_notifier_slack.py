@@ -7,7 +7,7 @@ import pytest
 from alerter.errors import DeliveryError
 from alerter.notifiers import build_notifier
 from alerter.notifiers.base import Deferred
-from alerter.notifiers.slack import SlackNotifier
+from alerter.notifiers.slack import RATE_LIMIT_LONGEST, SlackNotifier
 from alerter.pacing import Pacers
 from alerter.receivers import SlackConfig
 from alerter.templates import named
@@ -166,6 +166,19 @@ async def test_long_retry_after_hands_back_to_delivery() -> None:
             await notifier.send(notification("n1", [event(1)]), Threads(), T0)
         await notifier.close()
     assert err.value.retryable and err.value.retry_after == 30
+
+
+async def test_an_absurd_retry_after_holds_the_channel_back_an_hour_at_most() -> None:
+    # a week (the most any Retry-After is read as) would dead-letter every message to the channel
+    async with fake_slack() as slack:
+        notifier = make(slack, max_wait="1s")
+        slack.fail("ratelimited", retry_after=100000000000000)
+        with pytest.raises(Deferred) as err:
+            await notifier.send(notification("n1", [event(1)]), Threads(), T0)
+        with pytest.raises(Deferred) as busy:  # the next message waits for the same turn
+            await notifier.send(notification("n2", [event(2)]), Threads(), T0)
+        await notifier.close()
+    assert err.value.retry_after == RATE_LIMIT_LONGEST and 0 < (busy.value.retry_after or 0) <= RATE_LIMIT_LONGEST
 
 
 @pytest.mark.parametrize(

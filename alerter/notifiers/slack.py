@@ -219,7 +219,12 @@ _IN_THREAD = frozenset({"resolved", "reminder"})
 """Kinds that answer in the thread of their obligation's first message, where it has one."""
 
 
+RATE_LIMIT_LONGEST = 3600.0
+"""The longest a 429's Retry-After holds a Slack channel back (Slack's own are seconds to a
+minute): one far larger, however sent, would dead-letter every message to the channel."""
+
+
 def _retry_after(headers: Mapping[str, Any], now: datetime) -> float:
     value = headers.get("Retry-After", headers.get("retry-after"))
     seconds = retry_after(str(value) if value is not None else None, now)
-    return 1.0 if seconds is None else seconds
+    return 1.0 if seconds is None else min(seconds, RATE_LIMIT_LONGEST)
