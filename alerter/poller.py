@@ -274,7 +274,8 @@ class Poller:
         last = _parse(await self.store.get_meta(META_LAST_RECONCILE))
         if force_reconcile or last is None or now - last >= self.poll.reconcile_interval:
             return "reconcile"
-        if await self.store.get_meta(META_WATERMARK) is None:
+        watermark = _parse(await self.store.get_meta(META_WATERMARK))
+        if watermark is None or watermark > now:  # none yet, or one in the future: read everything
             return "reconcile"
         return "incremental"
 
@@ -284,6 +285,9 @@ class Poller:
         report = CycleReport(cycle_id=uuid.uuid4().hex[:12], kind=kind)
         log = self.log.bind(cycle_id=report.cycle_id, cycle=kind)
         watermark = _parse(await self.store.get_meta(META_WATERMARK))
+        if watermark is not None and watermark > now:  # stored so by an earlier version: a full sweep
+            log.warning("updated_at_in_future", watermark=_iso(watermark), now=_iso(now))
+            watermark = None
         report.watermark = watermark
         initial = kind == "initial"
 

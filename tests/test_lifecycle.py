@@ -19,6 +19,7 @@ from alerter.errors import SourceError
 from alerter.models import Silence
 from alerter.service import Service
 from alerter.sim import Portfolio, SimServer
+from alerter.store.base import META_WATERMARK
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.service import (
     API_KEY,
@@ -264,6 +265,10 @@ async def test_a_record_dated_in_the_future_does_not_stop_the_incremental_reads(
         assert [e["event"] for e in logs if e["event"] == "updated_at_in_future"] == ["updated_at_in_future"]
         w.portfolio.open_action(later, action_type="NO_MISSING_FIELDS", action_code="SERV_0005")
         assert events_of(await w.cycle()) == [("action.opened", "SERV_0005")]
+        # a watermark an earlier version stored in the future is brought back too
+        await w.service.store.set_meta({META_WATERMARK: "2099-01-01T00:00:00Z"})
+        w.portfolio.open_action(w.meters[4], action_type="HAS_AMI", action_code="AMI_0001")
+        assert events_of(await w.cycle()) == [("action.opened", "AMI_0001")]
 
 
 async def test_a_resolution_goes_only_to_receivers_told_of_the_latest_opening(tmp_path: Path) -> None:
