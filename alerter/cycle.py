@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,10 +217,15 @@ async def route(
         await _flush(steps, ruleset, idle, {}, now, flush_all)
     limits = Limits.of(ruleset)
     pending = [g for g in due if g.pending]
-    silences = active_silences(_applicable(steps, await store.list_silences(now)), now) if pending else []
+    silences = _applicable(steps, await store.list_silences(now)) if pending else []
+    waits = {r.name: r.group_wait for r in (*ruleset.rules, *filter(None, [ruleset.fallback]))}
     for group in pending:
-        if silences:
-            group = await _mute(steps, group, silences, now)
+        # members were routed (and silences applied to them) since the group's last flush, or
+        # since it opened: only a silence made or started after that can match one of them
+        since = group.last_flush_at or group.flush_at - waits.get(group.rule, timedelta(0))
+        later = [s for s in silences if max(s.starts_at, s.created_at or s.starts_at) >= since]
+        if later:
+            group = await _mute(steps, group, active_silences(later, now), now)
         # window by window (whole parts each), one transaction each: a crash between two
         # leaves the rest of the members in the group, flushed next time under the same ids
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
