@@ -113,12 +113,18 @@ async def test_purge_keeps_a_silence_a_kept_history_names_and_the_thread_a_dead_
         await store.set_thread("ops", gone[0].obligation.key_id, "C1:1.0")
         await outbox(store, notification("n-resolved", gone[1:]))
         await store.mark_failed("n-resolved", "ops", "HTTP 500", None, T0)
+        # another resolved obligation of the same receiver, nothing of it left to send: its thread goes
+        other = _old_resolved("m3", "A_3")
+        await store.commit_page([other[1].obligation], other)
+        await store.commit_routing(RoutingWrite(consumed=[e.id for e in other]))
+        await store.set_thread("ops", other[0].obligation.key_id, "C1:3.0")
 
         removed = await store.purge(T0 + 90 * DAY)
 
         assert removed["silences"] == 0
         assert [h.outcomes for h in await store.history("m1")][-1] == ("silenced s1",)
         assert await store.get_thread("ops", gone[0].obligation.key_id) == "C1:1.0"
+        assert await store.get_thread("ops", other[0].obligation.key_id) is None
         await store.replay_dead_letters(T0 + 91 * DAY)
         await store.mark_sent("n-resolved", "ops", T0 + 91 * DAY, None)
         await store.purge(T0 + 90 * DAY)  # nothing left to send: the thread goes

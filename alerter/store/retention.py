@@ -9,7 +9,7 @@ events from them), notifications all of whose events are gone and whose deliveri
 went out (dead letters stay until replayed), the delivery rows of those, expired
 silences that no kept event names (an open obligation's history shows its silences), and
 the "told" records of the forgotten obligations, and their thread records once their
-receiver has nothing pending or dead (a dead letter replayed still answers in its thread).
+receiver has nothing of them pending or dead (a dead letter replayed still answers in its thread).
 """
 
 from __future__ import annotations
@@ -74,11 +74,12 @@ async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
         "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
     )
     await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
-    # a thread root stays while its receiver has anything left to send: a dead letter replayed
-    # later (a resolution) still ticks the original and answers in its thread
+    # a thread root stays while its receiver has something of that obligation left to send: a
+    # dead letter replayed later (its resolution) still ticks the original and answers in its thread
     await tx.execute(
         f"DELETE FROM threads WHERE key_id IN ({_OLD_RESOLVED}) AND NOT EXISTS (SELECT 1 FROM deliveries d "
-        "WHERE d.receiver = threads.receiver AND d.status IN ('pending', 'dead'))",
+        "JOIN notification_events ne ON ne.notification_id = d.notification_id JOIN events e ON e.id = ne.event_id "
+        "WHERE d.receiver = threads.receiver AND d.status IN ('pending', 'dead') AND e.key_id = threads.key_id)",
         at,
     )
     # a silence stays while an event it silenced does (an open obligation's history names it)
