@@ -122,19 +122,25 @@ async def test_an_address_refused_for_now_is_sent_the_mail_alone_on_the_retry(st
         await enqueue(store, notification("n1", [event(1)], receiver="mail"))
         assert (await worker.run_once(T0)).failed == {"mail": 1}
         [row] = await store.claim_deliveries(T0 + timedelta(hours=1), "peek", 10, 0.001)
-        assert row.last_error is not None and "recipients refused ([452]), 1 of 3; 2 took it" in row.last_error
+        assert row.last_error is not None and "recipients refused ([452]), 1 of 3 for now; 2 took it" in row.last_error
         assert (await worker.run_once(T0 + timedelta(hours=2))).sent == {"mail": 1}
-        # a permanent refusal is a dead letter that says so; those that took it are not sent it again
-        smtp.refuse = {"gone@example.com": deque(["550 5.1.1 no such user"])}
+        # refused for good and for now at once: the one refused for now is sent it on the retry,
+        # and the notification then becomes a dead letter that names the refusal for good
+        smtp.refuse = {
+            "gone@example.com": deque(["550 5.1.1 no such user"] * 2),
+            "full@example.com": deque(["452 4.2.2 mailbox full"]),
+        }
         await enqueue(store, notification("n2", [event(2)], receiver="mail"))
-        assert (await worker.run_once(T0 + timedelta(hours=3))).dead == {"mail": 1}
+        assert (await worker.run_once(T0 + timedelta(hours=3))).failed == {"mail": 1}
+        assert (await worker.run_once(T0 + timedelta(hours=4))).dead == {"mail": 1}
     assert [sorted(e.rcpt_tos) for e in smtp.envelopes] == [
         ["gone@example.com", "ops@example.com"],
         ["full@example.com"],
-        ["full@example.com", "ops@example.com"],
+        ["ops@example.com"],
+        ["full@example.com"],
     ]
     [dead] = await store.dead_letters()
-    assert dead.last_error is not None and "recipients refused ([550]), 1 of 3" in dead.last_error
+    assert dead.last_error is not None and "recipients refused (550), 1 of 3 for good; 2 took it" in dead.last_error
 
 
 class _Slow:

@@ -60,14 +60,17 @@ class EmailNotifier:
     async def send(
         self, notification: Notification, threads: ThreadLookup, now: datetime, steps: Steps | None = None
     ) -> SendResult:
-        """One mail to every address of `to`; each address the server takes is a step, so a retry
-        after some were refused (a full mailbox, greylisting) goes to the others alone."""
+        """One mail to every address of `to`; each address the server takes is a step, and so is
+        each it refuses for good (5xx), so a retry after some were refused for now (a full
+        mailbox, greylisting) goes to those alone. Once none is left to retry, a refusal for good
+        makes the notification a dead letter that says so."""
         steps = steps if steps is not None else Steps()
         ext = message_id(notification.id)
         result = SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
-        recipients = [a for a in self.recipients if steps.get(f"to:{a}") is None]
-        if not recipients:  # every address took it on an earlier attempt
-            return result
+        done = [a for a in self.recipients if steps.get(f"to:{a}") is not None or steps.get(f"gone:{a}") is not None]
+        recipients = [a for a in self.recipients if a not in done]
+        if not recipients:  # every address took it, or refused it for good, on an earlier attempt
+            return self._ended(result, steps, len(self.recipients))
         msg = await self.build(notification, threads, now)
         smtp = self.config.smtp
         secrets = [smtp.password.get_secret_value()] if smtp.password else []
@@ -100,17 +103,29 @@ class EmailNotifier:
                 scrub(f"smtp {smtp.host}:{smtp.port}: {type(e).__name__}", secrets), retryable=True
             ) from None
         for address in recipients:
-            if address not in refused:
+            code = refused.get(address)
+            if code is None:
                 await steps.done(f"to:{address}", ext)
-        if refused:  # the others have it; a retry goes to these alone
-            codes = sorted(set(refused.values()))
+            elif code >= 500:
+                await steps.done(f"gone:{address}", str(code))
+        later = {a: c for a, c in refused.items() if c < 500}
+        if later:  # the others have it, or refused it for good; a retry goes to these alone
+            codes = sorted(set(later.values()))
             took = len(recipients) - len(refused)
-            text = f"smtp {smtp.host}: recipients refused ({codes}), {len(refused)} of {len(recipients)}"
-            raise DeliveryError(
-                scrub(text + (f"; {took} took it" if took else ""), secrets),
-                retryable=all(400 <= c < 500 for c in codes),
-            )
-        return result
+            text = f"smtp {smtp.host}: recipients refused ({codes}), {len(later)} of {len(recipients)} for now"
+            raise DeliveryError(scrub(text + (f"; {took} took it" if took else ""), secrets), retryable=True)
+        return self._ended(result, steps, len(self.recipients))
+
+    def _ended(self, result: SendResult, steps: Steps, every: int) -> SendResult:
+        """Every address has taken the mail or refused it for good: the result, or a dead letter
+        naming how many refused it (and with which codes)."""
+        gone = {a: steps.get(f"gone:{a}") for a in self.recipients if steps.get(f"gone:{a}") is not None}
+        if not gone:
+            return result
+        codes = sorted(set(map(str, gone.values())))
+        took = every - len(gone)
+        text = f"smtp {self.config.smtp.host}: recipients refused ({', '.join(codes)}), {len(gone)} of {every} for good"
+        raise DeliveryError(text + (f"; {took} took it" if took else ""), retryable=False)
 
     @property
     def recipients(self) -> list[str]:
