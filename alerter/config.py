@@ -216,10 +216,12 @@ class StateConfig(BaseModel):
             if not v.removeprefix("sqlite:///").partition("?")[0]:
                 raise ValueError("expected sqlite:///PATH, got no path")
             return v
-        try:  # the port and host as a server URL's reader takes them; the rest may hold a password
-            urlsplit(v).port  # noqa: B018 - reading it checks it
-        except ValueError:
-            raise ValueError("the PostgreSQL URL's port is not a number from 1 to 65535") from None
+        hosts = urlsplit(v).netloc.rpartition("@")[2]  # the rest may hold a password
+        for host in hosts.split(","):  # several, host1:5432,host2:5432, for a failover
+            try:
+                urlsplit(f"//{host}").port  # noqa: B018 - reading it checks it
+            except ValueError:
+                raise ValueError("the PostgreSQL URL's port is not a number from 1 to 65535") from None
         return v
 
 

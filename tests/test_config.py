@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from alerter.config import Config, SourceConfig, load_config
+from alerter.config import Config, SourceConfig, StateConfig, load_config
 from alerter.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -275,3 +275,11 @@ def test_search_filters_keep_leaps_shapes() -> None:
         "created_after_date_time": "2024-11-01T00:00:00.000000Z",
         "exclude_archived": True,
     }
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:p@h1:5432,h2:5433/db", "postgresql://u:p@[::1]:5432/db", "postgres://u@h/db?host=/run/pg"],
+)
+def test_postgresql_urls_the_driver_takes_are_taken(url: str) -> None:
+    assert StateConfig(url=url).url == url
