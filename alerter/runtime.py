@@ -124,6 +124,7 @@ class Runtime:
             ("route", svc.route_step, timedelta(seconds=1)),
             ("remind", svc.remind_step, timedelta(minutes=1)),
             ("gauges", self._gauges, timedelta(seconds=15)),
+            ("follow", svc.follow_step, min(timedelta(seconds=15), interval / 4)),
             ("rules_watch", self._watch_rules, timedelta(seconds=5)),
             ("retention", svc.purge_step, timedelta(hours=6)),
         ]

@@ -313,6 +313,12 @@ class Service:
         self.log.error("cycle_failed", error=str(err), auth=err.auth)
         self.alerts.cycle_failed(now, err)
 
+    async def follow_step(self) -> None:
+        """A follower's look at the leader's last cycle between its polls: read once a poll
+        interval only, it could be two intervals old and more just before the next read."""
+        if not self.leader:
+            await self._follow()
+
     async def _follow(self) -> None:
         """A follower is ready when the leader's last committed cycle is recent."""
         last = await self.store.get_meta(META_LAST_CYCLE)

@@ -40,9 +40,7 @@ class Health:
         if self.last_success_at is None:
             return False, "no successful cycle yet" + (f": {self.last_error}" if self.last_error else "")
         age = now - self.last_success_at
-        # a follower reads the leader's last cycle (its start) once a poll interval, up to an
-        # interval after the leader's: it may see a cycle that old, and the next one then
-        if age > (2 if self.leader else 3) * self.interval:
+        if age > 2 * self.interval:
             reason = f"no successful cycle for {int(age.total_seconds())}s"
             return False, reason + (f": {self.last_error}" if self.last_error else "")
         return True, "ok"

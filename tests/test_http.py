@@ -26,16 +26,6 @@ def test_retry_after_is_seconds_or_a_date_counted_from_now(value: str | None, se
     assert retry_after(value, NOW) == seconds
 
 
-def test_a_follower_is_ready_while_the_leaders_cycles_are_on_time() -> None:
-    # the follower reads the leader's last cycle start once an interval, up to an interval late
-    health = Health(interval=timedelta(minutes=5), last_success_at=NOW - timedelta(minutes=10, seconds=20))
-    assert health.readiness(NOW) == (True, "ok")
-    health.leader = True  # the leader's own cycles: two intervals
-    assert health.readiness(NOW)[0] is False
-    health.leader, health.last_success_at = False, NOW - timedelta(minutes=15, seconds=1)
-    assert health.readiness(NOW) == (False, "no successful cycle for 901s")
-
-
 async def test_startedz_answers_503_until_the_store_is_open_and_migrated() -> None:
     health = Health(interval=timedelta(minutes=5))
     app = make_app(health, Metrics(), lambda: NOW)

@@ -27,6 +27,7 @@ from alerter.models import Silence
 from alerter.reloading import reread
 from alerter.sim import Portfolio, SimServer
 from alerter.store import open_store
+from alerter.store.base import META_LAST_CYCLE
 from tests.support.channels import WebhookCollector, webhook_collector
 from tests.support.proc import Service, alerter
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
@@ -353,3 +354,23 @@ def test_a_reload_never_applies_a_file_that_changed_while_it_was_read(tmp_path: 
             assert r.problems == [
                 f"{tmp_path / 'rules.yaml'}:1:1: the rules file is empty (expected receivers, defaults, rules)"
             ]
+
+
+async def test_a_follower_looks_at_the_leaders_last_cycle_between_its_polls(tmp_path: Path) -> None:
+    # read once a poll interval only, the leader's last cycle could look 2 intervals old and more
+    p = Portfolio(20, action_rate=0.0, seed=5)
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        path = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url()))
+        async with running(load(path)) as service:
+            now = datetime.now(UTC)
+            await service.store.set_meta({META_LAST_CYCLE: (now - timedelta(minutes=11)).isoformat()})
+            service.leader = False
+            await service.follow_step()
+            assert service.health.readiness(now)[0] is False  # 11 minutes: past 2 × 5m
+            await service.store.set_meta({META_LAST_CYCLE: (now - timedelta(minutes=1)).isoformat()})
+            await service.follow_step()
+            assert service.health.readiness(now) == (True, "ok")
+            service.leader = True  # the leader's own cycles set it: it does not look
+            await service.store.set_meta({META_LAST_CYCLE: (now - timedelta(hours=1)).isoformat()})
+            await service.follow_step()
+            assert service.health.readiness(now) == (True, "ok")
