@@ -23,6 +23,7 @@ from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxEr
 from jinja2.sandbox import SandboxedEnvironment
 
 from alerter.models import Event, Notification
+from alerter.render import slack_blocks
 from alerter.summary import Summary
 
 PORTAL_URL = "https://app.leap.energy"
@@ -89,6 +90,7 @@ def _make_env(autoescape: bool) -> SandboxedEnvironment:
     env.filters["relative"] = relative
     env.filters["iso"] = iso
     env.filters["named"] = named
+    env.filters["slack"] = slack_blocks.escape  # Slack's &, < and >: no mention or link from data
     return env
 
 
@@ -157,11 +159,15 @@ def title(n: Notification) -> str:
 def _digest_title(n: Notification) -> str:
     """`Initial sync: 1200 open actions on 900 meters`, with `(part 2 of 3)` for a part."""
     if n.summary is None:
-        text = f"Initial sync: {len(n.events)} open actions on {_meters(n.events)[1]}"
+        text = f"Initial sync: {_open_actions(len(n.events))} on {_meters(n.events)[1]}"
     else:
         meters = n.summary["meters"]
-        text = f"Initial sync: {n.summary['total']} open actions on {meters} meter{'' if meters == 1 else 's'}"
+        text = f"Initial sync: {_open_actions(n.summary['total'])} on {meters} meter{'' if meters == 1 else 's'}"
     return text + _part_suffix(n)
+
+
+def _open_actions(count: int) -> str:
+    return f"{count} open action{'' if count == 1 else 's'}"
 
 
 def _part_suffix(n: Notification) -> str:

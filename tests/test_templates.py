@@ -10,6 +10,7 @@ import pytest
 from msgspec.structs import replace
 
 from alerter import templates
+from alerter.models import Notification
 from alerter.receivers import EmailConfig, SlackConfig
 from alerter.render import slack_blocks
 from alerter.render.email import render_email
@@ -105,6 +106,29 @@ def test_digest_counts_by_type_region_and_deadline() -> None:
     assert msg.text.startswith("Initial sync: 5 open actions on 5 meters. By action type: IS_AUTHORIZED 4")
     mail = render_email(n, None, T0)
     assert "By deadline:" in mail.text and "overdue: 1" in mail.text
+
+
+def test_a_digest_of_one_says_one_action_on_one_meter() -> None:
+    n = notification("d", [event(1, initial=True)], kind="digest")
+    assert render_slack(n, None, T0).text.startswith("Initial sync: 1 open action on 1 meter. By action type")
+    mail = render_email(n, None, T0)
+    assert mail.subject.endswith("Initial sync: 1 open action on 1 meter")
+    assert "1 open action on 1 meter." in mail.text and "1 open action on 1 meter." in mail.html
+
+
+def test_slack_text_cannot_mention_or_link_from_meter_data() -> None:
+    # the blocks escape what Leap sends; so must the text Slack shows in notifications
+    n = notification("n", [event(1, partner_reference="<!channel> & <@U123>")])
+    text = render_slack(n, None, T0).text
+    assert "<!channel>" not in text and "<@U123>" not in text
+    assert text.endswith("&lt;!channel&gt; &amp; &lt;@U123&gt;")
+
+
+def test_an_alert_of_no_event_has_no_dangling_colon_in_slack_text() -> None:
+    group = {"alert": "invalid_records", "status": "firing", "message": "invalid records skipped: site-2"}
+    alert = Notification(id="a", kind="alert", rule="alerter-self", receiver="r", group=group, events=(), created_at=T0)
+    text = render_slack(alert, None, T0).text
+    assert "invalid records skipped: site-2" in text and not text.endswith(":")
 
 
 def test_webhook_body_is_exactly_the_interface() -> None:
