@@ -111,7 +111,9 @@ def rules_test(config_path: str, before: str, after: str, at: datetime | None) -
     print(f"{len(events)} event(s)")
     for ev in events:
         ob = ev.obligation
-        targets = router.route(ev, now)
+        matched = router.route(ev, now)
+        # a resolution goes out only where the rule says send_resolved
+        targets = [t for t in matched if t.rule.send_resolved] if ev.kind == "resolved" else matched
         detail = f" ({ev.detail})" if ev.detail else ""
         label = ob.meter.partner_reference or ob.meter_id
         print(
@@ -119,7 +121,11 @@ def rules_test(config_path: str, before: str, after: str, at: datetime | None) -
             f" {ob.action_type}/{ob.action_code} {ob.program_identifier} {ob.delivery_period}"
         )
         if not targets:
-            print("    no rule matches: not notified")
+            print(
+                "    no rule with send_resolved matches: not notified"
+                if matched
+                else "    no rule matches: not notified"
+            )
         for t in targets:
             print(f"    rule {t.rule.name} -> receiver {t.receiver}")
     # Resolutions go to receivers told of the opening: in this offline run, every routed receiver.

@@ -125,6 +125,14 @@ async def test_rules_test_prints_events_rules_and_messages(tmp_path: Path) -> No
     assert "rule everything -> receiver crm" in result.stdout
     assert '"type": "alerter.notification"' in result.stdout
     assert not (tmp_path / "s.db").exists()  # offline: no state touched
+    # resolved under rules that do not send resolutions: it says so, not that crm gets it
+    (tmp_path / "rules.yaml").write_text(
+        rules_yaml("http://127.0.0.1:2/h").replace("send_resolved: true", "send_resolved: false")
+    )
+    resolved = await alerter("rules", "test", "-c", cfg, "--before", str(after), "--after", str(before))
+    assert "resolved (cleared): meter site-7" in resolved.stdout, resolved.stdout
+    assert "no rule with send_resolved matches: not notified" in resolved.stdout
+    assert "-> receiver crm" not in resolved.stdout and "0 notification(s)" in resolved.stdout
     after.write_text('{"meters": [{"partner_reference": "no id"}]}')
     bad = await alerter("rules", "test", "-c", cfg, "--before", str(before), "--after", str(after))
     assert bad.code == 2 and "meter_id" in bad.stderr
