@@ -16,7 +16,7 @@ def mount(app: web.Application, service: ServiceView) -> Console:
             "console_closed",
             listen=service.config.http.listen,
             reason="no http.auth: the console and API answer 401 beyond loopback; "
-            "/healthz, /readyz, /metrics stay open",
+            "/healthz, /startedz, /readyz, /metrics stay open",
         )
     app.router.add_get("/static/console/{name}", static)
     api.add_routes(app, console)
