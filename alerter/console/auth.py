@@ -64,19 +64,15 @@ def verify_hash(password_hash: str, password: str) -> bool:
 
 def _to_loopback(host: str) -> bool:
     """Whether a Host header names this machine (`localhost`, `127.0.0.1:8080`, `[::1]:8080`)."""
-    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
-    name = name.lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return _names_loopback(host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0])
 
 
 def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
+    return _names_loopback(listen.rpartition(":")[0].strip("[]"))
+
+
+def _names_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
