@@ -31,6 +31,8 @@ class EmailNotifier:
     def __init__(self, receiver: str, config: EmailConfig) -> None:
         self.receiver = receiver
         self.config = config
+        self.recipients = [parseaddr(text)[1] or text for text in config.to]
+        """The addresses of `to` (`Ops <ops@example.com>` is ops@example.com)."""
 
     async def close(self) -> None:
         return None
@@ -67,10 +69,9 @@ class EmailNotifier:
         steps = steps if steps is not None else Steps()
         ext = message_id(notification.id)
         result = SendResult(ext, {e.obligation.key_id: ext for e in notification.events})
-        done = [a for a in self.recipients if steps.get(f"to:{a}") is not None or steps.get(f"gone:{a}") is not None]
-        recipients = [a for a in self.recipients if a not in done]
+        recipients = [a for a in self.recipients if steps.get(f"to:{a}") is None and steps.get(f"gone:{a}") is None]
         if not recipients:  # every address took it, or refused it for good, on an earlier attempt
-            return self._ended(result, steps, len(self.recipients))
+            return self._ended(result, steps)
         msg = await self.build(notification, threads, now)
         smtp = self.config.smtp
         secrets = [smtp.password.get_secret_value()] if smtp.password else []
@@ -114,20 +115,16 @@ class EmailNotifier:
             took = len(recipients) - len(refused)
             text = f"smtp {smtp.host}: recipients refused ({codes}), {len(later)} of {len(recipients)} for now"
             raise DeliveryError(scrub(text + (f"; {took} took it" if took else ""), secrets), retryable=True)
-        return self._ended(result, steps, len(self.recipients))
+        return self._ended(result, steps)
 
-    def _ended(self, result: SendResult, steps: Steps, every: int) -> SendResult:
+    def _ended(self, result: SendResult, steps: Steps) -> SendResult:
         """Every address has taken the mail or refused it for good: the result, or a dead letter
         naming how many refused it (and with which codes)."""
-        gone = {a: steps.get(f"gone:{a}") for a in self.recipients if steps.get(f"gone:{a}") is not None}
-        if not gone:
+        codes = [code for a in self.recipients if (code := steps.get(f"gone:{a}")) is not None]
+        if not codes:
             return result
-        codes = sorted(set(map(str, gone.values())))
-        took = every - len(gone)
-        text = f"smtp {self.config.smtp.host}: recipients refused ({', '.join(codes)}), {len(gone)} of {every} for good"
+        every = len(self.recipients)
+        took = every - len(codes)
+        refused = ", ".join(sorted(set(codes)))
+        text = f"smtp {self.config.smtp.host}: recipients refused ({refused}), {len(codes)} of {every} for good"
         raise DeliveryError(text + (f"; {took} took it" if took else ""), retryable=False)
-
-    @property
-    def recipients(self) -> list[str]:
-        """The addresses of `to` (`Ops <ops@example.com>` is ops@example.com)."""
-        return [parseaddr(text)[1] or text for text in self.config.to]
