@@ -334,19 +334,21 @@ class Deliverer:
 
         started = time.monotonic()
 
+        def lease_from_now() -> datetime:
+            """A whole lease from this moment, on the pass's clock (`now` is when it began)."""
+            return now + timedelta(seconds=time.monotonic() - started + self.lease_seconds)
+
         async def save(done: dict[str, str]) -> None:
-            # a lease from now on, on the pass's clock: another instance leaves the row alone
-            # while its messages go out, however many there are
-            until = now + timedelta(seconds=time.monotonic() - started + self.lease_seconds)
-            await self.store.set_delivery_steps(n.id, d.receiver, done, (self.owner, until))
+            # another instance leaves the row alone while its messages go out, however many
+            await self.store.set_delivery_steps(n.id, d.receiver, done, (self.owner, lease_from_now()))
 
         async with gate:
-            waited = time.monotonic() - started
-            if waited > self.lease_seconds / 3:  # queued behind others: its lease may be running out
-                until = now + timedelta(seconds=waited + self.lease_seconds)
-                if not await self.store.renew_lease(n.id, d.receiver, self.owner, until):
-                    log.info("delivery_lease_lost", receiver=d.receiver, notification_id=n.id)
-                    return  # another instance has claimed it since: it sends it
+            # queued behind others for a third of its lease: renewed, unless another instance has
+            # claimed it since (that one sends it)
+            waited = time.monotonic() - started > self.lease_seconds / 3
+            if waited and not await self.store.renew_lease(n.id, d.receiver, self.owner, lease_from_now()):
+                log.info("delivery_lease_lost", receiver=d.receiver, notification_id=n.id)
+                return
             try:
                 result = await notifier.send(
                     n, lambda kid: self.store.get_thread(d.receiver, kid), now, Steps(d.steps, save)
