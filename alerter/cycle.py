@@ -25,7 +25,6 @@ from msgspec.structs import replace
 
 from alerter.digests import DigestBuilder
 from alerter.grouping import Limits, SilenceCheck, active_silences, flush, idle_before, plan, windows
-from alerter.matchers import Matcher
 from alerter.metrics import Metrics
 from alerter.models import (
     Event,
@@ -218,14 +217,9 @@ async def route(
     limits = Limits.of(ruleset)
     pending = [g for g in due if g.pending]
     silences = _applicable(steps, await store.list_silences(now)) if pending else []
-    waits = {r.name: r.group_wait for r in (*ruleset.rules, *filter(None, [ruleset.fallback]))}
     for group in pending:
-        # members were routed (and silences applied to them) since the group's last flush, or
-        # since it opened: only a silence made or started after that can match one of them
-        since = group.last_flush_at or group.flush_at - waits.get(group.rule, timedelta(0))
-        later = [s for s in silences if max(s.starts_at, s.created_at or s.starts_at) >= since]
-        if later:
-            group = await _mute(steps, group, active_silences(later, now), now)
+        if silences:
+            group = await _mute(steps, ruleset, group, silences, now)
         # window by window (whole parts each), one transaction each: a crash between two
         # leaves the rest of the members in the group, flushed next time under the same ids
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
@@ -233,15 +227,24 @@ async def route(
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
 
 
-async def _mute(steps: Steps, group: GroupState, silences: list[tuple[str, Matcher]], now: datetime) -> GroupState:
+async def _mute(
+    steps: Steps, ruleset: RuleSet, group: GroupState, silences: list[Silence], now: datetime
+) -> GroupState:
     """A due group without the members a silence made since they were queued: each is recorded
     as silenced and taken out of the group, in one write before the flush (read again on a
-    restart, the flush finds them gone). Read only while a silence is in force."""
+    restart, the flush finds them gone). Its members were routed, and the silences then in force
+    applied to them, since its last flush or since it opened: only a silence made or started
+    after that is read against them."""
+    rule = next((r for r in (*ruleset.rules, *filter(None, [ruleset.fallback])) if r.name == group.rule), None)
+    since = group.last_flush_at or group.flush_at - (rule.group_wait if rule else timedelta(0))
+    later = active_silences([s for s in silences if max(s.starts_at, s.created_at or s.starts_at) >= since], now)
+    if not later:
+        return group
     muted: list[tuple[str, str]] = []
     untold: list[tuple[str, str]] = []  # the receiver is not told of an opening it never gets
     for i in range(0, len(group.pending), DIGEST_BATCH):
         for ev in (await steps.store.read_events(group.pending[i : i + DIGEST_BATCH])).events():
-            sid = next((sid for sid, m in silences if m.matches(ev, now)), None)
+            sid = next((sid for sid, m in later if m.matches(ev, now)), None)
             if sid is not None:
                 muted.append((ev.id, sid))
                 if ev.kind == "opened":
