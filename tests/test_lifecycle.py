@@ -179,14 +179,20 @@ async def test_initial_sync_modes(tmp_path: Path, mode: str) -> None:
         assert events_of(await w.cycle()) == [("action.opened", "AMI_0009")]
 
 
+async def _first_sync_stopped_after_a_page(w: World) -> None:
+    """Six meters with an action, three pages of two: Leap fails from the second page on, the
+    first sync stops with one page read, then Leap answers again."""
+    for m in w.meters[:6]:
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+    recovered = _fail_nth_request(w.sim, 2, times=10)
+    with pytest.raises(SourceError):
+        await w.service.run_cycle(flush_all=True)
+    recovered()
+
+
 async def test_a_first_sync_that_fails_midway_still_sends_one_digest_of_the_whole_backlog(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", meters=30, page_size="2", initial_sync="digest") as w:
-        for m in w.meters[:6]:  # three pages of two
-            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-        recovered = _fail_nth_request(w.sim, 2, times=10)
-        with pytest.raises(SourceError):
-            await w.service.run_cycle(flush_all=True)
-        recovered()
+        await _first_sync_stopped_after_a_page(w)
         await w.service.route_step()  # the every-second routing, meanwhile: it waits for the sync
         assert (await w.service.drain(5)).sent == {}
         [digest] = await w.cycle()
@@ -197,14 +203,9 @@ async def test_a_first_sync_that_fails_midway_still_sends_one_digest_of_the_whol
 
 async def test_a_first_sync_read_again_digests_each_obligation_once_as_it_stands(tmp_path: Path) -> None:
     async with world(tmp_path, "sqlite", meters=30, page_size="2", initial_sync="digest") as w:
-        for m in w.meters[:6]:  # three pages of two
-            w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
-        recovered = _fail_nth_request(w.sim, 2, times=10)
-        with pytest.raises(SourceError):
-            await w.service.run_cycle(flush_all=True)
+        await _first_sync_stopped_after_a_page(w)
         first_page = [m for m in w.meters[:6] if await w.service.store.history(m)]
         assert len(first_page) == 2
-        recovered()
         # meanwhile one action of the page read is cleared, the other one's description changes
         w.portfolio.resolve_action(first_page[0])
         w.portfolio.change_action(first_page[1], "AUTH_0001", description="Sign again, please")
