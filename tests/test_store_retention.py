@@ -159,3 +159,24 @@ async def test_sqlite_purge_leaves_the_planner_statistics_behind(tmp_path: Path)
         with sqlite3.connect(tmp_path / "state.db") as raw:
             analyzed = {t for (t,) in raw.execute("SELECT tbl FROM sqlite_stat1")}
     assert {"obligations", "events"} <= analyzed  # the tables holding rows (empty ones have no statistics)
+
+
+async def test_sqlite_purge_forgets_the_links_of_the_events_it_forgets(tmp_path: Path) -> None:
+    # SQLite links an event by its number (schema `_NUMBERED_LINKS`), and numbers the next event
+    # after the largest left: forgotten last, their numbers are given again
+    async with store_for("sqlite", tmp_path) as store:
+        store.set_fence(await store.try_acquire_leadership("t"))
+        gone = obligation("m1", "AUTH_1")
+        done = replace(gone, status="resolved", resolution="cleared", resolved_at=T0 + DAY, version=2)
+        old = [event(gone), event(done, "resolved", T0 + DAY)]
+        await store.commit_page([done], old)
+        await store.commit_routing(RoutingWrite(consumed=[e.id for e in old]))
+        await outbox(store, notification("n-late", old, at=T0 + 100 * DAY))  # recent: it stays
+        await store.mark_sent("n-late", "ops", T0 + 100 * DAY, None)
+
+        removed = await store.purge(T0 + 90 * DAY)
+
+        assert (removed["events"], removed["notifications"]) == (2, 0)
+        fresh = event(obligation("m2", "AUTH_2"), at=T0 + 101 * DAY)
+        await store.commit_page([fresh.obligation], [fresh])
+        assert [h.outcomes for h in await store.history("m2")] == [()]  # not "notified ops in n-late"

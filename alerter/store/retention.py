@@ -56,6 +56,13 @@ _OLD_NOTIFICATIONS = (
     "WHERE ne.notification_id = notifications.id)"
 )
 
+_UNLINKED: dict[Dialect, str] = {
+    "postgres": "DELETE FROM notification_events WHERE NOT EXISTS "
+    "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)",
+    "sqlite": "DELETE FROM notification_links WHERE notification_seq NOT IN (SELECT seq FROM notifications)",
+}
+"""The links of notifications forgotten (SQLite's are numbers: schema `_NUMBERED_LINKS`)."""
+
 
 async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
     """Forget what is older than `at` (a cutoff as the store writes times; see the module note)
@@ -63,16 +70,17 @@ async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
     removed per kind."""
     old_events = _OLD_EVENTS_SQLITE if dialect == "sqlite" else _OLD_EVENTS
     await tx.execute(f"DELETE FROM silenced WHERE event_id IN (SELECT id FROM events WHERE {old_events})", at)
+    if dialect == "sqlite":  # a link is an event's number, which SQLite may give again once it is gone
+        await tx.execute(
+            f"DELETE FROM notification_links WHERE event_seq IN (SELECT seq FROM events WHERE {old_events})", at
+        )
     events = await tx.execute(f"DELETE FROM events WHERE {old_events}", at)
     deliveries = await tx.execute(
         f"DELETE FROM deliveries WHERE notification_id IN (SELECT id FROM notifications WHERE {_OLD_NOTIFICATIONS})",
         at,
     )
     notifications = await tx.execute(f"DELETE FROM notifications WHERE {_OLD_NOTIFICATIONS}", at)
-    await tx.execute(
-        "DELETE FROM notification_events WHERE NOT EXISTS "
-        "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
-    )
+    await tx.execute(_UNLINKED[dialect])
     await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
     # a thread root stays while its receiver has something of that obligation left to send: a
     # dead letter replayed later (its resolution) still ticks the original and answers in its thread

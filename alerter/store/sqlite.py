@@ -129,6 +129,14 @@ _KEY_OF_ROW = operator.itemgetter(0, 1, 2, 3, 4)
 """An obligation row's primary key (its first five columns, `KEY_COLUMNS`)."""
 _INSERT_EVENT_Q = _sqlite_sql(_INSERT_EVENT)
 _META_UPSERT_Q = _sqlite_sql(META_UPSERT)
+_INSERT_LINKS = (
+    "INSERT OR IGNORE INTO notification_links (notification_seq, position, event_seq) "
+    "SELECT n.seq, t.column3, e.seq FROM (VALUES ($1, $2, $3)) AS t "
+    "JOIN notifications n ON n.id = t.column2 JOIN events e ON e.id = t.column1"
+)
+"""(event id, notification id, position) rows as `notification_links` holds them, several per
+statement (`_multi_row`); a link whose event or notification is not stored is not written."""
+_LINK_ORDER = operator.itemgetter(1, 2)
 
 
 def _meter_tags(stored: str | bytes | None) -> str | None:
@@ -533,6 +541,11 @@ class SqliteStore(SqlStore, Store):
             "ON CONFLICT (group_key, event_id) DO NOTHING",  # a number taken twice is an error, not a skip
             [(k, n, e, *ref_columns(refs.get(e))) for n, (k, e) in enumerate(members, first)],
         )
+
+    async def _insert_links(self, tx: Tx, links: Sequence[tuple[str, str, int]]) -> None:
+        """Each link as its numbers (schema `_NUMBERED_LINKS`), looked up by id as it is written;
+        a notification's links in their order, each appended to its range of the table."""
+        await tx.executemany(_INSERT_LINKS, sorted(links, key=_LINK_ORDER))
 
     @staticmethod
     def _payload(text: bytes, event: Event) -> Any:

@@ -10,6 +10,7 @@ from alerter.models import Event
 from alerter.store import rows
 from alerter.store.base import Delivery, Failed, LedgerStore, Sent, StoredEvents
 from alerter.store.rows import DELIVERY_COLUMNS, Row
+from alerter.store.schema import Dialect
 from alerter.store.sqltx import SqlHooks, Tx
 
 _MARK_SENT = (
@@ -23,11 +24,16 @@ _MARK_FAILED = (
     "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
 )
 _DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
-LINKED_EVENTS = (
-    f"SELECT l.notification_id, {', '.join(f'e.{c}' for c in rows.EVENT_READ.split(', '))} "
-    "FROM notification_events l JOIN events e ON e.id = l.event_id "
-    "WHERE l.notification_id {notifications} ORDER BY l.notification_id, l.position"
-)
+_EVENT_COLUMNS = ", ".join(f"e.{c}" for c in rows.EVENT_READ.split(", "))
+LINKED_EVENTS: dict[Dialect, str] = {
+    "postgres": f"SELECT l.notification_id, {_EVENT_COLUMNS} FROM notification_events l "
+    "JOIN events e ON e.id = l.event_id WHERE l.notification_id {notifications} ORDER BY l.notification_id, l.position",
+    # in this order whatever the planner's statistics say (`CROSS JOIN`): each notification by
+    # its id, its links in order by their key, each event by its number (schema `_NUMBERED_LINKS`)
+    "sqlite": f"SELECT n.id AS notification_id, {_EVENT_COLUMNS} FROM notifications n "
+    "CROSS JOIN notification_links l ON l.notification_seq = n.seq CROSS JOIN events e ON e.seq = l.event_seq "
+    "WHERE n.id {notifications} ORDER BY n.id, l.position",
+}
 """The events of notifications that link them, in order (`{notifications}`: the backend's `IN`)."""
 RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
 REPLAY = (
@@ -120,7 +126,9 @@ class LedgerSql(SqlHooks, LedgerStore):
             if r["notification_id"] not in linked and _by_reference(r["payload"]):
                 linked[r["notification_id"]] = []
         if linked:
-            for r in await tx.fetch(LINKED_EVENTS.format(notifications=self._in(1)), self._ids(list(linked))):
+            for r in await tx.fetch(
+                LINKED_EVENTS[self.dialect].format(notifications=self._in(1)), self._ids(list(linked))
+            ):
                 linked[r["notification_id"]].append(r)
         return linked
 
