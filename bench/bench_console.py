@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from alerter.config import Config
-from alerter.console.core import Cursor
+from alerter.console.core import cursor_after
 from alerter.models import Meter, Obligation
 from alerter.rulefile import RuleSet
 from alerter.store import open_store
@@ -87,8 +87,8 @@ def obligations(n: int) -> list[Obligation]:
     return out
 
 
-def _order(o: Obligation) -> tuple[bool, datetime, tuple[str, ...]]:
-    return (o.deadline is None, o.deadline or NOW, o.key)
+def _order(o: Obligation) -> tuple[bool, datetime, str]:
+    return (o.deadline is None, o.deadline or NOW, o.key_id)
 
 
 async def fill(store: Store, rows: list[Obligation]) -> None:
@@ -118,7 +118,7 @@ def cursor_before(rows: list[Obligation], index: int) -> str | None:
     if index <= 0:
         return None
     o = rows[index - 1]
-    return Cursor(o.deadline.isoformat() if o.deadline else None, o.key).encode()
+    return cursor_after(o).encode()
 
 
 async def timed(session: aiohttp.ClientSession, url: str, params: dict[str, str]) -> dict[str, Any]:

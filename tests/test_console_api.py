@@ -70,8 +70,10 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
         bad = await get(s, "/api/v1/obligations?state=closed", 400)
         assert "state" in bad["error"]
         assert "cursor" in (await get(s, "/api/v1/obligations?cursor=nonsense", 400))["error"]
-        naive = core.b64('{"d":"2026-01-01T00:00:00","k":["a","b","c","d","e"]}')  # a deadline without an offset
+        naive = core.b64('{"d":"2026-01-01T00:00:00","k":"a"}')  # a deadline without an offset
         assert "cursor" in (await get(s, f"/api/v1/obligations?cursor={naive}", 400))["error"]
+        before = core.b64('{"d":"2026-01-01T00:00:00Z","k":["a","b","c","d","e"]}')  # as schema step 18 came
+        assert "cursor" in (await get(s, f"/api/v1/obligations?cursor={before}", 400))["error"]
         for garbage in (core.b64("garbage|x"), core.b64("2026-01-01T00:00:00|n1")):
             assert "cursor" in (await get(s, f"/api/v1/deliveries?cursor={garbage}", 400))["error"]
             await get(s, f"/deliveries?cursor={garbage}")  # the page starts over

@@ -49,7 +49,7 @@ async def test_pages_walk_every_obligation_once_in_deadline_order(store: Store) 
         if page.next_cursor is None:
             break
         q = parse_obligation_query({"limit": "5", "cursor": page.next_cursor})
-    expected = sorted(dated, key=lambda o: (o.deadline, o.key)) + sorted(undated, key=lambda o: o.key)
+    expected = sorted(dated, key=lambda o: (o.deadline, o.key_id)) + sorted(undated, key=lambda o: o.key_id)
     assert seen == expected
     resolved_page = await cs.obligations(ObligationQuery(state="resolved"), NOW)
     assert [o.meter_id for o in resolved_page.obligations] == ["m200"] and resolved_page.total == 1

@@ -375,7 +375,7 @@ def _status_led(sql: str) -> str:
 
 
 SAMPLED = {  # what a sampled ANALYZE (`analysis_limit`) left on a 61,288-obligation `silent` state
-    "obligations_by_deadline": "53808 1001 1001 2 2 2 1 1",
+    "obligations_by_deadline": "53808 1001 1001 1",
     "obligations_by_reference": "62244 2",
     "obligations_by_region": "61311 1001 1001 1001",
     "obligations_by_type": "71456 1001 1001 1001",

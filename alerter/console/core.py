@@ -1,10 +1,10 @@
 """The console's pure core: filters parsed from a query string, the SQL they become, keyset
 cursors, deadline buckets, JSON and CSV shapes. No IO: the store executes what this builds.
 
-How this works: obligations are listed by deadline, then by key. A page is a keyset range
-`(deadline, key...) > cursor`; obligations without a deadline come after every dated one
-(a second range over `deadline IS NULL`, by key), so each page is one index range scan
-whatever its depth. The cursor is the last row's (deadline, key), base64url JSON.
+How this works: obligations are listed by deadline, then by key id. A page is a keyset range
+`(deadline, key_id) > cursor`; obligations without a deadline come after every dated one
+(a second range over `deadline IS NULL`, by key id), so each page is one index range scan
+whatever its depth. The cursor is the last row's (deadline, key id), base64url JSON.
 """
 
 from __future__ import annotations
@@ -63,25 +63,25 @@ class QueryError(ValueError):
 class Cursor:
     deadline: str | None
     """ISO time of the last row's deadline; None once the listing is among undated rows."""
-    key: tuple[str, str, str, str, str]
+    key_id: str
 
     def encode(self) -> str:
-        raw = orjson.dumps({"d": self.deadline, "k": list(self.key)})
+        raw = orjson.dumps({"d": self.deadline, "k": self.key_id})
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
         try:
             data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            key = tuple(str(k) for k in data["k"])
+            key_id = data["k"]
             deadline = data["d"]
-            if len(key) != 5 or not (deadline is None or isinstance(deadline, str)):
+            if not isinstance(key_id, str) or not (deadline is None or isinstance(deadline, str)):
                 raise ValueError
             if deadline is not None and datetime.fromisoformat(deadline).tzinfo is None:
                 raise ValueError(deadline)
         except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
             raise QueryError("cursor: not a cursor this console gave out") from None
-        return cls(deadline, (key[0], key[1], key[2], key[3], key[4]))
+        return cls(deadline, key_id)
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,8 @@ def bucket_case(now: datetime, s: Sql) -> str:
     )
 
 
-ORDER_DATED = "deadline, meter_id, program_identifier, delivery_period, action_type, action_code"
-ORDER_UNDATED = "meter_id, program_identifier, delivery_period, action_type, action_code"
+ORDER_DATED = "deadline, key_id"
+ORDER_UNDATED = "key_id"
 
 
 def page_ranges(base: Sql, cursor: Cursor | None, ts: Callable[[datetime | None], Any]) -> list[tuple[str, list[Any]]]:
@@ -263,13 +263,12 @@ def page_ranges(base: Sql, cursor: Cursor | None, ts: Callable[[datetime | None]
         s = Sql(ts, [*base.conds, "deadline IS NOT NULL"], list(base.args))
         if cursor is not None:
             assert cursor.deadline is not None
-            marks = ", ".join(s.arg(v) for v in (ts(datetime.fromisoformat(cursor.deadline)), *cursor.key))
+            marks = ", ".join(s.arg(v) for v in (ts(datetime.fromisoformat(cursor.deadline)), cursor.key_id))
             s.conds.append(f"({ORDER_DATED}) > ({marks})")
         out.append((s.where() + f" ORDER BY {ORDER_DATED}", s.args))
     s = Sql(ts, [*base.conds, "deadline IS NULL"], list(base.args))
     if cursor is not None and cursor.deadline is None:
-        marks = ", ".join(s.arg(v) for v in cursor.key)
-        s.conds.append(f"({ORDER_UNDATED}) > ({marks})")
+        s.conds.append(f"{ORDER_UNDATED} > {s.arg(cursor.key_id)}")
     out.append((s.where() + f" ORDER BY {ORDER_UNDATED}", s.args))
     return out
 
@@ -287,7 +286,7 @@ def unb64(text: str) -> str:
 
 
 def cursor_after(o: Obligation) -> Cursor:
-    return Cursor(o.deadline.isoformat() if o.deadline else None, o.key)
+    return Cursor(o.deadline.isoformat() if o.deadline else None, o.key_id)
 
 
 def iso(dt: datetime | None) -> str | None:
