@@ -225,6 +225,8 @@ async def route(
         for window, parts_of in windows(group, limits.size(group.receiver), FLUSH_EVENTS):
             by_id = {e.id: e for e in await store.load_event_refs(window.pending, group.key)}
             await _flush(steps, ruleset, [window], by_id, now, flush_all, parts_of)
+    if pending:
+        await store.tidy()  # the flushed members' rows
 
 
 async def _mute(

@@ -17,12 +17,15 @@ from msgspec.structs import replace
 
 from alerter.errors import StoreError
 from alerter.models import Event, Obligation, RoutingWrite, Silence
+from alerter.sim import Portfolio, SimServer
 from alerter.store import open_store, rows, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
 from alerter.store.sqlledger import LINKED_EVENTS
 from alerter.store.sqlobligations import DUE_REMINDERS, OPEN_IN_KEY_ORDER
+from tests.support.channels import webhook_collector
+from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
 from tests.support.stores import (
     DEADLINE,
     T0,
@@ -585,3 +588,42 @@ def test_a_state_file_that_cannot_be_opened_leaves_no_thread_behind(
         asyncio.run(fail())
     time.sleep(0.2)
     assert errors == []
+
+
+def _pages(path: Path) -> tuple[int, int]:
+    """(pages, free pages) of a state file, as its last commit left them."""
+    with sqlite3.connect(path) as db:
+        pages, free = db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    return int(pages), int(free)
+
+
+async def test_a_routing_pass_gives_back_the_pages_its_flushed_members_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "TIDY_PAGES", 1)  # a small state: its file's sixteenth decides
+    p = Portfolio(1500, action_rate=1.0, seed=3)
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        state = tmp_path / "s.db"
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{state}"), rules_yaml(hook.url()))
+        async with running(load(cfg)) as service:
+            await service.run_cycle(flush_all=True)  # every obligation's opening, through its group
+            assert (await service.drain(10)).undelivered == 0
+            pages, free = _pages(state)
+    assert len(hook.delivered()) >= 3 and pages > 100
+    assert free == 0
+
+
+async def test_a_file_made_without_incremental_vacuum_keeps_its_free_pages(tmp_path: Path) -> None:
+    path = tmp_path / "v12.db"
+    with sqlite_state_at(path, 12) as db:  # made by an earlier version: no incremental vacuum
+        pass
+    db.close()
+    members = [("g", f"{i:032x}") for i in range(20_000)]
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        store.set_fence(1)
+        await store.commit_routing(RoutingWrite(consumed=(), appended=members))
+        await store.commit_routing(RoutingWrite(consumed=(), flushed=members))
+        before = _pages(path)
+        await store.tidy()
+        assert _pages(path) == before and before[1] > sqlite_store.TIDY_PAGES

@@ -270,6 +270,10 @@ class RoutingStore(Protocol):
     async def commit_routing(self, write: RoutingWrite) -> None:
         """Fenced, one transaction: see RoutingWrite."""
 
+    async def tidy(self) -> None:
+        """After a routing pass that flushed groups: the space its writes freed given back
+        (SQLite: see SqliteStore.tidy; PostgreSQL's autovacuum does its own)."""
+
 
 class SilenceStore(Protocol):
     async def add_silence(self, silence: Silence) -> None: ...

@@ -95,5 +95,8 @@ class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
             held = bool(await tx.fetchval("SELECT EXISTS (SELECT 1 FROM obligations)"))
         yield not held
 
+    async def tidy(self) -> None:
+        return None
+
     def set_fence(self, token: int | None) -> None:
         self._fence = token

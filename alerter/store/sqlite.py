@@ -137,6 +137,10 @@ _INSERT_LINKS = (
 """(event id, notification id, position) rows as `notification_links` holds them, several per
 statement (`_multi_row`); a link whose event or notification is not stored is not written."""
 _LINK_ORDER = operator.itemgetter(1, 2)
+_INCREMENTAL = 2
+"""`PRAGMA auto_vacuum` of a file that gives its free pages back when told (`tidy`)."""
+TIDY_PAGES = 64
+"""`tidy` leaves fewer free pages than this alone (1 MiB of 16 KiB pages): later writes reuse them."""
 
 
 def _meter_tags(stored: str | bytes | None) -> str | None:
@@ -311,6 +315,7 @@ class SqliteStore(SqlStore, Store):
                 # touch index pages all over the file, and with larger pages there are fewer of
                 # them to write to the WAL and checkpoint. Set before WAL mode fixes the size.
                 await self._conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+                await self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # `tidy`; a new file only
                 mode = await self._tx.fetchval("PRAGMA journal_mode = WAL")
                 if str(mode).lower() != "wal":
                     raise StoreError(f"state file {self.path}: cannot use WAL journal (got {mode})")
@@ -451,7 +456,29 @@ class SqliteStore(SqlStore, Store):
         queries are written not to depend on them)."""
         removed = await super().purge(before)
         await self._analyze()
+        await self.tidy()
         return removed
+
+    async def tidy(self) -> None:
+        """The free pages given back to the file system once they are more than a sixteenth of
+        the file (`PRAGMA incremental_vacuum`): a large flush frees its group's member rows, a
+        purge what it forgot, and the file would otherwise keep their size until later writes
+        reuse them (at `notify` 20,000, ~170 B per open obligation: `bench.bench_cost`). A file
+        an earlier version made has no incremental vacuum (it would take a whole `VACUUM`) and
+        keeps its free pages."""
+        async with self._read() as tx:
+            if await tx.fetchval("PRAGMA auto_vacuum") != _INCREMENTAL:
+                return
+            free = int(await tx.fetchval("PRAGMA freelist_count"))
+            if free <= max(TIDY_PAGES, int(await tx.fetchval("PRAGMA page_count")) // 16):
+                return
+        async with self._lock:
+            conn = self._conn
+            assert conn is not None
+            try:  # a script: stepped to its end (one step of the pragma frees one page)
+                await conn.executescript("PRAGMA incremental_vacuum")
+            except sqlite3.Error as err:
+                raise StoreError(f"state file {self.path}: {err}") from err
 
     # -- backend hooks --
     def _connection(self) -> _SqliteTx:
