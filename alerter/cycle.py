@@ -110,12 +110,12 @@ async def remind(steps: Steps, router: Router, rules_digests: Mapping[Path, str 
             return new
         previous = keys
         events: list[Event] = []
-        looks: list[tuple[ObligationKey, int, datetime | None]] = []
+        looks: list[tuple[str, int, datetime | None]] = []
         for ob in batch:
             policy = router.remind_policy(ob, now)
             if not policy.empty:
                 events.extend(e for e in reminders_due(ob, policy, now) if e.id not in steps.reminded)
-            looks.append((ob.key, ob.version, next_reminder_at(ob, router.look_policy(policy), now)))
+            looks.append((ob.key_id, ob.version, next_reminder_at(ob, router.look_policy(policy), now)))
         if events:
             added = await store.commit_page((), events)
             # committed (or already there): no need to offer them again on the next run

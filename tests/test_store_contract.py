@@ -117,12 +117,12 @@ async def test_open_meter_ids_and_keyset_pages(store: Store) -> None:
     resolved = [obligation(f"r{m}", "C0", status="resolved", resolution="cleared", resolved_at=T0) for m in range(3)]
     await store.commit_page(opened + resolved, [])
     assert await store.open_meter_ids() == [f"m{m}" for m in range(7)]
-    pages, after = [], None
+    pages, after = [], ""
     while page := await store.open_obligations(after, limit=4):
         pages.append(page)
-        after = page[-1].key
+        after = page[-1].key_id
     assert [len(p) for p in pages] == [4, 4, 4, 4, 4, 1]
-    assert [o for p in pages for o in p] == sorted(opened, key=lambda o: o.key)
+    assert [o for p in pages for o in p] == sorted(opened, key=lambda o: o.key_id)
     assert await store.count_open() == [("IS_AUTHORIZED", DEADLINE, 21)]
     assert len(await store.load_obligations(["r1", "m1"])) == 4
 
@@ -534,6 +534,6 @@ async def test_a_consumption_left_unfinished_is_carried_out_and_bulk_updates_go_
     await store.finish_initial()  # nothing left: a no-op
 
     at = T0 + timedelta(days=3)
-    await store.set_remind_at([(o.key, o.version, None) for o in obs[:3]])  # not due a look
+    await store.set_remind_at([(o.key_id, o.version, None) for o in obs[:3]])  # not due a look
     await store.reset_remind_at(at)
     assert sorted(o.meter_id for o in await store.reminder_candidates(at, 10)) == [f"m{i}" for i in range(5)]

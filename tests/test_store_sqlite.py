@@ -9,9 +9,10 @@ import sqlite3
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from msgspec.structs import replace
 
@@ -40,7 +41,7 @@ from tests.support.stores import (
 # A second alerter: opens the store, commits one page, says so, then waits to be killed.
 CHILD = """
 import asyncio, sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from alerter.errors import StoreError
 from alerter.models import Obligation, RoutingWrite
 from alerter.models import Event, Meter, Obligation, event_id
@@ -364,12 +365,19 @@ async def test_an_initial_bulk_load_builds_the_deferred_indexes_at_its_end_or_at
 
 
 DUE_ARGS = ("2026-12-01", 1000)
-PAGE_ARGS = ("m1", "", "", "", "", 100)
+PAGE_ARGS = ("0", 100)
 
 
 def _plan(path: Path, sql: str, args: tuple[object, ...]) -> list[str]:
     with sqlite3.connect(path) as raw:
         return [r[-1] for r in raw.execute(f"EXPLAIN QUERY PLAN {sqlite_store._sqlite_sql(sql)}", args)]
+
+
+_BY_ITS_INDEX = [
+    "SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)",
+    "CORRELATED SCALAR SUBQUERY 1",  # a description by its number
+    "SEARCH descriptions USING INTEGER PRIMARY KEY (rowid=?)",
+]
 
 
 def _status_led(sql: str) -> str:
@@ -382,9 +390,9 @@ SAMPLED = {  # what a sampled ANALYZE (`analysis_limit`) left on a 61,288-obliga
     "obligations_by_reference": "62244 2",
     "obligations_by_region": "61311 1001 1001 1001",
     "obligations_by_type": "71456 1001 1001 1001",
-    "obligations_open_meters": "61420 2",
+    "obligations_meters": "61420 2 2",
     "obligations_remind_at": "250100 1001",
-    "sqlite_autoindex_obligations_1": "44992 2 2 2 1 1",
+    "sqlite_autoindex_obligations_1": "44992 1",
 }
 
 
@@ -404,10 +412,10 @@ async def test_the_reminders_query_reads_only_what_is_due_whatever_the_sampled_s
 ) -> None:
     path = tmp_path / "s.db"
     obs = await _with_sampled_statistics(path)
-    assert "USE TEMP B-TREE FOR ORDER BY" in _plan(path, _status_led(DUE_REMINDERS), DUE_ARGS)  # every open one
-    assert _plan(path, DUE_REMINDERS, DUE_ARGS) == [
-        "SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"
-    ]
+    assert "USE TEMP B-TREE FOR ORDER BY" in _plan(
+        path, _status_led(DUE_REMINDERS["sqlite"]), DUE_ARGS
+    )  # every open one
+    assert _plan(path, DUE_REMINDERS["sqlite"], DUE_ARGS) == _BY_ITS_INDEX
     async with opened(SqliteStore(f"sqlite:///{path}")) as store:
         due = await store.reminder_candidates(datetime(2100, 1, 1, tzinfo=UTC))
         assert sorted(o.meter_id for o in due) == sorted(o.meter_id for o in obs)
@@ -418,14 +426,15 @@ async def test_a_page_of_open_obligations_is_read_in_key_order_whatever_the_samp
 ) -> None:
     path = tmp_path / "s.db"
     obs = await _with_sampled_statistics(path)
-    assert "USE TEMP B-TREE FOR ORDER BY" in _plan(path, _status_led(OPEN_IN_KEY_ORDER), PAGE_ARGS)  # every open one
-    assert _plan(path, OPEN_IN_KEY_ORDER, PAGE_ARGS) == [
-        "SEARCH obligations USING INDEX sqlite_autoindex_obligations_1 "
-        "((meter_id,program_identifier,delivery_period,action_type,action_code)>(?,?,?,?,?))"
-    ]
+    assert "USE TEMP B-TREE FOR ORDER BY" in _plan(
+        path, _status_led(OPEN_IN_KEY_ORDER["sqlite"]), PAGE_ARGS
+    )  # every open one
+    assert _plan(path, OPEN_IN_KEY_ORDER["sqlite"], PAGE_ARGS)[0] == (
+        "SEARCH obligations USING INDEX sqlite_autoindex_obligations_1 (key_id>?)"
+    )
     async with opened(SqliteStore(f"sqlite:///{path}")) as store:
-        page = await store.open_obligations(obs[0].key, 100)
-    assert [o.meter_id for o in page] == sorted(o.meter_id for o in obs if o.key > obs[0].key)
+        page = await store.open_obligations(obs[0].key_id, 100)
+    assert [o.key_id for o in page] == sorted(o.key_id for o in obs if o.key_id > obs[0].key_id)
 
 
 def _statistics(path: Path) -> set[str]:
@@ -441,9 +450,7 @@ async def test_the_planner_has_statistics_after_an_initial_sync_and_at_every_ope
             obs = [obligation(f"m{i}") for i in range(300)]
             await store.commit_page(obs, [event(o) for o in obs])
         assert {"obligations_remind_at", "obligations_by_reference"} <= _statistics(path)
-        assert _plan(path, DUE_REMINDERS, DUE_ARGS) == [
-            "SEARCH obligations USING INDEX obligations_remind_at (remind_at<?)"
-        ]
+        assert _plan(path, DUE_REMINDERS["sqlite"], DUE_ARGS) == _BY_ITS_INDEX
     with sqlite3.connect(path) as raw:
         raw.execute("DROP TABLE sqlite_stat1")  # a file whose statistics were never gathered
     async with opened(SqliteStore(f"sqlite:///{path}")):
@@ -627,3 +634,39 @@ async def test_a_file_made_without_incremental_vacuum_keeps_its_free_pages(tmp_p
         before = _pages(path)
         await store.tidy()
         assert _pages(path) == before and before[1] > sqlite_store.TIDY_PAGES
+
+
+async def test_migrating_keys_obligations_by_id_and_reads_what_earlier_versions_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "v18.db"
+    seen = replace(obligation("m1", "AUTH_1"), last_seen=T0 + timedelta(days=1))
+    other = obligation("m2", "AUTH_2", action_description="12")  # a description that reads as a number
+    with sqlite_state_at(path, 18) as db:  # rows as a version-18 alerter wrote them
+        for o in (seen, other):
+            m = o.meter
+            whole = orjson.dumps([m.partner_reference, m.transmission_region, *orjson.loads(rows.meter_row(m))])
+            db.execute(
+                "INSERT INTO obligations VALUES (?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?)",
+                [
+                    *(*o.key, o.key_id, o.action_description, rows.instant(o.deadline), whole),
+                    *(rows.instant(t) for t in (o.opened_at, o.first_seen, o.last_seen, T0)),
+                    *(m.partner_reference, m.transmission_region),
+                ],
+            )
+    db.close()
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        store.set_fence(1)
+        assert await store.load_obligations(["m1", "m2"]) == {seen.key: seen, other.key: other}
+        assert await store.open_obligations() == sorted([seen, other], key=lambda o: o.key_id)
+        changed = replace(other, action_description="Sign the agreement.", version=2)
+        await store.commit_page([changed], [])  # written as this version writes it
+        assert await store.load_obligations(["m2"]) == {changed.key: changed}
+        await store.commit_page([changed], [])  # the same key: one row, updated
+    with sqlite3.connect(path) as db:
+        [(stored, first_seen, count)] = db.execute(
+            "SELECT typeof(action_description), first_seen, (SELECT COUNT(*) FROM obligations) FROM obligations "
+            "WHERE meter_id = 'm2'"
+        ).fetchall()
+        assert (stored, first_seen, count) == ("integer", None, 2)  # its number; not `opened_at` again
+        assert db.execute("SELECT text FROM descriptions").fetchall() == [("Sign the agreement.",)]
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()

@@ -133,8 +133,8 @@ class ObligationStore(Protocol):
     async def open_meter_ids(self) -> list[str]:
         """Meters that have at least one open obligation."""
 
-    async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
-        """Open obligations in key order, after `after` (keyset pagination)."""
+    async def open_obligations(self, after: str = "", limit: int = 1000) -> list[Obligation]:
+        """Open obligations in key id order, after the key id `after` (keyset pagination)."""
 
     async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
         """Up to `limit` open obligations whose `remind_at` is at or before `now`, the earliest
@@ -142,8 +142,8 @@ class ObligationStore(Protocol):
         one that cannot be read is skipped, named in `unreadable`, and not offered again until
         it is rewritten."""
 
-    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
-        """Fenced: (key, version, when the reminders step next looks at it, or None: not until
+    async def set_remind_at(self, items: Sequence[tuple[str, int, datetime | None]]) -> None:
+        """Fenced: (key id, version, when the reminders step next looks at it, or None: not until
         it changes); an obligation changed since (another version) keeps its own."""
 
     async def reset_remind_at(self, at: datetime) -> None:

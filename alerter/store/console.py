@@ -23,7 +23,7 @@ from alerter.models import Obligation, Silence
 from alerter.store import rows
 from alerter.store.base import Store
 from alerter.store.consoleledger import AUDIT, ConsoleLedger
-from alerter.store.rows import OBLIGATION_COLUMNS
+from alerter.store.rows import READ_COLUMNS
 from alerter.store.schema import Dialect, expression
 from alerter.store.sql import SqlStore
 
@@ -89,7 +89,7 @@ class ConsoleStore(ConsoleLedger):
                 if len(out) >= limit:
                     break
                 n = len(args) + 1
-                sql = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE {where} LIMIT ${n}"
+                sql = f"SELECT {READ_COLUMNS[self.dialect]} FROM obligations WHERE {where} LIMIT ${n}"
                 out += [rows.obligation_from_row(r) for r in await tx.fetch(sql, *args, limit - len(out))]
         return out
 
@@ -138,7 +138,7 @@ class ConsoleStore(ConsoleLedger):
             if meter_id is None:
                 return None
             obligations = await tx.fetch(
-                f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE meter_id = $1 "
+                f"SELECT {READ_COLUMNS[self.dialect]} FROM obligations WHERE meter_id = $1 "
                 "ORDER BY status, deadline, program_identifier, delivery_period, action_type, action_code",
                 meter_id,
             )
@@ -306,10 +306,10 @@ class ConsoleStore(ConsoleLedger):
         return True
 
     async def open_obligations(self, batch: int = 2000) -> AsyncIterator[list[Obligation]]:
-        after = None
+        after = ""
         while page := await self.store.open_obligations(after, batch):
             yield page
-            after = page[-1].key
+            after = page[-1].key_id
 
     # -- status --
     async def meta(self, *keys: str) -> dict[str, str | None]:

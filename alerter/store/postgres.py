@@ -30,7 +30,7 @@ from alerter.errors import FencedError, StoreError
 from alerter.models import Event, EventRef, Obligation
 from alerter.store import packing, rows
 from alerter.store.base import Store
-from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
+from alerter.store.rows import EVENT_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
 from alerter.store.sql import SqlStore
 from alerter.store.sqlobligations import META_UPSERT
@@ -66,8 +66,8 @@ def _rows(values: Iterable[Sequence[Any]]) -> str:
 
 
 _UPSERT_OBLIGATIONS = (
-    f"INSERT INTO obligations ({WRITE_COLUMNS}) {_sent_rows(_OBLIGATION_TYPES)} ON CONFLICT ({KEY_COLUMNS}) "
-    "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS.split(", ")[5:])
+    f"INSERT INTO obligations ({WRITE_COLUMNS}) {_sent_rows(_OBLIGATION_TYPES)} ON CONFLICT (key_id) "
+    "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS.split(", ")[6:])
 )
 _INSERT_EVENTS = f"INSERT INTO events ({EVENT_COLUMNS}) {_sent_rows(_EVENT_TYPES)} ON CONFLICT (id) DO NOTHING"
 _APPEND_MEMBERS = (

@@ -13,6 +13,7 @@ import orjson
 from alerter.models import Event, GroupState, Meter, Notification, Obligation, Silence
 from alerter.store.base import Delivery
 from alerter.store.packing import Refs, unpack
+from alerter.store.schema import Dialect
 
 TsParam = Callable[[datetime | None], Any]
 """How a backend binds a datetime: 8 bytes on SQLite (`instant`), the aware datetime on PostgreSQL."""
@@ -29,6 +30,17 @@ OBLIGATION_COLUMNS = (
     f"{KEY_COLUMNS}, key_id, status, action_description, deadline, meter, "
     "opened_at, first_seen, last_seen, resolved_at, resolution, version"
 )
+READ_COLUMNS: dict[Dialect, str] = {
+    "postgres": OBLIGATION_COLUMNS,
+    "sqlite": OBLIGATION_COLUMNS.replace(
+        "action_description",
+        "CASE WHEN typeof(action_description) = 'integer' THEN (SELECT text FROM descriptions "
+        "WHERE id = action_description) ELSE action_description END AS action_description",
+    )
+    + ", partner_reference, transmission_region",
+}
+"""What `obligation_from_row` reads: on SQLite a description kept once, in `descriptions`, is
+read back by its number, and the two meter attributes its columns hold (schema `_KEYED_BY_ID`)."""
 WRITE_COLUMNS = f"{OBLIGATION_COLUMNS}, remind_at"
 """What `commit_page` writes: `remind_at` is when the reminders step next looks at an open
 obligation: the write time (looked at on the next step) unless the writer says when (`FirstLook`)."""
@@ -121,18 +133,19 @@ _EVENT = msgspec.json.Decoder(Event)
 _NOTIFICATION = msgspec.json.Decoder(Notification)
 
 
-_METER_ROW = msgspec.json.Decoder(tuple[str, str, str, str, tuple[str, ...], tuple[str, ...], str, str, bool])
+_METER_ROW = msgspec.json.Decoder(tuple[str, str, tuple[str, ...], tuple[str, ...], str, str, bool])
+_METER_ROW_WHOLE = msgspec.json.Decoder(
+    tuple[str, str, str, str, tuple[str, ...], tuple[str, ...], str, str, bool]
+)  # fmt: skip
 
 
 def meter_row(m: Meter) -> bytes:
-    """SQLite's form of an obligation's meter: a JSON array of its attributes but the id (the
-    row's own `meter_id`), in `Meter`'s order: a third of its JSON object, and quicker to write
-    and read. A new attribute of `Meter` needs a new form here (`meter_from_row` tells forms
-    apart by their first character)."""
+    """SQLite's form of an obligation's meter: a JSON array of its attributes but those the row
+    holds in columns (its id, `partner_reference`, `transmission_region`), in `Meter`'s order: a
+    fourth of its JSON object, and quicker to write and read. A new attribute of `Meter` needs a
+    new form here (`meter_from_row` tells forms apart by their first character and length)."""
     return _encode(
         (
-            m.partner_reference,
-            m.transmission_region,
             m.customer_classification,
             m.meter_type,
             m.load_types,
@@ -144,12 +157,18 @@ def meter_row(m: Meter) -> bytes:
     )
 
 
-def meter_from_row(meter_id: str, stored: str | bytes) -> Meter:
-    """An obligation's stored meter: SQLite's array (`meter_row`), or the JSON object PostgreSQL
-    and earlier versions keep (a malformed one raises `msgspec.ValidationError`)."""
+def meter_from_row(meter_id: str, stored: str | bytes, r: Row | None = None) -> Meter:
+    """An obligation's stored meter: SQLite's array (`meter_row`, with the attributes of its row
+    `r`), the longer array SQLite kept before schema step 19, or the JSON object PostgreSQL and
+    earlier versions keep (a malformed one raises `msgspec.ValidationError`)."""
     if stored[:1] not in ("[", b"["):
         return _METER.decode(stored)
-    reference, region, classification, meter_type, loads, tags, group, status, archived = _METER_ROW.decode(stored)
+    try:
+        classification, meter_type, loads, tags, group, status, archived = _METER_ROW.decode(stored)
+        reference, region = (r["partner_reference"], r["transmission_region"]) if r is not None else ("", "")
+    except msgspec.ValidationError:
+        whole = _METER_ROW_WHOLE.decode(stored)
+        reference, region, classification, meter_type, loads, tags, group, status, archived = whole
     return Meter(
         meter_id=meter_id,
         partner_reference=reference,
@@ -194,8 +213,10 @@ def obligation_params(
 def obligation_from_row(r: Row) -> Obligation:
     """An obligation row as the process wrote it (typed by the schema: built, not validated;
     its meter decoded into a Meter, where a malformed one raises `msgspec.ValidationError`)."""
-    opened_at, first_seen, last_seen = read_ts(r["opened_at"]), read_ts(r["first_seen"]), read_ts(r["last_seen"])
-    assert opened_at is not None and first_seen is not None and last_seen is not None
+    opened_at = read_ts(r["opened_at"])
+    assert opened_at is not None
+    # SQLite keeps neither when it is `opened_at` (`sqlite.obligation_row`)
+    first_seen, last_seen = read_ts(r["first_seen"]) or opened_at, read_ts(r["last_seen"]) or opened_at
     return Obligation(
         meter_id=r["meter_id"],
         program_identifier=r["program_identifier"],
@@ -204,7 +225,7 @@ def obligation_from_row(r: Row) -> Obligation:
         action_code=r["action_code"],
         action_description=r["action_description"],
         deadline=read_ts(r["deadline"]),
-        meter=meter_from_row(r["meter_id"], r["meter"]),
+        meter=meter_from_row(r["meter_id"], r["meter"], r),
         status=r["status"],
         resolution=r["resolution"],
         opened_at=opened_at,

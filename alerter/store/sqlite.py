@@ -35,7 +35,7 @@ from alerter.errors import StoreError
 from alerter.models import Event, EventRef, Obligation, RoutingWrite
 from alerter.store import packing, rows
 from alerter.store.base import META_DEFERRED, Store
-from alerter.store.rows import EVENT_COLUMNS, KEY_COLUMNS, WRITE_COLUMNS, Row
+from alerter.store.rows import EVENT_COLUMNS, WRITE_COLUMNS, Row
 from alerter.store.schema import Dialect
 from alerter.store.sql import SqlStore
 from alerter.store.sqlledger import RELEASE_LEASES
@@ -48,8 +48,8 @@ _OBLIGATION_COLUMNS = f"{WRITE_COLUMNS}, partner_reference, transmission_region"
 attributes the console's indexes read as columns (schema `_METER_COLUMNS`)."""
 _UPSERT_OBLIGATION = (
     f"INSERT INTO obligations ({_OBLIGATION_COLUMNS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, 20))}) ON CONFLICT ({KEY_COLUMNS}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _OBLIGATION_COLUMNS.split(", ")[5:])
+    f"({', '.join(f'${i}' for i in range(1, 20))}) ON CONFLICT (key_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _OBLIGATION_COLUMNS.split(", ")[6:])
 )
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
 PAGE_SIZE = 16384
@@ -125,8 +125,8 @@ def _insert_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
 
 
 _UPSERT_OBLIGATION_Q = _sqlite_sql(_UPSERT_OBLIGATION)
-_KEY_OF_ROW = operator.itemgetter(0, 1, 2, 3, 4)
-"""An obligation row's primary key (its first five columns, `KEY_COLUMNS`)."""
+_KEY_OF_ROW = operator.itemgetter(5)
+"""An obligation row's primary key (its key id, after the key's five columns)."""
 _INSERT_EVENT_Q = _sqlite_sql(_INSERT_EVENT)
 _META_UPSERT_Q = _sqlite_sql(META_UPSERT)
 _INSERT_LINKS = (
@@ -179,13 +179,42 @@ def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple
 
 
 def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]:
-    """An obligation's row (`_OBLIGATION_COLUMNS`)."""
-    m = o.meter
+    """An obligation's row (`_OBLIGATION_COLUMNS`), its description as text (`_commit_page`
+    writes its number), and neither `first_seen` nor `last_seen` when it is `opened_at` (NULL:
+    `rows.obligation_from_row`)."""
+    m, instant, opened = o.meter, rows.instant, o.opened_at
     return (
-        *rows.obligation_params(o, rows.instant, remind_at, rows.meter_row),
+        *o.key,
+        o.key_id,
+        o.status,
+        o.action_description,
+        instant(o.deadline),
+        rows.meter_row(m),
+        instant(opened),
+        None if o.first_seen == opened else instant(o.first_seen),
+        None if o.last_seen == opened else instant(o.last_seen),
+        instant(o.resolved_at),
+        o.resolution,
+        o.version,
+        instant(remind_at) if o.status == "open" else None,
         m.partner_reference,
         m.transmission_region,
     )
+
+
+_DESCRIPTION = 7
+"""Where an obligation's row (`obligation_row`) holds its description."""
+
+
+def _numbered(db: sqlite3.Connection, obligations: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows with each description's number in `descriptions` (a text new to it added)."""
+    texts = list({r[_DESCRIPTION] for r in obligations})
+    if not texts:
+        return obligations
+    db.executemany("INSERT INTO descriptions (text) VALUES (?) ON CONFLICT (text) DO NOTHING", [(t,) for t in texts])
+    marks = ", ".join("?" * len(texts))
+    number = dict(db.execute(f"SELECT text, id FROM descriptions WHERE text IN ({marks})", texts).fetchall())
+    return [(*r[:_DESCRIPTION], number[r[_DESCRIPTION]], *r[_DESCRIPTION + 1 :]) for r in obligations]
 
 
 def _to_pack(text: bytes, event: Event) -> bytes:
@@ -200,15 +229,15 @@ def _commit_page(
     events: list[tuple[Any, ...]],
     meta: list[tuple[str, str]],
 ) -> int:
-    """Obligations are written in primary-key order: their keys (a meter's UUID first) fall at
-    random places in the key's B-tree, and in key order each of its pages is visited once per
-    write rather than once per row (`python -m bench.bench_insert`, full schema: 35 µs a row
-    against 48).
+    """Obligations are written in primary-key order: their key ids (hashes) fall at random
+    places in the key's B-tree, and in key order each of its pages is visited once per write
+    rather than once per row (`python -m bench.bench_insert`, full schema: 35 µs a row against
+    48); their descriptions as numbers (`_numbered`).
     Each key is written once, so the order changes nothing else; events keep theirs, their
     payloads (JSON, already cut: `_to_pack`) packed here, in the connection's thread, in one
     call (`packing.pack_all`)."""
     obligations.sort(key=_KEY_OF_ROW)
-    _insert_rows(db, _UPSERT_OBLIGATION_Q, obligations)
+    _insert_rows(db, _UPSERT_OBLIGATION_Q, _numbered(db, obligations))
     packed = packing.pack_all([e[-1] for e in events])
     new = _insert_rows(db, _INSERT_EVENT_Q, [(*e[:-1], p) for e, p in zip(events, packed, strict=True)])
     if meta:

@@ -12,7 +12,7 @@ from datetime import datetime
 from alerter.models import Obligation, ObligationKey
 from alerter.store import base, rows, schema
 from alerter.store.base import HistoryEntry, ObligationStore
-from alerter.store.rows import KEY_COLUMNS, OBLIGATION_COLUMNS, Row
+from alerter.store.rows import READ_COLUMNS, Row
 from alerter.store.sqltx import SqlHooks
 
 META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -20,11 +20,11 @@ META_UPSERT = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) D
 # key's), not through an index led by it: SQLite's statistics are sampled (`analysis_limit`),
 # and on a large state they say a status holds ~1,000 rows, so the planner would read and sort
 # every open obligation instead (`test_store_sqlite`). Only open obligations have a `remind_at`.
-_OPEN_BY_ITS_OWN_INDEX = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE status || '' = 'open'"
-DUE_REMINDERS = f"{_OPEN_BY_ITS_OWN_INDEX} AND remind_at <= $1 ORDER BY remind_at LIMIT $2"
-OPEN_IN_KEY_ORDER = (
-    f"{_OPEN_BY_ITS_OWN_INDEX} AND ({KEY_COLUMNS}) > ($1, $2, $3, $4, $5) ORDER BY {KEY_COLUMNS} LIMIT $6"
-)
+_OPEN_BY_ITS_OWN_INDEX = {
+    d: f"SELECT {c} FROM obligations WHERE status || '' = 'open'" for d, c in READ_COLUMNS.items()
+}
+DUE_REMINDERS = {d: f"{q} AND remind_at <= $1 ORDER BY remind_at LIMIT $2" for d, q in _OPEN_BY_ITS_OWN_INDEX.items()}
+OPEN_IN_KEY_ORDER = {d: f"{sql} AND key_id > $1 ORDER BY key_id LIMIT $2" for d, sql in _OPEN_BY_ITS_OWN_INDEX.items()}
 
 
 class ObligationSql(SqlHooks, ObligationStore):
@@ -56,7 +56,7 @@ class ObligationSql(SqlHooks, ObligationStore):
     async def load_obligations(self, meter_ids: Sequence[str]) -> dict[ObligationKey, Obligation]:
         if not meter_ids:
             return {}
-        sql = f"SELECT {OBLIGATION_COLUMNS} FROM obligations WHERE meter_id {self._in(1)}"
+        sql = f"SELECT {READ_COLUMNS[self.dialect]} FROM obligations WHERE meter_id {self._in(1)}"
         async with self._read() as tx:
             found = await tx.fetch(sql, self._ids(list(dict.fromkeys(meter_ids))))
         return {o.key: o for o in map(rows.obligation_from_row, found)}
@@ -66,36 +66,30 @@ class ObligationSql(SqlHooks, ObligationStore):
         async with self._read() as tx:
             return [r["meter_id"] for r in await tx.fetch(sql)]
 
-    async def open_obligations(self, after: ObligationKey | None = None, limit: int = 1000) -> list[Obligation]:
+    async def open_obligations(self, after: str = "", limit: int = 1000) -> list[Obligation]:
         async with self._read() as tx:
-            if after is None:
-                found = await tx.fetch(f"{_OPEN_BY_ITS_OWN_INDEX} ORDER BY {KEY_COLUMNS} LIMIT $1", limit)
-            else:
-                found = await tx.fetch(OPEN_IN_KEY_ORDER, *after, limit)
+            found = await tx.fetch(OPEN_IN_KEY_ORDER[self.dialect], after, limit)
         return self._readable(found)
 
     async def reminder_candidates(self, now: datetime, limit: int = 1000) -> list[Obligation]:
         async with self._read() as tx:
-            found = await tx.fetch(DUE_REMINDERS, self._ts(now), limit)
-        bad: list[tuple[ObligationKey, int]] = []
+            found = await tx.fetch(DUE_REMINDERS[self.dialect], self._ts(now), limit)
+        bad: list[tuple[str, int]] = []
         out = self._readable(found, bad)
         if bad:  # not offered again until rewritten: the step's next batch moves on
             await self.set_remind_at([(key, version, None) for key, version in bad])
         return out
 
-    async def set_remind_at(self, items: Sequence[tuple[ObligationKey, int, datetime | None]]) -> None:
+    async def set_remind_at(self, items: Sequence[tuple[str, int, datetime | None]]) -> None:
         if not items:
             return
-        sql = (
-            "UPDATE obligations SET remind_at = $1 WHERE meter_id = $2 AND program_identifier = $3 "
-            "AND delivery_period = $4 AND action_type = $5 AND action_code = $6 AND version = $7 AND status = 'open'"
-        )
+        sql = "UPDATE obligations SET remind_at = $1 WHERE key_id = $2 AND version = $3 AND status = 'open'"
         async with self._write(fenced=True) as tx:
-            await tx.executemany(sql, [(self._ts(at), *key, version) for key, version, at in items])
+            await tx.executemany(sql, [(self._ts(at), key_id, version) for key_id, version, at in items])
 
     async def reset_remind_at(self, at: datetime) -> None:
         sql = (
-            f"UPDATE obligations SET remind_at = $1 WHERE ({KEY_COLUMNS}) IN (SELECT {KEY_COLUMNS} FROM obligations "
+            "UPDATE obligations SET remind_at = $1 WHERE key_id IN (SELECT key_id FROM obligations "
             "WHERE status = 'open' AND (remind_at IS NULL OR remind_at > $1) LIMIT $2)"
         )
         while True:  # a batch per transaction; each batch leaves the rows it changed out of the next
@@ -103,9 +97,9 @@ class ObligationSql(SqlHooks, ObligationStore):
                 if await tx.execute(sql, self._ts(at), base.WRITE_BATCH) < base.WRITE_BATCH:
                     return
 
-    def _readable(self, found: Sequence[Row], bad: list[tuple[ObligationKey, int]] | None = None) -> list[Obligation]:
+    def _readable(self, found: Sequence[Row], bad: list[tuple[str, int]] | None = None) -> list[Obligation]:
         """The obligations of these rows; one that cannot be read is skipped and named in
-        `unreadable` (and its key and version added to `bad`)."""
+        `unreadable` (and its key id and version added to `bad`)."""
         out = []
         for r in found:
             try:
@@ -116,7 +110,7 @@ class ObligationSql(SqlHooks, ObligationStore):
                 )  # fmt: skip
                 self.unreadable.append(f"{'/'.join(key)}: {err}")
                 if bad is not None:
-                    bad.append((key, r["version"]))
+                    bad.append((r["key_id"], r["version"]))
         return out
 
     async def count_open(self) -> list[tuple[str, datetime | None, int]]:

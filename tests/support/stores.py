@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from alerter.models import Event, EventKind, Meter, Notification, Obligation, RoutingWrite, event_id
-from alerter.store import schema
+from alerter.store import rows, schema
 from alerter.store.base import Store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import SqliteStore
@@ -76,6 +76,7 @@ def sqlite_state_at(path: Path, version: int) -> sqlite3.Connection:
     """A SQLite state file as a version-`version` alerter left it (its schema steps applied),
     open for the caller to put rows in; the caller commits and closes it."""
     db = sqlite3.connect(path)
+    db.create_function("alerter_instant", 1, rows.instant_of, deterministic=True)  # as the store's connection
     db.execute(schema.CREATE_VERSION_TABLE)
     for step in range(1, version + 1):
         for statement in schema.statements(step, "sqlite"):
