@@ -82,10 +82,12 @@ def fresh_file(tmp: Path, name: str) -> sqlite3.Connection:
 
 def write(db: sqlite3.Connection, data: list[tuple[Any, ...]], multi_row: bool, ordered: bool = False) -> None:
     sql = sqlite_store._UPSERT_OBLIGATION_Q
+    texts = {r[sqlite_store._DESCRIPTION - 1] for r in data}  # what the upsert looks a number up in
+    db.executemany(sqlite_store._ADD_DESCRIPTION, [(t,) for t in texts])
     for i in range(0, len(data), BATCH):
         db.execute("BEGIN IMMEDIATE")
         if ordered:  # as the store's page commit does: each transaction's rows in key order
-            sqlite_store._commit_page(db, data[i : i + BATCH], [], [])
+            sqlite_store._commit_page(db, data[i : i + BATCH], set(), [], [])
         elif multi_row:
             sqlite_store._insert_rows(db, sql, data[i : i + BATCH])
         else:

@@ -46,11 +46,20 @@ from alerter.store.sqltx import Tx
 _OBLIGATION_COLUMNS = f"{WRITE_COLUMNS}, partner_reference, transmission_region"
 """What SQLite writes of an obligation: its meter as `rows.meter_row`, and the two meter
 attributes the console's indexes read as columns (schema `_METER_COLUMNS`)."""
+_DESCRIPTION = 8
+"""Which column of an obligation's row (`obligation_row`, 1-based) holds its description: the
+text the row is given, its number (in `descriptions`) what is stored."""
 _UPSERT_OBLIGATION = (
-    f"INSERT INTO obligations ({_OBLIGATION_COLUMNS}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, 20))}) ON CONFLICT (key_id) DO UPDATE SET "
+    f"INSERT INTO obligations ({_OBLIGATION_COLUMNS}) SELECT "
+    + ", ".join(
+        f"(SELECT id FROM descriptions WHERE text = column{i})" if i == _DESCRIPTION else f"column{i}"
+        for i in range(1, 20)
+    )
+    + f" FROM (VALUES ({', '.join(f'${i}' for i in range(1, 20))})) WHERE true ON CONFLICT (key_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _OBLIGATION_COLUMNS.split(", ")[6:])
 )
+"""Several rows per statement (`_multi_row`), each description's number looked up by SQLite
+(each new text added before: `_commit_page`); `WHERE true` tells an upsert's `ON` apart from a join's."""
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
 PAGE_SIZE = 16384
 WAL_CHECKPOINT_BYTES = 32 << 20
@@ -129,6 +138,7 @@ _KEY_OF_ROW = operator.itemgetter(5)
 """An obligation row's primary key (its key id, after the key's five columns)."""
 _INSERT_EVENT_Q = _sqlite_sql(_INSERT_EVENT)
 _META_UPSERT_Q = _sqlite_sql(META_UPSERT)
+_ADD_DESCRIPTION = "INSERT INTO descriptions (text) VALUES (?) ON CONFLICT (text) DO NOTHING"
 _INSERT_LINKS = (
     "INSERT OR IGNORE INTO notification_links (notification_seq, position, event_seq) "
     "SELECT n.seq, t.column3, e.seq FROM (VALUES ($1, $2, $3)) AS t "
@@ -137,6 +147,7 @@ _INSERT_LINKS = (
 """(event id, notification id, position) rows as `notification_links` holds them, several per
 statement (`_multi_row`); a link whose event or notification is not stored is not written."""
 _LINK_ORDER = operator.itemgetter(1, 2)
+_DESCRIPTION_OF = operator.attrgetter("action_description")
 _INCREMENTAL = 2
 """`PRAGMA auto_vacuum` of a file that gives its free pages back when told (`tidy`)."""
 TIDY_PAGES = 64
@@ -179,7 +190,7 @@ def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple
 
 
 def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]:
-    """An obligation's row (`_OBLIGATION_COLUMNS`), its description as text (`_commit_page`
+    """An obligation's row (`_OBLIGATION_COLUMNS`), its description as text (`_UPSERT_OBLIGATION`
     writes its number), and neither `first_seen` nor `last_seen` when it is `opened_at` (NULL:
     `rows.obligation_from_row`)."""
     m, instant, opened = o.meter, rows.instant, o.opened_at
@@ -202,21 +213,6 @@ def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]
     )
 
 
-_DESCRIPTION = 7
-"""Where an obligation's row (`obligation_row`) holds its description."""
-
-
-def _numbered(db: sqlite3.Connection, obligations: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """The rows with each description's number in `descriptions` (a text new to it added)."""
-    texts = list({r[_DESCRIPTION] for r in obligations})
-    if not texts:
-        return obligations
-    db.executemany("INSERT INTO descriptions (text) VALUES (?) ON CONFLICT (text) DO NOTHING", [(t,) for t in texts])
-    marks = ", ".join("?" * len(texts))
-    number = dict(db.execute(f"SELECT text, id FROM descriptions WHERE text IN ({marks})", texts).fetchall())
-    return [(*r[:_DESCRIPTION], number[r[_DESCRIPTION]], *r[_DESCRIPTION + 1 :]) for r in obligations]
-
-
 def _to_pack(text: bytes, event: Event) -> bytes:
     """An event's payload as `_commit_page` packs it: cut here, on the main thread (Python's
     work), packed there, in the connection's thread, outside the GIL."""
@@ -226,18 +222,21 @@ def _to_pack(text: bytes, event: Event) -> bytes:
 def _commit_page(
     db: sqlite3.Connection,
     obligations: list[tuple[Any, ...]],
+    descriptions: set[str],
     events: list[tuple[Any, ...]],
     meta: list[tuple[str, str]],
 ) -> int:
     """Obligations are written in primary-key order: their key ids (hashes) fall at random
     places in the key's B-tree, and in key order each of its pages is visited once per write
     rather than once per row (`python -m bench.bench_insert`, full schema: 35 µs a row against
-    48); their descriptions as numbers (`_numbered`).
+    48); their descriptions (`descriptions`: each text among them once) as numbers.
     Each key is written once, so the order changes nothing else; events keep theirs, their
     payloads (JSON, already cut: `_to_pack`) packed here, in the connection's thread, in one
     call (`packing.pack_all`)."""
     obligations.sort(key=_KEY_OF_ROW)
-    _insert_rows(db, _UPSERT_OBLIGATION_Q, _numbered(db, obligations))
+    if descriptions:
+        db.executemany(_ADD_DESCRIPTION, [(t,) for t in descriptions])
+    _insert_rows(db, _UPSERT_OBLIGATION_Q, obligations)
     packed = packing.pack_all([e[-1] for e in events])
     new = _insert_rows(db, _INSERT_EVENT_Q, [(*e[:-1], p) for e, p in zip(events, packed, strict=True)])
     if meta:
@@ -575,6 +574,7 @@ class SqliteStore(SqlStore, Store):
         count: int = await self._in_one_hop(
             _commit_page,
             [obligation_row(o, at) for o, at in zip(obligations, looks, strict=True)],
+            set(map(_DESCRIPTION_OF, obligations)),
             [rows.event_params(e, rows.instant, _to_pack) for e in events],  # `_payload`, in _commit_page
             meta,
         )
