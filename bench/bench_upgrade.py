@@ -3,10 +3,11 @@
 `python -m bench.bench_upgrade` builds, through the store, a state of `OBLIGATIONS` open
 obligations with their opening events, linked `PART` to a notification; then turns it into the
 state file the version before step 13 left: every stored instant back to ISO text, and the
-index of links by notification as it was (steps 13 and 14 not applied). It times
-`SqliteStore.open()` on a fresh copy of that file `RUNS` times, the migration included (each
-instant rewritten once, the links' index rebuilt), and checks what the open left: every instant
-packed, every obligation readable. Results go to bench/results/upgrade.json.
+links as a table of ids with its index by notification as it was (steps 13, 14 and 17 not
+applied). It times `SqliteStore.open()` on a fresh copy of that file `RUNS` times, the
+migration included (each instant rewritten once, the links numbered, the obligations' table
+rebuilt by key id: steps 13-19), and checks what the open left: every instant packed, every
+obligation readable. Results go to bench/results/upgrade.json.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ async def build(path: Path) -> None:
         db.create_function("iso", 1, lambda b: rows.iso(rows.read_ts(b)))
         for table, columns in schema.INSTANT_COLUMNS.items():
             db.execute(f"UPDATE {table} SET " + ", ".join(f"{c} = iso({c})" for c in columns))
-        db.execute("DROP INDEX notification_events_by_notification")
+        db.execute("CREATE TABLE links AS SELECT * FROM notification_events")  # step 17's links as they were
+        db.execute("DROP VIEW notification_events")
+        db.execute("DROP TABLE notification_links")
+        db.execute("ALTER TABLE links RENAME TO notification_events")
         db.execute("CREATE INDEX notification_events_by_notification ON notification_events (notification_id)")
         db.execute("ALTER TABLE deliveries DROP COLUMN retry_from")  # step 16's
         db.execute("DELETE FROM schema_version WHERE version >= ?", (BEFORE,))
