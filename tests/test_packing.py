@@ -213,3 +213,20 @@ async def test_sqlite_keeps_meters_as_arrays_and_finds_rows_older_versions_wrote
         assert (await cs.filter_values())["transmission_region"] == ["CAISO", "NYISO"]
         assert (await cs.open_summary(T0))["transmission_region"] == {"NYISO": 2, "CAISO": 1}
         assert (await cs.meter("REF-1")) is not None
+
+
+def test_sqlites_meter_row_keeps_leaps_enumerated_values_as_their_numbers() -> None:
+    meter = Meter(
+        meter_id="m-1",
+        customer_classification="COMMERCIAL",
+        meter_type="DEVICE",
+        load_types=("HVAC", "GEOTHERMAL", "OTHER"),  # a value Leap adds later stays its text
+        global_enrollment_status="PENDING",
+        tags=("HVAC",),  # not an enumerated attribute: its text
+    )
+    stored = rows.meter_row(meter)
+    assert orjson.loads(stored) == [1, 2, [0, "GEOTHERMAL", 10], ["HVAC"], "", 4, False]
+    columns = {"partner_reference": "", "transmission_region": ""}
+    assert rows.meter_from_row("m-1", stored, columns) == meter
+    with pytest.raises(ValueError, match="not one of Leap's 3 values"):  # a damaged row: named, skipped
+        rows.meter_from_row("m-1", b'[1, 7, [], [], "", 4, false]', columns)
