@@ -172,3 +172,13 @@ async def test_dead_letters_receivers_and_sessions(store: Store) -> None:
     assert await cs.session("hash1", NOW + timedelta(hours=1)) is None
     await cs.end_session("hash1")
     assert await cs.session("hash1", NOW) is None
+
+
+async def test_a_reference_a_new_meter_took_over_finds_the_meter_seen_last(store: Store) -> None:
+    old = ob(1, status="resolved", resolution="cleared", resolved_at=NOW, opened_at=NOW - timedelta(days=9))
+    old = replace(old, first_seen=old.opened_at, last_seen=NOW)
+    new = ob(2, opened_at=NOW + timedelta(days=5), first_seen=NOW + timedelta(days=5))
+    new = replace(new, last_seen=new.opened_at, meter=replace(new.meter, partner_reference="REF-001"))
+    await store.commit_page([old, new], [])  # the reference moved to a replacement meter
+    view = await ConsoleStore(store).meter("REF-001")
+    assert view is not None and view.meter_id == "m002"

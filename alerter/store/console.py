@@ -133,7 +133,10 @@ class ConsoleStore(ConsoleLedger):
             meter_id = await tx.fetchval("SELECT meter_id FROM obligations WHERE meter_id = $1 LIMIT 1", ident)
             if meter_id is None:
                 meter_id = await tx.fetchval(
-                    f"SELECT meter_id FROM obligations WHERE {ref} = $1 ORDER BY last_seen DESC LIMIT 1", ident
+                    # SQLite keeps no `last_seen` equal to `opened_at` (`sqlite.obligation_row`)
+                    f"SELECT meter_id FROM obligations WHERE {ref} = $1 "
+                    "ORDER BY COALESCE(last_seen, opened_at) DESC LIMIT 1",
+                    ident,
                 )
             if meter_id is None:
                 return None
