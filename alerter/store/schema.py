@@ -103,7 +103,7 @@ CREATE TABLE notification_links (
     event_seq INTEGER NOT NULL,
     PRIMARY KEY (notification_seq, position)
 ) WITHOUT ROWID;
-INSERT INTO notification_links (notification_seq, position, event_seq)
+INSERT OR IGNORE INTO notification_links (notification_seq, position, event_seq)
     SELECT n.seq, COALESCE(l.position, -ROW_NUMBER() OVER (PARTITION BY l.notification_id ORDER BY l.event_id)), e.seq
     FROM notification_events l JOIN notifications n ON n.id = l.notification_id JOIN events e ON e.id = l.event_id
     ORDER BY 1, 2;
@@ -512,8 +512,9 @@ column its table gains: an implicit row id may change at `VACUUM`), the event's 
 and the event's `seq`, clustered on the first two, indexed by the third; `notification_events`
 is a view of them with the ids, which every read goes through. A link took ~170 B in its two
 B-trees as two hex ids, and takes ~28 (`bench.bench_cost`, `notify`). Links whose notification
-or event is gone are dropped (no read could join them); the few written before schema step 6,
-without a position, are numbered by event id below zero. PostgreSQL's stay as they are."""
+or event is gone are dropped (no read could join them), as is a second link at the same place in
+a notification; the few written before schema step 6, without a position, are numbered by event
+id below zero. PostgreSQL's stay as they are."""
 
 _DEADLINE_THEN_KEY_ID = """
 DROP INDEX obligations_by_deadline;
