@@ -611,6 +611,7 @@ async def test_a_routing_pass_gives_back_the_pages_its_flushed_members_freed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_store, "TIDY_PAGES", 1)  # a small state: its file's sixteenth decides
+    monkeypatch.setattr(sqlite_store, "TIDY_CHUNK", 4)  # given back a few pages a transaction
     p = Portfolio(1500, action_rate=1.0, seed=3)
     async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
         state = tmp_path / "s.db"

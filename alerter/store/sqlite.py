@@ -152,6 +152,8 @@ _INCREMENTAL = 2
 """`PRAGMA auto_vacuum` of a file that gives its free pages back when told (`tidy`)."""
 TIDY_PAGES = 64
 """`tidy` leaves fewer free pages than this alone (1 MiB of 16 KiB pages): later writes reuse them."""
+TIDY_CHUNK = 1024
+"""The most free pages `tidy` gives back in one transaction (16 MiB of 16 KiB pages)."""
 
 
 def _meter_tags(stored: str | bytes | None) -> str | None:
@@ -493,20 +495,27 @@ class SqliteStore(SqlStore, Store):
         purge what it forgot, and the file would otherwise keep their size until later writes
         reuse them (at `notify` 20,000, ~170 B per open obligation: `bench.bench_cost`). A file
         an earlier version made has no incremental vacuum (it would take a whole `VACUUM`) and
-        keeps its free pages."""
+        keeps its free pages.
+
+        A transaction gives back at most `TIDY_CHUNK` pages: each one's pages pass through the
+        WAL, which is checkpointed between them (`WAL_CHECKPOINT_BYTES`) rather than growing by
+        all that was freed; other work takes the store between two."""
         async with self._read() as tx:
             if await tx.fetchval("PRAGMA auto_vacuum") != _INCREMENTAL:
                 return
             free = int(await tx.fetchval("PRAGMA freelist_count"))
             if free <= max(TIDY_PAGES, int(await tx.fetchval("PRAGMA page_count")) // 16):
                 return
-        async with self._lock:
-            conn = self._conn
-            assert conn is not None
-            try:  # a script: stepped to its end (one step of the pragma frees one page)
-                await conn.executescript("PRAGMA incremental_vacuum")
-            except sqlite3.Error as err:
-                raise StoreError(f"state file {self.path}: {err}") from err
+        while free > 0:
+            async with self._lock:
+                conn = self._conn
+                assert conn is not None
+                try:  # a script: stepped to its end (one step of the pragma frees one page)
+                    await conn.executescript(f"PRAGMA incremental_vacuum({TIDY_CHUNK})")
+                    left = int(await self._connection().fetchval("PRAGMA freelist_count"))
+                except sqlite3.Error as err:
+                    raise StoreError(f"state file {self.path}: {err}") from err
+            free = 0 if left >= free else left  # no progress: done
 
     # -- backend hooks --
     def _connection(self) -> _SqliteTx:

@@ -229,7 +229,8 @@ class RoutingSql(SqlHooks, RoutingStore):
             await self._keep_events(tx, notes)
         members = {n.id: n.members() for n in notes}
         # Link and "told" rows are written in key order (their keys are hashes: in order, each
-        # page of their keys' B-trees is visited once per write, not once per row); the position
+        # page of their keys' B-trees is visited once per write, not once per row; SQLite's
+        # links are keyed by notification and place: `SqliteStore._insert_links`); the position
         # column, not the order, keeps a notification's events in order.
         links = {(e.id, n.id): i for n in notes for i, e in enumerate(members[n.id])}
         await self._insert_links(tx, sorted((e, n, i) for (e, n), i in links.items()))
