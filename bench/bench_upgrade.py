@@ -2,12 +2,13 @@
 
 `python -m bench.bench_upgrade` builds, through the store, a state of `OBLIGATIONS` open
 obligations with their opening events, linked `PART` to a notification; then turns it into the
-state file the version before step 13 left: every stored instant back to ISO text, and the
-links as a table of ids with its index by notification as it was (steps 13, 14 and 17 not
-applied). It times `SqliteStore.open()` on a fresh copy of that file `RUNS` times, the
-migration included (each instant rewritten once, the links numbered, the obligations' table
-rebuilt by key id: steps 13-19), and checks what the open left: every instant packed, every
-obligation readable. Results go to bench/results/upgrade.json.
+state file the version before step 13 left: every stored instant back to ISO text, the links
+as a table of ids with its index by notification as it was, and each obligation's
+description, meter and times in its row (steps 13, 14, 17 and 19 not applied). It times
+`SqliteStore.open()` on a fresh copy of that file `RUNS` times, the migration included (each
+instant rewritten once, the links numbered, the obligations' table rebuilt by key id: steps
+13-19), and checks what the open left: every instant packed, every obligation readable.
+Results go to bench/results/upgrade.json.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from alerter.models import Event, Meter, Notification, Obligation, RoutingWrite, event_id
 from alerter.store import rows, schema
@@ -55,6 +58,15 @@ def _event(i: int) -> Event:
     return Event(id=event_id(o.key, "opened", 1), kind="opened", occurred_at=o.last_seen, obligation=o)
 
 
+def _whole_meter(stored: bytes, reference: str, region: str) -> bytes:
+    """A meter's array as SQLite kept it before schema step 19: every attribute, as text."""
+    m = rows.meter_from_row("", stored, {"partner_reference": reference, "transmission_region": region})
+    attributes = (m.customer_classification, m.meter_type, m.load_types, m.tags, m.customer_group)
+    return orjson.dumps(
+        [m.partner_reference, m.transmission_region, *attributes, m.global_enrollment_status, m.is_archived]
+    )
+
+
 async def build(path: Path) -> None:
     store = SqliteStore(f"sqlite:///{path}")
     await store.open()
@@ -73,6 +85,14 @@ async def build(path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as db:  # as the version before step 13 left it
+        db.create_function("whole_meter", 3, _whole_meter)
+        db.execute(  # step 19's forms back as they were: each description, meter and time in the row
+            "UPDATE obligations SET "
+            "action_description = (SELECT text FROM descriptions WHERE id = action_description), "
+            "first_seen = COALESCE(first_seen, opened_at), last_seen = COALESCE(last_seen, opened_at), "
+            "meter = whole_meter(meter, partner_reference, transmission_region)"
+        )
+        db.execute("DROP TABLE descriptions")
         db.create_function("iso", 1, lambda b: rows.iso(rows.read_ts(b)))
         for table, columns in schema.INSTANT_COLUMNS.items():
             db.execute(f"UPDATE {table} SET " + ", ".join(f"{c} = iso({c})" for c in columns))
