@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +15,11 @@ import pytest
 
 from alerter.models import Silence
 from alerter.sim import Portfolio, SimServer
-from alerter.store import open_store
+from alerter.store import open_store, schema
 from tests.support.channels import webhook_collector
 from tests.support.proc import alerter
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, rules_yaml, write_config
+from tests.support.stores import sqlite_state_at
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -156,3 +158,26 @@ async def test_demo_shows_the_digest_and_stops_cleanly() -> None:
         code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0
     assert "Leap simulator at http://127.0.0.1:" in seen
+
+
+async def test_a_state_command_does_not_upgrade_a_state_file_an_older_service_writes(tmp_path: Path) -> None:
+    state = tmp_path / "s.db"
+    with sqlite_state_at(state, len(schema.MIGRATIONS) - 1):  # as the version before left it
+        pass
+    cfg = str(
+        write_config(
+            tmp_path, config_yaml("http://127.0.0.1:9", f"sqlite:///{state}"), rules_yaml("http://127.0.0.1:9")
+        )
+    )
+    refused = await alerter("silence", "list", "-c", cfg)
+    assert refused.code != 0 and refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert f"schema version {len(schema.MIGRATIONS) - 1}" in line and "start `alerter run`" in line
+    with sqlite3.connect(state) as db:
+        assert db.execute(schema.CURRENT_VERSION).fetchone() == (len(schema.MIGRATIONS) - 1,)  # untouched
+    db.close()
+    store = open_store(f"sqlite:///{state}")  # the service of this version upgrades it
+    await store.open()
+    await store.close()
+    listed = await alerter("silence", "list", "-c", cfg)
+    assert listed.code == 0, listed.stderr

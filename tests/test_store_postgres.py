@@ -218,3 +218,22 @@ async def test_events_are_stored_packed_and_those_older_versions_wrote_as_json_s
             assert (await store.initial_events()).events() == [old]
             [claimed] = await store.claim_deliveries(T0, "me", 10, 60.0)
             assert claimed.notification.events == (new, old, kept)
+
+
+async def test_a_state_command_does_not_upgrade_a_schema_an_older_service_writes() -> None:
+    async with postgres_schema() as (url, name), postgres_schema() as (_, new):
+        conn = await state_at(url, name, len(MIGRATIONS) - 1)  # as the version before left it
+        await conn.close()
+        with pytest.raises(StoreError, match=f"schema version {len(MIGRATIONS) - 1} .* start `alerter run`"):
+            await PostgresStore(url, schema=name, shared=True).open()
+        conn = await asyncpg.connect(url, server_settings={"search_path": name})
+        try:
+            assert await conn.fetchval(schema.CURRENT_VERSION) == len(MIGRATIONS) - 1  # untouched
+        finally:
+            await conn.close()
+        async with opened(PostgresStore(url, schema=name)):  # the service of this version upgrades it
+            pass
+        async with opened(PostgresStore(url, schema=name, shared=True)):  # then state commands open it
+            pass
+        async with opened(PostgresStore(url, schema=new, shared=True)) as fresh:  # a new state is made
+            assert await fresh.open_meter_ids() == []

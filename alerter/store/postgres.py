@@ -152,8 +152,9 @@ class PostgresStore(SqlStore, Store):
     dialect: ClassVar[Dialect] = "postgres"
     skip_locked: ClassVar[str] = "FOR UPDATE OF d SKIP LOCKED"
 
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10, shared: bool = False) -> None:
         super().__init__()
+        self.shared = shared
         self._dsn = url
         self.url = redact(url)
         self.schema = schema

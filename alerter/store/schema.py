@@ -577,6 +577,14 @@ def statements(step: int, dialect: Dialect) -> list[str]:
     return [s.strip() for s in sql.split(";") if s.strip()]
 
 
+def too_old(found: int) -> str:
+    return (
+        f"the state store has schema version {found} and this alerter upgrades it to {len(MIGRATIONS)}: start "
+        "`alerter run` (or `alerter once`) of this version first; a state command does not upgrade it "
+        "beside a service of an earlier version"
+    )
+
+
 def too_new(found: int) -> str:
     return (
         f"the state store has schema version {found} but this alerter knows only up to "

@@ -35,6 +35,13 @@ def page_rows(obligations: Sequence[Obligation], events: Sequence[Event]) -> tup
     return unique, list({e.id: e for e in reversed(events)}.values())[::-1] if events else []
 
 
+_VERSIONED: dict[schema.Dialect, str] = {
+    "sqlite": "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'schema_version')",
+    "postgres": "SELECT to_regclass('schema_version') IS NOT NULL",
+}
+"""Whether the state has a schema yet (its version table, in the store's search path)."""
+
+
 class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
     """Everything but connections, leadership and bulk writes; see SqliteStore, PostgresStore."""
 
@@ -61,8 +68,28 @@ class SqlStore(ObligationSql, RoutingSql, SilenceSql, LedgerSql, RetentionSql):
         """Inside the migrating transaction, before the version is read: keep other instances
         from migrating at the same time. SQLite: nothing (its write transaction locks the file)."""
 
+    shared: bool = False
+    """Opened for a state command beside a running service (`open_store(shared=True)`): it
+    creates a new state's schema but upgrades none (`_migrate`)."""
+
     async def _migrate(self) -> None:
-        """Apply the schema steps not yet applied, in one transaction."""
+        """Apply the schema steps not yet applied, in one transaction.
+
+        A state command (`shared`) upgrades nothing: a service of an earlier version may still
+        be writing the state, and some steps change what it writes to (15, 19: its writes would
+        fail until it is restarted); it refuses a state that needs a step, and reads the
+        version without taking the write lock."""
+        if self.shared:
+            async with self._read() as tx:
+                found = (
+                    int(await tx.fetchval(schema.CURRENT_VERSION)) if await tx.fetchval(_VERSIONED[self.dialect]) else 0
+                )
+            if found == len(schema.MIGRATIONS):
+                return
+            if found > len(schema.MIGRATIONS):
+                raise StoreError(schema.too_new(found))
+            if found:
+                raise StoreError(schema.too_old(found))
         async with self._write() as tx:
             await self._lock_migrations(tx)
             await tx.execute(schema.CREATE_VERSION_TABLE)
