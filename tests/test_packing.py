@@ -230,3 +230,9 @@ def test_sqlites_meter_row_keeps_leaps_enumerated_values_as_their_numbers() -> N
     assert rows.meter_from_row("m-1", stored, columns) == meter
     with pytest.raises(ValueError, match="not one of Leap's 3 values"):  # a damaged row: named, skipped
         rows.meter_from_row("m-1", b'[1, 7, [], [], "", 4, false]', columns)
+
+
+def test_sqlites_meter_row_is_not_read_without_its_rows_columns() -> None:
+    stored = rows.meter_row(Meter(meter_id="m-1", partner_reference="REF-1", transmission_region="PJM"))
+    with pytest.raises(ValueError, match="its row's columns"):  # not read back as "" and ""
+        rows.meter_from_row("m-1", stored)

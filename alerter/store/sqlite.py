@@ -156,12 +156,16 @@ TIDY_CHUNK = 1024
 """The most free pages `tidy` gives back in one transaction (16 MiB of 16 KiB pages)."""
 
 
+_NO_COLUMNS = {"partner_reference": "", "transmission_region": ""}
+"""What `_meter_tags` gives for the row's own meter columns: it reads only the tags."""
+
+
 def _meter_tags(stored: str | bytes | None) -> str | None:
     """SQL `alerter_tags(meter)`: an obligation's meter's tags as a JSON array, whichever form
     the meter is kept in (schema's `meter_tags`, for the console's tag filter)."""
     if stored is None:
         return None
-    return rows.dumps(rows.meter_from_row("", stored).tags)
+    return rows.dumps(rows.meter_from_row("", stored, _NO_COLUMNS).tags)
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
