@@ -221,10 +221,17 @@ def encode(value: msgspec.Struct) -> str:
 
 
 def obligation_params(
-    o: Obligation, ts: TsParam, remind_at: datetime | None, meter: Callable[[Meter], Any] = encode
+    o: Obligation,
+    ts: TsParam,
+    remind_at: datetime | None,
+    meter: Callable[[Meter], Any] = encode,
+    *,
+    seen_once: bool = False,
 ) -> tuple[Any, ...]:
     """An obligation's row (`WRITE_COLUMNS`); its meter is `meter` of the Meter, by default its
-    JSON text (SQLite's is `meter_row`)."""
+    JSON text (SQLite's is `meter_row`). With `seen_once` (SQLite), a `first_seen` or `last_seen`
+    equal to `opened_at` is left out (NULL: `obligation_from_row`)."""
+    opened = o.opened_at
     return (
         *o.key,
         o.key_id,
@@ -232,9 +239,9 @@ def obligation_params(
         o.action_description,
         ts(o.deadline),
         meter(o.meter),
-        ts(o.opened_at),
-        ts(o.first_seen),
-        ts(o.last_seen),
+        ts(opened),
+        None if seen_once and o.first_seen == opened else ts(o.first_seen),
+        None if seen_once and o.last_seen == opened else ts(o.last_seen),
         ts(o.resolved_at),
         o.resolution,
         o.version,
@@ -247,7 +254,7 @@ def obligation_from_row(r: Row) -> Obligation:
     its meter decoded into a Meter, where a malformed one raises `msgspec.ValidationError`)."""
     opened_at = read_ts(r["opened_at"])
     assert opened_at is not None
-    # SQLite keeps neither when it is `opened_at` (`sqlite.obligation_row`)
+    # SQLite keeps neither when it is `opened_at` (`obligation_params`' `seen_once`)
     first_seen, last_seen = read_ts(r["first_seen"]) or opened_at, read_ts(r["last_seen"]) or opened_at
     return Obligation(
         meter_id=r["meter_id"],

@@ -197,23 +197,10 @@ def _transaction(conn: aiosqlite.Connection, fn: Callable[..., Any], args: tuple
 
 def obligation_row(o: Obligation, remind_at: datetime | None) -> tuple[Any, ...]:
     """An obligation's row (`_OBLIGATION_COLUMNS`), its description as text (`_UPSERT_OBLIGATION`
-    writes its number), and neither `first_seen` nor `last_seen` when it is `opened_at` (NULL:
-    `rows.obligation_from_row`)."""
-    m, instant, opened = o.meter, rows.instant, o.opened_at
+    writes its number), and neither `first_seen` nor `last_seen` when it is `opened_at`."""
+    m = o.meter
     return (
-        *o.key,
-        o.key_id,
-        o.status,
-        o.action_description,
-        instant(o.deadline),
-        rows.meter_row(m),
-        instant(opened),
-        None if o.first_seen == opened else instant(o.first_seen),
-        None if o.last_seen == opened else instant(o.last_seen),
-        instant(o.resolved_at),
-        o.resolution,
-        o.version,
-        instant(remind_at) if o.status == "open" else None,
+        *rows.obligation_params(o, rows.instant, remind_at, rows.meter_row, seen_once=True),
         m.partner_reference,
         m.transmission_region,
     )
