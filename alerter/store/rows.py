@@ -195,12 +195,13 @@ def meter_from_row(meter_id: str, stored: str | bytes, r: Row | None = None) -> 
         return _METER.decode(stored)
     try:
         classification, meter_type, loads, tags, group, status, archived = _METER_ROW.decode(stored)
-        if r is None:  # a caller that has not read the row's columns would get them wrong
-            raise ValueError("stored meter: its partner_reference and transmission_region are its row's columns")
-        reference, region = r["partner_reference"], r["transmission_region"]
     except msgspec.ValidationError:
         whole = _METER_ROW_WHOLE.decode(stored)
         reference, region, classification, meter_type, loads, tags, group, status, archived = whole
+    else:
+        if r is None:  # a caller that has not read the row's columns would get them wrong
+            raise ValueError("stored meter: its partner_reference and transmission_region are its row's columns")
+        reference, region = r["partner_reference"], r["transmission_region"]
     return Meter(
         meter_id=meter_id,
         partner_reference=reference,
