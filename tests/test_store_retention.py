@@ -45,6 +45,15 @@ async def test_purge_forgets_only_what_is_done_with(tmp_path: Path, backend: str
 
         assert removed["notifications"] == 1
         assert removed["events"] == 2  # the gone obligation's opened+resolved; the dead letter's stay with it
+        if backend == "sqlite":  # the forgotten notification's links went with its events
+            with sqlite3.connect(tmp_path / "state.db") as raw:
+                orphans = (
+                    "SELECT COUNT(*) FROM notification_links "
+                    "WHERE notification_seq NOT IN (SELECT seq FROM notifications)"
+                )
+                assert raw.execute(orphans).fetchone() == (0,)
+                assert raw.execute("SELECT COUNT(*) FROM notification_links").fetchone() == (3,)  # n-open's, n-dead's
+            raw.close()
         assert [(d.notification.id, len(d.notification.events)) for d in await store.dead_letters()] == [("n-dead", 2)]
         assert await store.history("m1") == []
         assert [h.event.kind for h in await store.history("m2")] == ["opened"]  # open: kept

@@ -56,12 +56,12 @@ _OLD_NOTIFICATIONS = (
     "WHERE ne.notification_id = notifications.id)"
 )
 
-_UNLINKED: dict[Dialect, str] = {
-    "postgres": "DELETE FROM notification_events WHERE NOT EXISTS "
-    "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)",
-    "sqlite": "DELETE FROM notification_links WHERE notification_seq NOT IN (SELECT seq FROM notifications)",
-}
-"""The links of notifications forgotten (SQLite's are numbers: schema `_NUMBERED_LINKS`)."""
+_UNLINKED = (
+    "DELETE FROM notification_events WHERE NOT EXISTS "
+    "(SELECT 1 FROM notifications n WHERE n.id = notification_events.notification_id)"
+)
+"""PostgreSQL: the links of notifications forgotten. SQLite's go with their events (`purge`),
+and a notification is forgotten only once none of its events is left: none of its links is."""
 
 
 async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
@@ -80,7 +80,8 @@ async def purge(tx: Executes, at: Any, dialect: Dialect) -> dict[str, int]:
         at,
     )
     notifications = await tx.execute(f"DELETE FROM notifications WHERE {_OLD_NOTIFICATIONS}", at)
-    await tx.execute(_UNLINKED[dialect])
+    if dialect == "postgres":
+        await tx.execute(_UNLINKED)
     await tx.execute(f"DELETE FROM notified WHERE key_id IN ({_OLD_RESOLVED})", at)
     # a thread root stays while its receiver has something of that obligation left to send: a
     # dead letter replayed later (its resolution) still ticks the original and answers in its thread
