@@ -511,7 +511,8 @@ _NUMBERED_LINKS = """
 column its table gains: an implicit row id may change at `VACUUM`), the event's position in it,
 and the event's `seq`, clustered on the first two, indexed by the third; `notification_events`
 is a view of them with the ids, which every read goes through. A link took ~170 B in its two
-B-trees as two hex ids, and takes ~28 (`bench.bench_cost`, `notify`). Links whose notification
+B-trees as two hex ids, and takes ~28 (`dbstat` over a `bench.bench_cost` `notify` state).
+Links whose notification
 or event is gone are dropped (no read could join them), as is a second link at the same place in
 a notification; the few written before schema step 6, without a position, are numbered by event
 id below zero. PostgreSQL's stay as they are."""
@@ -522,8 +523,8 @@ CREATE INDEX obligations_by_deadline ON obligations (status, deadline, key_id)
 """
 """The console lists obligations by deadline, then by key id, where it listed them by their key's
 five columns: its index keeps one 24-character id in place of the five (~115 B an obligation on
-SQLite, ~47 now: `bench.bench_cost`, `notify`). A cursor given out before is refused as any other it
-did not give out (the API answers 400, a page starts over)."""
+SQLite, ~47 now: `dbstat` over a `bench.bench_cost` `notify` state). A cursor given out before
+is refused as any other it did not give out (the API answers 400, a page starts over)."""
 
 _KEYED_BY_ID = """
 {keyed_by_id}
@@ -531,8 +532,9 @@ _KEYED_BY_ID = """
 """An obligation is found by its key id (a hash of its key), where its key's five columns were
 its primary key, and its meter's obligations by `(meter_id, status)` (with the status: the open
 ones' meters are listed from this index alone). On SQLite the table is rebuilt, once: its key's
-index took ~103 B an obligation and its key id's takes ~35; and a row holds less (`rows`,
-`sqlite.obligation_row`): its description as the number of a row of `descriptions` (a few
+index took ~103 B an obligation and its key id's takes ~35, and a row took ~372 B and takes
+~220 (`dbstat` over the state of `bench.bench_cost`'s `notify` at 20,000 meters): a row holds
+less (`rows`, `sqlite.obligation_row`): its description as the number of a row of `descriptions` (a few
 texts, each kept once, where each obligation kept its own), its meter's array without the two
 attributes its columns hold, and no `first_seen` or `last_seen` equal to `opened_at`. Rows
 written before are read as they are and move on when the poll next writes them."""
