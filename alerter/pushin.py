@@ -3,12 +3,13 @@
 How this works: a request is checked in this order, each failure answered at once and counted
 (`alerter_push_received_total{outcome}`): the secret header (any configured secret, compared in
 constant time; the header name in any case) -> 401 `unauthorized`; the body size (over 1 MiB)
--> 413 `too_large`; the envelope (`webhook_event_id` and a `payload` with a
+-> 413 `too_large`; the envelope (a UUID `webhook_event_id` and a `payload` with a
 `webhook_event_type`) -> 400 `invalid`; an event type the service does not use -> 200
 `ignored`. A `meter.enrollment.required-actions.updated` event must name its meter by UUID
 (else 400 `invalid`); it is stored in the inbox under its `webhook_event_id` before the 200
 (`accepted`, or `duplicate` when the id is already there). Concurrent requests share one
-transaction (group commit). The store failing answers 503 (`error`): Leap tries again later.
+transaction (group commit); when it fails, each is stored alone, so one the store refuses fails
+no other. The store failing answers 503 (`error`): Leap tries again later.
 The payload is only a hint: the worker re-reads the meter from Leap (see pushwork). No log line
 or answer carries the presented header value.
 """
@@ -21,7 +22,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import structlog
@@ -35,7 +36,7 @@ MAX_BODY = 1 << 20
 """Bytes; a larger body is refused (413)."""
 REQUIRED_ACTIONS = "meter.enrollment.required-actions.updated"
 USED_TYPES = frozenset({REQUIRED_ACTIONS})
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _REFUSAL_LOG_EVERY = 10.0
 """Seconds between two log lines about refused requests (each is counted)."""
 OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "too_large", "invalid", "error")
@@ -85,6 +86,11 @@ class Envelope:
         self.payload = payload
 
 
+def is_uuid(value: object) -> TypeGuard[str]:
+    """Whether `value` is a UUID in its text form, whole (a trailing newline is not one)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
 def parse_envelope(raw: bytes) -> Envelope | str:
     """The envelope, or why the body is not one (pure)."""
     try:
@@ -94,15 +100,15 @@ def parse_envelope(raw: bytes) -> Envelope | str:
     if not isinstance(body, dict):
         return "the body is not a JSON object"
     event_id, payload = body.get("webhook_event_id"), body.get("payload")
-    if not isinstance(event_id, str) or not 0 < len(event_id) <= 200:
-        return "webhook_event_id is missing or not a string"
+    if not is_uuid(event_id):  # Leap's definition: `format: uuid`
+        return "webhook_event_id is missing or not a UUID"
     if not isinstance(payload, dict):
         return "payload is missing or not an object"
     event_type = payload.get("webhook_event_type")
     if not isinstance(event_type, str) or not event_type:
         return "payload.webhook_event_type is missing or not a string"
     meter_id = payload.get("meter_id")
-    if event_type in USED_TYPES and (not isinstance(meter_id, str) or not _UUID.match(meter_id)):
+    if event_type in USED_TYPES and not is_uuid(meter_id):
         return "payload.meter_id is missing or not a UUID"
     return Envelope(event_id, event_type, meter_id if isinstance(meter_id, str) else None, payload)
 
@@ -111,7 +117,7 @@ def authorized(presented: str | None, secrets: list[bytes]) -> bool:
     """Whether the header value is one of the secrets, compared in constant time."""
     if presented is None:
         return False
-    value = presented.encode()
+    value = presented.encode("utf-8", "surrogateescape")  # a header's bytes as they came
     ok = False
     for secret in secrets:  # every secret is compared: the time does not tell which one matched
         ok |= hmac.compare_digest(value, secret)
@@ -139,13 +145,28 @@ class _GroupCommit:
             try:
                 fresh = await self.inbox.add([e for e, _ in batch])
             except Exception as err:
-                for _, future in batch:
+                if len(batch) == 1:
+                    _, future = batch[0]
                     if not future.done():
                         future.set_exception(err)
+                    continue
+                # one event the store will not take must not fail the others: each is tried alone
+                for event, future in batch:
+                    await self._alone(event, future)
                 continue
             for (_, future), new in zip(batch, fresh, strict=True):
                 if not future.done():
                     future.set_result(new)
+
+    async def _alone(self, event: InboxEvent, future: asyncio.Future[bool]) -> None:
+        try:
+            new = (await self.inbox.add([event]))[0]
+        except Exception as err:
+            if not future.done():
+                future.set_exception(err)
+        else:
+            if not future.done():
+                future.set_result(new)
 
 
 class Receiver:

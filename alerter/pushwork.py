@@ -29,7 +29,7 @@ from aiohttp import web
 
 from alerter.errors import SourceError
 from alerter.poller import CycleReport
-from alerter.pushin import PushMetrics, Receiver
+from alerter.pushin import PushMetrics, Receiver, is_uuid
 from alerter.store.base import META_INITIALIZED
 from alerter.store.inbox import Inbox, InboxEvent
 from alerter.web import start_server
@@ -177,13 +177,15 @@ class PushWorker:
         pending, oldest = await self.inbox.backlog()
         self.metrics.inbox_pending.set(pending)
         self.metrics.inbox_lag.set((now - oldest).total_seconds() if oldest else 0)
-        if not pending or not svc.leader or await svc.store.get_meta(META_INITIALIZED) != "1":
+        if not svc.leader:
+            return 0
+        await self._purge(now)  # at most every PURGE_EVERY, whether or not events wait
+        if not pending or await svc.store.get_meta(META_INITIALIZED) != "1":
             return 0
         if self._hold_until is not None and now < self._hold_until:
             return 0  # Leap failed the last re-read: what arrives meanwhile waits, and goes in one step
-        rows = await self.inbox.due(now, BATCH)
+        rows = await self._named(await self.inbox.due(now, BATCH), now)
         if not rows:
-            await self._purge(now)
             return 0
         started = time.perf_counter()
         meters = list(dict.fromkeys(r.meter_id for r in rows))
@@ -209,6 +211,20 @@ class PushWorker:
         if report.events and svc.workers is None:
             await svc.deliver_step()  # with `alerter run`, routing has already woken the receivers' workers
         return len(rows)
+
+    async def _named(self, rows: list[InboxEvent], now: datetime) -> list[InboxEvent]:
+        """The rows naming a meter by UUID; any other (stored by an older version, whose check let
+        a trailing newline through) is given up at once: Leap refuses to search for it (400), and
+        re-read with the others it would fail them all until it was a day old."""
+        unnamed = [r for r in rows if not is_uuid(r.meter_id)]
+        if not unnamed:
+            return rows
+        await self.inbox.done([r.event_id for r in unnamed], now, error="given up: the meter id is not a UUID")
+        self.metrics.processed.labels("given_up").inc(len(unnamed))
+        log.warning(
+            "push_meter_id_invalid", events=len(unnamed), meter_ids=sorted({repr(r.meter_id) for r in unnamed})[:5]
+        )
+        return [r for r in rows if is_uuid(r.meter_id)]
 
     async def _retry(self, rows: list[InboxEvent], now: datetime, err: SourceError) -> None:
         expired = [r.event_id for r in rows if now - r.received_at >= GIVE_UP]

@@ -4,13 +4,16 @@ Leap and the webhook receiver hears about it, with a 5-minute poll interval that
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
-from alerter.store.inbox import Inbox
+from alerter.store.inbox import Inbox, InboxEvent
+from alerter.store.sql import SqlStore
 from tests.support.push import LEAP_SECRET, OLD_SECRET, REQUIRED, envelope, push_world, wait_until
 
 BACKENDS = ["sqlite", "postgres"]
@@ -63,6 +66,45 @@ async def test_a_wrong_or_missing_secret_is_refused_and_nothing_is_stored(tmp_pa
         assert (await inbox.backlog())[0] == 2
 
 
+async def test_a_header_that_is_not_utf8_is_refused_as_any_wrong_secret(tmp_path: Path) -> None:
+    async with push_world(tmp_path) as w:
+        body = orjson.dumps(envelope(str(uuid.uuid4()), w.meters[0]))
+        host, port = w.url.split("//")[1].split("/")[0].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /leap/webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"x-api-key: \xff\xfe\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert w.metric('alerter_push_received_total{outcome="unauthorized"}') == 1
+        assert await Inbox(w.service.store).backlog() == (0, None)
+
+
+async def test_an_event_the_store_refuses_fails_no_other_sent_with_it(tmp_path: Path) -> None:
+    async with push_world(tmp_path) as w:
+        m = w.meters[0]
+        refused = str(uuid.uuid4())
+        store = w.service.store
+        assert isinstance(store, SqlStore)
+        async with store._write() as tx:  # the store refuses this one event
+            await tx.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON webhook_inbox "
+                f"WHEN NEW.event_id = '{refused}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        ids = [str(uuid.uuid4()) for _ in range(20)]
+        ids.insert(10, refused)
+        answers = await asyncio.gather(*(w.post(envelope(i, m)) for i in ids))
+        statuses = {i: status for i, (status, _) in zip(ids, answers, strict=True)}
+        assert statuses.pop(refused) == 503
+        assert set(statuses.values()) == {200}
+        assert (await Inbox(w.service.store).backlog())[0] == 20
+        assert w.metric('alerter_push_received_total{outcome="accepted"}') == 20
+        assert w.metric('alerter_push_received_total{outcome="error"}') == 1
+
+
 async def test_bodies_that_are_too_large_not_an_envelope_or_of_an_unused_type(tmp_path: Path) -> None:
     async with push_world(tmp_path) as w:
         inbox = Inbox(w.service.store)
@@ -72,11 +114,16 @@ async def test_bodies_that_are_too_large_not_an_envelope_or_of_an_unused_type(tm
         for bad in (b"not json", b"[1, 2]", {"payload": {"webhook_event_type": REQUIRED}}, {"webhook_event_id": "a"}):
             assert (await w.post(bad))[0] == 400, bad
         assert (await w.post(envelope(str(uuid.uuid4()), "not-a-uuid")))[0] == 400
+        # a UUID and a line break is not a UUID (Leap would refuse to search for it, 400)
+        assert (await w.post(envelope(str(uuid.uuid4()), m + "\n")))[0] == 400
+        # Leap's definition: webhook_event_id is a UUID (a NUL in it failed PostgreSQL's batch)
+        for event_id in (str(uuid.uuid4()) + "\n", "bad\u0000id"):
+            assert (await w.post(envelope(event_id, m)))[0] == 400, event_id
         other = {"webhook_event_id": str(uuid.uuid4()), "payload": {"webhook_event_type": "meter.created"}}
         assert await w.post(other) == (200, {"status": "ignored", "webhook_event_type": "meter.created"})
         assert await inbox.backlog() == (0, None)
         assert w.metric('alerter_push_received_total{outcome="too_large"}') == 1
-        assert w.metric('alerter_push_received_total{outcome="invalid"}') == 5
+        assert w.metric('alerter_push_received_total{outcome="invalid"}') == 8
         assert w.metric('alerter_push_received_total{outcome="ignored"}') == 1
 
 
@@ -156,3 +203,45 @@ async def test_a_dropped_push_is_found_by_the_next_poll_and_counted_missed(tmp_p
         await w.service.drain(10)
         assert [e for e in w.events() if e[1] == dropped] == [("action.opened", dropped, "AMI_0001")]
         assert w.metric("alerter_push_missed_total") == 1
+
+
+async def test_an_event_naming_no_meter_by_uuid_is_given_up_and_the_others_go_on(tmp_path: Path) -> None:
+    """Stored by an older version, whose check let a UUID and a line break in: Leap refuses to
+    search for it, and re-read with the others it held them all back for a day."""
+    async with push_world(tmp_path) as w:
+        push = w.service.push
+        assert push is not None
+        inbox = Inbox(w.service.store)
+        m = w.meters[0]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        now = w.service.clock()
+        legacy = InboxEvent(str(uuid.uuid4()), m + "\n", REQUIRED, now, "{}")
+        assert await inbox.add([legacy]) == [True]
+        assert (await w.post(envelope(str(uuid.uuid4()), m)))[0] == 200
+        assert await push.step() == 1
+        await w.service.drain(10)
+        assert w.events() == [("action.opened", m, "AUTH_0001")]
+        assert (await inbox.backlog())[0] == 0
+        assert w.metric('alerter_push_processed_total{outcome="given_up"}') == 1
+        assert w.metric('alerter_push_processed_total{outcome="done"}') == 1
+
+
+async def test_processed_events_are_forgotten_after_two_days_though_none_waits(tmp_path: Path) -> None:
+    async with push_world(tmp_path) as w:
+        push = w.service.push
+        assert push is not None
+        store = w.service.store
+        assert isinstance(store, SqlStore)
+
+        async def stored() -> int:
+            async with store._read() as tx:
+                return int(await tx.fetchval("SELECT COUNT(*) FROM webhook_inbox"))
+
+        assert (await w.post(envelope(str(uuid.uuid4()), w.meters[0])))[0] == 200
+        assert await push.step() == 1
+        assert await stored() == 1
+        # nothing waits from now on: the steps that follow still forget what is old enough
+        later = w.service.clock()
+        for hours in (1, 25, 49):
+            assert await push.step(later + timedelta(hours=hours)) == 0
+        assert await stored() == 0
