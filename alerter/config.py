@@ -46,9 +46,12 @@ STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return http_url(value, "the URL")
+    """Leap's base URL; the key goes in `api_key` (a `user:password@` in it is refused: aiohttp
+    cannot send both, and such a URL would be written wherever the URL is)."""
+    url = http_url(value, "the URL")
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("the URL must not hold a user or password (Leap's key is source.api_key)")
+    return url
 
 
 def _host_port(value: str) -> str:

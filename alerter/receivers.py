@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from datetime import timedelta
+from email.utils import parseaddr
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +44,13 @@ def http_url(value: str, what: str) -> str:
     return value
 
 
+def _is_address(value: str) -> bool:
+    """An address as a mail's headers take it: `name@domain`, or with a display name."""
+    _, address = parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and not any(c.isspace() for c in address)
+
+
 class SlackConfig(BaseModel):
     model_config = STRICT
 
@@ -67,6 +76,20 @@ class SlackConfig(BaseModel):
     def _api_url(cls, value: str) -> str:
         return http_url(value, "slack api_url")
 
+    @field_validator("token")
+    @classmethod
+    def _token_given(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("the Slack token is empty (an unset environment variable?)")
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the Slack channel is empty")
+        return value
+
 
 class SmtpConfig(BaseModel):
     model_config = STRICT
@@ -82,6 +105,20 @@ class SmtpConfig(BaseModel):
     cert_bundle: str | None = None
     """A CA bundle to verify the server with (a private CA); the system store otherwise."""
 
+    @field_validator("host")
+    @classmethod
+    def _host_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the SMTP host is empty")
+        return value
+
+    @field_validator("cert_bundle")
+    @classmethod
+    def _bundle_readable(cls, value: str | None) -> str | None:
+        if value is not None and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise ValueError(f"no readable file at {value}")
+        return value
+
 
 class EmailConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -95,6 +132,21 @@ class EmailConfig(BaseModel):
     portal_url: str = templates.PORTAL_URL
     max_events: int = Field(200, ge=1)
     """A larger group or digest is sent as several mails."""
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        for i, address in enumerate(value):
+            if not _is_address(address):
+                raise ValueError(f"to[{i}] is not an email address (name@domain, or Name <name@domain>)")
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not _is_address(value):
+            raise ValueError("from is not an email address (name@domain, or Name <name@domain>)")
+        return value
 
     @field_validator("subject_template", "text_template")
     @classmethod

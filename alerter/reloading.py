@@ -67,6 +67,8 @@ def reread(current: Config) -> Reread:
         fresh = load_config(current.path)
     except ConfigError as err:
         problems = err.problems
+    except Exception as err:  # whatever it is, the running config stays and says so
+        problems = [f"{current.path}: cannot be loaded ({type(err).__name__})"]
     after = file_digests(dict.fromkeys([*before, *(rule_files(fresh) if fresh else ())]))
     if any(after[p] != digest for p, digest in before.items()):
         return Reread("unstable", problems=[UNSTABLE])

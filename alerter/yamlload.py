@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from alerter.errors import ConfigError
 
@@ -37,6 +38,7 @@ YamlPath = tuple[str | int, ...]
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _REF = re.compile(r"(?<!\$)\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}")
 _VALUES_SHOWN = re.compile(r' with value ".*', re.S)
+_ALIAS_NAMED = re.compile(r"found undefined alias .*", re.S)
 _MARK = "\ue000"
 _HOLDER = re.compile(_MARK + r"(\d+)" + _MARK + "+")
 
@@ -103,6 +105,8 @@ def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) ->
         message = err.problem or err.context or "invalid YAML"
         # `found duplicate key "k" with value "..." (original value: "...")`: values may be secrets
         message = _VALUES_SHOWN.sub("", message)
+        # `found undefined alias 's3cret'`: an unquoted value that starts with `*`
+        message = _ALIAS_NAMED.sub("found an undefined alias (a value that starts with * must be quoted)", message)
         ctx = err.context_mark
         if err.problem and err.context and ctx is not None and ctx is not mark:
             message += f" ({err.context} at {ctx.line + 1}:{ctx.column + 1})"
@@ -111,10 +115,42 @@ def parse_yaml(text: str, file: str, *, env: Mapping[str, str] | None = None) ->
         raise ConfigError([f"{file}:{mark.line + 1}:{mark.column + 1}: {message}"]) from None
     except YAMLError as err:
         raise ConfigError([f"{file}:1:1: invalid YAML: {err}"]) from None
+    except (ValueError, TypeError, OverflowError):  # a scalar of its type that is out of range: 2024-02-30
+        raise ConfigError([_unreadable_scalar(text, file)]) from None
     doc = YamlDoc(file=file, data=None)
     doc.values[()] = _node_pos(node)
     doc.data = _convert(node, (), doc, os.environ if env is None else env, refs)
     return doc
+
+
+_SCALAR_KINDS = {
+    "tag:yaml.org,2002:timestamp": "a date or date-time (a day or month out of range?)",
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+}
+
+
+def _unreadable_scalar(text: str, file: str) -> str:
+    """Where the value that YAML's loader could not build is, and what it should be, read again
+    one value at a time. Not the loader's own message: it repeats the value (`!!int s3cret`)."""
+    yaml = YAML(typ="rt")
+    stack: list[Node] = [yaml.compose(text)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ScalarNode):
+            try:
+                yaml.constructor.construct_object(node, deep=True)
+            except (ValueError, TypeError, OverflowError):
+                at, tag = node.start_mark, str(node.tag)
+                kind = _SCALAR_KINDS.get(tag, f"a value of type {tag.rpartition(':')[2]}")
+                return f"{file}:{at.line + 1}:{at.column + 1}: not a valid value: expected {kind}"
+        elif isinstance(node, SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, MappingNode):
+            for key, value in reversed(node.value):
+                stack += [value, key]
+    return f"{file}:1:1: a value cannot be read"
 
 
 def _hold_references(text: str) -> tuple[str, list[str]]:

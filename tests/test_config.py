@@ -79,7 +79,7 @@ BAD = [
     (
         "bad_url.yaml",
         [
-            "bad_url.yaml:3:13: source.base_url: expected an http:// or https:// URL",
+            "bad_url.yaml:3:13: source.base_url: the URL must start with http:// or https://",
             "bad_url.yaml:5:8: state.url: expected sqlite:///PATH or postgresql://..., got mysql://...",
             "bad_url.yaml:7:11: http.listen: expected HOST:PORT, got 'localhost'",
         ],

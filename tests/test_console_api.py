@@ -204,8 +204,14 @@ async def test_login_sets_a_safe_session_cookie(tmp_path: Path) -> None:
         page = await get(s, "/login")
         csrf = page.split('name="csrf" value="')[1].split('"')[0]
         form = {"csrf": csrf, "username": "alice", "password": "wrong", "next": "/silences"}
-        async with s.post("/login", data=form) as r:
-            assert r.status == 401 and "Wrong username or password" in await r.text()
+        with capture_logs() as logs:
+            async with s.post("/login", data=form) as r:
+                assert r.status == 401 and "Wrong username or password" in await r.text()
+            # a password typed into the username box is not written in the log
+            async with s.post("/login", data={**form, "username": "pa55word-typed-here"}) as r:
+                assert r.status == 401
+        refused = [(e["user"], e["user_known"]) for e in logs if e["event"] == "console_login_refused"]
+        assert refused == [("alice", True), (None, False)]
         async with s.post("/login", data={**form, "csrf": ""}) as r:
             assert r.status == 403
         from tests.support.console import PASSWORD

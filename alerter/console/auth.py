@@ -157,6 +157,11 @@ class Access:
             return hmac.compare_digest(password.encode(), user.password.get_secret_value().encode())
         return ok and user is not None
 
+    def knows(self, username: str) -> bool:
+        """Whether `username` is a configured user's (a refused login logs no other: a password
+        typed into the username box would be written in the log)."""
+        return username in self._users
+
     async def open_session(self, username: str, now: datetime) -> str:
         """A new session for `username`; returns the cookie value."""
         session_id = secrets.token_urlsafe(32)

@@ -279,7 +279,8 @@ def add_routes(app: web.Application, console: Console) -> None:
             return console.error(request, "page", 403, "missing or wrong CSRF token: reload the login page and retry")
         username, password = _form_value(form, "username"), str(form.get("password", ""))
         if not await console.access.check_password(username, password):
-            console.log.warning("console_login_refused", user=username)
+            known = console.access.knows(username)
+            console.log.warning("console_login_refused", user=username if known else None, user_known=known)
             return await console.login_page(request, status=401, problem="Wrong username or password.")
         session = await console.access.open_session(username, console.now())
         resp = web.HTTPSeeOther(safe_next(_form_value(form, "next") or "/"))
