@@ -224,7 +224,10 @@ class StateConfig(BaseModel):
             try:
                 urlsplit(f"//{host}").port  # noqa: B018 - reading it checks it
             except ValueError:
-                raise ValueError("the PostgreSQL URL's port is not a number from 1 to 65535") from None
+                raise ValueError(
+                    "the PostgreSQL URL's port is not a number from 1 to 65535 (a password holding "
+                    "/, #, ? or @ must be percent-encoded: %2F, %23, %3F, %40)"
+                ) from None
         return v
 
 
@@ -252,10 +255,18 @@ class AuthConfig(BaseModel):
     model_config = STRICT
 
     users: list[ConsoleUser] = Field(default_factory=list)
-    api_tokens: list[Annotated[SecretStr, Field(min_length=16)]] = Field(default_factory=list)
+    api_tokens: list[SecretStr] = Field(default_factory=list)
     """Bearer tokens for `/api/v1/` (at least 16 characters each)."""
     trusted_user_header: str | None = None
     """A header set by an SSO proxy in front (e.g. X-Forwarded-User): its value is the user."""
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _long_enough(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        for i, token in enumerate(tokens):
+            if len(token.get_secret_value()) < 16:  # said without the token's length
+                raise ValueError(f"api_tokens[{i}] is too short: use at least 16 characters")
+        return tokens
 
 
 class HttpConfig(BaseModel):

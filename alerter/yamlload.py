@@ -290,6 +290,7 @@ _SHAPES = {
     "dataclass_type": "expected a mapping of settings",
     "dict_type": "expected a mapping",
     "list_type": "expected a list",
+    "tuple_type": "expected a list",
 }
 """pydantic's errors about the shape of a value, said the way a YAML file shows it."""
 

@@ -124,3 +124,20 @@ async def test_a_reload_that_cannot_be_read_is_rejected_and_says_nothing_secret(
             assert not any(SECRET in str(line) for line in svc.logs)
         finally:
             assert await svc.stop() == 0
+
+
+async def test_messages_say_what_to_write_without_the_value(tmp_path: Path) -> None:
+    state = f"postgresql://alerter:pa/{SECRET}@127.0.0.1:5432/alerter"
+    config = config_yaml("http://127.0.0.1:1", state).replace(
+        "http:\n  listen: 127.0.0.1:0\n", f"http:\n  listen: 127.0.0.1:0\n  auth:\n    api_tokens: [{SECRET[:5]}]\n"
+    )
+    rules = rules_yaml("http://127.0.0.1:1/hook", remind="{before_deadline: 2d}")
+    cfg = write_config(tmp_path, config, rules)
+    stderr = await _check(cfg)
+    assert f"{cfg}:{_line_of(cfg, 'postgresql://')}:" in stderr
+    assert "password holding /, #, ? or @ must be percent-encoded" in stderr
+    assert "http.auth.api_tokens: api_tokens[0] is too short: use at least 16 characters" in stderr
+    assert "5" not in stderr.split("api_tokens", 1)[1].splitlines()[0]  # not even the token's length
+    rules_file = tmp_path / "rules.yaml"
+    assert f"{rules_file}:{_line_of(rules_file, 'before_deadline')}:" in stderr
+    assert "before_deadline: expected a list, got a string" in stderr, stderr
