@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "run" in (sys.argv[1:] if argv is None else argv):
+        # a reload asked for while the service starts (imports, migrations) must not kill it, as
+        # SIGHUP's default action would: ignored until the service's own handler replaces this
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         from alerter.console.auth import hash_password_command

@@ -143,10 +143,11 @@ class Runtime:
             await self.stop.wait()
             self.log.info("shutdown_started", inflight=len(self._inflight))
         finally:
-            scheduler.shutdown(wait=False)
+            scheduler.pause()  # no step starts; those in flight finish (shutdown would cancel them)
             delivery = asyncio.ensure_future(svc.stop_delivery(GRACE_SECONDS))
             if self._inflight:
                 await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
+            scheduler.shutdown(wait=False)
             await delivery
             if push is not None:
                 await push.stop(GRACE_SECONDS)

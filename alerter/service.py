@@ -22,7 +22,7 @@ import structlog
 from alerter import cycle
 from alerter.config import Config
 from alerter.delivery import INSTANCE_TIMEOUT, Deliverer, DeliveryStats
-from alerter.errors import AlerterError, FencedError, SourceError
+from alerter.errors import AlerterError, FencedError, SourceError, StoreError
 from alerter.metrics import Metrics, deadline_bucket
 from alerter.models import Obligation
 from alerter.notifiers import build_notifier
@@ -203,6 +203,10 @@ class Service:
             except FencedError:
                 self._depose("fenced")
                 return None
+            except StoreError as err:  # counted, and /readyz says why
+                self.health.last_error = str(err) if str(err).startswith("state store") else f"state store: {err}"
+                self.metrics.cycles.labels("unknown", "store_error").inc()
+                raise
             self._cycle_succeeded(now, report)
             if self.push is not None:
                 await self.push.after_poll(report, now)
@@ -356,12 +360,12 @@ class Service:
         """Open obligations by action type and deadline bucket, ledger backlog, dead letters."""
         now = self.clock()
         m = self.metrics
-        m.open_obligations.clear()
         counts: dict[tuple[str, str], int] = {}
         for action_type, deadline, count in await self.store.count_open():
             left = (deadline - now).total_seconds() if deadline else None
             key = (action_type, deadline_bucket(left))
             counts[key] = counts.get(key, 0) + count
+        m.open_obligations.clear()  # and set again with no await between: a scrape sees all or the last
         for (action_type, bucket), count in counts.items():
             m.open_obligations.labels(action_type, bucket).set(count)
         by_status = await self.store.delivery_counts()

@@ -75,6 +75,7 @@ def make_app(
         return web.Response(status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json")
 
     async def metrics_view(_: web.Request) -> web.Response:
+        metrics.ready.set(1 if health.readiness(clock())[0] else 0)  # as /readyz would answer now
         resp = web.Response(body=metrics.render())
         resp.content_type = "text/plain"
         resp.charset = "utf-8"

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def offline_config(tmp_path: Path, *, listen: str = "127.0.0.1:0", rules: str | None = None) -> str:
-    """A valid config whose source and receiver are never reached (ports 1 and 2)."""
+    """A valid config whose source and receiver are never reached (ports 1 and 2), and its state
+    file (empty: the state commands make the schema of a file that has none)."""
+    (tmp_path / "s.db").touch()
     config = config_yaml("http://127.0.0.1:1", f"sqlite:///{tmp_path}/s.db", listen=listen, log_format="json")
     return str(write_config(tmp_path, config, rules or rules_yaml("http://127.0.0.1:2/h")))
 

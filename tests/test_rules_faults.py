@@ -120,6 +120,9 @@ async def test_silence_add_refuses_lookaround_in_one_line_and_takes_nested_quant
                 tmp_path, config_yaml("http://127.0.0.1:1", f"sqlite:///{tmp_path}/s.db"), rules_yaml(hook.url())
             )
         )
+        store = open_store(f"sqlite:///{tmp_path}/s.db")  # the state a service made
+        await store.open()
+        await store.close()
         bad = await alerter("silence", "add", "-c", cfg, "action_description=~(?<=x)y", "--reason", "r")
         assert bad.code == 2
         assert bad.stderr.strip().count("\n") == 0, bad.stderr

@@ -580,6 +580,13 @@ async def test_a_drain_reads_a_notifications_links_in_order_through_their_key_al
     assert not any("TEMP B-TREE" in step for step in plan)  # read in order, not sorted
 
 
+async def test_a_state_command_on_a_path_with_no_state_says_so_and_makes_none(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/typo.db", shared=True)
+    with pytest.raises(StoreError, match=f"no state file at {tmp_path}/typo.db: check state.url"):
+        await store.open()
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_a_state_file_that_cannot_be_opened_leaves_no_thread_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -588,8 +595,10 @@ def test_a_state_file_that_cannot_be_opened_leaves_no_thread_behind(
     errors: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
 
+    (tmp_path / "state.db").mkdir()  # there, but not a file SQLite can open
+
     async def fail() -> None:
-        store = open_store(f"sqlite:///{tmp_path}/missing/state.db", shared=True)
+        store = open_store(f"sqlite:///{tmp_path}/state.db", shared=True)
         with pytest.raises(StoreError, match="cannot open state file"):
             await store.open()
 

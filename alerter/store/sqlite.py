@@ -302,6 +302,16 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
+def _check_exists(path: str) -> None:
+    """A state command on a mistyped path would otherwise make a new, empty state there and
+    report success, e.g. a silence the service never reads."""
+    if not os.path.exists(path):
+        raise StoreError(
+            f"no state file at {os.path.abspath(path)}: check state.url (a relative path is "
+            "read from the working directory) or start `alerter run` (or `alerter once`) first"
+        )
+
+
 class SqliteStore(SqlStore, Store):
     """The Store on one SQLite file (or `:memory:`).
 
@@ -325,6 +335,8 @@ class SqliteStore(SqlStore, Store):
 
     async def open(self) -> None:
         self._member_seq = None
+        if self.path != ":memory:" and self.shared:
+            _check_exists(self.path)
         if self.path != ":memory:" and not self.shared:
             self._take_file_lock()
         try:

@@ -1,0 +1,169 @@
+"""What an operator sees of a running `alerter run`: the readiness gauge without anyone asking
+`/readyz`, a SIGTERM that lets the poll in flight finish, a failing state store counted and
+named, a SIGHUP while it starts, a state command pointed at no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from alerter.sim import Portfolio, SimServer
+from tests.support.proc import Service, alerter
+from tests.support.service import API_KEY, config_yaml, load, rules_yaml, running, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name:
+            return float(value)
+    return None
+
+
+async def test_the_ready_gauge_follows_readiness_without_readyz_being_asked(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=1), api_key=API_KEY) as sim:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
+            rules_yaml("http://127.0.0.1:1/hook"),
+        )
+        svc = await Service.start(str(cfg))
+        try:
+            await svc.wait_for_log("cycle_done")
+            assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 1.0
+            sim.faults.add("503", times=1000)  # Leap down: not ready after two intervals
+            for _ in range(100):
+                if _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0:
+                    break
+                await asyncio.sleep(0.1)
+            assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0
+        finally:
+            assert await svc.stop() == 0
+
+
+async def test_sigterm_lets_the_poll_in_flight_finish(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=2), api_key=API_KEY) as sim:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
+            rules_yaml("http://127.0.0.1:1/hook"),
+        )
+        svc = await Service.start(str(cfg))
+        try:
+            await svc.wait_for_log("cycle_done")
+            done = sum(e.get("event") == "cycle_done" for e in svc.logs)
+            sim.faults.add("slow", times=1, delay=2.0)
+            before = len(sim.requests)
+            for _ in range(100):  # the next poll's request is being answered, slowly
+                if len(sim.requests) > before:
+                    break
+                await asyncio.sleep(0.02)
+            svc.send(signal.SIGTERM)
+            assert await svc.stop() == 0
+        finally:
+            await svc.stop()
+    assert sum(e.get("event") == "cycle_done" for e in svc.logs) == done + 1, svc.logs[-8:]
+    assert not any("CancelledError" in str(e) for e in svc.logs), [e for e in svc.logs if "Cancelled" in str(e)]
+
+
+async def test_a_failing_state_store_is_counted_and_named_by_readyz(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=3), api_key=API_KEY) as sim:
+        db = tmp_path / "s.db"
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{db}", log_format="json", interval="1s"),
+            rules_yaml("http://127.0.0.1:1/hook"),
+        )
+        svc = await Service.start(str(cfg))
+        try:
+            await svc.wait_for_log("cycle_done")
+            with sqlite3.connect(db) as c:  # from now on the store refuses every cycle's writes
+                for op in ("INSERT", "UPDATE"):
+                    c.execute(
+                        f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON meta "
+                        "BEGIN SELECT RAISE(ABORT, 'disk is full (as a test says)'); END"
+                    )
+            name = 'alerter_cycles_total{kind="unknown",outcome="store_error"}'
+            for _ in range(100):
+                status, body = await svc.get("/readyz")
+                if status == 503 and (_metric((await svc.get("/metrics"))[1], name) or 0) >= 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 503, body
+            assert "state store" in orjson.loads(body)["reason"] and "disk is full" in orjson.loads(body)["reason"]
+        finally:
+            assert await svc.stop() == 0
+
+
+async def test_sighup_while_the_service_starts_does_not_kill_it(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1h"),
+            rules_yaml("http://127.0.0.1:1/hook"),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "alerter", "run", "-c", str(cfg), stderr=asyncio.subprocess.PIPE
+        )
+        assert proc.stderr is not None
+        await asyncio.sleep(0.3)  # importing, opening the store
+        proc.send_signal(signal.SIGHUP)
+        started = False
+        try:
+            async with asyncio.timeout(30):
+                async for line in proc.stderr:
+                    if b'"service_started"' in line:
+                        started = True
+                        break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+        assert started and code == 0, code
+
+
+async def test_a_state_command_pointed_at_no_state_fails_and_makes_none(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path, config_yaml("http://127.0.0.1:1", f"sqlite:///{tmp_path}/typo.db"), rules_yaml("http://127.0.0.1:1/h")
+    )
+    result = await alerter("silence", "add", "-c", str(cfg), "action_type=IS_AUTHORIZED", "--reason", "x")
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"alerter: no state file at {tmp_path}/typo.db: check state.url (a relative path is read from the "
+        "working directory) or start `alerter run` (or `alerter once`) first"
+    ], result.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+async def test_a_scrape_during_the_gauges_refresh_sees_the_open_obligations(tmp_path: Path) -> None:
+    async with SimServer(Portfolio(20, action_rate=0.5, seed=5), api_key=API_KEY) as sim:
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml("http://x/h"))
+        async with running(load(cfg)) as svc:
+            await svc.run_cycle(flush_all=True)
+            await svc.refresh_gauges()
+            series = [line for line in svc.metrics.render().decode().splitlines() if "open_obligations{" in line]
+            assert series
+            counted = svc.store.count_open
+            asked, answer = asyncio.Event(), asyncio.Event()
+
+            async def slow() -> Any:  # the count waits behind a poll's commit
+                asked.set()
+                await answer.wait()
+                return await counted()
+
+            svc.store.count_open = slow  # type: ignore[method-assign]
+            refresh = asyncio.create_task(svc.refresh_gauges())
+            await asyncio.wait_for(asked.wait(), 5)
+            during = [line for line in svc.metrics.render().decode().splitlines() if "open_obligations{" in line]
+            answer.set()
+            await refresh
+    assert during == series
