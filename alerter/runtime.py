@@ -97,6 +97,13 @@ class Runtime:
         if svc.push is not None:
             svc.push.mount(app)  # Leap's webhooks in
         runner, self.port = await start_server(app, svc.config.http.listen)  # a busy port fails before the store opens
+        # before the store opens (migrations can take seconds): a SIGTERM meanwhile stops the
+        # service once it has started, and a SIGHUP reloads it then
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        reload_asked = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
         try:
             await svc.start()
             push = await svc.push.start() if svc.push is not None else None
@@ -104,6 +111,9 @@ class Runtime:
         except BaseException:
             await runner.cleanup()
             raise
+        loop.add_signal_handler(signal.SIGHUP, svc.reload)
+        if reload_asked.is_set():
+            svc.reload()
         self.log.info(
             "service_started",
             listen=f"{svc.config.http.listen.rpartition(':')[0]}:{self.port}",
@@ -111,10 +121,6 @@ class Runtime:
             rules=len(svc.ruleset.rules),
             receivers=sorted(svc.notifiers),
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, svc.reload)
 
         scheduler = AsyncIOScheduler(timezone="UTC")
         opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

@@ -9,6 +9,8 @@ import asyncio
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-async def test_the_ready_gauge_follows_readiness_without_readyz_being_asked(tmp_path: Path) -> None:
-    async with SimServer(Portfolio(20, action_rate=0.0, seed=1), api_key=API_KEY) as sim:
+@asynccontextmanager
+async def _serving(tmp_path: Path, seed: int) -> AsyncIterator[tuple[SimServer, Service]]:
+    """`alerter run` on a 1 s poll against the simulator, after its first cycle; stopped with 0."""
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=seed), api_key=API_KEY) as sim:
         cfg = write_config(
             tmp_path,
             config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
@@ -40,69 +44,52 @@ async def test_the_ready_gauge_follows_readiness_without_readyz_being_asked(tmp_
         svc = await Service.start(str(cfg))
         try:
             await svc.wait_for_log("cycle_done")
-            assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 1.0
-            sim.faults.add("503", times=1000)  # Leap down: not ready after two intervals
-            for _ in range(100):
-                if _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0:
-                    break
-                await asyncio.sleep(0.1)
-            assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0
+            yield sim, svc
         finally:
             assert await svc.stop() == 0
+
+
+async def test_the_ready_gauge_follows_readiness_without_readyz_being_asked(tmp_path: Path) -> None:
+    async with _serving(tmp_path, 1) as (sim, svc):
+        assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 1.0
+        sim.faults.add("503", times=1000)  # Leap down: not ready after two intervals
+        for _ in range(100):
+            if _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0:
+                break
+            await asyncio.sleep(0.1)
+        assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0
 
 
 async def test_sigterm_lets_the_poll_in_flight_finish(tmp_path: Path) -> None:
-    async with SimServer(Portfolio(20, action_rate=0.0, seed=2), api_key=API_KEY) as sim:
-        cfg = write_config(
-            tmp_path,
-            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1s"),
-            rules_yaml("http://127.0.0.1:1/hook"),
-        )
-        svc = await Service.start(str(cfg))
-        try:
-            await svc.wait_for_log("cycle_done")
-            done = sum(e.get("event") == "cycle_done" for e in svc.logs)
-            sim.faults.add("slow", times=1, delay=2.0)
-            before = len(sim.requests)
-            for _ in range(100):  # the next poll's request is being answered, slowly
-                if len(sim.requests) > before:
-                    break
-                await asyncio.sleep(0.02)
-            svc.send(signal.SIGTERM)
-            assert await svc.stop() == 0
-        finally:
-            await svc.stop()
+    async with _serving(tmp_path, 2) as (sim, svc):
+        done = sum(e.get("event") == "cycle_done" for e in svc.logs)
+        sim.faults.add("slow", times=1, delay=2.0)
+        before = len(sim.requests)
+        for _ in range(100):  # the next poll's request is being answered, slowly
+            if len(sim.requests) > before:
+                break
+            await asyncio.sleep(0.02)
+        assert await svc.stop() == 0
     assert sum(e.get("event") == "cycle_done" for e in svc.logs) == done + 1, svc.logs[-8:]
     assert not any("CancelledError" in str(e) for e in svc.logs), [e for e in svc.logs if "Cancelled" in str(e)]
 
 
 async def test_a_failing_state_store_is_counted_and_named_by_readyz(tmp_path: Path) -> None:
-    async with SimServer(Portfolio(20, action_rate=0.0, seed=3), api_key=API_KEY) as sim:
-        db = tmp_path / "s.db"
-        cfg = write_config(
-            tmp_path,
-            config_yaml(sim.url, f"sqlite:///{db}", log_format="json", interval="1s"),
-            rules_yaml("http://127.0.0.1:1/hook"),
-        )
-        svc = await Service.start(str(cfg))
-        try:
-            await svc.wait_for_log("cycle_done")
-            with sqlite3.connect(db) as c:  # from now on the store refuses every cycle's writes
-                for op in ("INSERT", "UPDATE"):
-                    c.execute(
-                        f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON meta "
-                        "BEGIN SELECT RAISE(ABORT, 'disk is full (as a test says)'); END"
-                    )
-            name = 'alerter_cycles_total{kind="unknown",outcome="store_error"}'
-            for _ in range(100):
-                status, body = await svc.get("/readyz")
-                if status == 503 and (_metric((await svc.get("/metrics"))[1], name) or 0) >= 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert status == 503, body
-            assert "state store" in orjson.loads(body)["reason"] and "disk is full" in orjson.loads(body)["reason"]
-        finally:
-            assert await svc.stop() == 0
+    async with _serving(tmp_path, 3) as (_, svc):
+        with sqlite3.connect(tmp_path / "s.db") as c:  # from now on the store refuses every cycle's writes
+            for op in ("INSERT", "UPDATE"):
+                c.execute(
+                    f"CREATE TRIGGER refuse_{op.lower()} BEFORE {op} ON meta "
+                    "BEGIN SELECT RAISE(ABORT, 'disk is full (as a test says)'); END"
+                )
+        name = 'alerter_cycles_total{kind="unknown",outcome="store_error"}'
+        for _ in range(100):
+            status, body = await svc.get("/readyz")
+            if status == 503 and (_metric((await svc.get("/metrics"))[1], name) or 0) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 503, body
+        assert "state store" in orjson.loads(body)["reason"] and "disk is full" in orjson.loads(body)["reason"]
 
 
 async def test_sighup_while_the_service_starts_does_not_kill_it(tmp_path: Path) -> None:
