@@ -127,29 +127,38 @@ _FLAG_FILTERS = ("exclude_archived",)
 
 
 def _search_filters(filters: dict[str, Any]) -> dict[str, Any]:
-    """`source.filters` as Leap's search definition takes them, but for the fields alerter sets."""
+    """`source.filters` as Leap's search definition takes them, but for the fields alerter sets;
+    every filter's problem is said, in one message."""
     known = sorted([*_LIST_FILTERS, *_ONE_VALUE_FILTERS, *_TIME_FILTERS, *_FLAG_FILTERS])
+    problems: list[str] = []
+    unknown = False
     for name, value in filters.items():
         if name in _SET_BY_ALERTER:
-            raise ValueError(f"{name!r} cannot be a filter: {_SET_BY_ALERTER[name]}")
-        if name in _LIST_FILTERS:
+            problems.append(f"{name!r} cannot be a filter: {_SET_BY_ALERTER[name]}")
+        elif name in _LIST_FILTERS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{name!r} takes a list of strings")
-            if len(value) > _LIST_FILTERS[name]:
-                raise ValueError(f"{name!r} takes at most {_LIST_FILTERS[name]} values, got {len(value)}")
+                problems.append(f"{name!r} takes a list of strings")
+            elif len(value) > _LIST_FILTERS[name]:
+                problems.append(f"{name!r} takes at most {_LIST_FILTERS[name]} values, got {len(value)}")
         elif name in _ONE_VALUE_FILTERS:
             if not isinstance(value, str):
-                raise ValueError(f"{name!r} takes one value (a string)")
+                problems.append(f"{name!r} takes one value (a string)")
         elif name in _TIME_FILTERS:
             when = value if isinstance(value, datetime) else _instant(value)
             if when is None or when.tzinfo is None:
-                raise ValueError(f"{name!r} takes an instant with its offset, such as 2024-11-01T00:00:00Z")
-            filters[name] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                problems.append(f"{name!r} takes an instant with its offset, such as 2024-11-01T00:00:00Z")
+            else:
+                filters[name] = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         elif name in _FLAG_FILTERS:
             if not isinstance(value, bool):
-                raise ValueError(f"{name!r} takes true or false")
+                problems.append(f"{name!r} takes true or false")
         else:
-            raise ValueError(f"unknown filter {name!r}; Leap's search takes {', '.join(known)}")
+            problems.append(f"unknown filter {name!r}")
+            unknown = True
+    if unknown:
+        problems.append(f"Leap's search takes {', '.join(known)}")
+    if problems:
+        raise ValueError("; ".join(problems))
     return filters
 
 

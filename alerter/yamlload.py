@@ -87,10 +87,15 @@ def load_yaml(path: str | Path, *, display: str | None = None, env: Mapping[str,
     """
     name = display if display is not None else str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError([f"{name}: cannot read: {reason}"]) from None
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError([f"{name}: cannot read: {err.strerror or err}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        before = raw[: err.start].decode("utf-8", "replace")
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        raise ConfigError([f"{name}:{line}:{col}: not UTF-8 text (save the file as UTF-8)"]) from None
     return parse_yaml(text, name, env=env)
 
 
@@ -259,6 +264,7 @@ def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = (
     """
     out: list[str] = []
     seen: set[Any] = set()
+    placed: list[tuple[tuple[Any, ...], str, bool]] = []  # (loc, problem, a type this value is not)
     for e in err.errors():
         loc, kind = _resolve((*prefix, *e["loc"]), doc.data, e["type"])
         if doc.is_bad(loc):
@@ -278,10 +284,18 @@ def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = (
                 msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
             problem = doc.problem(loc, f"{dotted(loc)}: {msg}" if loc else msg, key=empty)
             once = loc  # a union reports once per member: keep the first message per node
+            placed.append((tuple(loc), problem, str(e["type"]).endswith("_type")))
         if once not in seen:
             seen.add(once)
             out.append(problem)
-    return out
+    # a union member whose type the value is not (`secret: str | list[str]` given a list) is
+    # beside the problem the matching member found inside it: that one alone is said
+    beside = {
+        problem
+        for loc, problem, mismatch in placed
+        if mismatch and any(len(other) > len(loc) and other[: len(loc)] == loc for other, _, _ in placed)
+    }
+    return [p for p in out if p not in beside]
 
 
 _SHAPES = {

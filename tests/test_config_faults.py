@@ -20,7 +20,7 @@ SECRET = "S3CRETvalue77"
 
 
 def _line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+    return next(i for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if text in line)
 
 
 async def _check(cfg: Path) -> str:
@@ -141,3 +141,24 @@ async def test_messages_say_what_to_write_without_the_value(tmp_path: Path) -> N
     rules_file = tmp_path / "rules.yaml"
     assert f"{rules_file}:{_line_of(rules_file, 'before_deadline')}:" in stderr
     assert "before_deadline: expected a list, got a string" in stderr, stderr
+
+
+async def test_every_problem_once_at_its_place(tmp_path: Path) -> None:
+    config = config_yaml("http://127.0.0.1:1", "sqlite:///s.db").replace(
+        "  max_retries: 2\n", "  max_retries: 2\n  filters: {region: X, tags: vip, exclude_archived: true}\n"
+    )
+    rules = rules_yaml("http://127.0.0.1:1/hook").replace(
+        "      secret: whsec_", "      secret:\n        - 5\n        - whsec_"
+    )
+    cfg = write_config(tmp_path, config, rules)
+    stderr = await _check(cfg)
+    # both filters' problems, where the first stopped the check
+    assert "source.filters: unknown filter 'region'; 'tags' takes a list of strings; Leap's search takes" in stderr
+    # the list's bad item alone, not also "should be a valid string" for the list
+    rules_file = tmp_path / "rules.yaml"
+    assert stderr.count("webhook.secret") == 1 and f"{rules_file}:{_line_of(rules_file, '- 5')}:" in stderr, stderr
+    # a file that is not UTF-8: where
+    rules_file.write_bytes(rules_file.read_bytes().replace(b"name: everything", b"name: caf\xe9"))
+    stderr = await _check(cfg)
+    line = next(i for i, text in enumerate(rules_file.read_bytes().splitlines(), 1) if b"name: caf" in text)
+    assert f"{rules_file}:{line}:14: not UTF-8 text (save the file as UTF-8)" in stderr, stderr
