@@ -94,10 +94,12 @@ def render(n: Notification, config: Config, now: datetime) -> str:
     channel = receiver.channel if receiver else "console"
     if receiver is not None and receiver.slack is not None:
         msg = render_slack(n, receiver.slack, now)
-        return f"text: {msg.text}\nblocks: {orjson.dumps(msg.blocks).decode()}"
+        failed = f"template failed ({msg.template_error}); the built-in message:\n" if msg.template_error else ""
+        return f"{failed}text: {msg.text}\nblocks: {orjson.dumps(msg.blocks).decode()}"
     if receiver is not None and receiver.email is not None:
         mail = render_email(n, receiver.email, now)
-        return f"Subject: {mail.subject}\n\n{mail.text}"
+        failed = f"template failed ({mail.template_error}); the built-in mail:\n" if mail.template_error else ""
+        return f"{failed}Subject: {mail.subject}\n\n{mail.text}"
     if channel == "webhook":
         return orjson.dumps(webhook_body(n, now), option=orjson.OPT_INDENT_2).decode()
     return summary(n, now)

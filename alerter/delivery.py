@@ -354,6 +354,8 @@ class Deliverer:
                     n, lambda kid: self.store.get_thread(d.receiver, kid), now, Steps(d.steps, save)
                 )
             except DeliveryError as e:
+                for key_id, external_id in e.threads.items():  # some recipients have it: replies thread under it
+                    await self.store.set_thread(d.receiver, key_id, external_id)
                 await self._failed(d, notifier.channel, e, now, stats, outcomes)
                 return
             except Exception as e:  # a bug or an unclassified library error: retry, but say what it was

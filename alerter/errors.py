@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class AlerterError(Exception):
     """Base class; `str(err)` is one line fit for stderr and never carries a secret."""
@@ -35,7 +37,17 @@ class FencedError(StoreError):
 class DeliveryError(AlerterError):
     """A notification could not be delivered; `retryable` says whether to try again."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        threads: Mapping[str, str] | None = None,
+    ) -> None:
         self.retryable = retryable
         self.retry_after = retry_after
+        self.threads: Mapping[str, str] = threads or {}
+        """Thread roots some recipients have though the notification failed (a mail taken by
+        some addresses): obligation key id -> external id, kept for the replies that follow."""
         super().__init__(message)

@@ -109,6 +109,24 @@ def compile_template(source: str, html: bool = False) -> Template:
     return (_HTML_ENV if html else _TEXT_ENV).from_string(source)
 
 
+def render_custom(source: str, ctx: dict[str, Any], html: bool = False, *, strict: bool = False) -> str | Exception:
+    """A per-receiver template rendered for one notification, or the error it raised on this
+    notification's data (`alerter check` renders it on sample data only): the caller sends the
+    built-in rendering instead, and says so, rather than retrying one that fails every time.
+    `strict` (the check itself) raises instead."""
+    try:
+        return compile_template(source, html).render(ctx)
+    except Exception as err:  # whatever the template's code raised on these values
+        if strict:
+            raise
+        return err
+
+
+def template_error(err: Exception) -> str:
+    """How a failed template is named in the log (`template_failed`)."""
+    return f"{type(err).__name__}: {err}"[:300]
+
+
 def validate_template(source: str | None, html: bool = False) -> str | None:
     """For config validators: a syntax error becomes a ValueError naming the template line."""
     if source is not None:

@@ -143,6 +143,23 @@ async def test_an_address_refused_for_now_is_sent_the_mail_alone_on_the_retry(st
     assert dead.last_error is not None and "recipients refused (550), 1 of 3 for good; 2 took it" in dead.last_error
 
 
+async def test_a_mail_some_addresses_took_is_the_thread_of_its_replies_though_it_failed(store: Store) -> None:
+    from email import message_from_bytes
+
+    async with smtp_server() as smtp:
+        smtp.refuse = {"gone@example.com": deque(["550 5.1.1 no such user"])}
+        to = ["ops@example.com", "gone@example.com"]
+        cfg = EmailConfig.model_validate({"to": to, "from": "b@x", "smtp": {"host": smtp.host, "port": smtp.port}})
+        worker = Deliverer(store, {"mail": EmailNotifier("mail", cfg)}, "w1")
+        await enqueue(store, notification("n1", [event(1)], receiver="mail"))
+        assert (await worker.run_once(T0)).dead == {"mail": 1}  # one address refused it for good
+        await enqueue(store, notification("n2", [event(1, "resolved")], receiver="mail"))
+        assert (await worker.run_once(T0 + timedelta(minutes=1))).sent == {"mail": 1}
+    opening, resolution = (message_from_bytes(e.original_content or b"") for e in smtp.envelopes)
+    assert resolution["In-Reply-To"] == opening["Message-ID"]  # ops@ has the opening: the resolution answers it
+    assert opening["Message-ID"] in resolution["References"]
+
+
 class _Slow:
     """A channel that sends a notification as three messages, 0.4 s apart, another instance
     trying to claim it after each: its lease (1 s) would have run out during the last one."""

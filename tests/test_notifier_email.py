@@ -111,3 +111,22 @@ async def test_custom_templates_and_digest() -> None:
     assert msg["Subject"] == "4 things for r"
     body = msg.get_body("plain")
     assert body is not None and "By region:" in body.get_content()
+
+
+async def test_a_text_template_failing_on_one_meter_sends_the_built_in_text() -> None:
+    from structlog.testing import capture_logs
+
+    cfg = EmailConfig.model_validate(
+        {"to": ["team@example.com"], "from": "alerter@example.com", "smtp": {"host": "h"},
+         # fine on the samples `alerter check` renders it on; a reference of 8 characters divides by zero
+         "text_template": "{{ 100 // (events[0].label | length - 8) }}"}
+    )  # fmt: skip
+    async with smtp_server() as server:
+        cfg = cfg.model_copy(update={"smtp": cfg.smtp.model_copy(update={"port": server.port, "host": server.host})})
+        notifier = build_notifier("enrollment-team", email=cfg)
+        with capture_logs() as logs:
+            await notifier.send(notification("n-1", [event(1, partner_reference="ACME0001")]), no_threads, T0)
+    [mail] = server.messages
+    text = mail.get_body("plain")
+    assert text is not None and "ACME0001" in text.get_content()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["template_failed"]

@@ -242,3 +242,37 @@ async def test_custom_template_renders_text_and_blocks() -> None:
 def test_config_rejects_a_broken_template() -> None:
     with pytest.raises(ValueError, match="template syntax error"):
         SlackConfig.model_validate({"token": "t", "channel": "#c", "template": "{% if %}"})
+
+
+async def test_a_rate_limited_history_read_waits_its_retry_after() -> None:
+    async with fake_slack() as slack:
+        notifier = make(slack, max_wait="10s")
+        threads = Threads()
+        threads.roots.update((await notifier.send(notification("n1", [event(1)]), threads, T0)).threads)
+        slack.fail("ratelimited", method="conversations.history", times=2, retry_after=0.3)
+        await notifier.send(notification("n2", [event(1, "resolved")]), threads, T0)
+        await notifier.close()
+    reads = [c.at for c in slack.calls if c.method.startswith("conversations.history")]
+    assert len(reads) == 3 and reads[1] - reads[0] >= 0.29 and reads[2] - reads[1] >= 0.29, reads
+    assert len(slack.updates()) == 1
+
+
+async def test_a_custom_template_failing_on_one_meter_falls_back_to_the_built_in_message() -> None:
+    from structlog.testing import capture_logs
+
+    # fine on the samples `alerter check` renders it on; a reference of 8 characters divides by zero
+    template = "{{ 100 // (events[0].label | length - 8) }} {{ events[0].label }}"
+    async with fake_slack() as slack:
+        notifier = make(slack, template=template)
+        with capture_logs() as logs:
+            await notifier.send(notification("n1", [event(1, partner_reference="ACME0001")]), Threads(), T0)
+        await notifier.close()
+    [call] = slack.posted()
+    assert "ACME0001" in call.args["text"] and call.args["blocks"][0]["type"] == "header"
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["template_failed"]
+    # rendered on the samples, `alerter check` takes it; one that fails there is refused
+    from alerter.render.samples import check_templates
+
+    assert check_templates([("ops", notifier.config)]) == []
+    broken = make(slack, template="{{ 100 // (events[0].label | length - 9) }}")
+    assert check_templates([("ops", broken.config)]) != []

@@ -57,8 +57,25 @@ def test_slack_folds_beyond_fifty_blocks_and_caps_section_text() -> None:
     msg = render_slack(notification("n", events), None, T0)
     assert len(msg.blocks) == 50 and slack_blocks.limit_problems(msg.text, msg.blocks) == []
     assert msg.blocks[-1]["elements"][0]["text"].startswith("+73 more: ACME-0047")
-    assert len(msg.blocks[2]["text"]["text"]) == 3000
+    long_text = msg.blocks[2]["text"]["text"]  # the description is cut, the lines after it stay
+    assert len(long_text) <= 3000 and "x" * 1800 in long_text
+    assert long_text.endswith("Deadline 2026-12-01 10:00 UTC (in 3 days)"), long_text[-200:]
     assert msg.text.endswith(", ACME-0119") and "more" not in msg.text  # the text names each meter
+
+
+def test_a_description_of_control_characters_is_cut_between_entities() -> None:
+    long = replace(event(0).obligation, action_description="a&b<" * 2000)
+    text = render_slack(notification("n", [replace(event(0), obligation=long)]), None, T0).blocks[2]["text"]["text"]
+    description = text.splitlines()[1]
+    assert description.endswith(("&amp;b&lt;…", "a&amp;b…", "a&amp;…", "a…")), description[-30:]
+    assert "Deadline" in text and len(text) <= 3000
+
+
+def test_the_text_names_every_meter_escaped_within_its_limit() -> None:
+    events = [event(i, partner_reference=f"AT&T & Sons <site {i}> & Co") for i in range(1000)]
+    text = render_slack(notification("n", events), None, T0).text
+    assert len(text) <= 40_000 and text.endswith("more"), text[-80:]
+    assert "<" not in text.split(":", 1)[1] and "&lt;site 0&gt;" in text
 
 
 def test_slack_escapes_control_characters() -> None:
@@ -75,6 +92,19 @@ def test_resolved_marking_is_idempotent_and_falls_back_to_a_note() -> None:
     assert "_Resolved now_" in once[2]["text"]["text"]
     noted = slack_blocks.mark_resolved(once, {"unknown": "ACME-9"}, "now")
     assert noted[-1]["block_id"] == slack_blocks.RESOLVED_BLOCK and "ACME-9" in noted[-1]["elements"][0]["text"]
+
+
+def test_a_resolution_noted_on_a_full_message_keeps_its_more_list() -> None:
+    blocks = render_slack(notification("n", [event(i) for i in range(120)]), None, T0).blocks
+    assert len(blocks) == 50 and blocks[-1]["elements"][0]["text"].startswith("+73 more")
+    folded = event(100).obligation.key_id  # one of the "+73 more"
+    once = slack_blocks.mark_resolved(blocks, {folded: "ACME-0100"}, "now")
+    twice = slack_blocks.mark_resolved(once, {event(101).obligation.key_id: "ACME-0101"}, "later")
+    for marked in (once, twice):
+        assert len(marked) == 50 and slack_blocks.limit_problems("", marked) == []
+        texts = [e["text"] for e in marked[-1]["elements"]]
+        assert texts[0].startswith("+73 more") and texts[-1].startswith(":white_check_mark: Resolved: ACME-0100")
+    assert [e["text"] for e in twice[-1]["elements"]][-1].endswith("ACME-0100, ACME-0101")
 
 
 def test_email_subject_text_and_escaped_html() -> None:
@@ -103,14 +133,19 @@ def test_digest_counts_by_type_region_and_deadline() -> None:
     assert counts["by_region"] == {"CAISO": 3, "NYISO": 2}
     assert counts["by_deadline"] == {"overdue": 1, "within 7 days": 3, "within 30 days": 1}
     msg = render_slack(n, None, T0)
-    assert msg.text.startswith("Initial sync: 5 open actions on 5 meters. By action type: IS_AUTHORIZED 4")
+    assert msg.text.startswith(  # the text names each meter, the most urgent first
+        "Initial sync: 5 open actions on 5 meters: ACME-0000, ACME-0001, ACME-0002, ACME-0003, ACME-0009. "
+        "By action type: IS_AUTHORIZED 4"
+    )
     mail = render_email(n, None, T0)
     assert "By deadline:" in mail.text and "overdue: 1" in mail.text
 
 
 def test_a_digest_of_one_says_one_action_on_one_meter() -> None:
     n = notification("d", [event(1, initial=True)], kind="digest")
-    assert render_slack(n, None, T0).text.startswith("Initial sync: 1 open action on 1 meter. By action type")
+    assert render_slack(n, None, T0).text.startswith(
+        "Initial sync: 1 open action on 1 meter: ACME-0001. By action type"
+    )
     mail = render_email(n, None, T0)
     assert mail.subject.endswith("Initial sync: 1 open action on 1 meter")
     assert "1 open action on 1 meter." in mail.text and "1 open action on 1 meter." in mail.html

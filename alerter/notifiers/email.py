@@ -12,12 +12,15 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
+import structlog
 
 from alerter.errors import DeliveryError
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, Steps, ThreadLookup, scrub
 from alerter.receivers import EmailConfig
 from alerter.render.email import render_email
+
+log = structlog.get_logger("alerter.notifiers.email")
 
 
 def message_id(notification_id: str) -> str:
@@ -40,6 +43,8 @@ class EmailNotifier:
     async def build(self, n: Notification, threads: ThreadLookup, now: datetime) -> EmailMessage:
         cfg = self.config
         content = render_email(n, cfg, now)
+        if content.template_error:
+            log.warning("template_failed", receiver=self.receiver, notification_id=n.id, error=content.template_error)
         msg = EmailMessage()
         msg["Subject"] = content.subject
         msg["From"] = cfg.from_
@@ -114,8 +119,16 @@ class EmailNotifier:
             codes = sorted(set(later.values()))
             took = len(recipients) - len(refused)
             text = f"smtp {smtp.host}: recipients refused ({codes}), {len(later)} of {len(recipients)} for now"
-            raise DeliveryError(scrub(text + (f"; {took} took it" if took else ""), secrets), retryable=True)
+            raise DeliveryError(
+                scrub(text + (f"; {took} took it" if took else ""), secrets),
+                retryable=True,
+                threads=self._had(result, steps),
+            )
         return self._ended(result, steps)
+
+    def _had(self, result: SendResult, steps: Steps) -> dict[str, str]:
+        """The mail's thread roots when any address has it: its replies thread under it there."""
+        return result.threads if any(steps.get(f"to:{a}") is not None for a in self.recipients) else {}
 
     def _ended(self, result: SendResult, steps: Steps) -> SendResult:
         """Every address has taken the mail or refused it for good: the result, or a dead letter
@@ -127,4 +140,6 @@ class EmailNotifier:
         took = every - len(codes)
         refused = ", ".join(sorted(set(codes)))
         text = f"smtp {self.config.smtp.host}: recipients refused ({refused}), {len(codes)} of {every} for good"
-        raise DeliveryError(text + (f"; {took} took it" if took else ""), retryable=False)
+        raise DeliveryError(
+            text + (f"; {took} took it" if took else ""), retryable=False, threads=self._had(result, steps)
+        )

@@ -111,6 +111,8 @@ class SlackNotifier:
                     pacer.block(retry_after)
                     if retry_after <= max_wait and attempt < 3:
                         log.info("slack_rate_limited", receiver=self.receiver, retry_after=retry_after)
+                        if not paced:  # a paced call waits its turn above; this one waits here
+                            await asyncio.sleep(retry_after)
                         continue
                     raise Deferred(f"slack {method}: rate limited, retry after {retry_after:g}s", retry_after) from None
                 if code in PERMANENT:
@@ -131,6 +133,8 @@ class SlackNotifier:
         self, n: Notification, events: tuple[Event, ...], now: datetime, thread_ts: str | None = None
     ) -> str:
         msg = render_slack(msgspec.structs.replace(n, events=events), self.config, now)
+        if msg.template_error:
+            log.warning("template_failed", receiver=self.receiver, notification_id=n.id, error=msg.template_error)
         args: dict[str, Any] = {
             "channel": self.config.channel,
             "text": slack_blocks.cut(msg.text, slack_blocks.MESSAGE_TEXT),

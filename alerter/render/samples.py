@@ -43,11 +43,11 @@ def _check_one(name: str, cfg: SlackConfig | EmailConfig, samples: list[Notifica
     for n in samples:
         try:
             if isinstance(cfg, SlackConfig):
-                msg = render_slack(n, cfg, now)
+                msg = render_slack(n, cfg, now, strict=True)
                 for p in slack_blocks.limit_problems(msg.text, msg.blocks):
                     problems.append(f"receiver {name}: slack message for sample {n.id!r}: {p}")
             else:
-                render_email(n, cfg, now)
+                render_email(n, cfg, now, strict=True)
         except TemplateSyntaxError as e:
             problems.append(f"receiver {name}: {channel} template syntax error on line {e.lineno}: {e.message}")
         except TemplateError as e:

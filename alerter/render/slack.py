@@ -16,13 +16,17 @@ from alerter.render import slack_blocks
 class SlackMessage:
     text: str
     blocks: list[dict[str, Any]]
+    template_error: str | None = None
+    """The custom template failed on this notification; the built-in message was rendered instead."""
 
 
-def render_slack(n: Notification, cfg: SlackConfig | None, now: datetime) -> SlackMessage:
+def render_slack(n: Notification, cfg: SlackConfig | None, now: datetime, *, strict: bool = False) -> SlackMessage:
+    """`strict` as `render_email`'s."""
     ctx = templates.context(n, now, cfg.portal_url if cfg else templates.PORTAL_URL)
-    if cfg is not None and cfg.template:
-        text = templates.compile_template(cfg.template).render(ctx).strip()
+    custom = templates.render_custom(cfg.template, ctx, strict=strict) if cfg is not None and cfg.template else None
+    if isinstance(custom, str):
+        text = custom.strip()
         return SlackMessage(text, slack_blocks.text_blocks(ctx["title"], text))
     text = templates.builtin("slack_text.j2").render(ctx).strip()
     blocks = slack_blocks.digest_blocks(ctx) if n.kind == "digest" else slack_blocks.event_blocks(ctx)
-    return SlackMessage(text, blocks)
+    return SlackMessage(text, blocks, templates.template_error(custom) if custom is not None else None)

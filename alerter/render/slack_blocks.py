@@ -12,6 +12,7 @@ HEADER_TEXT = 150
 CONTEXT_TEXT = 3000
 MESSAGE_TEXT = 40000
 RESOLVED_BLOCK = "alerter-resolved"
+_RESOLVED = ":white_check_mark: Resolved: "
 
 Block = dict[str, Any]
 
@@ -50,15 +51,34 @@ def section(text: str, block_id: str | None = None) -> Block:
     return block
 
 
+def escape_within(text: str, limit: int) -> str:
+    """`escape(text)` in at most `limit` characters, cut between characters (never inside the
+    entity a character became) and marked `…`."""
+    escaped = escape(text)
+    if len(escaped) <= limit:
+        return escaped
+    size = 0
+    for i, ch in enumerate(text):
+        size += len(escape(ch))
+        if size > limit - 1:
+            return escape(text[:i]) + "…"
+    return escaped
+
+
+DESCRIPTION_TEXT = 1900
+"""A description's share of its event's section: the program and deadline lines after it stay."""
+
+
 def event_section(e: Mapping[str, Any], index: int) -> Block:
     lines = [
-        f"{_EMOJI.get(e['kind'], '')} *{escape(e['label'])}* · {e['verb']}",
-        f"*{escape(e['action_type'])}* `{escape(e['action_code'])}` {escape(e['action_description'])}",
-        f"Program {escape(e['program_identifier'])} · {escape(e['delivery_period'])}"
+        f"{_EMOJI.get(e['kind'], '')} *{escape_within(e['label'], 200)}* · {e['verb']}",
+        f"*{escape_within(e['action_type'], 100)}* `{escape_within(e['action_code'], 100)}` "
+        f"{escape_within(e['action_description'], DESCRIPTION_TEXT)}",
+        f"Program {escape_within(e['program_identifier'], 100)} · {escape_within(e['delivery_period'], 100)}"
         f" · Deadline {escape(e['deadline_text'])}",
     ]
     if e["changes"]:
-        lines.append("_Changed: " + escape("; ".join(e["changes"])) + "_")
+        lines.append("_Changed: " + escape_within("; ".join(e["changes"]), 300) + "_")
     block = section("\n".join(lines), f"ob-{e['key_id']}-{index}")
     block["accessory"] = {
         "type": "button",
@@ -154,11 +174,16 @@ def mark_resolved(blocks: Sequence[Block], resolved: Mapping[str, str], when: st
                 block["text"]["text"] = cut(f"{first}\n{rest}\n_Resolved {when}_", SECTION_TEXT)
                 unmatched.pop(kid, None)
     if unmatched:
-        prior = [b for b in out if b.get("block_id") == RESOLVED_BLOCK]
-        old = prior[0]["elements"][0]["text"] + ", " if prior else ":white_check_mark: Resolved: "
-        note = context(old + ", ".join(escape(x) for x in unmatched.values()), RESOLVED_BLOCK)
-        out = [b for b in out if b.get("block_id") != RESOLVED_BLOCK]
-        out = [*out[: MAX_BLOCKS - 1], note]
+        prior = next((b for b in out if b.get("block_id") == RESOLVED_BLOCK), None)
+        # the note's block may also hold the "+N more" list it was given room in (below)
+        beside = [e for e in prior["elements"] if not e["text"].startswith(_RESOLVED)] if prior else []
+        notes = [e["text"] for e in prior["elements"] if e["text"].startswith(_RESOLVED)] if prior else []
+        text = (notes[0] + ", " if notes else _RESOLVED) + ", ".join(escape(x) for x in unmatched.values())
+        note = {"type": "mrkdwn", "text": cut(text, CONTEXT_TEXT)}
+        out = [b for b in out if b is not prior]
+        if not beside and len(out) >= MAX_BLOCKS and out[-1].get("type") == "context":
+            beside = out.pop()["elements"]  # full: the note joins the last context (the "+N more" list)
+        out = [*out[: MAX_BLOCKS - 1], {"type": "context", "elements": [*beside, note], "block_id": RESOLVED_BLOCK}]
     return out
 
 
