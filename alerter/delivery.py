@@ -167,6 +167,11 @@ class ReceiverHealth:
         self.last_error = error
 
 
+WAIT_BEHIND = timedelta(seconds=1)
+"""A notification waiting behind an earlier one about the same obligation is due again this
+long after that one's next attempt (`_in_order`)."""
+
+
 class Deliverer:
     def __init__(
         self,
@@ -246,12 +251,52 @@ class Deliverer:
         stats = DeliveryStats()
         stats.claimed = len(rows)
         if rows:
+            rows = await self._in_order(rows, now)
             outcomes = _Outcomes(self.store)
             try:
                 await asyncio.gather(*(self._deliver(d, now, stats, outcomes) for d in rows))
             finally:
                 await outcomes.close()
         return stats
+
+    async def _in_order(self, rows: list[Delivery], now: datetime) -> list[Delivery]:
+        """The rows that may go now. To one receiver, what is said about an obligation goes out in
+        the order it was made: a notification waits (put back, no attempt counted) while one made
+        before it about the same obligation is still to be sent, in this claim or in a backoff
+        after a failure; a resolution never overtakes its opening (a Slack message would show
+        as open an action already resolved). Asked of the store only for notifications holding
+        changes, reminders or resolutions, and only when something made before them waits."""
+        go: list[Delivery] = []
+        by_receiver: dict[str, list[Delivery]] = {}
+        for d in rows:
+            by_receiver.setdefault(d.receiver, []).append(d)
+        for receiver, mine in by_receiver.items():
+            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id))
+            follow = [d for d in mine if any(e.kind != "opened" for e in d.notification.events)]
+            ids = [d.notification.id for d in mine]
+            outside = bool(follow) and await self.store.pending_before(
+                receiver, max(d.notification.created_at for d in follow), ids
+            )
+            earlier: dict[str, str] = {}  # key id -> the first notification of this claim about it
+            for d in mine:
+                n = d.notification
+                keys = {e.obligation.key_id for e in n.events}
+                ahead = next((earlier[k] for k in keys if k in earlier), None)
+                until = now + WAIT_BEHIND
+                if ahead is None and outside and d in follow:
+                    after = [(e.obligation.meter_id, e.obligation.key_id) for e in n.events if e.kind != "opened"]
+                    found = await self.store.waits_for(receiver, n.id, n.created_at, after)
+                    if found is not None:
+                        ahead, until = found[0], max(found[1], now) + WAIT_BEHIND
+                for k in keys:
+                    earlier.setdefault(k, n.id)
+                if ahead is None:
+                    go.append(d)
+                    continue
+                note = f"waits for notification {ahead}, made before it about the same obligation"
+                await self.store.defer_delivery(n.id, receiver, until, note)
+                log.info("delivery_waits", receiver=receiver, notification_id=n.id, behind=ahead, until=str(until))
+        return go
 
     async def drain(
         self, deadline_s: float, clock: Callable[[], datetime] = utcnow, poll_interval: float = 0.5

@@ -38,7 +38,9 @@ def now() -> datetime:
 
 
 def note(nid: str, receiver: str) -> Notification:
-    return notification(nid, [event(1)], receiver=receiver, created_at=now())
+    """A notification about an obligation of its own (notifications about one obligation go out
+    one after another: `Deliverer._in_order`)."""
+    return notification(nid, [event(sum(map(ord, nid)))], receiver=receiver, created_at=now())
 
 
 def hook_notifier(hook: WebhookCollector, name: str, timeout: str = "15s") -> WebhookNotifier:

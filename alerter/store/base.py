@@ -324,6 +324,20 @@ class LedgerStore(Protocol):
         with `lease` (owner, until), the row's lease runs to `until` if that owner still holds it:
         a notification of many messages outlasts one lease."""
 
+    async def pending_before(self, receiver: str, created_before: datetime, other_than: Sequence[str]) -> bool:
+        """Whether a notification made before `created_before` waits for `receiver` (pending),
+        other than these: one the later ones about the same obligations must not overtake."""
+
+    async def waits_for(
+        self, receiver: str, notification_id: str, created_at: datetime, obligations: Sequence[tuple[str, str]]
+    ) -> tuple[str, datetime] | None:
+        """A pending notification to `receiver` made before this one (`created_at`) about one of
+        these obligations ((meter id, key id) each): its id and next attempt, the latest such."""
+
+    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str) -> None:
+        """A claimed row put back, due at `until`, its lease released and no attempt counted
+        (`note` is its last_error: what it waits for)."""
+
     async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
         """Extend a pending row's lease to `until` if `owner` still holds it; False when another
         instance has claimed it since (a row that waited behind others for longer than its lease)."""

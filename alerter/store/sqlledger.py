@@ -148,6 +148,48 @@ class LedgerSql(SqlHooks, LedgerStore):
             args = (rows.dumps(dict(steps)), owner, None if until is None else self._ts(until))
             await tx.execute(sql, notification_id, receiver, *args)
 
+    async def pending_before(self, receiver: str, created_before: datetime, other_than: Sequence[str]) -> bool:
+        sql = (
+            "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN notifications n ON n.id = d.notification_id "
+            "WHERE d.receiver = $1 AND d.status = 'pending' AND n.created_at < $2 "
+            f"AND NOT d.notification_id {self._in(3)})"
+        )
+        async with self._read() as tx:
+            return bool(await tx.fetchval(sql, receiver, self._ts(created_before), self._ids(other_than)))
+
+    async def waits_for(
+        self, receiver: str, notification_id: str, created_at: datetime, obligations: Sequence[tuple[str, str]]
+    ) -> tuple[str, datetime] | None:
+        if not obligations:
+            return None
+        sql = (
+            "SELECT d.notification_id, d.next_attempt_at FROM events e "
+            "JOIN notification_events l ON l.event_id = e.id "
+            "JOIN deliveries d ON d.notification_id = l.notification_id "
+            "JOIN notifications n ON n.id = d.notification_id "
+            f"WHERE e.meter_id {self._in(1)} AND e.key_id {self._in(2)} AND d.receiver = $3 "
+            "AND d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
+            "ORDER BY d.next_attempt_at DESC LIMIT 1"
+        )
+        meters, keys = sorted({m for m, _ in obligations}), sorted({k for _, k in obligations})
+        async with self._read() as tx:
+            found = await tx.fetch(
+                sql, self._ids(meters), self._ids(keys), receiver, notification_id, self._ts(created_at)
+            )
+        if not found:
+            return None
+        at = rows.read_ts(found[0]["next_attempt_at"])
+        assert at is not None
+        return str(found[0]["notification_id"]), at
+
+    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str) -> None:
+        sql = (
+            "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL "
+            "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
+        )
+        async with self._write() as tx:
+            await tx.execute(sql, notification_id, receiver, self._ts(until), note)
+
     async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
         sql = (
             "UPDATE deliveries SET lease_until = $4 "
