@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from msgspec.structs import replace
 from pydantic import ValidationError
 
 from alerter.config import Config, load_config
@@ -105,17 +106,32 @@ def render(n: Notification, config: Config, now: datetime) -> str:
     return summary(n, now)
 
 
+def _as_opened(ev: Event) -> Event:
+    """The opening of an event's obligation, as it was routed when it opened."""
+    if ev.kind == "opened":
+        return ev
+    ob = replace(ev.obligation, status="open", resolution=None, resolved_at=None)
+    return Event(id=f"{ev.id}-opening", kind="opened", occurred_at=ob.opened_at, obligation=ob)
+
+
 def rules_test(config_path: str, before: str, after: str, at: datetime | None) -> int:
     config = load_config(config_path)
     now = at or datetime.now(UTC)
     events = snapshot_events(_snapshot(before), _snapshot(after), now)
     router = Router(config.ruleset)
+    # Resolutions go only to receivers told of the opening, as the service sends them: here,
+    # those the opening would have been routed to (the service's record of it is not at hand)
+    told = {ev.obligation.key_id: {t.receiver for t in router.route(_as_opened(ev), now)} for ev in events}
     print(f"{len(events)} event(s)")
     for ev in events:
         ob = ev.obligation
         matched = router.route(ev, now)
-        # a resolution goes out only where the rule says send_resolved
-        targets = [t for t in matched if t.rule.send_resolved] if ev.kind == "resolved" else matched
+        # a resolution goes out only where the rule says send_resolved, to a receiver told of the opening
+        targets = (
+            [t for t in matched if t.rule.send_resolved and t.receiver in told[ob.key_id]]
+            if ev.kind == "resolved"
+            else matched
+        )
         detail = f" ({ev.detail})" if ev.detail else ""
         label = ob.meter.partner_reference or ob.meter_id
         print(
@@ -124,14 +140,12 @@ def rules_test(config_path: str, before: str, after: str, at: datetime | None) -
         )
         if not targets:
             print(
-                "    no rule with send_resolved matches: not notified"
+                "    no rule with send_resolved matches a receiver told of the opening: not notified"
                 if matched
                 else "    no rule matches: not notified"
             )
         for t in targets:
             print(f"    rule {t.rule.name} -> receiver {t.receiver}")
-    # Resolutions go to receivers told of the opening: in this offline run, every routed receiver.
-    told = {ev.obligation.key_id: {t.receiver for t in router.route(ev, now)} for ev in events}
     write = plan(events, router, {}, told, (), now)
     book = GroupBook()
     book.apply(write)

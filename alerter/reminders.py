@@ -4,9 +4,10 @@ How this works: a RemindPolicy says when to remind — every `every` since the o
 opened (detail `every:N`, N whole periods), when less than a `before_deadline` threshold
 is left (detail `before:7d`), and once overdue (detail `overdue`). `reminders_due` returns
 only the latest `every:N`, only the tightest threshold crossed (none once overdue) and
-`overdue`. Event ids come from `models.event_id(key, "reminder", version, detail)`, so
-evaluating again yields the same ids, which the store ignores: each threshold fires once
-per obligation version, durably, and a new version (a changed deadline) fires anew.
+`overdue`. Event ids come from what each reminder is about (`reminder_id`): the obligation's
+key and opening, and for a deadline's reminders the deadline; so evaluating again yields the
+same ids, which the store ignores: each fires once per opening of the obligation, durably, a
+moved deadline fires its thresholds anew, and a changed description fires nothing again.
 A threshold already crossed when the obligation opened does not fire: the opening (or the
 initial-sync digest) already said how close the deadline is.
 """
@@ -31,6 +32,7 @@ class RemindPolicy(BaseModel):
     every: Duration | None = None
     before_deadline: tuple[Duration, ...] = Field(default=())
     overdue: bool = True
+    """Once the deadline has passed: on unless a policy sets it `false`."""
 
     @field_validator("every")
     @classmethod
@@ -115,7 +117,7 @@ def reminders_due(
                 due.append((f"before:{format_duration(tightest)}", at))
     return [
         Event(
-            id=event_id(obligation.key, "reminder", obligation.version, detail),
+            id=reminder_id(obligation, detail),
             kind="reminder",
             occurred_at=at,
             obligation=obligation,
@@ -123,6 +125,22 @@ def reminders_due(
         )
         for detail, at in due
     ]
+
+
+def reminder_id(obligation: Obligation, detail: str) -> str:
+    """A reminder's event id: its obligation's key and opening (an obligation opened again is
+    reminded anew), and for `before:*` and `overdue` its deadline (a moved deadline fires its
+    thresholds anew); not its version, which a changed description moves too."""
+    about = obligation.opened_at.isoformat()
+    if not detail.startswith("every:"):
+        about += f"|{obligation.deadline.isoformat() if obligation.deadline else '-'}"
+    return event_id(obligation.key, "reminder", 0, f"{detail}|{about}")
+
+
+def legacy_reminder_id(reminder: Event) -> str:
+    """The id versions before this one gave the same reminder (with the obligation's version):
+    one sent under it is not sent again (`cycle.remind`)."""
+    return event_id(reminder.obligation.key, "reminder", reminder.obligation.version, reminder.detail)
 
 
 def next_reminder_at(obligation: Obligation, policy: RemindPolicy, now: datetime) -> datetime | None:

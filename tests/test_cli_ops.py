@@ -133,8 +133,19 @@ async def test_rules_test_prints_events_rules_and_messages(tmp_path: Path) -> No
     )
     resolved = await alerter("rules", "test", "-c", cfg, "--before", str(after), "--after", str(before))
     assert "resolved (cleared): meter site-7" in resolved.stdout, resolved.stdout
-    assert "no rule with send_resolved matches: not notified" in resolved.stdout
+    assert "no rule with send_resolved matches a receiver told of the opening: not notified" in resolved.stdout
     assert "-> receiver crm" not in resolved.stdout and "0 notification(s)" in resolved.stdout
+    # a resolution goes only to receivers the opening went to, as the service sends it: here the
+    # opening goes to crm (rule new-actions), the resolution would match crm2 alone (everything)
+    (tmp_path / "rules.yaml").write_text(
+        "receivers:\n  - {name: crm, console: {}}\n  - {name: crm2, console: {}}\n"
+        "rules:\n  - {name: new-actions, match: {event: opened}, receivers: [crm]}\n"
+        "  - {name: everything, receivers: [crm2]}\n"
+    )
+    told = await alerter("rules", "test", "-c", cfg, "--before", str(after), "--after", str(before))
+    assert told.code == 0, told.stderr
+    assert "receiver told of the opening: not notified" in told.stdout and "-> receiver crm2" not in told.stdout
+    assert "0 notification(s)" in told.stdout, told.stdout
     after.write_text('{"meters": [{"partner_reference": "no id"}]}')
     bad = await alerter("rules", "test", "-c", cfg, "--before", str(before), "--after", str(after))
     assert bad.code == 2 and "meter_id" in bad.stderr

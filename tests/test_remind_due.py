@@ -8,10 +8,20 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
+
 from alerter.service import Service
 from alerter.sim import Portfolio, SimServer
 from tests.support.channels import webhook_collector
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
+
+
+def reminders(service: Service) -> float:
+    """The reminder events made so far (`alerter_events_total{type="reminder"}`)."""
+    for line in service.metrics.render().decode().splitlines():
+        if line.startswith('alerter_events_total{type="reminder"}'):
+            return float(line.rpartition(" ")[2])
+    return 0.0
 
 
 @asynccontextmanager
@@ -69,3 +79,37 @@ async def test_a_new_obligation_is_written_with_its_first_reminder_time(tmp_path
         assert [o.meter_id for o in await store.reminder_candidates(t1)] == [meters[0]]  # changed: looked at
         assert await service._remind(t1) == 0
         assert await store.reminder_candidates(t1 + timedelta(minutes=1)) == []
+
+
+async def test_a_reworded_action_is_not_reminded_again_of_what_it_was_told(tmp_path: Path) -> None:
+    """A reminder's id is its obligation's opening (and deadline), not its version: Leap changing
+    the description moves the version, and the reminders already sent are not sent again."""
+    async with with_actions(tmp_path, 2, "{every: 1h}") as (p, meters, service):
+        t0 = service.clock()
+        await service.run_cycle(t0, flush_all=True)
+        assert await service._remind(t0 + timedelta(hours=1, seconds=1)) == 2  # every:1 each
+        p.change_action(meters[0], "AUTH_0001", description="Reworded by Leap")
+        report = await service.run_cycle(t0 + timedelta(hours=1, minutes=1), flush_all=True)  # and its reminders
+        assert report is not None and dict(report.events) == {"changed": 1}
+        assert reminders(service) == 2  # not every:1 again
+        assert await service._remind(t0 + timedelta(hours=1, minutes=2)) == 0
+        assert await service._remind(t0 + timedelta(hours=2, seconds=2)) == 2  # every:2, once each
+
+
+async def test_a_reminder_an_earlier_version_sent_is_not_sent_again(tmp_path: Path) -> None:
+    """Versions before this one gave a reminder an id with the obligation's version in it: one
+    already stored under that id counts as sent, though new rules look at every obligation."""
+    from alerter.models import event_id
+    from alerter.reminders import reminders_due
+    from alerter.routes import Router
+
+    async with with_actions(tmp_path, 3, "{every: 1h}") as (_, meters, service):
+        t0 = service.clock()
+        await service.run_cycle(t0, flush_all=True)
+        at = t0 + timedelta(hours=1, seconds=1)
+        store = service.store
+        [old] = [o for o in await store.reminder_candidates(at) if o.meter_id == meters[0]]
+        [due] = reminders_due(old, Router(service.ruleset).remind_policy(old, at), at)
+        legacy = msgspec.structs.replace(due, id=event_id(old.key, "reminder", old.version, due.detail))
+        await store.commit_page((), [legacy])  # as an earlier version wrote it
+        assert await service._remind(at) == 2  # the two others

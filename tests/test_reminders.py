@@ -7,8 +7,14 @@ from datetime import datetime, timedelta
 import pytest
 from msgspec.structs import replace
 
-from alerter.models import event_id
-from alerter.reminders import NO_REMINDERS, RemindPolicy, merge_policies, next_reminder_at, reminders_due
+from alerter.reminders import (
+    NO_REMINDERS,
+    RemindPolicy,
+    merge_policies,
+    next_reminder_at,
+    reminder_id,
+    reminders_due,
+)
 from tests.test_rules import NOW, make_event
 
 D = timedelta(days=1)
@@ -70,15 +76,23 @@ def test_event_ids_are_deterministic_so_the_store_keeps_each_threshold_once() ->
     o = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
     first = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW)
     later = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW + 6 * H)  # still 2d..1d
-    assert [e.id for e in first] == [e.id for e in later] == [event_id(o.key, "reminder", 1, "before:2d")]
+    assert [e.id for e in first] == [e.id for e in later] == [reminder_id(o, "before:2d")]
     assert first[0].occurred_at == NOW + 36 * H - 2 * D  # when the threshold was crossed, not when computed
     assert first[0].kind == "reminder" and first[0].obligation == o
 
 
-def test_a_new_version_fires_again() -> None:
+def test_a_moved_deadline_or_a_new_opening_fires_again_a_changed_description_does_not() -> None:
     v1 = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
-    v2 = replace(v1, version=2)
-    assert reminders_due(v1, POLICY, NOW)[0].id != reminders_due(v2, POLICY, NOW)[0].id
+    policy = RemindPolicy(every=D, before_deadline=(2 * D,))
+    ids = {e.detail: e.id for e in reminders_due(v1, policy, NOW)}
+    assert set(ids) == {"every:3", "before:2d"}
+    reworded = replace(v1, version=2, action_description="Reworded by Leap")
+    assert {e.detail: e.id for e in reminders_due(reworded, policy, NOW)} == ids
+    moved = replace(v1, version=2, deadline=NOW + 40 * H)
+    again = {e.detail: e.id for e in reminders_due(moved, policy, NOW)}
+    assert again["every:3"] == ids["every:3"] and again["before:2d"] != ids["before:2d"]
+    reopened = replace(v1, version=3, opened_at=NOW - 3 * D + H)
+    assert not set(ids.values()) & {e.id for e in reminders_due(reopened, policy, NOW)}
 
 
 def test_resolved_obligations_get_no_reminders() -> None:
