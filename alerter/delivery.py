@@ -250,11 +250,12 @@ class Deliverer:
         """Sends claimed rows concurrently and records every outcome."""
         stats = DeliveryStats()
         stats.claimed = len(rows)
+        claimed = time.monotonic()
         if rows:
             rows = await self._in_order(rows, now)
             outcomes = _Outcomes(self.store)
             try:
-                await asyncio.gather(*(self._deliver(d, now, stats, outcomes) for d in rows))
+                await asyncio.gather(*(self._deliver(d, now, stats, outcomes, claimed) for d in rows))
             finally:
                 await outcomes.close()
         return stats
@@ -353,7 +354,10 @@ class Deliverer:
             except Exception as err:  # a missed beat only lets others take over sooner
                 log.warning("heartbeat_failed", error=str(err))
 
-    async def _deliver(self, d: Delivery, now: datetime, stats: DeliveryStats, outcomes: _Outcomes) -> None:
+    async def _deliver(
+        self, d: Delivery, now: datetime, stats: DeliveryStats, outcomes: _Outcomes, claimed: float
+    ) -> None:
+        """One row; `claimed` is when it was claimed (`time.monotonic()`)."""
         n = d.notification
         for why in d.unreadable:  # left out: the rest is sent
             log.error("stored_part_unreadable", receiver=d.receiver, notification_id=n.id, error=why)
@@ -388,12 +392,15 @@ class Deliverer:
             await self.store.set_delivery_steps(n.id, d.receiver, done, (self.owner, lease_from_now()))
 
         async with gate:
-            # queued behind others for a third of its lease: renewed, unless another instance has
-            # claimed it since (that one sends it)
-            waited = time.monotonic() - started > self.lease_seconds / 3
-            if waited and not await self.store.renew_lease(n.id, d.receiver, self.owner, lease_from_now()):
-                log.info("delivery_lease_lost", receiver=d.receiver, notification_id=n.id)
-                return
+            # claimed a while ago (queued behind others, or this process was paused): renewed,
+            # with this instance's heartbeat, unless another instance has claimed it since, as it
+            # may once the lease or the heartbeat (`instance_timeout`) is out (that one sends it)
+            waited = time.monotonic() - claimed
+            if waited > min(self.lease_seconds, self.instance_timeout) / 3:
+                seen = now + timedelta(seconds=time.monotonic() - started)
+                if not await self.store.renew_lease(n.id, d.receiver, self.owner, lease_from_now(), seen):
+                    log.info("delivery_lease_lost", receiver=d.receiver, notification_id=n.id, waited=round(waited, 1))
+                    return
             try:
                 result = await notifier.send(
                     n, lambda kid: self.store.get_thread(d.receiver, kid), now, Steps(d.steps, save)

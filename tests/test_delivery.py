@@ -225,6 +225,43 @@ async def test_a_row_whose_lease_ran_out_while_it_waited_is_left_to_the_instance
     assert stats.sent["ops"] == len(slow.sent)
 
 
+class _Paused:
+    """A channel whose first send stalls 0.6 s, as a process paused (a VM or GC pause, SIGSTOP)
+    while it holds claimed rows: meanwhile another instance, seeing its heartbeat stale, claims
+    the rows left waiting and sends them."""
+
+    channel = "console"  # one in flight: the others wait their turn
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sent: list[str] = []
+        self.other: list[str] = []
+
+    async def send(self, n: Notification, threads: object, now: datetime, steps: Steps | None = None) -> SendResult:
+        if not self.sent:
+            await asyncio.sleep(0.6)
+            taken = await self.store.claim_deliveries(
+                now + timedelta(seconds=10), "w2", 10, 60, stale_before=now + timedelta(seconds=5)
+            )
+            self.other = [d.notification.id for d in taken]  # w2 sends these
+        self.sent.append(n.id)
+        return SendResult(n.id)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_paused_instance_does_not_send_again_what_another_took_over(store: Store) -> None:
+    paused = _Paused(store)
+    await store.heartbeat("w1", T0)
+    await enqueue(store, *(notification(f"n{i}", [event(i)], receiver="ops") for i in range(1, 4)))
+    worker = Deliverer(store, {"ops": cast(Notifier, paused)}, "w1", instance_timeout=0.3)
+    stats = await worker.run_once(T0)
+    assert sorted(paused.other) == ["n1", "n2", "n3"]  # w2 took every row of the stale instance
+    assert paused.sent == ["n1"] and stats.sent["ops"] == 1  # only the send under way when it paused
+    assert await store.renew_lease("n2", "ops", "w2", T0 + timedelta(minutes=5))  # still w2's
+
+
 async def test_a_rate_limited_channel_defers_without_spending_attempts(store: Store) -> None:
     # twelve deferrals (Slack allows 10 attempts), then a real failure: attempt 1, retried, sent
     clock = FakeClock()

@@ -419,6 +419,17 @@ async def test_a_lease_is_renewed_by_its_holder_alone(store: Store) -> None:
     assert not await store.renew_lease("n1", "ops", "w", T0 + timedelta(hours=1))  # x holds it now
 
 
+async def test_a_renewal_seen_alive_keeps_the_row_from_instances_taking_over_stale_ones(store: Store) -> None:
+    await outbox(store, notification("n1", [event(obligation())]))
+    await store.heartbeat("w", T0)
+    assert len(await store.claim_deliveries(T0, "w", 10, 300)) == 1
+    stale = T0 + timedelta(seconds=30)  # w's heartbeat is older than this: its rows may be taken
+    later = T0 + timedelta(minutes=1)
+    assert await store.renew_lease("n1", "ops", "w", later + timedelta(minutes=5), seen_at=later)
+    assert await store.claim_deliveries(later, "x", 10, 300, stale_before=stale) == []  # w is seen alive
+    assert len(await store.claim_deliveries(later, "x", 10, 300, stale_before=later + timedelta(seconds=1))) == 1
+
+
 async def test_a_step_saved_by_the_lease_holder_extends_its_lease(store: Store) -> None:
     await outbox(store, notification("n1", [event(obligation())]))
     assert len(await store.claim_deliveries(T0, "w", 10, 30)) == 1  # leased until T0 + 30 s

@@ -338,9 +338,13 @@ class LedgerStore(Protocol):
         """A claimed row put back, due at `until`, its lease released and no attempt counted
         (`note` is its last_error: what it waits for)."""
 
-    async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
+    async def renew_lease(
+        self, notification_id: str, receiver: str, owner: str, until: datetime, seen_at: datetime | None = None
+    ) -> bool:
         """Extend a pending row's lease to `until` if `owner` still holds it; False when another
-        instance has claimed it since (a row that waited behind others for longer than its lease)."""
+        instance has claimed it since (a row that waited behind others, or a paused process).
+        With `seen_at`, the owner's heartbeat too, in the same transaction (a stale one would let
+        another instance take the row right after)."""
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         """`record_outcomes` of one sent row."""

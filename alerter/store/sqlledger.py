@@ -190,13 +190,18 @@ class LedgerSql(SqlHooks, LedgerStore):
         async with self._write() as tx:
             await tx.execute(sql, notification_id, receiver, self._ts(until), note)
 
-    async def renew_lease(self, notification_id: str, receiver: str, owner: str, until: datetime) -> bool:
+    async def renew_lease(
+        self, notification_id: str, receiver: str, owner: str, until: datetime, seen_at: datetime | None = None
+    ) -> bool:
         sql = (
             "UPDATE deliveries SET lease_until = $4 "
             "WHERE notification_id = $1 AND receiver = $2 AND lease_owner = $3 AND status = 'pending'"
         )
         async with self._write() as tx:
-            return bool(await tx.execute(sql, notification_id, receiver, owner, self._ts(until)))
+            renewed = bool(await tx.execute(sql, notification_id, receiver, owner, self._ts(until)))
+            if renewed and seen_at is not None:  # and the instance is seen alive: the row stays its own
+                await tx.execute("UPDATE instances SET last_seen = $2 WHERE owner = $1", owner, self._ts(seen_at))
+            return renewed
 
     async def mark_sent(self, notification_id: str, receiver: str, sent_at: datetime, external_id: str | None) -> None:
         await self.record_outcomes(sent=[Sent(notification_id, receiver, sent_at, external_id)])
