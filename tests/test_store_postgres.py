@@ -237,3 +237,25 @@ async def test_a_state_command_does_not_upgrade_a_schema_an_older_service_writes
             pass
         async with opened(PostgresStore(url, schema=new, shared=True)) as fresh:  # a new state is made
             assert await fresh.open_meter_ids() == []
+
+
+async def test_a_takeover_behind_a_stuck_leaders_write_gives_up_and_tries_again(
+    pair: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """A leader stopped inside a fenced write (a VM pause) keeps the leader row locked: its
+    successor's takeover waits 5 s at most, and the stuck transaction is ended by the server
+    after 30 s idle, not when it notices the dead connection (hours)."""
+    a, b = pair
+    assert await a.try_acquire_leadership("a") == 1
+    async with a._write(fenced=True) as tx:  # A stops here, inside its write
+        assert await tx.fetchval("SHOW idle_in_transaction_session_timeout") == "30s"
+        admin = await asyncpg.connect(a._dsn)
+        try:  # its lock session ends (as the server's keepalive ends a dead peer's)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", a._leader_conn.get_server_pid())
+        finally:
+            await admin.close()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StoreError, match="lock timeout"):
+            await asyncio.wait_for(b.try_acquire_leadership("b"), 20)
+        assert asyncio.get_running_loop().time() - started < 10
+    assert await acquire_within(b, "b") == 2  # once the write is over, the takeover goes through

@@ -95,6 +95,13 @@ _DB_ERRORS = (
     asyncio.TimeoutError,
 )
 _KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+_POOL_SETTINGS = _KEEPALIVE | {"idle_in_transaction_session_timeout": "30s"}
+"""The pool's sessions: a replica that dies, or stops (a VM pause), inside a write transaction
+leaves its row locks (the leader row's among them) to the server for 30 s at most, not until
+the server notices the dead connection (hours, at the operating system's keepalive defaults)."""
+_LEADER_SETTINGS = _KEEPALIVE | {"lock_timeout": "5s"}
+"""The leadership session: a takeover that waits on the leader row (locked by a deposed leader's
+open transaction) gives up after 5 s and is tried again, rather than hanging the poll job."""
 
 
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
@@ -176,7 +183,7 @@ class PostgresStore(SqlStore, Store):
                 finally:
                     await conn.close()
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=self._pool_size, server_settings=self._settings
+                self._dsn, min_size=1, max_size=self._pool_size, server_settings=self._settings | _POOL_SETTINGS
             )
         except _DB_ERRORS as err:
             raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {err}") from err
@@ -212,7 +219,7 @@ class PostgresStore(SqlStore, Store):
             return self._token
         try:
             if self._leader_conn is None or self._leader_conn.is_closed():
-                self._leader_conn = await asyncpg.connect(self._dsn, server_settings=self._settings | _KEEPALIVE)
+                self._leader_conn = await asyncpg.connect(self._dsn, server_settings=self._settings | _LEADER_SETTINGS)
             if not await self._leader_conn.fetchval("SELECT pg_try_advisory_lock($1)", self._leader_key):
                 return None
             token = int(await self._leader_conn.fetchval(_ACQUIRE, owner))
