@@ -318,10 +318,16 @@ class Service:
         self.alerts.cycle_failed(now, err)
 
     async def follow_step(self) -> None:
-        """A follower's look at the leader's last cycle between its polls: read once a poll
-        interval only, it could be two intervals old and more just before the next read."""
+        """Between polls (every min(15 s, interval/4)): a follower looks at the leader's last
+        cycle (read once a poll interval only, it could be two intervals old and more just before
+        the next read); a leader confirms its lease, so that one lost is given up (`alerter_leader`,
+        `/readyz`) at once rather than at its next poll, while another replica already leads."""
         if not self.leader:
             await self._follow()
+            return
+        async with self._step:
+            if self.leader and not await self.store.still_leader():
+                self._depose("lease lost")
 
     async def _follow(self) -> None:
         """A follower is ready when the leader's last committed cycle is recent."""

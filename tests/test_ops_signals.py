@@ -154,3 +154,28 @@ async def test_a_scrape_during_the_gauges_refresh_sees_the_open_obligations(tmp_
             answer.set()
             await refresh
     assert during == series
+
+
+async def test_a_leader_that_lost_its_lease_says_so_before_its_next_poll(tmp_path: Path) -> None:
+    import asyncpg
+
+    from alerter.store.postgres import PostgresStore
+    from tests.support.service import state_url
+
+    async with (
+        SimServer(Portfolio(10, action_rate=0.0, seed=6), api_key=API_KEY) as sim,
+        state_url("postgres", tmp_path) as url,
+    ):
+        cfg = write_config(tmp_path, config_yaml(sim.url, url, interval="5m"), rules_yaml("http://x/h"))
+        async with running(load(cfg)) as svc:
+            await svc.run_cycle(flush_all=True)
+            store = svc.store
+            assert svc.leader and isinstance(store, PostgresStore) and store._leader_conn is not None
+            admin = await asyncpg.connect(store._dsn)
+            try:  # its lock session ends (a network cut): another replica may lead now
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", store._leader_conn.get_server_pid())
+            finally:
+                await admin.close()
+            await svc.follow_step()  # every 15 s at most, where the next poll is up to 5 min away
+            assert not svc.leader and not svc.health.leader
+            assert _metric(svc.metrics.render().decode(), "alerter_leader") == 0.0
