@@ -79,6 +79,8 @@ class Condition:
     test: Test
     values: frozenset[Any] | None = None
     """Set when the condition is plain equality / any-of on a scalar field (usable as an index)."""
+    costly: bool = False
+    """A regex: tested after a rule's other conditions, which most events fail first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +132,16 @@ def compile_matcher(
             compiled = _compile_spec(name, kind, sub, (*path, name), rep)
             if compiled is not None:
                 test, values = compiled
-                conditions.append(Condition(name, GETTERS[name], test, values))
+                conditions.append(Condition(name, GETTERS[name], test, values, _mentions_regex(sub)))
     if report is None and problems:
         raise MatcherError(problems)
-    return Matcher(tuple(conditions))
+    return Matcher(tuple(sorted(conditions, key=lambda c: c.costly)))  # all must hold: any order
+
+
+def _mentions_regex(spec: Any) -> bool:
+    if isinstance(spec, Mapping):
+        return "regex" in spec or any(_mentions_regex(v) for v in spec.values())
+    return False
 
 
 def _compile_spec(

@@ -412,3 +412,12 @@ def test_shipped_rules_files() -> None:
     rs = load_rules([REPO / "rules" / "escalation.yaml", REPO / "rules" / "example.yaml"], env={})
     assert check_warnings(rs) == []
     assert [r.name for r in rs.rules] == ["deadline-escalation", "caiso-authorization", "everything-else"]
+
+
+def test_a_rules_regex_is_tested_after_its_cheaper_conditions() -> None:
+    """All of a rule's conditions must hold: its regexes are tried last, after the equalities
+    most events fail (500 rules with a regex on partner_reference cost ~1 ms an event before)."""
+    m = compile_matcher({"partner_reference": {"not": {"regex": "^TEST-"}}, "action_type": "IS_AUTHORIZED"})
+    assert [c.field for c in m.conditions] == ["action_type", "partner_reference"]
+    assert [c.costly for c in m.conditions] == [False, True]
+    assert m.matches(make_event(), NOW) == compile_matcher({"action_type": "IS_AUTHORIZED"}).matches(make_event(), NOW)
