@@ -266,18 +266,21 @@ class Deliverer:
         before it about the same obligation is still to be sent, in this claim or in a backoff
         after a failure; a resolution never overtakes its opening (a Slack message would show
         as open an action already resolved). Asked of the store only for notifications holding
-        changes, reminders or resolutions, and only when something made before them waits."""
+        changes, reminders or resolutions, and only when something made before them waits; a
+        claim of openings alone is sent as it is (two openings of one obligation, with no
+        resolution between them to this receiver, are not ordered)."""
         go: list[Delivery] = []
         by_receiver: dict[str, list[Delivery]] = {}
         for d in rows:
             by_receiver.setdefault(d.receiver, []).append(d)
         for receiver, mine in by_receiver.items():
-            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id))
             follow = [d for d in mine if any(e.kind != "opened" for e in d.notification.events)]
+            if not follow:  # openings alone (an initial flush): nothing of theirs to wait for
+                go += mine
+                continue
+            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id))
             ids = [d.notification.id for d in mine]
-            outside = bool(follow) and await self.store.pending_before(
-                receiver, max(d.notification.created_at for d in follow), ids
-            )
+            outside = await self.store.pending_before(receiver, max(d.notification.created_at for d in follow), ids)
             earlier: dict[str, str] = {}  # key id -> the first notification of this claim about it
             for d in mine:
                 n = d.notification
