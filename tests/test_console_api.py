@@ -316,3 +316,22 @@ async def test_the_overview_says_how_the_last_rules_reload_went(tmp_path: Path) 
         rules.write_text(good)
         assert c.service.reload() == "ok"
         assert (await get(s, "/api/v1/overview"))["status"]["last_reload"]["result"] == "ok"
+
+
+async def test_preview_counts_what_a_silence_of_resolutions_would_mute_and_pages_refuse_bad_filters(
+    tmp_path: Path,
+) -> None:
+    async with console(tmp_path) as c, c.session(**BEARER) as s:
+        await seed(c.service.store)
+        # a silence of resolutions mutes the resolutions of the open obligations it matches
+        for event_kind, matched in (("resolved", 1), ("changed", 1), ("reminder", 1), ("opened", 0)):
+            probe = {"matchers": {"meter_id": "m03", "event": event_kind}}
+            async with s.post("/api/v1/silences/preview", json=probe) as r:
+                assert (await r.json())["matched"] == matched, event_kind
+        body: dict[str, Any] = {"matchers": {"meter_id": "m03"}, "duration": "1h", "reason": {"a": 1}}
+        async with s.post("/api/v1/silences", json=body) as r:
+            assert r.status == 400 and "reason: expected text" in (await r.json())["error"]
+        # one bad filter on the page: said, and nothing listed (not the whole, unfiltered list)
+        page = await get(s, "/obligations?action_type=AUTH_1&limit=abc", 400)
+        assert "limit: expected a number" in page and "REF-00" not in page
+        assert "REF-00" in await get(s, "/obligations?limit=5")

@@ -70,8 +70,11 @@ def silence_from(body: Mapping[str, Any], actor: str, now: datetime, silence_id:
     """A silence from `{matchers, duration | ends_at, starts_at?, reason}`; raises FormError."""
     problems: list[str] = []
     matchers = matchers_from(body.get("matchers"), problems)
-    reason = str(body.get("reason") or "").strip()
-    if not reason:
+    raw_reason = body.get("reason")
+    reason = raw_reason.strip() if isinstance(raw_reason, str) else ""
+    if raw_reason is not None and not isinstance(raw_reason, str):
+        problems.append("reason: expected text")
+    elif not reason:
         problems.append("reason: required (say why, for whoever reads the silence list)")
     starts = _time(body.get("starts_at"), "starts_at", problems) or now
     ends = _time(body.get("ends_at"), "ends_at", problems)
@@ -101,6 +104,9 @@ class _Probe:
     obligation: Obligation
 
 
+_STILL_TO_COME = ("reminder", "changed", "resolved")
+
+
 class Preview:
     """Counts the open obligations a matcher would silence, keeping the first few."""
 
@@ -112,8 +118,10 @@ class Preview:
         self.obligations: list[Obligation] = []
 
     def feed(self, obligations: Iterable[Obligation]) -> None:
+        matches, now = self.matcher.matches, self.now
         for o in obligations:
-            if self.matcher.matches(_Probe("reminder", o), self.now):
+            # any event an open obligation can still make: a change, a reminder, its resolution
+            if any(matches(_Probe(kind, o), now) for kind in _STILL_TO_COME):
                 self.matched += 1
                 if len(self.obligations) < self.keep:
                     self.obligations.append(o)

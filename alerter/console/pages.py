@@ -13,6 +13,7 @@ from alerter.console import api, core, forms, tester
 from alerter.console.app import SESSION_COOKIE_MAX_AGE, safe_next, secure, set_cookie
 from alerter.console.auth import SESSION_COOKIE, Identity
 from alerter.console.core import QueryError
+from alerter.store.console import ObligationPage
 
 if TYPE_CHECKING:
     from alerter.console.app import Console
@@ -43,11 +44,12 @@ def add_routes(app: web.Application, console: Console) -> None:
     async def obligations(request: web.Request, ident: Identity) -> web.StreamResponse:
         try:
             q = core.parse_obligation_query(request.query)
-        except QueryError as err:
+        except QueryError as err:  # nothing listed: not the whole list, as if no filter had been asked
             q, problem = core.ObligationQuery(), str(err)
+            page = ObligationPage([], 0, None)
         else:
             problem = ""
-        page = await console.store.obligations(q, console.now())
+            page = await console.store.obligations(q, console.now())
         next_url = None
         if page.next_cursor:
             next_url = "/obligations?" + urlencode(q.params(cursor=core.Cursor.decode(page.next_cursor)))
@@ -55,6 +57,7 @@ def add_routes(app: web.Application, console: Console) -> None:
             request,
             ident,
             "obligations.html",
+            status=400 if problem else 200,
             title="Obligations",
             q=q,
             page=page,
