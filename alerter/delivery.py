@@ -278,7 +278,9 @@ class Deliverer:
             if not follow:  # openings alone (an initial flush): nothing of theirs to wait for
                 go += mine
                 continue
-            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id))
+            follows = {d.notification.id for d in follow}
+            # made at the same time (one routing pass): those of openings alone first
+            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id in follows, d.notification.id))
             ids = [d.notification.id for d in mine]
             outside = await self.store.pending_before(receiver, max(d.notification.created_at for d in follow), ids)
             earlier: dict[str, str] = {}  # key id -> the first notification of this claim about it
@@ -287,7 +289,7 @@ class Deliverer:
                 keys = {e.obligation.key_id for e in n.events}
                 ahead = next((earlier[k] for k in keys if k in earlier), None)
                 until = now + WAIT_BEHIND
-                if ahead is None and outside and d in follow:
+                if ahead is None and outside and n.id in follows:
                     after = [(e.obligation.meter_id, e.obligation.key_id) for e in n.events if e.kind != "opened"]
                     found = await self.store.waits_for(receiver, n.id, n.created_at, after)
                     if found is not None:
@@ -298,7 +300,7 @@ class Deliverer:
                     go.append(d)
                     continue
                 note = f"waits for notification {ahead}, made before it about the same obligation"
-                await self.store.defer_delivery(n.id, receiver, until, note)
+                await self.store.defer_delivery(n.id, receiver, until, note, self.owner)
                 log.info("delivery_waits", receiver=receiver, notification_id=n.id, behind=ahead, until=str(until))
         return go
 

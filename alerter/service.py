@@ -98,6 +98,9 @@ class Service:
         self.push = PushWorker(self) if config.source.webhooks is not None else None
         self.leader = False
         self._step = asyncio.Lock()
+        self._lease = asyncio.Lock()
+        """The leadership session runs one query at a time: `elect` and the lease check between
+        polls take this, not `_step`, which a long poll holds."""
         self.rules_digests = file_digests(rule_files(config))
         """The rules files as the service last read them (the watcher reloads when they differ)."""
         self.steps = cycle.Steps(self.store, self.metrics, self.log, self.wake_delivery)
@@ -126,13 +129,14 @@ class Service:
 
     async def elect(self) -> bool:
         """Take (or confirm) the polling lease; a follower only delivers."""
-        if self.leader and not await self.store.still_leader():
-            self._depose("lease lost")
-        if not self.leader:
-            token = await self.store.try_acquire_leadership(self.owner)
-            if token is not None:
-                self.leader = True
-                self.log.info("leadership_acquired", fencing_token=token)
+        async with self._lease:
+            if self.leader and not await self.store.still_leader():
+                self._depose("lease lost")
+            if not self.leader:
+                token = await self.store.try_acquire_leadership(self.owner)
+                if token is not None:
+                    self.leader = True
+                    self.log.info("leadership_acquired", fencing_token=token)
         self.health.leader = self.leader
         self.metrics.leader.set(1 if self.leader else 0)
         return self.leader
@@ -190,9 +194,13 @@ class Service:
     ) -> CycleReport | None:
         """Poll, then reminders and routing. Returns None when this instance is not the leader."""
         async with self._step:
-            if not await self.elect():
-                await self._follow()
-                return None
+            try:
+                if not await self.elect():
+                    await self._follow()
+                    return None
+            except StoreError as err:  # the server is unreachable, most often
+                self._store_failed(err)
+                raise
             now = now or self.clock()
             try:
                 await cycle.check_remind_rules(self.steps, self.rules_digests, now)  # before the poll's writes
@@ -203,16 +211,26 @@ class Service:
             except FencedError:
                 self._depose("fenced")
                 return None
-            except StoreError as err:  # counted, and /readyz says why
-                self.health.last_error = str(err) if str(err).startswith("state store") else f"state store: {err}"
-                self.metrics.cycles.labels("unknown", "store_error").inc()
+            except StoreError as err:
+                self._store_failed(err)
                 raise
             self._cycle_succeeded(now, report)
             if self.push is not None:
                 await self.push.after_poll(report, now)
-            await self._remind(now)
-            await self._route(now, flush_all=flush_all)
+            try:
+                await self._remind(now)
+                await self._route(now, flush_all=flush_all)
+            except FencedError:
+                raise
+            except StoreError as err:
+                self._store_failed(err)
+                raise
             return report
+
+    def _store_failed(self, err: StoreError) -> None:
+        """A cycle the state store failed: counted, and /readyz says why."""
+        self.health.last_error = str(err) if str(err).startswith("state store") else f"state store: {err}"
+        self.metrics.cycles.labels("unknown", "store_error").inc()
 
     async def targeted_cycle(self, meter_ids: Sequence[str], now: datetime | None = None) -> CycleReport | None:
         """Re-read these meters (a push named them), then route at once. None when not the leader."""
@@ -325,7 +343,7 @@ class Service:
         if not self.leader:
             await self._follow()
             return
-        async with self._step:
+        async with self._lease:  # not the step lock: a poll holds that for as long as it runs
             if self.leader and not await self.store.still_leader():
                 self._depose("lease lost")
 

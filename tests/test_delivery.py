@@ -549,3 +549,31 @@ def test_retry_after_budget_and_deferral() -> None:
     assert worker.next_attempt(old, "webhook", DeliveryError("x", retryable=True), T0) is None
     assert worker.next_attempt(pending(0), "webhook", ReceiverGone("gone"), T0) is None
     assert worker.next_attempt(pending(0), "webhook", DeliveryError("x", retryable=False), T0) is None
+
+
+async def test_an_opening_and_its_resolution_made_in_one_pass_go_out_opening_first(store: Store) -> None:
+    """Made at the same instant (one routing pass), their order is not their ids' (hashes)."""
+    opening = event(1)
+    done = replace(opening.obligation, status="resolved", resolution="cleared", version=2)
+    resolution = Event(id=event_id(done.key, "resolved", 2), kind="resolved", occurred_at=T0, obligation=done)
+    await enqueue(
+        store,
+        notification("0000-resolution", [resolution], receiver="ops"),
+        notification("ffff-opening", [opening], receiver="ops"),
+    )
+    sent: list[str] = []
+
+    class _Records:
+        channel = "console"
+
+        async def send(self, n: Notification, threads: object, now: datetime, steps: Steps | None = None) -> SendResult:
+            sent.append(n.id)
+            return SendResult(n.id)
+
+        async def close(self) -> None:
+            return None
+
+    worker = Deliverer(store, {"ops": cast(Notifier, _Records())}, "w1")
+    for k in range(5):
+        await worker.run_once(T0 + timedelta(seconds=2 * k))
+    assert sent == ["ffff-opening", "0000-resolution"]

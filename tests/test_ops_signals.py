@@ -176,6 +176,29 @@ async def test_a_leader_that_lost_its_lease_says_so_before_its_next_poll(tmp_pat
                 assert await admin.fetchval("SELECT pg_terminate_backend($1)", store._leader_conn.get_server_pid())
             finally:
                 await admin.close()
-            await svc.follow_step()  # every 15 s at most, where the next poll is up to 5 min away
+            async with svc._step:  # a poll under way (it holds the step for as long as it runs)
+                await asyncio.wait_for(svc.follow_step(), 5)  # every 15 s, the next poll up to 5 min away
             assert not svc.leader and not svc.health.leader
             assert _metric(svc.metrics.render().decode(), "alerter_leader") == 0.0
+
+
+async def test_a_state_store_out_of_reach_is_counted_and_named_though_the_election_is_what_fails(
+    tmp_path: Path,
+) -> None:
+    from alerter.errors import StoreError
+
+    async with SimServer(Portfolio(10, action_rate=0.0, seed=7), api_key=API_KEY) as sim:
+        cfg = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), rules_yaml("http://x/h"))
+        async with running(load(cfg)) as svc:
+            await svc.run_cycle(flush_all=True)
+
+            async def unreachable(owner: str) -> int | None:
+                raise StoreError("state store postgresql://db/alerter: connection refused")
+
+            svc.leader = False  # deposed: the next cycle elects first
+            svc.store.try_acquire_leadership = unreachable  # type: ignore[method-assign]
+            with pytest.raises(StoreError):
+                await svc.run_cycle(flush_all=True)
+            assert svc.health.last_error == "state store postgresql://db/alerter: connection refused"
+            name = 'alerter_cycles_total{kind="unknown",outcome="store_error"}'
+            assert _metric(svc.metrics.render().decode(), name) == 1.0

@@ -245,3 +245,20 @@ async def test_processed_events_are_forgotten_after_two_days_though_none_waits(t
         for hours in (1, 25, 49):
             assert await push.step(later + timedelta(hours=hours)) == 0
         assert await stored() == 0
+
+
+async def test_a_large_inbox_of_an_earlier_version_is_purged_a_batch_a_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alerter.store import inbox as inbox_module
+
+    async with push_world(tmp_path) as w:
+        inbox = Inbox(w.service.store)
+        now = w.service.clock()
+        old = now - timedelta(days=10)
+        events = [InboxEvent(str(uuid.uuid4()), w.meters[0], REQUIRED, old, "{}") for _ in range(7)]
+        await inbox.add(events)
+        await inbox.done([e.event_id for e in events], old)
+        monkeypatch.setattr(inbox_module, "PURGE_BATCH", 3)
+        assert await inbox.purge(now - timedelta(days=2)) == 7
+        assert await inbox.purge(now - timedelta(days=2)) == 0

@@ -23,7 +23,7 @@ from alerter.store import open_store, rows, schema
 from alerter.store import sqlite as sqlite_store
 from alerter.store.postgres import PostgresStore
 from alerter.store.sqlite import PAGE_SIZE, SqliteStore
-from alerter.store.sqlledger import LINKED_EVENTS
+from alerter.store.sqlledger import LINKED_EVENTS, WAITS_FOR
 from alerter.store.sqlobligations import DUE_REMINDERS, OPEN_IN_KEY_ORDER
 from tests.support.channels import webhook_collector
 from tests.support.service import API_KEY, WEBHOOK_SECRET, config_yaml, load, rules_yaml, running, write_config
@@ -578,6 +578,28 @@ async def test_a_drain_reads_a_notifications_links_in_order_through_their_key_al
     plan = _plan(path, links, ('["n1", "n2"]',))
     assert "SEARCH l USING PRIMARY KEY (notification_seq=?)" in plan
     assert not any("TEMP B-TREE" in step for step in plan)  # read in order, not sorted
+
+
+async def test_a_notification_waiting_behind_another_reads_its_obligations_events_not_the_backlog(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    events = await _two_notifications(path)
+    async with opened(SqliteStore(f"sqlite:///{path}")) as store:
+        o = events[0].obligation
+        found = await store.waits_for("ops", "n-later", DEADLINE, [(o.meter_id, o.key_id)])
+        assert found is not None and found[0] in {"n1", "n2"}
+        assert await store.waits_for("ops", "n-later", T0 - timedelta(days=1), [(o.meter_id, o.key_id)]) is None
+    fresh = tmp_path / "fresh.db"  # the plan without statistics (a tiny state's would scan its two rows)
+    async with opened(SqliteStore(f"sqlite:///{fresh}")):
+        pass
+    ids = "IN (SELECT value FROM json_each($1))"
+    sql = WAITS_FOR["sqlite"].format(meters=ids, keys=ids.replace("$1", "$2"))
+    plan = _plan(fresh, sql, ('["m"]', '["k"]', "ops", "n", b"\x80"))
+    # from the obligations' events, each delivery by its key: never from the receiver's pending
+    # rows, which a backlog makes many
+    assert plan[0] == "SEARCH e USING INDEX events_meter (meter_id=?)", plan
+    assert "SEARCH d USING INDEX sqlite_autoindex_deliveries_1 (notification_id=? AND receiver=?)" in plan, plan
 
 
 async def test_a_state_command_on_a_path_with_no_state_says_so_and_makes_none(tmp_path: Path) -> None:

@@ -334,9 +334,9 @@ class LedgerStore(Protocol):
         """A pending notification to `receiver` made before this one (`created_at`) about one of
         these obligations ((meter id, key id) each): its id and next attempt, the latest such."""
 
-    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str) -> None:
-        """A claimed row put back, due at `until`, its lease released and no attempt counted
-        (`note` is its last_error: what it waits for)."""
+    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str, owner: str) -> None:
+        """A row `owner` claimed put back, due at `until`, its lease released and no attempt
+        counted (`note` is its last_error: what it waits for); left alone if another holds it."""
 
     async def renew_lease(
         self, notification_id: str, receiver: str, owner: str, until: datetime, seen_at: datetime | None = None

@@ -27,6 +27,10 @@ _INSERT = (
 )
 
 
+PURGE_BATCH = 5_000
+"""Inbox rows a purge forgets per transaction."""
+
+
 @dataclass(frozen=True, slots=True)
 class InboxEvent:
     """One webhook event as received: `payload` is its JSON text, kept as a record, never trusted."""
@@ -125,8 +129,18 @@ class Inbox:
         return {str(r["meter_id"]) for r in found}
 
     async def purge(self, before: datetime) -> int:
-        """Forgets processed rows received before `before`; returns how many."""
+        """Forgets processed rows received before `before`, `PURGE_BATCH` a transaction (a state
+        an earlier version never purged holds months of them: one transaction would hold the
+        store for seconds); returns how many."""
         s = self.store
-        sql = "DELETE FROM webhook_inbox WHERE processed_at IS NOT NULL AND received_at < $1"
-        async with s._write() as tx:
-            return await tx.execute(sql, s._ts(before))
+        sql = (
+            "DELETE FROM webhook_inbox WHERE event_id IN (SELECT event_id FROM webhook_inbox "
+            "WHERE processed_at IS NOT NULL AND received_at < $1 LIMIT $2)"
+        )
+        removed = 0
+        while True:
+            async with s._write() as tx:
+                done = await tx.execute(sql, s._ts(before), PURGE_BATCH)
+            removed += done
+            if done < PURGE_BATCH:
+                return removed

@@ -162,15 +162,7 @@ class LedgerSql(SqlHooks, LedgerStore):
     ) -> tuple[str, datetime] | None:
         if not obligations:
             return None
-        sql = (
-            "SELECT d.notification_id, d.next_attempt_at FROM events e "
-            "JOIN notification_events l ON l.event_id = e.id "
-            "JOIN deliveries d ON d.notification_id = l.notification_id "
-            "JOIN notifications n ON n.id = d.notification_id "
-            f"WHERE e.meter_id {self._in(1)} AND e.key_id {self._in(2)} AND d.receiver = $3 "
-            "AND d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
-            "ORDER BY d.next_attempt_at DESC LIMIT 1"
-        )
+        sql = WAITS_FOR[self.dialect].format(meters=self._in(1), keys=self._in(2))
         meters, keys = sorted({m for m, _ in obligations}), sorted({k for _, k in obligations})
         async with self._read() as tx:
             found = await tx.fetch(
@@ -182,13 +174,13 @@ class LedgerSql(SqlHooks, LedgerStore):
         assert at is not None
         return str(found[0]["notification_id"]), at
 
-    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str) -> None:
+    async def defer_delivery(self, notification_id: str, receiver: str, until: datetime, note: str, owner: str) -> None:
         sql = (
             "UPDATE deliveries SET next_attempt_at = $3, last_error = $4, lease_owner = NULL, lease_until = NULL "
-            "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending'"
+            "WHERE notification_id = $1 AND receiver = $2 AND status = 'pending' AND lease_owner = $5"
         )
         async with self._write() as tx:
-            await tx.execute(sql, notification_id, receiver, self._ts(until), note)
+            await tx.execute(sql, notification_id, receiver, self._ts(until), note, owner)
 
     async def renew_lease(
         self, notification_id: str, receiver: str, owner: str, until: datetime, seen_at: datetime | None = None
@@ -305,6 +297,34 @@ class LedgerSql(SqlHooks, LedgerStore):
         async with self._read() as tx:
             found = await tx.fetch("SELECT name, disabled_reason FROM receivers_state ORDER BY name")
         return {r["name"]: r["disabled_reason"] for r in found}
+
+
+WAITS_FOR: dict[Dialect, str] = {
+    # from the obligations' events (by meter), their links, notifications and deliveries: a
+    # few rows each, whatever the receiver's backlog; SQLite is held to this order (CROSS JOIN),
+    # else its planner starts from the receiver's pending rows and reads every one, and to each
+    # delivery's key (`+d.status`: not the status index, which lists the whole backlog)
+    "sqlite": (
+        "SELECT d.notification_id, d.next_attempt_at FROM events e "
+        "CROSS JOIN notification_links l ON l.event_seq = e.seq "
+        "CROSS JOIN notifications n ON n.seq = l.notification_seq "
+        "CROSS JOIN deliveries d ON d.notification_id = n.id "
+        "WHERE e.meter_id {meters} AND e.key_id {keys} AND d.receiver = $3 "
+        "AND +d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
+        "ORDER BY d.next_attempt_at DESC LIMIT 1"
+    ),
+    "postgres": (
+        "SELECT d.notification_id, d.next_attempt_at FROM events e "
+        "JOIN notification_events l ON l.event_id = e.id "
+        "JOIN deliveries d ON d.notification_id = l.notification_id "
+        "JOIN notifications n ON n.id = d.notification_id "
+        "WHERE e.meter_id {meters} AND e.key_id {keys} AND d.receiver = $3 "
+        "AND d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
+        "ORDER BY d.next_attempt_at DESC LIMIT 1"
+    ),
+}
+"""A pending notification to a receiver made before another about one of its obligations
+(`waits_for`)."""
 
 
 def _by_reference(payload: str) -> bool:
