@@ -430,6 +430,16 @@ async def test_a_renewal_seen_alive_keeps_the_row_from_instances_taking_over_sta
     assert len(await store.claim_deliveries(later, "x", 10, 300, stale_before=later + timedelta(seconds=1))) == 1
 
 
+async def test_a_deferral_puts_back_only_its_own_claim(store: Store) -> None:
+    await outbox(store, notification("n1", [event(obligation())]))
+    assert len(await store.claim_deliveries(T0, "w", 10, 300)) == 1
+    await store.defer_delivery("n1", "ops", T0 + timedelta(seconds=5), "waits", "x")  # not x's: left alone
+    assert await store.claim_deliveries(T0 + timedelta(seconds=10), "y", 10, 300) == []
+    await store.defer_delivery("n1", "ops", T0 + timedelta(seconds=5), "waits for n0", "w")
+    [row] = await store.claim_deliveries(T0 + timedelta(seconds=6), "y", 10, 300)
+    assert row.attempts == 0 and row.last_error == "waits for n0"  # no attempt counted
+
+
 async def test_a_step_saved_by_the_lease_holder_extends_its_lease(store: Store) -> None:
     await outbox(store, notification("n1", [event(obligation())]))
     assert len(await store.claim_deliveries(T0, "w", 10, 30)) == 1  # leased until T0 + 30 s
