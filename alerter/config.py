@@ -34,7 +34,7 @@ from pydantic import (
 
 from alerter.durations import Duration, PositiveDuration, format_duration, parse_duration
 from alerter.errors import ConfigError
-from alerter.receivers import http_url
+from alerter.receivers import given, http_url
 from alerter.yamlload import YamlDoc, load_yaml, sort_problems, validation_problems
 
 if TYPE_CHECKING:
@@ -189,9 +189,7 @@ class SourceConfig(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _key_given(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
-            raise ValueError("is empty (if it names an environment variable, is that set?)")
-        return v
+        return given(v, "is empty (if it names an environment variable, is that set?)")
 
 
 class PollConfig(BaseModel):

@@ -13,7 +13,7 @@ import os
 import re
 from datetime import timedelta
 from email.utils import parseaddr
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -41,6 +41,17 @@ def http_url(value: str, what: str) -> str:
         raise ValueError(f"{what} cannot be read: {err}") from None
     if not parts.hostname:
         raise ValueError(f"{what} has no host")
+    return value
+
+
+_Given = TypeVar("_Given", str, SecretStr)
+
+
+def given(value: _Given, problem: str) -> _Given:
+    """`value` unless it is empty or blank (an environment variable left unset); else ValueError
+    saying `problem`, never the value."""
+    if not (value.get_secret_value() if isinstance(value, SecretStr) else value).strip():
+        raise ValueError(problem)
     return value
 
 
@@ -79,16 +90,12 @@ class SlackConfig(BaseModel):
     @field_validator("token")
     @classmethod
     def _token_given(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("the Slack token is empty (an unset environment variable?)")
-        return value
+        return given(value, "the Slack token is empty (an unset environment variable?)")
 
     @field_validator("channel")
     @classmethod
     def _channel_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the Slack channel is empty")
-        return value
+        return given(value, "the Slack channel is empty")
 
 
 class SmtpConfig(BaseModel):
@@ -108,9 +115,7 @@ class SmtpConfig(BaseModel):
     @field_validator("host")
     @classmethod
     def _host_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the SMTP host is empty")
-        return value
+        return given(value, "the SMTP host is empty")
 
     @field_validator("cert_bundle")
     @classmethod
