@@ -130,8 +130,7 @@ class Service:
     async def elect(self) -> bool:
         """Take (or confirm) the polling lease; a follower only delivers."""
         async with self._lease:
-            if self.leader and not await self.store.still_leader():
-                self._depose("lease lost")
+            await self._confirm_lease()
             if not self.leader:
                 token = await self.store.try_acquire_leadership(self.owner)
                 if token is not None:
@@ -195,42 +194,34 @@ class Service:
         """Poll, then reminders and routing. Returns None when this instance is not the leader."""
         async with self._step:
             try:
-                if not await self.elect():
-                    await self._follow()
-                    return None
-            except StoreError as err:  # the server is unreachable, most often
-                self._store_failed(err)
-                raise
-            now = now or self.clock()
-            try:
-                await cycle.check_remind_rules(self.steps, self.rules_digests, now)  # before the poll's writes
-                report = await self.poller.run_cycle(now, force_reconcile=force_reconcile)
-            except SourceError as err:
-                self._cycle_failed(now, err)
-                raise
-            except FencedError:
-                self._depose("fenced")
-                return None
-            except StoreError as err:
-                self._store_failed(err)
-                raise
-            self._cycle_succeeded(now, report)
-            if self.push is not None:
-                await self.push.after_poll(report, now)
-            try:
-                await self._remind(now)
-                await self._route(now, flush_all=flush_all)
+                return await self._cycle(now, flush_all, force_reconcile)
             except FencedError:
                 raise
-            except StoreError as err:
-                self._store_failed(err)
+            except StoreError as err:  # the election's too (the server out of reach, most often)
+                self.health.last_error = str(err) if str(err).startswith("state store") else f"state store: {err}"
+                self.metrics.cycles.labels("unknown", "store_error").inc()
                 raise
-            return report
 
-    def _store_failed(self, err: StoreError) -> None:
-        """A cycle the state store failed: counted, and /readyz says why."""
-        self.health.last_error = str(err) if str(err).startswith("state store") else f"state store: {err}"
-        self.metrics.cycles.labels("unknown", "store_error").inc()
+    async def _cycle(self, now: datetime | None, flush_all: bool, force_reconcile: bool) -> CycleReport | None:
+        if not await self.elect():
+            await self._follow()
+            return None
+        now = now or self.clock()
+        try:
+            await cycle.check_remind_rules(self.steps, self.rules_digests, now)  # before the poll's writes
+            report = await self.poller.run_cycle(now, force_reconcile=force_reconcile)
+        except SourceError as err:
+            self._cycle_failed(now, err)
+            raise
+        except FencedError:
+            self._depose("fenced")
+            return None
+        self._cycle_succeeded(now, report)
+        if self.push is not None:
+            await self.push.after_poll(report, now)
+        await self._remind(now)
+        await self._route(now, flush_all=flush_all)
+        return report
 
     async def targeted_cycle(self, meter_ids: Sequence[str], now: datetime | None = None) -> CycleReport | None:
         """Re-read these meters (a push named them), then route at once. None when not the leader."""
@@ -344,8 +335,12 @@ class Service:
             await self._follow()
             return
         async with self._lease:  # not the step lock: a poll holds that for as long as it runs
-            if self.leader and not await self.store.still_leader():
-                self._depose("lease lost")
+            await self._confirm_lease()
+
+    async def _confirm_lease(self) -> None:
+        """A leader whose lease is lost gives it up (under `_lease`)."""
+        if self.leader and not await self.store.still_leader():
+            self._depose("lease lost")
 
     async def _follow(self) -> None:
         """A follower is ready when the leader's last committed cycle is recent."""
