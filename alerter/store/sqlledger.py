@@ -299,6 +299,10 @@ class LedgerSql(SqlHooks, LedgerStore):
         return {r["name"]: r["disabled_reason"] for r in found}
 
 
+_WAITING = (
+    "WHERE e.meter_id {{meters}} AND e.key_id {{keys}} AND d.receiver = $3 AND {status} = 'pending' "
+    "AND d.notification_id <> $4 AND n.created_at < $5 ORDER BY d.next_attempt_at DESC LIMIT 1"
+)
 WAITS_FOR: dict[Dialect, str] = {
     # from the obligations' events (by meter), their links, notifications and deliveries: a
     # few rows each, whatever the receiver's backlog; SQLite is held to this order (CROSS JOIN),
@@ -308,19 +312,13 @@ WAITS_FOR: dict[Dialect, str] = {
         "SELECT d.notification_id, d.next_attempt_at FROM events e "
         "CROSS JOIN notification_links l ON l.event_seq = e.seq "
         "CROSS JOIN notifications n ON n.seq = l.notification_seq "
-        "CROSS JOIN deliveries d ON d.notification_id = n.id "
-        "WHERE e.meter_id {meters} AND e.key_id {keys} AND d.receiver = $3 "
-        "AND +d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
-        "ORDER BY d.next_attempt_at DESC LIMIT 1"
+        "CROSS JOIN deliveries d ON d.notification_id = n.id " + _WAITING.format(status="+d.status")
     ),
     "postgres": (
         "SELECT d.notification_id, d.next_attempt_at FROM events e "
         "JOIN notification_events l ON l.event_id = e.id "
         "JOIN deliveries d ON d.notification_id = l.notification_id "
-        "JOIN notifications n ON n.id = d.notification_id "
-        "WHERE e.meter_id {meters} AND e.key_id {keys} AND d.receiver = $3 "
-        "AND d.status = 'pending' AND d.notification_id <> $4 AND n.created_at < $5 "
-        "ORDER BY d.next_attempt_at DESC LIMIT 1"
+        "JOIN notifications n ON n.id = d.notification_id " + _WAITING.format(status="d.status")
     ),
 }
 """A pending notification to a receiver made before another about one of its obligations
