@@ -176,9 +176,13 @@ def mark_resolved(blocks: Sequence[Block], resolved: Mapping[str, str], when: st
     if unmatched:
         prior = next((b for b in out if b.get("block_id") == RESOLVED_BLOCK), None)
         # the note's block may also hold the "+N more" list it was given room in (below)
-        beside = [e for e in prior["elements"] if not e["text"].startswith(_RESOLVED)] if prior else []
-        notes = [e["text"] for e in prior["elements"] if e["text"].startswith(_RESOLVED)] if prior else []
-        text = (notes[0] + ", " if notes else _RESOLVED) + ", ".join(escape(x) for x in unmatched.values())
+        beside, noted = [], _RESOLVED
+        for element in prior["elements"] if prior else []:
+            if element["text"].startswith(_RESOLVED):
+                noted = element["text"] + ", "
+            else:
+                beside.append(element)
+        text = noted + ", ".join(escape(x) for x in unmatched.values())
         note = {"type": "mrkdwn", "text": cut(text, CONTEXT_TEXT)}
         out = [b for b in out if b is not prior]
         if not beside and len(out) >= MAX_BLOCKS and out[-1].get("type") == "context":
