@@ -103,7 +103,10 @@ class SmtpConfig(BaseModel):
 
     host: str
     port: int = Field(587, ge=1, le=65535)
-    starttls: bool = False
+    starttls: bool | None = None
+    """True: STARTTLS required; False: never. Unset: with a `username`, STARTTLS whenever the
+    server offers it (the password does not go in clear to a server that could take it
+    encrypted); without one, none (a relay's self-signed certificate keeps working)."""
     tls: bool = False
     """Implicit TLS (usually port 465)."""
     username: str | None = None

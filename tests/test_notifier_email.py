@@ -130,3 +130,37 @@ async def test_a_text_template_failing_on_one_meter_sends_the_built_in_text() ->
     text = mail.get_body("plain")
     assert text is not None and "ACME0001" in text.get_content()
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["template_failed"]
+
+
+async def test_with_a_username_starttls_is_used_when_offered_unless_set_false(tmp_path: Path) -> None:
+    # the server takes AUTH only after STARTTLS: the password never goes in clear to it
+    async with smtp_server(auth=("alerter", PASSWORD), starttls_dir=tmp_path) as server:
+        notifier = make(server, cert_bundle=server.cert_file, username="alerter", password=PASSWORD)
+        await notifier.send(notification("n", [event(1)]), no_threads, T0)
+        assert len(server.messages) == 1
+        with pytest.raises(DeliveryError) as err:  # `starttls: false` says so: AUTH in clear, refused here
+            await make(server, starttls=False, username="alerter", password=PASSWORD).send(
+                notification("n2", [event(2)]), no_threads, T0
+            )
+    assert PASSWORD not in str(err.value)
+    assert len(server.messages) == 1
+
+
+async def test_with_a_username_an_untrusted_certificate_is_not_sent_the_password(tmp_path: Path) -> None:
+    async with smtp_server(auth=("alerter", PASSWORD), starttls_dir=tmp_path) as server:
+        with pytest.raises(DeliveryError) as err:  # self-signed, and no cert_bundle naming it
+            await make(server, username="alerter", password=PASSWORD).send(
+                notification("n", [event(1)]), no_threads, T0
+            )
+    assert err.value.retryable
+    assert "certificate" in str(err.value) and "cert_bundle" in str(err.value)
+    assert PASSWORD not in str(err.value) and not server.messages
+
+
+async def test_without_a_username_a_relay_offering_starttls_is_used_in_clear(tmp_path: Path) -> None:
+    # an internal relay with a self-signed certificate (no AUTH): as before, no upgrade
+    async with smtp_server(starttls_dir=tmp_path, require_starttls=False) as server:
+        await make(server).send(notification("n", [event(1)]), no_threads, T0)
+        assert len(server.messages) == 1
+        with pytest.raises(DeliveryError):  # asked for: required, and its certificate is checked
+            await make(server, starttls=True).send(notification("n2", [event(2)]), no_threads, T0)

@@ -17,10 +17,20 @@ import structlog
 from alerter.errors import DeliveryError
 from alerter.models import Notification
 from alerter.notifiers.base import SendResult, Steps, ThreadLookup, scrub
-from alerter.receivers import EmailConfig
+from alerter.receivers import EmailConfig, SmtpConfig
 from alerter.render.email import render_email
 
 log = structlog.get_logger("alerter.notifiers.email")
+
+
+def _start_tls(smtp: SmtpConfig) -> bool | None:
+    """aiosmtplib's `start_tls`: True required, False never, None when the server offers it
+    (`SmtpConfig.starttls` unset, with a username)."""
+    if smtp.tls:
+        return False
+    if smtp.starttls is None:
+        return None if smtp.username else False
+    return smtp.starttls
 
 
 def message_id(notification_id: str) -> str:
@@ -90,7 +100,7 @@ class EmailNotifier:
                 username=smtp.username,
                 password=smtp.password.get_secret_value() if smtp.password else None,
                 use_tls=smtp.tls,
-                start_tls=smtp.starttls and not smtp.tls,
+                start_tls=_start_tls(smtp),
                 tls_context=context,
                 timeout=smtp.timeout.total_seconds(),
             )
@@ -104,6 +114,12 @@ class EmailNotifier:
         except aiosmtplib.SMTPResponseException as e:
             text = scrub(f"smtp {smtp.host}: {e.code} {e.message}"[:300], secrets)
             raise DeliveryError(text, retryable=not 500 <= e.code < 600) from None
+        except ssl.SSLCertVerificationError as e:
+            raise DeliveryError(
+                f"smtp {smtp.host}:{smtp.port}: its TLS certificate is not trusted ({e.verify_message}): "
+                "name its CA in smtp.cert_bundle",
+                retryable=True,
+            ) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             raise DeliveryError(
                 scrub(f"smtp {smtp.host}:{smtp.port}: {type(e).__name__}", secrets), retryable=True

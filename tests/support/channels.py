@@ -269,9 +269,10 @@ def self_signed_cert(directory: Path) -> tuple[str, str]:
 
 @asynccontextmanager
 async def smtp_server(
-    auth: tuple[str, str] | None = None, starttls_dir: Path | None = None
+    auth: tuple[str, str] | None = None, starttls_dir: Path | None = None, require_starttls: bool = True
 ) -> AsyncIterator[SmtpServer]:
-    """With `auth`, AUTH PLAIN/LOGIN is checked; with `starttls_dir`, STARTTLS is offered (self-signed)."""
+    """With `auth`, AUTH PLAIN/LOGIN is checked; with `starttls_dir`, STARTTLS is offered (self-signed),
+    and required unless `require_starttls` is false."""
     import ssl
 
     server = SmtpServer(port=_free_port())
@@ -289,7 +290,7 @@ async def smtp_server(
         cert, key = self_signed_cert(starttls_dir)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
-        kwargs |= {"tls_context": ctx, "require_starttls": True}
+        kwargs |= {"tls_context": ctx, "require_starttls": require_starttls}
         server.cert_file = cert
     controller = Controller(server, hostname=server.host, port=server.port, **kwargs)
     await asyncio.to_thread(controller.start)
