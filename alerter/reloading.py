@@ -75,3 +75,27 @@ def reread(current: Config) -> Reread:
     if fresh is None:
         return Reread("rejected", problems=problems, digests=after)
     return Reread("ok", fresh, digests=after)
+
+
+_LIVE = {"source": {"webhooks"}, "poll": {"initial_sync"}, "state": {"retention"}, "http": {"auth"}, "log": set()}
+"""Per section of the config, the settings a reload applies (the rest need a restart); the
+push endpoint's `secrets` and `header` apply too, its `path` and `listen` do not."""
+
+
+def needs_restart(running: Config, fresh: Config) -> list[str]:
+    """The settings `fresh` changes from `running` (the config the process started with) that a
+    reload does not apply: their names, never their values (a key or a password may be one)."""
+    changed: list[str] = []
+    for section, live in _LIVE.items():
+        old, new = getattr(running, section), getattr(fresh, section)
+        changed += [
+            f"{section}.{name}"
+            for name in type(old).model_fields
+            if name not in live and getattr(old, name) != getattr(new, name)
+        ]
+    hooks, fresh_hooks = running.source.webhooks, fresh.source.webhooks
+    if (hooks is None) != (fresh_hooks is None):
+        changed.append("source.webhooks")
+    elif hooks is not None and fresh_hooks is not None:
+        changed += [f"source.webhooks.{n}" for n in ("path", "listen") if getattr(hooks, n) != getattr(fresh_hooks, n)]
+    return changed

@@ -30,7 +30,7 @@ from alerter.notifiers.base import Notifier, scrub
 from alerter.pacing import Pacers
 from alerter.poller import CycleReport, Poller
 from alerter.pushwork import PushWorker
-from alerter.reloading import ReloadResult, file_digests, reread, rule_files
+from alerter.reloading import ReloadResult, file_digests, needs_restart, reread, rule_files
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
 from alerter.selfalerts import SelfAlerts
@@ -77,6 +77,11 @@ class Service:
         instance_timeout: float = INSTANCE_TIMEOUT,
     ) -> None:
         self.config = config
+        self.started = config
+        """The config the process started with: what a reload does not apply stays as it says
+        (`reloading.needs_restart`)."""
+        self.restart: list[str] = []
+        """The settings the files in force change that only a restart applies (the last reload that applied)."""
         self.clock = clock
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stream = stream
@@ -175,12 +180,20 @@ class Service:
         self.log.info(
             "rules_reloaded", rules=len(self.ruleset.rules), receivers=len(self.notifiers), removed_receivers=removed
         )
+        self.restart = needs_restart(self.started, fresh)
+        if self.restart:
+            self.log.warning("reload_needs_restart", settings=self.restart)
         return self._reloaded("ok", [])
 
     def _reloaded(self, result: ReloadResult, problems: list[str]) -> ReloadResult:
         now = self.clock()
         self.metrics.rules_reloads.labels(result).inc()
-        self.health.last_reload = {"result": result, "at": now.isoformat(), "problems": problems}
+        self.health.last_reload = {
+            "result": result,
+            "at": now.isoformat(),
+            "problems": problems,
+            "needs_restart": self.restart,
+        }
         if result == "rejected":
             self.log.error("rules_reload_rejected", problems=problems)
         elif result == "unstable":

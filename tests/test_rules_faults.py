@@ -224,6 +224,28 @@ async def test_sighup_with_an_empty_rules_file_is_rejected_and_the_old_rules_del
         assert orjson.loads((await svc.get("/readyz"))[1])["rules_reload"]["result"] == "ok"
 
 
+async def test_a_reload_names_the_settings_only_a_restart_applies(tmp_path: Path) -> None:
+    """The config's poll interval, page size and Leap key edited with the rules: the rules apply,
+    and the reload says which settings still wait for a restart, by name (a key is not repeated),
+    until a later reload leaves them as the process started with them."""
+    async with reloading(tmp_path) as (_, _hook, svc):
+        config = tmp_path / "config.yaml"
+        started = config.read_text()
+        edited = started.replace("interval: 1s", "interval: 2s").replace("page_size: 500", "page_size: 200")
+        config.write_text(edited.replace(f"api_key: {API_KEY}", "api_key: other-key-0123456789"))
+        svc.send(signal.SIGHUP)
+        warned = await svc.wait_for_log("reload_needs_restart")
+        assert warned["settings"] == ["source.api_key", "source.page_size", "poll.interval"]
+        body = (await svc.get("/readyz"))[1]
+        assert orjson.loads(body)["rules_reload"]["needs_restart"] == warned["settings"]
+        assert "other-key" not in body and not any("other-key" in str(e) for e in svc.logs)
+
+        config.write_text(started)
+        svc.send(signal.SIGHUP)
+        await svc.wait_for_log("rules_reloaded", count=2)
+        assert orjson.loads((await svc.get("/readyz"))[1])["rules_reload"]["needs_restart"] == []
+
+
 async def test_the_watcher_does_not_apply_a_file_caught_half_written(tmp_path: Path) -> None:
     """A valid prefix of the new file (its first rule only, without the catch-all) lives for less
     than a watch tick: the watcher waits for the file to read the same twice, so only the whole
