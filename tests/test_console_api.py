@@ -115,6 +115,9 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
         dead = (await get(s, "/api/v1/deliveries?status=dead"))["deliveries"]
         assert [d["notification_id"] for d in dead] == ["n-dead"] and dead[0]["last_error"] == "HTTP 500 from the CRM"
         assert "status" in (await get(s, "/api/v1/deliveries?status=lost", 400))["error"]
+        page = await get(s, "/deliveries?status=lost", 400)  # the page says so, and lists none
+        assert "status: expected one of pending, sent, dead, got &#39;lost&#39;" in page and "n-dead" not in page
+        assert "n-dead" in await get(s, "/deliveries")
         for wrong in (["crm"], {"name": "crm"}, 7):
             async with s.post("/api/v1/deliveries/replay", json={"receiver": wrong}) as r:
                 assert r.status == 400 and "receiver" in (await r.json())["error"]

@@ -165,20 +165,27 @@ def add_routes(app: web.Application, console: Console) -> None:
 
     async def deliveries(request: web.Request, ident: Identity) -> web.StreamResponse:
         status = request.query.get("status") or None
-        if status not in (None, *api.DELIVERY_STATUSES):
-            status = None
         receiver = request.query.get("receiver") or None
         try:
             before = api._delivery_cursor(request.query.get("cursor"))
         except ValueError:
             before = None
-        items, nxt = await console.store.deliveries(status, receiver, 100, before)
+        problem = ""
+        items: list[dict[str, Any]] = []
+        nxt: tuple[str, str] | None = None
+        if status not in (None, *api.DELIVERY_STATUSES):  # nothing listed: not every status, as if none were asked
+            problem = f"status: expected one of {', '.join(api.DELIVERY_STATUSES)}, got {status!r}"
+            status = None
+        else:
+            items, nxt = await console.store.deliveries(status, receiver, 100, before)
         more = {"status": status or "", "receiver": receiver or "", "cursor": api._encode_delivery_cursor(nxt)}
         return console.render(
             request,
             ident,
             "deliveries.html",
+            status=400 if problem else 200,
             title="Deliveries",
+            problem=problem,
             items=items,
             status_filter=status or "",
             receiver_filter=receiver or "",
