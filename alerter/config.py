@@ -140,6 +140,9 @@ def _search_filters(filters: dict[str, Any]) -> dict[str, Any]:
                 problems.append(f"{name!r} takes a list of strings")
             elif len(value) > _LIST_FILTERS[name]:
                 problems.append(f"{name!r} takes at most {_LIST_FILTERS[name]} values, got {len(value)}")
+            elif len(set(value)) < len(value):  # Leap's definition: `uniqueItems` (it refuses the search)
+                again = sorted({v for v in value if value.count(v) > 1})
+                problems.append(f"{name!r} takes each value once, got {', '.join(map(repr, again))} more than once")
         elif name in _ONE_VALUE_FILTERS:
             if not isinstance(value, str):
                 problems.append(f"{name!r} takes one value (a string)")

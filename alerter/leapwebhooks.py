@@ -23,6 +23,7 @@ from yarl import URL
 
 from alerter.config import SourceConfig, WebhooksConfig, load_config
 from alerter.errors import AlerterError
+from alerter.notifiers.base import scrub
 
 PATH = "/v1.1/webhooks"
 REQUIRED_ACTIONS = "meter.enrollment.required-actions.updated"
@@ -41,6 +42,10 @@ class WebhooksClient:
     def __init__(self, source: SourceConfig, session: aiohttp.ClientSession) -> None:
         self.base = source.base_url.rstrip("/")
         self.key = source.api_key.get_secret_value()
+        self.secrets = (
+            [self.key, *(s.get_secret_value() for s in source.webhooks.secrets)] if source.webhooks else [self.key]
+        )
+        """What Leap's answer must not be repeated with (an error may echo the request's headers or body)."""
         self.timeout = aiohttp.ClientTimeout(total=source.timeout.total_seconds())
         self.session = session
 
@@ -65,7 +70,7 @@ class WebhooksClient:
         if status == 404:
             raise AlerterError(f"Leap answered 404 for {what or path}: not found (is source.base_url right?)")
         if not 200 <= status < 300:
-            raise AlerterError(f"Leap answered {status} to {method} {path}: {_message(raw)}")
+            raise AlerterError(f"Leap answered {status} to {method} {path}: {_message(raw, self.secrets)}")
         try:
             return orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
@@ -79,14 +84,18 @@ class WebhooksClient:
         return [h for h in hooks if isinstance(h, dict)]
 
 
-def _message(raw: bytes) -> str:
+def _message(raw: bytes, secrets: list[str]) -> str:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw[:200].decode(errors="replace").strip() or "(empty body)"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("title") or body.get("error") or body)[:200]
-    return str(body)[:200]
+        text = raw.decode(errors="replace").strip() or "(empty body)"
+    else:
+        text = (
+            str(body.get("message") or body.get("title") or body.get("error") or body)
+            if isinstance(body, dict)
+            else str(body)
+        )
+    return scrub(text, secrets)[:200]
 
 
 def _ours(hook: dict[str, Any], wh: WebhooksConfig) -> bool:

@@ -13,10 +13,11 @@ encoded and decoded on the hot path without validating again what the process it
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, TypeGuard
 
 import msgspec
 from pydantic import AliasPath, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetPydanticSchema
@@ -24,6 +25,14 @@ from pydantic_core import core_schema as cs
 from typing_extensions import TypedDict
 
 _RECORD = ConfigDict(frozen=True, extra="ignore")
+UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+"""A UUID in its text form: how Leap's definition names meters and webhook events (`format: uuid`)."""
+_UUID = re.compile(UUID)
+
+
+def is_uuid(value: object) -> TypeGuard[str]:
+    """Whether `value` is a UUID in its text form, whole (a trailing newline is not one)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def _utc(value: datetime) -> datetime:
@@ -82,7 +91,9 @@ class Record(BaseModel):
 
     model_config = _RECORD
 
-    meter_id: str
+    meter_id: Annotated[str, Field(pattern=f"^{UUID}$")]
+    """A UUID (Leap's definition): Leap refuses any other id when it is asked for again, so a
+    record with one is invalid (skipped, counted and named) rather than watched for ever."""
     partner_reference: str = ""
     transmission_region: str = ""
     customer_classification: str = ""

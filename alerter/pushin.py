@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeGuard
+from typing import Any
 
 import orjson
 import structlog
@@ -30,13 +29,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerter.config import WebhooksConfig
+from alerter.models import is_uuid
 from alerter.store.inbox import Inbox, InboxEvent
 
 MAX_BODY = 1 << 20
 """Bytes; a larger body is refused (413)."""
 REQUIRED_ACTIONS = "meter.enrollment.required-actions.updated"
 USED_TYPES = frozenset({REQUIRED_ACTIONS})
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _REFUSAL_LOG_EVERY = 10.0
 """Seconds between two log lines about refused requests (each is counted)."""
 OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "too_large", "invalid", "error")
@@ -84,11 +83,6 @@ class Envelope:
         self.event_type = event_type
         self.meter_id = meter_id
         self.payload = payload
-
-
-def is_uuid(value: object) -> TypeGuard[str]:
-    """Whether `value` is a UUID in its text form, whole (a trailing newline is not one)."""
-    return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
 def parse_envelope(raw: bytes) -> Envelope | str:

@@ -28,8 +28,9 @@ import structlog
 from aiohttp import web
 
 from alerter.errors import SourceError
+from alerter.models import is_uuid
 from alerter.poller import CycleReport
-from alerter.pushin import PushMetrics, Receiver, is_uuid
+from alerter.pushin import PushMetrics, Receiver
 from alerter.store.base import META_INITIALIZED
 from alerter.store.inbox import Inbox, InboxEvent
 from alerter.web import start_server

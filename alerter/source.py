@@ -31,7 +31,7 @@ from alerter.config import SourceConfig
 from alerter.decoding import Page, decode_page, peek_next_token, summarize_errors
 from alerter.errors import SourceError
 from alerter.http import retry_after as parse_retry_after
-from alerter.models import Record
+from alerter.models import Record, is_uuid
 
 SEARCH_PATH = "/v2/meters/enrollments/search"
 ENROLLMENT_PATH = "/v2/meters/{meter_id}/enrollments"
@@ -149,6 +149,8 @@ class LeapClient:
         """
         body = search_body({**self.config.filters, **(filters or {})}, self.config.page_size)
         token: str | None = None
+        used: set[str] = set()
+        """The tokens this sweep has followed (a few bytes each, one a page)."""
         number = 0
         ahead: _Ahead | None = None
         try:
@@ -168,8 +170,11 @@ class LeapClient:
                 del page  # the caller's alone now: freed when it lets go, not after the next page
                 if next_token is None:
                     return
-                if next_token == token:
-                    raise SourceError("Leap returned the same page token twice; stopping the sweep")
+                if next_token in used:  # A, B, A, ...: a loop would page for ever
+                    raise SourceError(
+                        f"Leap returned a page token it had already given (page {number}); stopping the sweep"
+                    )
+                used.add(next_token)
                 token = next_token
         finally:
             if ahead is not None:
@@ -239,8 +244,14 @@ class LeapClient:
         last_modified: datetime | str | None = None,
         filters: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Page]:
-        """Pages for the given meters, asking for at most 1000 ids a request."""
+        """Pages for the given meters, asking for at most 1000 ids a request. An id that is not a
+        UUID (stored by a version that took such records) is not asked for: Leap refuses the whole
+        request for it (400); it reads as absent."""
         ids = list(dict.fromkeys(meter_ids))
+        unnamed = [i for i in ids if not is_uuid(i)]
+        if unnamed:
+            log.warning("meter_id_not_uuid", meter_ids=unnamed[:10], count=len(unnamed))
+            ids = [i for i in ids if is_uuid(i)]
         number = 0
         for start in range(0, len(ids), MAX_METER_IDS):
             chunk = ids[start : start + MAX_METER_IDS]
@@ -320,11 +331,11 @@ class LeapClient:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock())
                 if status in (200, 404):
                     return status, raw
-                condition = f"{status} {_reason(status, raw)}"
+                condition = f"{status} {_reason(status, raw, self)}"
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 status, raw = 0, b""
                 condition = f"timed out after {self._timeout.total:g}s"
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as err:
+            except aiohttp.ClientError as err:  # the connection, or an answer that is not HTTP (a broken proxy)
                 status, raw = 0, b""
                 condition = f"connection failed ({type(err).__name__}: {_scrub(str(err), self)})"
             finally:
@@ -333,7 +344,7 @@ class LeapClient:
             if status in (401, 403):
                 raise SourceError(self._auth_message(status), auth=True, status=status)
             if status == 400:
-                raise SourceError(f"Leap rejected the request (400): {_reason(status, raw)}", status=400)
+                raise SourceError(f"Leap rejected the request (400): {_reason(status, raw, self)}", status=400)
             if status and status not in RETRYABLE:
                 raise SourceError(f"Leap answered {condition} to {method} {path}", status=status)
             if attempt >= self.config.max_retries:
@@ -391,8 +402,9 @@ def _rfc3339(dt: datetime) -> str:
     return _aware(dt).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _reason(status: int, raw: bytes) -> str:
-    """A short reason from Leap's error envelope, a bare JSON string, or an HTML/other body."""
+def _reason(status: int, raw: bytes, client: LeapClient) -> str:
+    """A short reason from Leap's error envelope, a bare JSON string, or an HTML/other body; the
+    API key taken out (a gateway may echo the request's headers)."""
     try:
         data = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -406,7 +418,7 @@ def _reason(status: int, raw: bytes) -> str:
         text = "(HTML body)"
     else:
         text = _STATUS.get(status, "")
-    return text[:300]
+    return _scrub(text, client)[:300]
 
 
 _STATUS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway"}

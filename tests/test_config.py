@@ -257,6 +257,7 @@ def test_an_unset_variable_in_a_flow_mapping_keeps_its_position(tmp_path: Path) 
         ({"transmission_region": ["CAISO", "NYISO"]}, "'transmission_region' takes one value"),
         ({"tags": "vip"}, "'tags' takes a list of strings"),
         ({"global_enrollment_statuses": ["A"] * 6}, "'global_enrollment_statuses' takes at most 5 values, got 6"),
+        ({"tags": ["vip", "b", "vip", "b", "c"]}, "'tags' takes each value once, got 'b', 'vip' more than once"),
         ({"created_after_date_time": "2024-01-01T00:00:00"}, "'created_after_date_time' takes an instant with its"),
         ({"exclude_archived": "yes"}, "'exclude_archived' takes true or false"),
         ({"modified_after": "2024-01-01T00:00:00Z"}, "unknown filter 'modified_after'"),

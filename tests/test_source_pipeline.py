@@ -65,7 +65,7 @@ class Leap:
         n = self.page(token)
         meters = [
             {
-                "meter_id": f"m{n}-{i}",
+                "meter_id": meter_uuid(n, i),
                 "audit": {"updated_at": f"2024-01-{n % 28 + 1:02d}T00:00:0{i}Z"},
                 "required_actions": {"partner": []},
             }
@@ -106,6 +106,11 @@ async def sweep(leap: Leap) -> tuple[list[Page], LeapClient]:
     async with client(leap) as leap_client:
         pages = [p async for p in leap_client.search({})]
     return pages, leap_client
+
+
+def meter_uuid(page: int, index: int) -> str:
+    """The id of the `index`th meter of page `page` (a UUID, as Leap's are)."""
+    return f"00000000-0000-4000-8000-{page:06d}{index:06d}"
 
 
 def generator(leap_client: LeapClient) -> AsyncGenerator[Page, None]:
@@ -150,7 +155,7 @@ def test_the_raw_token_reads_as_json_does() -> None:
 async def test_a_token_written_oddly_still_pages_through(render: Render) -> None:
     async with serve(Leap(pages=4, render=render)) as leap:
         pages, leap_client = await sweep(leap)
-    assert [r.meter_id for p in pages for r in p.records] == [f"m{n}-{i}" for n in range(4) for i in range(3)]
+    assert [r.meter_id for p in pages for r in p.records] == [meter_uuid(n, i) for n in range(4) for i in range(3)]
     assert leap.asked == [None] + [token_of(n) for n in range(1, 4)]
     assert leap_client.stats.requests == 4
 
@@ -241,7 +246,7 @@ def looping(meters: list[dict[str, Any]], token: str | None) -> bytes:
 
 async def test_the_same_token_twice_still_stops_the_sweep() -> None:
     async with serve(Leap(pages=3, render=looping)) as leap, client(leap) as leap_client:
-        with pytest.raises(SourceError, match="same page token twice"):
+        with pytest.raises(SourceError, match="a page token it had already given"):
             async for _ in leap_client.search({}):
                 pass
         assert not requests_in_flight()
