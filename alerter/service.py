@@ -317,7 +317,8 @@ class Service:
 
     # -- internals --
     def _cycle_succeeded(self, now: datetime, report: CycleReport) -> None:
-        self.health.last_success_at = now
+        done = max(now, self.clock())  # `now` is when it began: a long sweep is not old once it ends
+        self.health.last_success_at = done
         self.health.last_error = None
         self.health.auth_refused = False
         m = self.metrics
@@ -327,7 +328,7 @@ class Service:
         m.records.inc(report.records)
         m.invalid_records.inc(report.invalid)
         m.failed_meters.inc(report.failed)
-        m.last_success.set(now.timestamp())
+        m.last_success.set(done.timestamp())
         for kind, count in report.events.items():
             m.events.labels(kind).inc(count)
         self.alerts.cycle_ok(now, report)

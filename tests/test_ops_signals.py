@@ -9,6 +9,7 @@ import asyncio
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,6 +59,18 @@ async def test_the_ready_gauge_follows_readiness_without_readyz_being_asked(tmp_
                 break
             await asyncio.sleep(0.1)
         assert _metric((await svc.get("/metrics"))[1], "alerter_ready") == 0.0
+
+
+async def test_a_cycle_slower_than_two_intervals_is_ready_once_done(tmp_path: Path) -> None:
+    """A poll of 3 s on a 1 s interval: it succeeded just now, not 3 s ago."""
+    async with _serving(tmp_path, 4) as (sim, svc):
+        done = sum(e.get("event") == "cycle_done" for e in svc.logs)
+        sim.faults.add("slow", times=1, delay=3.0)
+        await svc.wait_for_log("cycle_done", count=done + 1)
+        status, body = await svc.get("/readyz")
+        assert status == 200, body
+        last = _metric((await svc.get("/metrics"))[1], "alerter_last_successful_cycle_timestamp_seconds")
+        assert last is not None and time.time() - last < 2
 
 
 async def test_sigterm_lets_the_poll_in_flight_finish(tmp_path: Path) -> None:
