@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
 
-from alerter.errors import AlerterError, ConfigError
+from alerter.errors import AlerterError, ConfigError, NoStateError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -263,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except NoStateError as err:
+        print(f"alerter: {err}", file=sys.stderr)
         return EXIT_USAGE
     except AlerterError as err:
         if args.verbose:

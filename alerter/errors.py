@@ -30,6 +30,11 @@ class StoreError(AlerterError):
     """The state store cannot be used (locked by another instance, unreachable, bad schema)."""
 
 
+class NoStateError(StoreError):
+    """A state command's `state.url` names no state (a mistyped path, most often): the config is
+    wrong, and the command exits as for one (2)."""
+
+
 class FencedError(StoreError):
     """This instance lost leadership: a newer fencing token owns the state."""
 

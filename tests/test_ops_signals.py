@@ -136,7 +136,7 @@ async def test_a_state_command_pointed_at_no_state_fails_and_makes_none(tmp_path
         tmp_path, config_yaml("http://127.0.0.1:1", f"sqlite:///{tmp_path}/typo.db"), rules_yaml("http://127.0.0.1:1/h")
     )
     result = await alerter("silence", "add", "-c", str(cfg), "action_type=IS_AUTHORIZED", "--reason", "x")
-    assert result.code == 1 and result.stdout == ""
+    assert result.code == 2 and result.stdout == ""  # a config naming no state: as a bad config
     assert result.stderr.strip().splitlines() == [
         f"alerter: no state file at {tmp_path}/typo.db: check state.url (a relative path is read from the "
         "working directory) or start `alerter run` (or `alerter once`) first"

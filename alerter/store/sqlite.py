@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import aiosqlite
 import orjson
 
-from alerter.errors import StoreError
+from alerter.errors import NoStateError, StoreError
 from alerter.models import Event, EventRef, Obligation, RoutingWrite
 from alerter.store import packing, rows
 from alerter.store.base import META_DEFERRED, Store
@@ -306,7 +306,7 @@ def _check_exists(path: str) -> None:
     """A state command on a mistyped path would otherwise make a new, empty state there and
     report success, e.g. a silence the service never reads."""
     if not os.path.exists(path):
-        raise StoreError(
+        raise NoStateError(
             f"no state file at {os.path.abspath(path)}: check state.url (a relative path is "
             "read from the working directory) or start `alerter run` (or `alerter once`) first"
         )
