@@ -118,6 +118,8 @@ async def test_api_lists_filters_pages_and_changes_with_a_token(tmp_path: Path, 
         page = await get(s, "/deliveries?status=lost", 400)  # the page says so, and lists none
         assert "status: expected one of pending, sent, dead, got &#39;lost&#39;" in page and "n-dead" not in page
         assert "n-dead" in await get(s, "/deliveries")
+        rules = await get(s, "/rules")  # each rule's grouping and reminders as its file writes them
+        assert "wait 0s, interval 0s" in rules and "<small>overdue</small>" in rules and "timedelta" not in rules
         for wrong in (["crm"], {"name": "crm"}, 7):
             async with s.post("/api/v1/deliveries/replay", json={"receiver": wrong}) as r:
                 assert r.status == 400 and "receiver" in (await r.json())["error"]

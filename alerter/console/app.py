@@ -20,6 +20,8 @@ import structlog
 from aiohttp import web
 
 from alerter.console.auth import CSRF_COOKIE, SESSION_TTL, Access, Identity, csrf_ok
+from alerter.durations import format_duration
+from alerter.reminders import RemindPolicy
 from alerter.store.console import ConsoleStore
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ class Console:
             lstrip_blocks=True,
         )
         self.env.filters["when"] = _when
+        self.env.filters["duration"] = format_duration
+        self.env.filters["remind"] = _remind
         self.log = structlog.get_logger("alerter.console")
 
     @property
@@ -213,6 +217,16 @@ def json_error(status: int, message: str) -> web.Response:
     resp = json_response({"error": message}, status)
     secure(resp)
     return resp
+
+
+def _remind(policy: RemindPolicy) -> str:
+    """A rule's reminders as its file writes them: `every 24h, before 7d/2d/1d, overdue`."""
+    parts = [f"every {format_duration(policy.every)}"] if policy.every else []
+    if policy.before_deadline:
+        parts.append("before " + "/".join(format_duration(t) for t in policy.before_deadline))
+    if policy.overdue:
+        parts.append("overdue")
+    return ", ".join(parts) or "none"
 
 
 def _when(value: Any) -> str:
