@@ -280,6 +280,8 @@ def validation_problems(doc: YamlDoc, err: ValidationError, prefix: YamlPath = (
             empty = bool(msg) and e.get("input") is None  # `poll:` with nothing after: point at `poll`
             if msg:
                 msg = f"{msg}, got {_kind(e.get('input'))}"
+            elif e["type"] in _BOUNDS:
+                msg = f"{_BOUNDS[e['type']]} {next(iter((e.get('ctx') or {'': '?'}).values()))}"
             else:
                 msg = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
             problem = doc.problem(loc, f"{dotted(loc)}: {msg}" if loc else msg, key=empty)
@@ -307,6 +309,13 @@ _SHAPES = {
     "tuple_type": "expected a list",
 }
 """pydantic's errors about the shape of a value, said the way a YAML file shows it."""
+_BOUNDS = {
+    "less_than_equal": "must be at most",
+    "greater_than_equal": "must be at least",
+    "greater_than": "must be more than",
+    "less_than": "must be less than",
+}
+"""pydantic's errors about a number's range (its bound the one value of their `ctx`)."""
 
 
 def _kind(value: Any) -> str:

@@ -36,7 +36,7 @@ BAD = [
     ("bad_duration.yaml", ["bad_duration.yaml:4:13: poll.interval: not a duration: 'five minutes'"]),
     ("zero_interval.yaml", ["zero_interval.yaml:4:13: poll.interval: must be longer than 0s, got 0s"]),
     ("bad_enum.yaml", ["bad_enum.yaml:4:17: poll.initial_sync: Input should be 'digest', 'notify' or 'silent'"]),
-    ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: Input should be less than or equal to 500"]),
+    ("out_of_range.yaml", ["out_of_range.yaml:3:14: source.page_size: must be at most 500"]),
     ("bad_type.yaml", ["bad_type.yaml:3:12: source.filters: expected a mapping, got a list"]),
     ("empty_api_key.yaml", ["empty_api_key.yaml:2:12: source.api_key: is empty (if it names an environment"]),
     (
