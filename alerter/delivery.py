@@ -252,6 +252,8 @@ class Deliverer:
         stats.claimed = len(rows)
         claimed = time.monotonic()
         if rows:
+            # a flush's parts started in the order of their index (the claim's may differ: `MADE_ORDER`)
+            rows.sort(key=lambda d: (d.notification.created_at, d.notification.part[0]))
             rows = await self._in_order(rows, now)
             outcomes = _Outcomes(self.store)
             try:
@@ -280,7 +282,7 @@ class Deliverer:
                 continue
             follows = {d.notification.id for d in follow}
             # made at the same time (one routing pass): those of openings alone first
-            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id in follows, d.notification.id))
+            mine.sort(key=lambda d: (d.notification.created_at, d.notification.id in follows, d.notification.part[0]))
             ids = [d.notification.id for d in mine]
             outside = await self.store.pending_before(receiver, max(d.notification.created_at for d in follow), ids)
             earlier: dict[str, str] = {}  # key id -> the first notification of this claim about it

@@ -172,6 +172,26 @@ async def test_digest_and_group_in_parts_reach_every_receiver_once_with_the_same
         assert len(slack.posted()) == 2
 
 
+async def test_a_flush_in_more_parts_than_a_claim_holds_goes_out_in_the_order_of_their_index(
+    tmp_path: Path,
+) -> None:
+    """40 new actions in one group: 10 webhook parts of 4, one at a time (`in_flight: 1`),
+    claimed 4 at a time: parts 1 to 10 in order (SQLite keeps the order they were written in)."""
+    p = Portfolio(60, action_rate=0.0, seed=7)
+    meters = [p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"]]
+    async with multi(tmp_path, p) as (service, hook, _, _):
+        await service.run_cycle(flush_all=True)  # the initial sync: nothing open
+        assert (await service.drain(30)).undelivered == 0
+        hook.received.clear()
+        service.deliverer.policies["webhook"] = RetryPolicy(base=0.2, cap=0.5, max_attempts=5, budget=600, in_flight=1)
+        assert service.deliverer.claim_limit("crm") == 4
+        for m in meters[:40]:
+            p.open_action(m, action_type="DOCUMENTS_SIGNED", action_code="DOCS_0001")
+        await service.run_cycle(flush_all=True)
+        assert (await service.drain(30)).undelivered == 0
+    assert [r.body["data"]["part"]["index"] for r in hook.delivered()] == list(range(1, 11))
+
+
 def test_flushing_window_by_window_makes_the_same_parts_as_one_flush() -> None:
     rs = ruleset()
     evs = events(23)

@@ -35,6 +35,9 @@ LINKED_EVENTS: dict[Dialect, str] = {
     "WHERE n.id {notifications} ORDER BY n.id, l.position",
 }
 """The events of notifications that link them, in order (`{notifications}`: the backend's `IN`)."""
+MADE_ORDER: dict[Dialect, str] = {"sqlite": "n.seq", "postgres": "d.notification_id"}
+"""Among notifications made at once, the order a claim takes them in: SQLite's in the order they
+were written (a flush's parts by their index); PostgreSQL keeps no such number, its by id."""
 RELEASE_LEASES = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'pending'"
 REPLAY = (
     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, retry_from = $1, "
@@ -104,7 +107,7 @@ class LedgerSql(SqlHooks, LedgerStore):
         sql = (
             f"{_DELIVERIES} WHERE d.status = 'pending' AND d.next_attempt_at <= $1 {which}AND ({free}) "
             "AND NOT EXISTS (SELECT 1 FROM receivers_state r WHERE r.name = d.receiver) "
-            f"ORDER BY d.next_attempt_at, d.notification_id LIMIT $2 {self.skip_locked}"
+            f"ORDER BY d.next_attempt_at, n.created_at, {MADE_ORDER[self.dialect]} LIMIT $2 {self.skip_locked}"
         )
         until = self._ts(now + timedelta(seconds=lease_seconds))
         async with self._write() as tx:
