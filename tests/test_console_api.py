@@ -274,6 +274,10 @@ async def test_no_auth_is_read_only_on_loopback(tmp_path: Path) -> None:
             "/api/v1/silences", json={"matchers": {"meter_id": "m1"}, "duration": "1h", "reason": "x"}
         ) as r:
             assert r.status == 403 and "read-only" in (await r.json())["error"]
+        # a preview only reads: an API client (no page, so no CSRF token) may ask for one
+        preview = {"matchers": {"meter_id": "m01"}, "duration": "1h", "reason": "x"}
+        async with s.post("/api/v1/silences/preview", json=preview) as r:
+            assert r.status == 200 and (await r.json())["matched"] == 1, await r.text()
         async with s.get("/login", allow_redirects=False) as r:
             assert r.status == 303
 
