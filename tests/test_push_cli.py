@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from alerter.sim import Portfolio, SimServer
 from tests.support.channels import webhook_collector
@@ -87,6 +88,33 @@ async def test_leap_webhooks_errors_are_one_line(tmp_path: Path) -> None:
         plain = str(write_config(off, config_yaml(sim.url, "sqlite:///x.db"), rules_yaml("http://x")))
         unconfigured = await alerter("leap-webhooks", "list", "-c", plain)
         assert unconfigured.code == 2 and "source.webhooks is not configured" in unconfigured.stderr
+
+
+async def test_leap_webhooks_errors_echoing_the_request_do_not_repeat_its_secrets(tmp_path: Path) -> None:
+    """Leap (or a gateway) refusing the subscription with the request's key and body in its
+    message: the line says why, without the API key or the push secret."""
+
+    async def echo(request: web.Request) -> web.Response:
+        if request.method == "GET" and "list" not in request.query:  # `register` lists first
+            return web.json_response({"webhooks": []})
+        said = f"refused {request.headers['Authorization']} {await request.text()}"
+        return web.json_response({"message": said}, status=422)
+
+    app = web.Application()
+    app.router.add_route("*", "/v1.1/webhooks", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        cfg = str(write_config(tmp_path, with_webhooks(config_yaml(url, "sqlite:///x.db")), rules_yaml("http://x")))
+        refused = await alerter("leap-webhooks", "register", "-c", cfg, "--url", "https://alerter.example.com/leap")
+        assert refused.code == 1 and "Leap answered 422" in refused.stderr and "refused Bearer ***" in refused.stderr
+        assert '"value":"***"' in refused.stderr  # the header Leap would send: the push secret
+        assert API_KEY not in refused.stderr and LEAP_SECRET not in refused.stderr, refused.stderr
+    finally:
+        await runner.cleanup()
 
 
 def _free_port() -> int:
