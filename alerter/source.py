@@ -13,6 +13,7 @@ No message or log line carries the API key.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -107,10 +108,13 @@ class LeapClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 120.0,
+        retry_after_limit: float = 120.0,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """`clock`: the time a Retry-After date is counted from (the wall clock when not given)."""
+        """`clock`: the time a Retry-After date is counted from (the wall clock when not given).
+        A Retry-After up to `retry_after_limit` is waited out (at most `retry_after_max`); a
+        longer one ends the request, and Leap is not called again before it has passed."""
         self.config = config
         self.stats = ClientStats()
         self._session = session
@@ -121,6 +125,9 @@ class LeapClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._retry_after_max = retry_after_max
+        self._retry_after_limit = retry_after_limit
+        self._not_before = 0.0
+        """`time.monotonic()` before which Leap asked not to be called (a Retry-After too long to wait out)."""
         self._rng = rng or random.Random()
         self._clock = clock or _utcnow
 
@@ -308,6 +315,9 @@ class LeapClient:
 
     async def _request(self, method: str, path: str, body: Mapping[str, Any] | None) -> tuple[int, bytes]:
         """Status and body of a 200 or 404, after retries; raises SourceError otherwise."""
+        left = self._not_before - time.monotonic()
+        if left > 0:
+            raise SourceError(f"Leap asked not to be called for {math.ceil(left)} s more (Retry-After)", status=429)
         session = self._session_or_new()
         headers = {
             "Authorization": f"Bearer {self.config.api_key.get_secret_value()}",
@@ -347,6 +357,14 @@ class LeapClient:
                 raise SourceError(f"Leap rejected the request (400): {_reason(status, raw, self)}", status=400)
             if status and status not in RETRYABLE:
                 raise SourceError(f"Leap answered {condition} to {method} {path}", status=status)
+            if retry_after is not None and retry_after > self._retry_after_limit:
+                # longer than a cycle should wait: this cycle ends, the next ones do not call
+                # before then (retrying sooner would only be refused again, and counted)
+                self._not_before = time.monotonic() + retry_after
+                raise SourceError(
+                    f"Leap answered {condition} and asked not to be called for {retry_after:g} s (Retry-After)",
+                    status=status,
+                )
             if attempt >= self.config.max_retries:
                 raise SourceError(
                     f"Leap API at {self._where} failed after {attempt + 1} attempts: {condition}",

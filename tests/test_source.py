@@ -158,6 +158,17 @@ async def test_429_waits_for_retry_after_then_succeeds() -> None:
     assert client.stats.retries == 1 and client.stats.requests == 2
 
 
+async def test_a_retry_after_longer_than_a_cycle_waits_ends_it_and_leap_is_not_called_before_then() -> None:
+    async with leap(retry_after_limit=2.0) as (sim, client):
+        sim.faults.add(429, retry_after=600)
+        with pytest.raises(SourceError, match=r"429 Too Many Requests and asked not to be called for 600 s"):
+            await _all(client)
+        asked = len(sim.requests)
+        with pytest.raises(SourceError, match=r"asked not to be called for (599|600) s more"):
+            await _all(client)
+    assert len(sim.requests) == asked == 1 and client.stats.retries == 0
+
+
 @pytest.mark.parametrize(
     ("fault", "named"),
     [
