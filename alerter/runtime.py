@@ -31,6 +31,9 @@ from alerter.tuning import tune_process
 from alerter.web import make_app, start_server
 
 GRACE_SECONDS = 20.0
+CLOSE_SECONDS = 5.0
+"""After the grace, what the stop's last steps (listener, state store) have together: a stop
+takes at most GRACE_SECONDS + CLOSE_SECONDS (the deploy files allow 30 s)."""
 
 
 def run_service(config_path: str, *, verbose: bool = False) -> int:
@@ -59,6 +62,11 @@ class Runtime:
                 self._inflight.add(task)
             try:
                 await fn()
+            except asyncio.CancelledError:
+                if not self.stop.is_set():
+                    raise
+                # still running past the stop's grace: cancelled by `_stop_steps`, said once here
+                self.log.warning("job_abandoned_at_shutdown", job=name, grace_s=GRACE_SECONDS)
             except SourceError:
                 pass  # counted, logged and reported by the service; the next poll retries
             except AlerterError as err:
@@ -105,7 +113,9 @@ class Runtime:
         reload_asked = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
         try:
-            await svc.start()
+            if not await self._started():
+                self.log.info("stopped_while_starting")
+                return 0
             push = await svc.push.start() if svc.push is not None else None
             svc.health.started = True  # /startedz: the store is open and migrated
         except BaseException:
@@ -149,17 +159,68 @@ class Runtime:
             await self.stop.wait()
             self.log.info("shutdown_started", inflight=len(self._inflight))
         finally:
+            end = loop.time() + GRACE_SECONDS + CLOSE_SECONDS
             scheduler.pause()  # no step starts; those in flight finish (shutdown would cancel them)
-            delivery = asyncio.ensure_future(svc.stop_delivery(GRACE_SECONDS))
-            if self._inflight:
-                await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
-            scheduler.shutdown(wait=False)
-            await delivery
+            # the steps in flight, the sends in flight and the push worker's step, all at once
+            stopping = [asyncio.ensure_future(svc.stop_delivery(GRACE_SECONDS))]
             if push is not None:
-                await push.stop(GRACE_SECONDS)
+                stopping.append(asyncio.ensure_future(push.stop(GRACE_SECONDS)))
+            await self._stop_steps()
+            scheduler.shutdown(wait=False)
+            for what, step in zip(("delivery", "push"), stopping, strict=False):
+                await self._bounded(what, step, end)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await runner.cleanup()
-            await svc.close()
-            self.log.info("shutdown_complete")
+            await self._bounded("http", runner.cleanup(), end)
+            if await self._bounded("state", svc.close(), end):
+                self.log.info("shutdown_complete")
+            else:
+                svc.store.abort()  # what still waits on the store fails now, and the process ends
+                self.log.warning("shutdown_forced", after_s=GRACE_SECONDS + CLOSE_SECONDS)
         return 0
+
+    async def _started(self) -> bool:
+        """Starts the service (opens and migrates the store). A stop asked meanwhile lets it
+        finish within the grace (a migration ends whole), then the service stops as it would
+        once started; a store that has not opened by then (a server that accepts connections
+        but answers nothing) is given up rather than waited for for its connect timeout."""
+        loop = asyncio.get_running_loop()
+        starting = asyncio.ensure_future(self.service.start())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not starting.done():
+            await asyncio.wait({starting}, timeout=GRACE_SECONDS)
+        if starting.done():
+            starting.result()  # its failure raised here
+            return True
+        starting.cancel()
+        if not await self._bounded("state", asyncio.wait({starting}), loop.time() + CLOSE_SECONDS):
+            self.service.store.abort()
+        return False
+
+    async def _stop_steps(self) -> None:
+        """The steps in flight finish within the grace; those still running are cancelled (each
+        logs `job_abandoned_at_shutdown`)."""
+        if not self._inflight:
+            return
+        _, late = await asyncio.wait(set(self._inflight), timeout=GRACE_SECONDS)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=CLOSE_SECONDS)
+
+    async def _bounded(self, what: str, step: Awaitable[Any], end: float) -> bool:
+        """Awaits a shutdown step until `end` (the loop's time); one still running then is
+        cancelled and said (`shutdown_step_abandoned`). True when it ended in time."""
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=max(0.1, end - asyncio.get_running_loop().time()))
+        if not done:
+            task.cancel()
+            self.log.warning("shutdown_step_abandoned", step=what)
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("shutdown_step_failed", step=what, error=str(task.exception()))
+        return True

@@ -426,3 +426,7 @@ class Store(ObligationStore, RoutingStore, SilenceStore, LedgerStore, Leadership
         """Connect, apply migrations, and (SQLite) take the single-instance lock."""
 
     async def close(self) -> None: ...
+
+    def abort(self) -> None:
+        """Drops the store's connections at once, whatever waits on them (a stop whose `close`
+        did not end in time: a server that accepts connections but answers nothing)."""

@@ -186,7 +186,7 @@ class PostgresStore(SqlStore, Store):
                 self._dsn, min_size=1, max_size=self._pool_size, server_settings=self._settings | _POOL_SETTINGS
             )
         except _DB_ERRORS as err:
-            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {err}") from err
+            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {str(err) or 'no answer in time'}") from err
         except ValueError:  # asyncpg's words may quote the URL, password and all
             raise StoreError(f"cannot connect to PostgreSQL at {self.url}: the URL cannot be read") from None
         try:
@@ -211,6 +211,12 @@ class PostgresStore(SqlStore, Store):
                 await asyncio.wait_for(pool.close(), timeout=10)
             except (*_DB_ERRORS, TimeoutError):
                 pool.terminate()
+
+    def abort(self) -> None:
+        for conn in (self._leader_conn, self._pool):
+            if conn is not None:
+                conn.terminate()
+        self._leader_conn, self._pool, self._token = None, None, None
 
     # -- leadership --
     async def try_acquire_leadership(self, owner: str) -> int | None:

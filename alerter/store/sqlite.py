@@ -396,6 +396,9 @@ class SqliteStore(SqlStore, Store):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def abort(self) -> None:
+        """Nothing to drop: a local file answers (its lock goes with the process)."""
+
     # -- instances: one per file, so whatever a lease was held by is dead --
     async def start_instance(self, owner: str, now: datetime) -> int:
         """Release every lease at once: the file lock says no other process delivers from this
