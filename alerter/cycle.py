@@ -36,7 +36,7 @@ from alerter.models import (
     RoutingWrite,
     Silence,
 )
-from alerter.reminders import legacy_reminder_id, next_reminder_at, reminders_due
+from alerter.reminders import legacy_reminder_ids, next_reminder_at, reminders_due
 from alerter.routes import Router
 from alerter.rulefile import RuleSet
 from alerter.store.base import META_INITIALIZED, META_REMIND_RULES, Store, StoredEvents
@@ -116,11 +116,13 @@ async def remind(steps: Steps, router: Router, rules_digests: Mapping[Path, str 
             if not policy.empty:
                 events.extend(e for e in reminders_due(ob, policy, now) if e.id not in steps.reminded)
             looks.append((ob.key_id, ob.version, next_reminder_at(ob, router.look_policy(policy), now)))
-        if events:  # one an earlier version sent, under the id it gave it, is not sent again
-            legacy = {legacy_reminder_id(e): e for e in events}
-            sent = {r.id for r in await store.load_event_refs(list(legacy))}
-            steps.reminded.update(legacy[i].id for i in sent)
-            events = [e for i, e in legacy.items() if i not in sent]
+        if events:  # one an earlier version sent, under an id it gave it, is not sent again
+            legacy = {old: e for e in events for old in legacy_reminder_ids(e)}
+            # at the same instant: under N, the same id was another instant under another `every`
+            times = await store.event_times(list(legacy))
+            sent = {legacy[i].id for i, at in times.items() if at == legacy[i].occurred_at}
+            steps.reminded.update(sent)
+            events = [e for e in events if e.id not in sent]
         if events:
             added = await store.commit_page((), events)
             # committed (or already there): no need to offer them again on the next run

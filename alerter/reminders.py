@@ -117,7 +117,7 @@ def reminders_due(
                 due.append((f"before:{format_duration(tightest)}", at))
     return [
         Event(
-            id=reminder_id(obligation, detail),
+            id=reminder_id(obligation, detail, at),
             kind="reminder",
             occurred_at=at,
             obligation=obligation,
@@ -127,20 +127,29 @@ def reminders_due(
     ]
 
 
-def reminder_id(obligation: Obligation, detail: str) -> str:
+def reminder_id(obligation: Obligation, detail: str, at: datetime) -> str:
     """A reminder's event id: its obligation's key and opening (an obligation opened again is
-    reminded anew), and for `before:*` and `overdue` its deadline (a moved deadline fires its
-    thresholds anew); not its version, which a changed description moves too."""
+    reminded anew); for `before:*` and `overdue` its deadline (a moved deadline fires its
+    thresholds anew), for `every:N` its instant `at` and not N (under another `every` after a
+    rules change, or once a rule with a shorter one stops matching, the same N is another
+    instant, and the same instant another N); not its version, which a changed description
+    moves too."""
     about = obligation.opened_at.isoformat()
-    if not detail.startswith("every:"):
-        about += f"|{obligation.deadline.isoformat() if obligation.deadline else '-'}"
+    if detail.startswith("every:"):
+        return event_id(obligation.key, "reminder", 0, f"every|{about}|{at.isoformat()}")
+    about += f"|{obligation.deadline.isoformat() if obligation.deadline else '-'}"
     return event_id(obligation.key, "reminder", 0, f"{detail}|{about}")
 
 
-def legacy_reminder_id(reminder: Event) -> str:
-    """The id versions before this one gave the same reminder (with the obligation's version):
-    one sent under it is not sent again (`cycle.remind`)."""
-    return event_id(reminder.obligation.key, "reminder", reminder.obligation.version, reminder.detail)
+def legacy_reminder_ids(reminder: Event) -> list[str]:
+    """The ids earlier versions gave the same reminder: with the obligation's version, and (an
+    `every:N` one) with N rather than its instant. One sent under one of them at the same
+    instant is not sent again (`cycle.remind`)."""
+    ob = reminder.obligation
+    ids = [event_id(ob.key, "reminder", ob.version, reminder.detail)]
+    if reminder.detail.startswith("every:"):
+        ids.append(event_id(ob.key, "reminder", 0, f"{reminder.detail}|{ob.opened_at.isoformat()}"))
+    return ids
 
 
 def next_reminder_at(obligation: Obligation, policy: RemindPolicy, now: datetime) -> datetime | None:

@@ -112,4 +112,28 @@ async def test_a_reminder_an_earlier_version_sent_is_not_sent_again(tmp_path: Pa
         [due] = reminders_due(old, Router(service.ruleset).remind_policy(old, at), at)
         legacy = msgspec.structs.replace(due, id=event_id(old.key, "reminder", old.version, due.detail))
         await store.commit_page((), [legacy])  # as an earlier version wrote it
-        assert await service._remind(at) == 2  # the two others
+        [by_n] = [o for o in await store.reminder_candidates(at) if o.meter_id == meters[1]]
+        [due] = reminders_due(by_n, Router(service.ruleset).remind_policy(by_n, at), at)
+        n_based = event_id(by_n.key, "reminder", 0, f"{due.detail}|{by_n.opened_at.isoformat()}")
+        await store.commit_page((), [msgspec.structs.replace(due, id=n_based)])  # as the version before wrote it
+        assert await service._remind(at) == 1  # the third one
+
+
+async def test_a_changed_every_reminds_at_its_own_instants_once_each(tmp_path: Path) -> None:
+    """`every: 1h` becomes `2h` after three reminders: the one due at 4 h (the second of 2 h) is
+    not taken for the one sent at 2 h; `2h` back to `1h` at 4 h 10 min: the one due (at 4 h) is
+    the one just sent, not another. So also when a rule with a shorter `every` stops matching."""
+    async with with_actions(tmp_path, 2, "{every: 1h}") as (_, _meters, service):
+        t0 = service.clock()
+        await service.run_cycle(t0, flush_all=True)
+        for hour in (1, 2, 3):
+            assert await service._remind(t0 + timedelta(hours=hour, seconds=1)) == 2
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(rules.read_text().replace("every: 1h", "every: 2h"))
+        assert service.reload() == "ok"
+        assert await service._remind(t0 + timedelta(hours=3, minutes=30)) == 0
+        assert await service._remind(t0 + timedelta(hours=4, seconds=1)) == 2
+        rules.write_text(rules.read_text().replace("every: 2h", "every: 1h"))
+        assert service.reload() == "ok"
+        assert await service._remind(t0 + timedelta(hours=4, minutes=10)) == 0
+        assert await service._remind(t0 + timedelta(hours=5, seconds=1)) == 2

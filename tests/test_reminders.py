@@ -76,7 +76,7 @@ def test_event_ids_are_deterministic_so_the_store_keeps_each_threshold_once() ->
     o = make_event(opened_at=NOW - 3 * D, deadline=NOW + 36 * H).obligation
     first = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW)
     later = reminders_due(o, RemindPolicy(before_deadline=(7 * D, 2 * D, D)), NOW + 6 * H)  # still 2d..1d
-    assert [e.id for e in first] == [e.id for e in later] == [reminder_id(o, "before:2d")]
+    assert [e.id for e in first] == [e.id for e in later] == [reminder_id(o, "before:2d", first[0].occurred_at)]
     assert first[0].occurred_at == NOW + 36 * H - 2 * D  # when the threshold was crossed, not when computed
     assert first[0].kind == "reminder" and first[0].obligation == o
 

@@ -251,6 +251,9 @@ class RoutingStore(Protocol):
         reading them whole: from `group_key`'s member rows when routing kept it there (`told`),
         else from the events."""
 
+    async def event_times(self, ids: Sequence[str]) -> dict[str, datetime]:
+        """When each of these events (those stored) occurred, by id."""
+
     async def load_groups(self) -> list[GroupState]:
         """Every group with its members (`pending`), by key."""
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite
 from alerter.store import base, rows
 from alerter.store.base import META_CONSUMING, PendingBatch, RoutingStore, StoredEvents
-from alerter.store.rows import Row
+from alerter.store.rows import Row, read_ts
 from alerter.store.sqlobligations import META_UPSERT
 from alerter.store.sqltx import SqlHooks, Tx
 
@@ -146,6 +146,13 @@ class RoutingSql(SqlHooks, RoutingStore):
                 found = await tx.fetch(f"SELECT id, kind, key_id FROM events WHERE id {self._in(1)}", self._ids(rest))
                 by_id.update((r["id"], EventRef(r["id"], r["kind"], r["key_id"])) for r in found)
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
+
+    async def event_times(self, ids: Sequence[str]) -> dict[str, datetime]:
+        if not ids:
+            return {}
+        async with self._read() as tx:
+            found = await tx.fetch(f"SELECT id, occurred_at FROM events WHERE id {self._in(1)}", self._ids(ids))
+        return {r["id"]: at for r in found if (at := read_ts(r["occurred_at"])) is not None}
 
     async def load_groups(self) -> list[GroupState]:
         async with self._read() as tx:
