@@ -105,6 +105,25 @@ async def test_a_failing_state_store_is_counted_and_named_by_readyz(tmp_path: Pa
         assert "state store" in orjson.loads(body)["reason"] and "disk is full" in orjson.loads(body)["reason"]
 
 
+async def test_a_state_file_removed_under_a_running_service_fails_its_writes_and_says_so(tmp_path: Path) -> None:
+    """The state's directory deleted (or the file replaced) while the service runs: it would go
+    on writing to a file nobody reads again, and another process could start on the path."""
+    async with _serving(tmp_path, 6) as (_, svc):
+        moved = tmp_path / "elsewhere"
+        moved.mkdir()
+        for name in ("s.db", "s.db-wal", "s.db-shm"):
+            if (tmp_path / name).exists():
+                (tmp_path / name).rename(moved / name)
+        for _ in range(100):
+            status, body = await svc.get("/readyz")
+            if status == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 503, body
+        assert "was removed or replaced while open" in orjson.loads(body)["reason"], body
+        assert _metric((await svc.get("/metrics"))[1], 'alerter_cycles_total{kind="unknown",outcome="store_error"}')
+
+
 async def test_sighup_while_the_service_starts_does_not_kill_it(tmp_path: Path) -> None:
     async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
         cfg = write_config(

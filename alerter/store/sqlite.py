@@ -330,6 +330,8 @@ class SqliteStore(SqlStore, Store):
         self._tx: _SqliteTx | None = None
         self._lock = asyncio.Lock()
         self._lock_fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        """(device, inode) of the file opened at `path` (`_still_there`)."""
         self._member_seq: int | None = None
         """The last group member's number (`_append_members`), read from the file at first use."""
 
@@ -358,6 +360,9 @@ class SqliteStore(SqlStore, Store):
             await self._conn.create_function("alerter_instant", 1, rows.instant_of, deterministic=True)
             page_size = int(await self._tx.fetchval("PRAGMA page_size"))
             await self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_BYTES // page_size}")
+            if self.path != ":memory:":
+                st = os.stat(self.path)
+                self._identity = (st.st_dev, st.st_ino)
             await self._build_deferred()  # an initial sync stopped before it built them
             async with self._sorting_on_disk():  # a migration may build an index
                 await self._migrate()
@@ -540,6 +545,7 @@ class SqliteStore(SqlStore, Store):
     @asynccontextmanager
     async def _write(self, fenced: bool = False) -> AsyncIterator[Tx]:
         async with self._lock:
+            self._still_there()
             tx = self._connection()
             try:
                 await tx.execute("BEGIN IMMEDIATE")
@@ -553,6 +559,19 @@ class SqliteStore(SqlStore, Store):
             except sqlite3.Error as err:
                 raise StoreError(f"state file {self.path}: {err}") from err
 
+    def _still_there(self) -> None:
+        """Before a write: the file open is still the one at `path`. Removed or replaced (its
+        directory deleted, a volume swapped), every write would go to a file nobody reads again
+        (and another process could start on the path): writes fail instead, saying so."""
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            raise StoreError(f"state file {self.path} was removed or replaced while open: restart the service")
+
     async def _in_one_hop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(db, *args)` as one write transaction in a single trip to the connection's thread.
 
@@ -564,6 +583,7 @@ class SqliteStore(SqlStore, Store):
         before anything queued after it.
         """
         async with self._lock:
+            self._still_there()
             self._connection()
             conn = self._conn
             assert conn is not None
