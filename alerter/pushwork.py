@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from aiohttp import web
 
-from alerter.errors import SourceError
+from alerter.errors import SourceError, StoreError
 from alerter.models import is_uuid
 from alerter.poller import CycleReport
 from alerter.pushin import PushMetrics, Receiver
@@ -75,6 +75,8 @@ FLOOD_WINDOW = 0.2
 FLOOD_MAX = 5.0
 """The longest a flood is gathered before a step re-reads what it named."""
 IDLE = 1.0
+MAX_PAUSE = 30.0
+"""The longest wait between steps while the store fails them (doubling from IDLE)."""
 RETRY_BASE = 1.0
 RETRY_MAX = 300.0
 GIVE_UP = timedelta(days=1)
@@ -136,6 +138,7 @@ class PushWorker:
         return _Running(self, task, runner)
 
     async def run(self) -> None:
+        pause = IDLE
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), IDLE)
@@ -146,8 +149,23 @@ class PushWorker:
             try:
                 while await self.step() >= BATCH and not self._stopping:
                     pass
+                pause = IDLE
+            except StoreError as err:  # the store out of reach: one line, and a longer wait each time
+                log.warning("push_step_failed", error=str(err), retry_in_s=pause)
+                await self._rest(pause)
+                pause = min(MAX_PAUSE, pause * 2)
             except Exception:
                 log.exception("push_step_crashed")
+
+    async def _rest(self, seconds: float) -> None:
+        """Waits `seconds`, or less when stopping (`_Running.stop` wakes it); events arriving
+        meanwhile wait in the inbox for the next step."""
+        end = time.monotonic() + seconds
+        while not self._stopping and (left := end - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+            if not self._stopping:
+                self._wake.clear()
 
     async def _gather(self) -> None:
         """After a wake, waits while events keep arriving (DEBOUNCE apart), at most COALESCE_MAX

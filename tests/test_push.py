@@ -262,3 +262,26 @@ async def test_a_large_inbox_of_an_earlier_version_is_purged_a_batch_a_transacti
         monkeypatch.setattr(inbox_module, "PURGE_BATCH", 3)
         assert await inbox.purge(now - timedelta(days=2)) == 7
         assert await inbox.purge(now - timedelta(days=2)) == 0
+
+
+async def test_a_store_failing_the_push_steps_is_said_in_one_line_each_and_waited_out(tmp_path: Path) -> None:
+    """The inbox unreadable (its table renamed away, as an outage would fail it): a warning line
+    each time, 1 s, 2 s, 4 s apart, not a traceback every second; once it reads, pushes go on."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    async with push_world(tmp_path, loop=True) as w:
+        await w.subscribe()
+        with sqlite3.connect(tmp_path / "state.db") as c:
+            c.execute("ALTER TABLE webhook_inbox RENAME TO webhook_inbox_away")
+        with capture_logs() as logs:
+            await asyncio.sleep(5)
+        said = [e for e in logs if str(e["event"]).startswith("push_step")]
+        assert 2 <= len(said) <= 3 and {e["event"] for e in said} == {"push_step_failed"}, said
+        assert [e["retry_in_s"] for e in said][:2] == [1.0, 2.0] and "exc_info" not in said[0]
+        with sqlite3.connect(tmp_path / "state.db") as c:
+            c.execute("ALTER TABLE webhook_inbox_away RENAME TO webhook_inbox")
+        m = w.meters[2]
+        w.portfolio.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+        await wait_until(lambda: ("action.opened", m, "AUTH_0001") in w.events(), timeout=30)
