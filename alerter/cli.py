@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
 
+from alerter import earlystop
 from alerter.errors import AlerterError, ConfigError, NoStateError
 
 EXIT_OK = 0
@@ -251,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a reload asked for while the service starts (imports, migrations) must not kill it, as
         # SIGHUP's default action would: ignored until the service's own handler replaces this
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        earlystop.note_stops()  # and a stop meanwhile is honoured once it can be, not fatal
     args = build_parser().parse_args(argv)
     if args.command == "hash-password":
         from alerter.console.auth import hash_password_command

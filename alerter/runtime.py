@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from alerter import logs
+from alerter import earlystop, logs
 from alerter.config import Config, load_config
 from alerter.errors import AlerterError, SourceError
 from alerter.reloading import file_digests, rule_files
@@ -110,6 +110,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
+        if earlystop.asked():  # a SIGTERM while the process started
+            self.stop.set()
         reload_asked = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
         try:

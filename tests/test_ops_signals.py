@@ -124,6 +124,28 @@ async def test_a_state_file_removed_under_a_running_service_fails_its_writes_and
         assert _metric((await svc.get("/metrics"))[1], 'alerter_cycles_total{kind="unknown",outcome="store_error"}')
 
 
+async def test_sigterm_while_the_service_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM during the imports (a rollout replacing a pod just started): exit 0 once the
+    service can stop, where SIGTERM's default action ended it (143) without a word."""
+    async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
+        cfg = write_config(
+            tmp_path,
+            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1h"),
+            rules_yaml("http://127.0.0.1:1/hook"),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "alerter", "run", "-c", str(cfg), stderr=asyncio.subprocess.PIPE
+        )
+        await asyncio.sleep(0.25)  # importing: the service's own handlers are not in place yet
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        assert proc.stderr is not None
+        logs = (await proc.stderr.read()).decode()
+    assert code == 0, (code, logs[-1500:])
+    assert '"shutdown_complete"' in logs or '"stopped_while_starting"' in logs, logs[-1500:]
+
+
 async def test_sighup_while_the_service_starts_does_not_kill_it(tmp_path: Path) -> None:
     async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
         cfg = write_config(
