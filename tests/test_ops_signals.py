@@ -124,18 +124,24 @@ async def test_a_state_file_removed_under_a_running_service_fails_its_writes_and
         assert _metric((await svc.get("/metrics"))[1], 'alerter_cycles_total{kind="unknown",outcome="store_error"}')
 
 
-async def test_sigterm_while_the_service_starts_stops_it_cleanly(tmp_path: Path) -> None:
-    """A SIGTERM during the imports (a rollout replacing a pod just started): exit 0 once the
-    service can stop, where SIGTERM's default action ended it (143) without a word."""
+@asynccontextmanager
+async def starting(tmp_path: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`alerter run` (JSON logs on stderr, a 1 h poll) just launched against the simulator."""
     async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
         cfg = write_config(
             tmp_path,
             config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1h"),
             rules_yaml("http://127.0.0.1:1/hook"),
         )
-        proc = await asyncio.create_subprocess_exec(
+        yield await asyncio.create_subprocess_exec(
             sys.executable, "-m", "alerter", "run", "-c", str(cfg), stderr=asyncio.subprocess.PIPE
         )
+
+
+async def test_sigterm_while_the_service_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM during the imports (a rollout replacing a pod just started): exit 0 once the
+    service can stop, where SIGTERM's default action ended it (143) without a word."""
+    async with starting(tmp_path) as proc:
         await asyncio.sleep(0.25)  # importing: the service's own handlers are not in place yet
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
@@ -147,15 +153,7 @@ async def test_sigterm_while_the_service_starts_stops_it_cleanly(tmp_path: Path)
 
 
 async def test_sighup_while_the_service_starts_does_not_kill_it(tmp_path: Path) -> None:
-    async with SimServer(Portfolio(20, action_rate=0.0, seed=4), api_key=API_KEY) as sim:
-        cfg = write_config(
-            tmp_path,
-            config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db", log_format="json", interval="1h"),
-            rules_yaml("http://127.0.0.1:1/hook"),
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "alerter", "run", "-c", str(cfg), stderr=asyncio.subprocess.PIPE
-        )
+    async with starting(tmp_path) as proc:
         assert proc.stderr is not None
         await asyncio.sleep(0.3)  # importing, opening the store
         proc.send_signal(signal.SIGHUP)
