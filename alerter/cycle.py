@@ -250,14 +250,14 @@ async def _mute(
     if not later:
         return group
     muted: list[tuple[str, str]] = []
-    untold: list[tuple[str, str]] = []  # the receiver is not told of an opening it never gets
+    untold: list[tuple[str, str, str]] = []  # the receiver is not told of an opening it never gets
     for i in range(0, len(group.pending), DIGEST_BATCH):
         for ev in (await steps.store.read_events(group.pending[i : i + DIGEST_BATCH])).events():
             sid = next((sid for sid, m in later if m.matches(ev, now)), None)
             if sid is not None:
                 muted.append((ev.id, sid))
                 if ev.kind == "opened":
-                    untold.append((ev.obligation.key_id, group.receiver))
+                    untold.append((ev.obligation.key_id, group.receiver, ev.id))
     if not muted:
         return group
     flushed = [(group.key, event_id) for event_id, _ in muted]

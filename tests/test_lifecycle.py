@@ -444,3 +444,41 @@ rules:
         ("/y", "action.opened"),
         ("/y", "action.resolved"),
     ]
+
+
+async def test_a_silence_muting_one_rules_copy_keeps_the_resolution_another_rule_owes(tmp_path: Path) -> None:
+    """`t` hears of an action through `fast` (sent at once) and `slow` (waiting 5 min). A silence
+    made meanwhile mutes `slow`'s copy: `t` was told all the same, so once the silence is over
+    it hears the action resolved, where the muted copy made it forget it had been told."""
+    rules = """\
+receivers:
+  - {{name: t, webhook: {{url: "{url}", secret: {secret}}}}}
+rules:
+  - {{name: fast, receivers: [t], group_wait: 0s, continue: true}}
+  - {{name: slow, receivers: [t], group_wait: 5m}}
+"""
+    p = Portfolio(10, action_rate=0.0, seed=3)
+    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
+        text = rules.format(url=hook.url(), secret=WEBHOOK_SECRET)
+        path = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), text)
+        async with running(load(path)) as service:
+            t0 = datetime.now(UTC)
+
+            async def cycle(minutes: float, **kw: Any) -> None:
+                offset = timedelta(minutes=minutes)  # the service's clock at t0 + minutes
+                service.clock = lambda: datetime.now(UTC) + offset
+                await service.run_cycle(now=t0 + offset, **kw)
+                assert (await service.drain(10)).undelivered == 0
+
+            await cycle(0, flush_all=True)
+            m = next(p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"])
+            p.open_action(m, action_type="IS_AUTHORIZED", action_code="AUTH_0001")
+            await cycle(0.1)  # fast flushes, slow waits
+            silence = Silence("s-1", {"meter_id": m}, t0 + timedelta(minutes=1), t0 + timedelta(hours=1), "a visit")
+            await service.store.add_silence(silence)  # made after both copies were queued
+            await cycle(6)  # slow's copy: muted
+            assert await service.store.expire_silence("s-1", t0 + timedelta(minutes=7))
+            p.resolve_action(m)
+            await cycle(8, flush_all=True)
+    kinds = [e["type"] for r in hook.delivered() for e in r.body["data"]["events"]]
+    assert kinds.count("action.opened") == 1 and "action.resolved" in kinds, kinds

@@ -30,6 +30,17 @@ _IN_ORDER = "ORDER BY m.group_key, m.seq"
 """Members group by group, each in arrival order (`_with_members`), as their index keeps them."""
 
 
+_UNTOLD = (
+    "DELETE FROM notified WHERE key_id = $1 AND receiver = $2 "
+    "AND NOT EXISTS (SELECT 1 FROM notification_events l JOIN notifications n ON n.id = l.notification_id "
+    "WHERE l.event_id = $3 AND n.receiver = $2) "
+    "AND NOT EXISTS (SELECT 1 FROM groups g JOIN group_members m ON m.group_key = g.key AND m.event_id = $3 "
+    "WHERE g.receiver = $2)"
+)
+"""A receiver whose copy of an opening was silenced in one group is told of it no longer, unless
+it has that opening otherwise: sent in a notification, or waiting in another of its groups."""
+
+
 class RoutingSql(SqlHooks, RoutingStore):
     """Routing's reads and its one-transaction writes, over the backend hooks."""
 
@@ -213,8 +224,8 @@ class RoutingSql(SqlHooks, RoutingStore):
         if write.silenced:
             sql = "INSERT INTO silenced (event_id, silence_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             await tx.executemany(sql, list(dict.fromkeys(write.silenced)))
-        if write.untold:
-            await tx.executemany("DELETE FROM notified WHERE key_id = $1 AND receiver = $2", sorted(write.untold))
+        if write.untold:  # after `flushed`: the silenced member is gone from its group
+            await tx.executemany(_UNTOLD, sorted(write.untold))
         if write.told_reset:  # opened again: who was told of an earlier opening is told no longer
             await tx.executemany("DELETE FROM notified WHERE key_id = $1", [(k,) for k in sorted(write.told_reset)])
         if write.told:  # queued to be told: a resolution before the group flushes follows it
