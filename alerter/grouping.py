@@ -182,16 +182,11 @@ def plan(
         if ev.kind == "resolved":
             key_id = ev.obligation.key_id
             told = (set() if key_id in reopened else notified.get(key_id) or set()) | queued.get(key_id, set())
-            named = {p.receiver for p in placed}
             placed = [p for p in placed if p.rule.send_resolved and p.receiver in told]
             missing = told - {p.receiver for p in placed}
             if missing:  # a rule that matched as it opened (deadline: {within: 7d}) may not now
                 then = placements(ev, ev.obligation.opened_at)
                 placed += [p for p in then if p.rule.send_resolved and p.receiver in missing]
-                named.update(p.receiver for p in then)
-                lost = missing - named  # told through a rule a later change moved it out of
-                if lost:
-                    placed += router.told_through(ev, lost, now)
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
         if placed:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -300,26 +300,6 @@ class Router:
             else:
                 raw = fb.group_raw(event)
                 out = fb.placed.get(raw) or _placed(fb, raw, event)
-        return out
-
-    def told_through(self, event: Event, receivers: Iterable[str], now: datetime) -> list[Placement]:
-        """Where a resolution goes to receivers told of its obligation whom no rule reached in
-        order names for it, now or as it opened (a change moved the obligation from the rule
-        that told them, say from the fallback into a `deadline: {within: 7d}` rule): through
-        the first rule that names each, sends resolutions and would take this event were it
-        reached (its own conditions hold; the fallback, last, takes any)."""
-        left = set(receivers)
-        out: list[Placement] = []
-        held = {id(e) for e in self._candidates_for(event, now) if e.check is None or e.check(event, now)}
-        for entry in self._by_name.values():
-            rule = entry.rule
-            if not rule.send_resolved or (entry is not self._fallback and id(entry) not in held):
-                continue
-            for receiver in rule.receivers:
-                if receiver in left:
-                    left.discard(receiver)
-                    key, values = self.group_key(rule, receiver, event)
-                    out.append(Placement(rule, receiver, key, values))
         return out
 
     def group_key(self, rule: Rule, receiver: str, event: Event) -> tuple[str, tuple[str, ...]]:

@@ -409,43 +409,6 @@ async def test_deadline_reminders_fire_once_each(tmp_path: Path) -> None:
         assert events_of(overdue) == [("action.reminder", "AUTH_0001")]
 
 
-async def test_a_resolution_reaches_the_receiver_a_change_moved_it_from(tmp_path: Path) -> None:
-    """`near` (deadline within 7 days) → the `x` hook, the fallback → `y`. An action opens 10
-    days out (y is told), moves to 5 days out (x is told of the change): its resolution goes to
-    both, where y, whose rule matched neither then nor as it opened, heard nothing."""
-    rules = """\
-receivers:
-  - {{name: x, webhook: {{url: "{x}", secret: {secret}}}}}
-  - {{name: y, webhook: {{url: "{y}", secret: {secret}}}}}
-defaults: {{group_wait: 0s, group_interval: 0s}}
-rules:
-  - {{name: near, match: {{deadline: {{within: 7d}}}}, receivers: [x]}}
-  - {{name: rest, fallback: true, receivers: [y]}}
-"""
-    p = Portfolio(10, action_rate=0.0, seed=3)
-    async with SimServer(p, api_key=API_KEY) as sim, webhook_collector([WEBHOOK_SECRET]) as hook:
-        text = rules.format(x=hook.url("/x"), y=hook.url("/y"), secret=WEBHOOK_SECRET)
-        path = write_config(tmp_path, config_yaml(sim.url, f"sqlite:///{tmp_path}/s.db"), text)
-        async with running(load(path)) as service:
-            await service.run_cycle(flush_all=True)
-            m = next(p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"])
-            now = datetime.now(UTC)
-            p.open_action(m, action_code="AUTH_0001", enrollment_deadline_date_time=now + timedelta(days=10))
-            await service.run_cycle(flush_all=True)
-            p.change_action(m, "AUTH_0001", deadline=now + timedelta(days=5))
-            await service.run_cycle(flush_all=True)
-            p.resolve_action(m)
-            await service.run_cycle(flush_all=True)
-            assert (await service.drain(10)).undelivered == 0
-    got = sorted((r.path, e["type"]) for r in hook.delivered() for e in r.body["data"]["events"])
-    assert got == [
-        ("/x", "action.changed"),
-        ("/x", "action.resolved"),
-        ("/y", "action.opened"),
-        ("/y", "action.resolved"),
-    ]
-
-
 async def test_a_silence_muting_one_rules_copy_keeps_the_resolution_another_rule_owes(tmp_path: Path) -> None:
     """`t` hears of an action through `fast` (sent at once) and `slow` (waiting 5 min). A silence
     made meanwhile mutes `slow`'s copy: `t` was told all the same, so once the silence is over

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from alerter.grouping import flush, idle_before, plan
 from alerter.models import Event
 from alerter.reminders import RemindPolicy, reminders_due
-from alerter.routes import Router, Target, route_in_order
+from alerter.routes import Router, route_in_order
 from alerter.rulefile import compile_rules
 from alerter.store.memory import GroupBook
 from alerter.yamlload import parse_yaml
@@ -86,15 +86,7 @@ def test_grouping_and_flushing_never_drop_or_duplicate_an_event(batches: list[tu
             key = ev.obligation.key_id
             targets = router.route(ev, now)
             if ev.kind == "resolved":
-                were_told = known.get(key, set())
-                lost = were_told - {t.receiver for t in targets}  # told, and no rule reached names them now
-                targets = [t for t in targets if t.rule.send_resolved and t.receiver in were_told]
-                # (as it opened is now here: its events occur at NOW) the first rule naming each
-                # that sends resolutions and whose own conditions hold, or the fallback
-                for rule in (*RULES.rules, *([RULES.fallback] if RULES.fallback else [])):
-                    if rule.send_resolved and (rule is RULES.fallback or rule.matcher.matches(ev, now)):
-                        targets += [Target(rule, r) for r in rule.receivers if r in lost]
-                        lost -= set(rule.receivers)
+                targets = [t for t in targets if t.rule.send_resolved and t.receiver in known.get(key, set())]
             else:
                 known.setdefault(key, set()).update(t.receiver for t in targets)
             for t in targets:
