@@ -367,9 +367,8 @@ class RoutingWrite:
     receiver will be told of them, so their resolution goes to it even before the group flushes."""
     untold: Sequence[tuple[str, str, str]] = ()
     """(obligation key id, receiver, opening's event id) recorded as told when the opening was
-    queued, that it was not: the opening was silenced in its group before the flush. Unless the
-    receiver has that opening otherwise (sent, or queued in another of its groups through
-    another rule), in which case it was told."""
+    queued, that it was not: the opening was silenced in its group before the flush. Unless a
+    notification already gave the receiver that opening (through another rule): then it was."""
     told_reset: Sequence[str] = ()
     """Obligation key ids opened again: the receivers told of an earlier opening are forgotten
     before `told` is recorded, so a resolution goes only to those told of this opening."""
