@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if "run" in (sys.argv[1:] if argv is None else argv):
+    given = sys.argv[1:] if argv is None else list(argv)
+    if next((a for a in given if not a.startswith("-")), None) == "run":  # the command, not a value
         # a reload asked for while the service starts (imports, migrations) must not kill it, as
         # SIGHUP's default action would: ignored until the service's own handler replaces this
         signal.signal(signal.SIGHUP, signal.SIG_IGN)

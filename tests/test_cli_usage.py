@@ -314,3 +314,24 @@ async def test_a_logged_traceback_shows_no_local_values(fmt: str) -> None:
     text = err.decode()
     assert "RuntimeError: the call failed" in text and "job_crashed" in text
     assert "hunter2" not in text
+
+
+def test_only_the_run_command_holds_signals_while_it_starts(tmp_path: Path) -> None:
+    """`alerter run` notes a SIGTERM (and ignores SIGHUP) until the service's handlers are in
+    place; another command naming `run` as a value (a meter, a reason) keeps their defaults."""
+    import signal
+
+    from alerter import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("source: {api_key: k}\nrules: r.yaml\n")
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    try:
+        assert cli.main(["history", "-c", str(cfg), "--meter", "run"]) == 2  # the config lacks its rules
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+        assert cli.main(["-v", "run", "-c", str(cfg)]) == 2
+        assert signal.getsignal(signal.SIGTERM) is not before[0]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGHUP, before[1])
