@@ -62,6 +62,19 @@ LeapTime = Annotated[datetime, GetPydanticSchema(_leap_time_schema)]
 a date as midnight UTC, another offset is converted to UTC."""
 
 
+MeterId = Annotated[
+    str,
+    GetPydanticSchema(
+        lambda source, handler: cs.custom_error_schema(
+            cs.str_schema(pattern=f"^{UUID}$"),
+            custom_error_type="meter_id",
+            custom_error_message="must be a UUID, as Leap's meter ids are",
+        )
+    ),
+]
+"""A meter's id as Leap's definition has it (`format: uuid`), checked in Rust."""
+
+
 class RequiredAction(BaseModel):
     """One entry of `required_actions.partner[]`."""
 
@@ -91,7 +104,7 @@ class Record(BaseModel):
 
     model_config = _RECORD
 
-    meter_id: Annotated[str, Field(pattern=f"^{UUID}$")]
+    meter_id: MeterId
     """A UUID (Leap's definition): Leap refuses any other id when it is asked for again, so a
     record with one is invalid (skipped, counted and named) rather than watched for ever."""
     partner_reference: str = ""

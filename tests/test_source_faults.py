@@ -130,3 +130,15 @@ async def test_a_record_whose_meter_id_is_not_a_uuid_is_skipped_counted_and_name
     assert bodies[1]["meter_ids"] == [good["meter_id"]]
     [left_out] = [e for e in logs if e["event"] == "meter_id_not_uuid"]
     assert left_out["meter_ids"] == ["meter-42", ""]
+
+
+def test_a_meter_id_that_is_not_a_uuid_is_said_so() -> None:
+    from pydantic import ValidationError
+
+    from alerter.models import Record
+
+    with pytest.raises(ValidationError, match="must be a UUID, as Leap's meter ids are"):
+        Record.model_validate({"meter_id": "M-1", "required_actions": {}})
+    for id_ in ("9c156b8c-8093-445a-88b4-efd51e93a636\n", " 9c156b8c-8093-445a-88b4-efd51e93a636", ""):
+        with pytest.raises(ValidationError):
+            Record.model_validate({"meter_id": id_, "required_actions": {}})
