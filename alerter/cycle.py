@@ -297,6 +297,8 @@ async def _route_pending(steps: Steps, router: Router, initial_sync: str, now: d
                 quiet += [e.id for e in events if e.initial]
                 events = [e for e in events if not e.initial]
             write = plan(events, router, heads, notified, silences, now)
+            if write.lost:  # resolutions some receivers told of the opening get through no rule now
+                write = plan(events, router, heads, notified, silences, now, await store.openings(write.lost))
             if quiet:
                 write = dataclasses.replace(write, consumed=[*quiet, *write.consumed])
             heads.update((g.key, g) for g in write.groups)  # waiting: each has members appended

@@ -129,6 +129,7 @@ def plan(
     notified: Mapping[str, set[str]],
     silences: Sequence[Silence],
     now: datetime,
+    openings: Mapping[str, Event] | None = None,
 ) -> RoutingWrite:
     """Route events into groups. `groups`: the stored heads (see `Store.group_heads`; members
     are not needed). `notified`: obligation key id -> receivers told of its opening (or with an
@@ -141,6 +142,13 @@ def plan(
     idle ones an event wakes up (a waiting group keeps its flush time). Events of an initial
     sync (`initial=True`) are not grouped: they become one digest notification per
     receiver in `notifications` (pass the whole backlog in one call).
+
+    A resolution goes to the receivers told of its obligation through the rules that take it now,
+    or else those that took it as it opened; one told through a rule that neither does (a change
+    moved the obligation out of it) is in `lost`, and with `openings` (obligation key id -> its
+    stored opening, as it was) goes through the rule that took that opening, when the rule
+    sends resolutions and its own conditions hold for this one (not one that takes openings
+    alone: `match: {event: opened}`).
     """
     known = _as_map(groups)
     silenced_by = active_silences(silences, now)
@@ -159,6 +167,7 @@ def plan(
     still waiting in its group counts as told: its resolution must follow it)."""
     reopened: dict[str, None] = {}
     """Obligations opened again: who was told of an earlier opening is no longer told."""
+    lost: list[tuple[str, str]] = []
     for ev in events:
         ev_id = ev.id
         if ev_id in consumed:
@@ -187,6 +196,16 @@ def plan(
             if missing:  # a rule that matched as it opened (deadline: {within: 7d}) may not now
                 then = placements(ev, ev.obligation.opened_at)
                 placed += [p for p in then if p.rule.send_resolved and p.receiver in missing]
+                missing -= {p.receiver for p in then}
+                opening = openings.get(key_id) if openings is not None else None
+                if missing and opening is None:
+                    lost.append((ev.obligation.meter_id, key_id))
+                elif missing and opening is not None:  # through the rule that told them
+                    for p in placements(opening, opening.occurred_at):
+                        if p.receiver in missing and p.rule.send_resolved and p.rule.matcher.matches(ev, now):
+                            key, values = router.group_key(p.rule, p.receiver, ev)
+                            placed.append(Placement(p.rule, p.receiver, key, values))
+                            missing.discard(p.receiver)
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
         if placed:
@@ -210,6 +229,7 @@ def plan(
         unrouted=unrouted,
         told=[(key_id, receiver) for key_id, receivers in queued.items() for receiver in sorted(receivers)],
         told_reset=list(reopened),
+        lost=lost,
     )
 
 

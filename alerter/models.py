@@ -382,6 +382,10 @@ class RoutingWrite:
     """(obligation key id, receiver, opening's event id) recorded as told when the opening was
     queued, that it was not: the opening was silenced in its group before the flush. Unless a
     notification already gave the receiver that opening (through another rule): then it was."""
+    lost: Sequence[tuple[str, str]] = ()
+    """(meter id, obligation key id) of resolutions a receiver told of the opening gets through
+    no rule that matches them now or as the obligation opened: `plan` again with their stored
+    openings (`openings`) finds the rule that told it. Not written."""
     told_reset: Sequence[str] = ()
     """Obligation key ids opened again: the receivers told of an earlier opening are forgotten
     before `told` is recorded, so a resolution goes only to those told of this opening."""

@@ -445,3 +445,72 @@ rules:
             await cycle(8, flush_all=True)
     kinds = [e["type"] for r in hook.delivered() for e in r.body["data"]["events"]]
     assert kinds.count("action.opened") == 1 and "action.resolved" in kinds, kinds
+
+
+RESOLUTION_RULES = """\
+receivers:
+  - {{name: x, webhook: {{url: "{x}", secret: {secret}}}}}
+  - {{name: y, webhook: {{url: "{y}", secret: {secret}}}}}
+defaults: {{group_wait: 0s, group_interval: 0s}}
+rules:
+{rules}
+"""
+
+
+async def resolution_story(
+    tmp_path: Path, rules: str, days: tuple[int, int], backend: str = "sqlite"
+) -> list[tuple[str, str]]:
+    """An action opens `days[0]` days before its deadline, the deadline moves to `days[1]` days
+    out, the action is resolved; (receiver's path, event type) of everything delivered."""
+    p = Portfolio(10, action_rate=0.0, seed=3)
+    async with (
+        SimServer(p, api_key=API_KEY) as sim,
+        webhook_collector([WEBHOOK_SECRET]) as hook,
+        state_url(backend, tmp_path) as url,
+    ):
+        text = RESOLUTION_RULES.format(x=hook.url("/x"), y=hook.url("/y"), secret=WEBHOOK_SECRET, rules=rules)
+        path = write_config(tmp_path, config_yaml(sim.url, url), text)
+        async with running(load(path)) as service:
+            await service.run_cycle(flush_all=True)
+            m = next(p.meter_id(i) for i in range(p.size) if not p.record(i)["is_archived"])
+            now = datetime.now(UTC)
+            p.open_action(m, action_code="AUTH_0001", enrollment_deadline_date_time=now + timedelta(days=days[0]))
+            await service.run_cycle(flush_all=True)
+            p.change_action(m, "AUTH_0001", deadline=now + timedelta(days=days[1]))
+            await service.run_cycle(flush_all=True)
+            p.resolve_action(m)
+            await service.run_cycle(flush_all=True)
+            assert (await service.drain(10)).undelivered == 0
+    return sorted((r.path, e["type"]) for r in hook.delivered() for e in r.body["data"]["events"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_resolution_reaches_the_receiver_a_change_moved_it_from(tmp_path: Path, backend: str) -> None:
+    """`near` (deadline within 7 days) → x, the fallback → y. The action opens 10 days out (y
+    is told), moves to 5 days out (x is told of the change): its resolution goes to both, y
+    through the rule that told it (its stored opening says which), where y heard nothing."""
+    rules = (
+        "  - {name: near, match: {deadline: {within: 7d}}, receivers: [x]}\n"
+        "  - {name: rest, fallback: true, receivers: [y]}"
+    )
+    assert await resolution_story(tmp_path, rules, (10, 5), backend) == [
+        ("/x", "action.changed"),
+        ("/x", "action.resolved"),
+        ("/y", "action.opened"),
+        ("/y", "action.resolved"),
+    ]
+
+
+async def test_a_receiver_taking_openings_alone_is_not_sent_the_resolution(tmp_path: Path) -> None:
+    """`new` takes openings alone (`match: {event: opened}`) to x; every other event goes to y, and
+    the fallback names x too: x is told of the opening and of nothing else."""
+    rules = (
+        "  - {name: new, match: {event: opened}, receivers: [x]}\n"
+        "  - {name: other, match: {event: [changed, resolved]}, receivers: [y]}\n"
+        "  - {name: rest, fallback: true, receivers: [x]}"
+    )
+    assert await resolution_story(tmp_path, rules, (10, 5)) == [
+        ("/x", "action.opened"),
+        ("/y", "action.changed"),
+        ("/y", "action.resolved"),
+    ]

@@ -139,6 +139,19 @@ class RoutingSql(SqlHooks, RoutingStore):
         by_id = {r["id"]: r for r in found}
         return StoredEvents([by_id[i] for i in dict.fromkeys(ids) if i in by_id], rows.event_from_row)
 
+    async def openings(self, obligations: Sequence[tuple[str, str]]) -> dict[str, Event]:
+        if not obligations:
+            return {}
+        meters = sorted({m for m, _ in obligations})
+        keys = {k for _, k in obligations}
+        async with self._read() as tx:
+            found = await tx.fetch(
+                f"SELECT {rows.EVENT_READ} FROM events WHERE meter_id {self._in(1)} AND kind = 'opened' ORDER BY seq",
+                self._ids(meters),
+            )
+        stored = StoredEvents([r for r in found if r["key_id"] in keys], rows.event_from_row)
+        return {e.obligation.key_id: e for e in stored.events()}  # the latest opening of each
+
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         if not ids:
             return []
