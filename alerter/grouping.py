@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import msgspec
+
 from alerter.digests import DEFAULT_MAX_EVENTS, DigestBuilder, urgency
 from alerter.matchers import Matcher, MatcherError, compile_matcher
 from alerter.models import Event, EventRef, GroupState, Notification, RoutingWrite, Silence
@@ -129,7 +131,7 @@ def plan(
     notified: Mapping[str, set[str]],
     silences: Sequence[Silence],
     now: datetime,
-    openings: Mapping[str, Event] | None = None,
+    openings: Mapping[str, Sequence[Event]] | None = None,
 ) -> RoutingWrite:
     """Route events into groups. `groups`: the stored heads (see `Store.group_heads`; members
     are not needed). `notified`: obligation key id -> receivers told of its opening (or with an
@@ -146,9 +148,9 @@ def plan(
     A resolution goes to the receivers told of its obligation through the rules that take it now,
     or else those that took it as it opened; one told through a rule that neither does (a change
     moved the obligation out of it) is in `lost`, and with `openings` (obligation key id -> its
-    stored opening, as it was) goes through the rule that took that opening, when the rule
-    sends resolutions and its own conditions hold for this one (not one that takes openings
-    alone: `match: {event: opened}`).
+    stored openings, as they were) goes through the rule that took the opening it resolves, when
+    the rule sends resolutions and its own conditions hold for a resolution of the obligation as
+    it opened (not a rule that takes openings alone: `match: {event: opened}`).
     """
     known = _as_map(groups)
     silenced_by = active_silences(silences, now)
@@ -197,12 +199,20 @@ def plan(
                 then = placements(ev, ev.obligation.opened_at)
                 placed += [p for p in then if p.rule.send_resolved and p.receiver in missing]
                 missing -= {p.receiver for p in then}
-                opening = openings.get(key_id) if openings is not None else None
-                if missing and opening is None:
+                opened_at = ev.obligation.opened_at  # the opening it resolves, not a later one
+                opening = next(
+                    (o for o in (openings or {}).get(key_id, ()) if o.obligation.opened_at == opened_at), None
+                )
+                if missing and openings is None:
                     lost.append((ev.obligation.meter_id, key_id))
                 elif missing and opening is not None:  # through the rule that told them
+                    as_opened = msgspec.structs.replace(opening, kind="resolved")
                     for p in placements(opening, opening.occurred_at):
-                        if p.receiver in missing and p.rule.send_resolved and p.rule.matcher.matches(ev, now):
+                        if (
+                            p.receiver in missing
+                            and p.rule.send_resolved
+                            and p.rule.matcher.matches(as_opened, opened_at)
+                        ):
                             key, values = router.group_key(p.rule, p.receiver, ev)
                             placed.append(Placement(p.rule, p.receiver, key, values))
                             missing.discard(p.receiver)

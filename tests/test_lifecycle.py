@@ -501,6 +501,22 @@ async def test_a_resolution_reaches_the_receiver_a_change_moved_it_from(tmp_path
     ]
 
 
+async def test_a_resolution_reaches_the_receiver_of_a_rule_a_change_moved_it_out_of(tmp_path: Path) -> None:
+    """The mirror: the action opens 5 days out (`near` tells x), moves to 10 days out (the
+    fallback tells y of the change): x is sent the resolution through `near`, which took the
+    opening as it was, though the obligation as it is now matches it no more."""
+    rules = (
+        "  - {name: near, match: {deadline: {within: 7d}}, receivers: [x]}\n"
+        "  - {name: rest, fallback: true, receivers: [y]}"
+    )
+    assert await resolution_story(tmp_path, rules, (5, 10)) == [
+        ("/x", "action.opened"),
+        ("/x", "action.resolved"),
+        ("/y", "action.changed"),
+        ("/y", "action.resolved"),
+    ]
+
+
 async def test_a_receiver_taking_openings_alone_is_not_sent_the_resolution(tmp_path: Path) -> None:
     """`new` takes openings alone (`match: {event: opened}`) to x; every other event goes to y, and
     the fallback names x too: x is told of the opening and of nothing else."""

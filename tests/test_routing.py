@@ -274,6 +274,30 @@ def test_a_resolution_reaches_the_receiver_told_through_a_rule_that_no_longer_ma
     assert nobody.groups == []
 
 
+def test_a_lost_resolution_goes_through_the_rule_that_took_the_opening_it_resolves() -> None:
+    """A receiver told through the fallback, the obligation since moved into `near`: `plan` says
+    the resolution is `lost`; given the stored openings, it goes through the rule that took the
+    one it resolves (opened at the same instant), not a later reopening's."""
+    rs = ruleset(
+        "  - {name: near, match: {deadline: {within: 7d}}, receivers: [a]}\n"
+        "  - {name: rest, fallback: true, receivers: [b]}\n"
+    )
+    first_at, again_at = NOW - timedelta(days=3), NOW - timedelta(hours=1)
+    resolved = make_event("resolved", opened_at=first_at, deadline=NOW + timedelta(days=2), version=3)
+    told = {resolved.obligation.key_id: {"a", "b"}}
+    router = Router(rs)
+    write = plan([resolved], router, {}, told, [], NOW)
+    assert [(g.rule, g.receiver) for g in write.groups] == [("near", "a")]
+    assert write.lost == [(resolved.obligation.meter_id, resolved.obligation.key_id)]
+    first = make_event(opened_at=first_at, occurred_at=first_at, deadline=NOW + timedelta(days=20))
+    later = make_event(opened_at=again_at, occurred_at=again_at, deadline=NOW + timedelta(days=2), version=5)
+    openings = {resolved.obligation.key_id: [first, later]}
+    again = plan([resolved], router, {}, told, [], NOW, openings)
+    assert sorted((g.rule, g.receiver) for g in again.groups) == [("near", "a"), ("rest", "b")]
+    only_later = plan([resolved], router, {}, told, [], NOW, {resolved.obligation.key_id: [later]})
+    assert [(g.rule, g.receiver) for g in only_later.groups] == [("near", "a")]  # not its opening
+
+
 def _silence(sid: str, matchers: dict[str, object], start: timedelta, end: timedelta) -> Silence:
     return Silence(sid, matchers, NOW + start, NOW + end, reason="test")
 

@@ -246,8 +246,9 @@ class RoutingStore(Protocol):
     async def read_events(self, ids: Sequence[str]) -> StoredEvents:
         """`load_events`, read but not decoded."""
 
-    async def openings(self, obligations: Sequence[tuple[str, str]]) -> dict[str, Event]:
-        """The latest stored `opened` event of each (meter id, obligation key id), by key id."""
+    async def openings(self, obligations: Sequence[tuple[str, str]]) -> dict[str, list[Event]]:
+        """The stored `opened` events of each (meter id, obligation key id), by key id, in order
+        (an obligation opened again has several)."""
 
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         """What a group flush needs of these events (those stored, in the order given), without

@@ -139,7 +139,7 @@ class RoutingSql(SqlHooks, RoutingStore):
         by_id = {r["id"]: r for r in found}
         return StoredEvents([by_id[i] for i in dict.fromkeys(ids) if i in by_id], rows.event_from_row)
 
-    async def openings(self, obligations: Sequence[tuple[str, str]]) -> dict[str, Event]:
+    async def openings(self, obligations: Sequence[tuple[str, str]]) -> dict[str, list[Event]]:
         if not obligations:
             return {}
         meters = sorted({m for m, _ in obligations})
@@ -150,7 +150,10 @@ class RoutingSql(SqlHooks, RoutingStore):
                 self._ids(meters),
             )
         stored = StoredEvents([r for r in found if r["key_id"] in keys], rows.event_from_row)
-        return {e.obligation.key_id: e for e in stored.events()}  # the latest opening of each
+        out: dict[str, list[Event]] = {}
+        for e in stored.events():
+            out.setdefault(e.obligation.key_id, []).append(e)
+        return out
 
     async def load_event_refs(self, ids: Sequence[str], group_key: str | None = None) -> list[EventRef]:
         if not ids:
