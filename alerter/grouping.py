@@ -199,23 +199,19 @@ def plan(
                 then = placements(ev, ev.obligation.opened_at)
                 placed += [p for p in then if p.rule.send_resolved and p.receiver in missing]
                 missing -= {p.receiver for p in then}
-                opened_at = ev.obligation.opened_at  # the opening it resolves, not a later one
-                opening = next(
-                    (o for o in (openings or {}).get(key_id, ()) if o.obligation.opened_at == opened_at), None
-                )
                 if missing and openings is None:
                     lost.append((ev.obligation.meter_id, key_id))
-                elif missing and opening is not None:  # through the rule that told them
-                    as_opened = msgspec.structs.replace(opening, kind="resolved")
-                    for p in placements(opening, opening.occurred_at):
-                        if (
-                            p.receiver in missing
-                            and p.rule.send_resolved
-                            and p.rule.matcher.matches(as_opened, opened_at)
-                        ):
-                            key, values = router.group_key(p.rule, p.receiver, ev)
-                            placed.append(Placement(p.rule, p.receiver, key, values))
-                            missing.discard(p.receiver)
+                elif missing:  # through the rule that took the opening it resolves, not a later one
+                    opened_at = ev.obligation.opened_at
+                    stored = openings.get(key_id, ()) if openings is not None else ()
+                    for opening in (o for o in stored if o.obligation.opened_at == opened_at):
+                        as_opened = msgspec.structs.replace(opening, kind="resolved")
+                        for p in placements(opening, opening.occurred_at):
+                            takes = p.rule.send_resolved and p.rule.matcher.matches(as_opened, opened_at)
+                            if p.receiver in missing and takes:
+                                key, values = router.group_key(p.rule, p.receiver, ev)
+                                placed.append(Placement(p.rule, p.receiver, key, values))
+                                missing.discard(p.receiver)
         elif placed:
             queued.setdefault(ev.obligation.key_id, set()).update(p.receiver for p in placed)
         if placed:

@@ -186,7 +186,6 @@ class Runtime:
         finish within the grace (a migration ends whole), then the service stops as it would
         once started; a store that has not opened by then (a server that accepts connections
         but answers nothing) is given up rather than waited for for its connect timeout."""
-        loop = asyncio.get_running_loop()
         starting = asyncio.ensure_future(self.service.start())
         stopped = asyncio.ensure_future(self.stop.wait())
         try:
@@ -199,7 +198,8 @@ class Runtime:
             starting.result()  # its failure raised here
             return True
         starting.cancel()
-        if not await self._bounded("state", asyncio.wait({starting}), loop.time() + CLOSE_SECONDS):
+        done, _ = await asyncio.wait({starting}, timeout=CLOSE_SECONDS)
+        if not done:
             self.service.store.abort()
         return False
 
